@@ -1,0 +1,88 @@
+"""What the parameter plugins share: a validated selection and scheduled strengths."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from regplug.plugin import Plugin
+from regplug.run import ParamHandle, Run, ScheduledValue
+from regplug.schedules import Schedule, as_schedule
+from regplug.selection import Selection
+
+Strength = float | Schedule | dict[str, Any]
+
+
+class ParameterPlugin(Plugin):
+    """A plugin acting on a selection of parameters with one or more scheduled strengths.
+
+    Subclasses call :meth:`_strength` in ``__init__`` for each strength argument, and
+    :meth:`_bind` at the start of a run to get their parameters and scheduled values. Nothing
+    run-specific is kept on the plugin between runs except through ``_bind``, so one plugin
+    object can serve several runs (and several models) one after the other.
+    """
+
+    def __init__(self, *, kinds: str | Iterable[str] | None = None,
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None) -> None:
+        self.selection = Selection.build(type(self).__name__, kinds=kinds, include=include,
+                                         exclude=exclude)
+        self._schedules: dict[str, Schedule] = {}
+        self._bound: tuple[int, list[ParamHandle], dict[str, ScheduledValue]] | None = None
+
+    def _strength(self, arg: str, value: Strength, *, low: float = 0.0,
+                  high: float = math.inf, low_open: bool = False,
+                  high_open: bool = False) -> Schedule:
+        schedule = as_schedule(value, owner=type(self).__name__, arg=arg, low=low, high=high,
+                               low_open=low_open, high_open=high_open)
+        self._schedules[arg] = schedule
+        return schedule
+
+    def _bind(self, run: Run) -> tuple[list[ParamHandle], dict[str, ScheduledValue]]:
+        """The selected parameters and the strengths' live values for ``run``."""
+        if self._bound is None or self._bound[0] != id(run):
+            params = run.select(f"{type(self).__name__}({self._args()})", self.selection)
+            values = {arg: run.scalar(s) for arg, s in self._schedules.items()}
+            self._bound = (id(run), params, values)
+        return self._bound[1], self._bound[2]
+
+    def on_train_begin(self, run: Run) -> None:
+        self._bound = None
+        self._bind(run)
+
+    def on_train_end(self, run: Run) -> None:
+        self._bound = None  # drop references to the model's tensors
+
+    # -- description -----------------------------------------------------------------
+    def _args(self) -> str:
+        parts = []
+        for arg, schedule in self._schedules.items():
+            shown = schedule.value if type(schedule).__name__ == "Constant" else schedule
+            parts.append(f"{arg}={shown!r}")
+        if self.selection != Selection():
+            parts.append(self.selection.describe())
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._args()})"
+
+    def config(self) -> dict[str, Any]:
+        """The arguments the plugin was built with, as plain values."""
+        out: dict[str, Any] = {}
+        for arg, schedule in self._schedules.items():
+            out[arg] = schedule.to_config()
+        out["selection"] = {"kinds": list(self.selection.kinds),
+                            "include": list(self.selection.include),
+                            "exclude": list(self.selection.exclude)}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """No state changes during training; the config is stored to detect mismatches."""
+        return {"config": self.config()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config")
+        if saved is not None and saved != self.config():
+            raise ValueError(f"{self!r}: the checkpoint was written by a plugin configured "
+                             f"differently: {saved}")

@@ -1,0 +1,45 @@
+"""Decoupled weight decay (Loshchilov & Hutter, 2019): shrink the weights, not the gradient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from regplug.functional import decoupled_decay_factor
+from regplug.hookspecs import hookimpl
+from regplug.run import Run
+
+from ._base import ParameterPlugin, Strength
+
+
+class DecoupledWeightDecay(ParameterPlugin):
+    """Multiply the selected weights by ``1 − lr·weight_decay`` at every optimizer update.
+
+    Acts right before the update, after the gradients are computed, with the learning rate
+    each parameter's optimizer group has at that step — the rule of ``torch.optim.AdamW``, so
+    ``Adam`` + ``DecoupledWeightDecay(wd)`` gives AdamW's weights. Unlike an L2 penalty, the
+    decay does not pass through the optimizer's adaptive scaling. The default selection
+    (weights only) is what most AdamW recipes configure by hand with parameter groups.
+
+    :param weight_decay: ``>= 0`` or a schedule (default 0.01, as ``torch.optim.AdamW``).
+    :param kinds, include, exclude: parameter selection, as for :class:`~regplug.plugins.L2`.
+
+    >>> import numpy as np
+    >>> from regplug.testing import NumpyLoop
+    >>> loop = NumpyLoop({"w": np.ones((1, 1))}, [DecoupledWeightDecay(0.5)], lr=0.1)
+    >>> loop.step({"w": np.zeros((1, 1))}); loop.params["w"].item()  # 1 - 0.1 * 0.5
+    0.95
+    """
+
+    def __init__(self, weight_decay: Strength = 0.01, *,
+                 kinds: str | Iterable[str] | None = None,
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None) -> None:
+        super().__init__(kinds=kinds, include=include, exclude=exclude)
+        self._strength("weight_decay", weight_decay)
+
+    @hookimpl
+    def on_before_step(self, run: Run) -> None:
+        params, s = self._bind(run)
+        wd = s["weight_decay"].value
+        for lr, group in run.group_by_learning_rate(params):
+            run.ops.scale_(group, decoupled_decay_factor(lr, wd))

@@ -1,0 +1,106 @@
+"""Loss penalties on the weights: L1, L2 and their sum (elastic net), with Keras' conventions.
+
+``L2(l2)`` adds ``l2 · Σθ²`` (no ½), ``L1(l1)`` adds ``l1 · Σ|θ|``: the same numbers as
+``keras.regularizers.L2/L1/L1L2``, so a Keras user's strengths carry over unchanged. In a
+plain SGD loop, ``L2(λ)`` equals ``torch.optim.SGD(weight_decay=2λ)`` on the selected
+parameters. The math is in :mod:`regplug.functional`; here only when and on what.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+from regplug.hookspecs import hookimpl
+from regplug.penalty import Penalty
+from regplug.run import Run
+
+from ._base import ParameterPlugin, Strength
+
+
+class L2(ParameterPlugin):
+    """Add ``l2 · Σθ²`` over the selected parameters to the loss (a Gaussian prior).
+
+    :param l2: strength, a number ``>= 0`` or a schedule (default 0.01, as Keras).
+    :param kinds: parameter kinds to act on (default weights only: biases, normalization
+        parameters and embeddings are left alone); ``"all"`` for every kind.
+    :param include: name patterns (globs) a parameter must match, e.g. ``"encoder.*"``.
+    :param exclude: name patterns of parameters to leave alone.
+
+    >>> import numpy as np
+    >>> from regplug.testing import NumpyLoop
+    >>> loop = NumpyLoop({"w": np.array([[3.0]]), "bias": np.array([3.0])}, [L2(0.1)])
+    >>> round(loop.penalty(), 9)  # 0.1 * 3² — the bias is not selected
+    0.9
+    """
+
+    def __init__(self, l2: Strength = 0.01, *, kinds: str | Iterable[str] | None = None,
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None) -> None:
+        super().__init__(kinds=kinds, include=include, exclude=exclude)
+        self._strength("l2", l2)
+
+    @hookimpl
+    def on_loss(self, run: Run) -> Penalty:
+        params, s = self._bind(run)
+        ops, l2 = run.ops, s["l2"]
+        return Penalty(
+            name=f"{self.name}_penalty",
+            value=lambda: l2.value * ops.sum_squares(params),
+            add_grad=lambda: ops.add_to_grad_(params, 2.0 * l2.value),
+        )
+
+
+class L1(ParameterPlugin):
+    """Add ``l1 · Σ|θ|`` over the selected parameters to the loss (a Laplace prior).
+
+    Pushes small weights towards zero; with a gradient optimizer they oscillate around zero
+    rather than reaching it — use :class:`~regplug.plugins.ProximalL1` for exact zeros.
+    Arguments as :class:`L2` (default ``l1=0.01``, as Keras). The gradient at ``θ = 0`` is 0.
+    """
+
+    def __init__(self, l1: Strength = 0.01, *, kinds: str | Iterable[str] | None = None,
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None) -> None:
+        super().__init__(kinds=kinds, include=include, exclude=exclude)
+        self._strength("l1", l1)
+
+    @hookimpl
+    def on_loss(self, run: Run) -> Penalty:
+        params, s = self._bind(run)
+        ops, l1 = run.ops, s["l1"]
+        return Penalty(
+            name=f"{self.name}_penalty",
+            value=lambda: l1.value * ops.sum_abs(params),
+            add_grad=lambda: ops.add_sign_to_grad_(params, l1.value),
+        )
+
+
+class ElasticNet(ParameterPlugin):
+    """Add ``l1 · Σ|θ| + l2 · Σθ²`` (Keras ``regularizers.L1L2``; both default to 0)."""
+
+    def __init__(self, l1: Strength = 0.0, l2: Strength = 0.0, *,
+                 kinds: str | Iterable[str] | None = None,
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None) -> None:
+        super().__init__(kinds=kinds, include=include, exclude=exclude)
+        self._strength("l1", l1)
+        self._strength("l2", l2)
+
+    @hookimpl
+    def on_loss(self, run: Run) -> Penalty:
+        params, s = self._bind(run)
+        ops, l1, l2 = run.ops, s["l1"], s["l2"]
+
+        def add_grad() -> None:
+            ops.add_sign_to_grad_(params, l1.value)
+            ops.add_to_grad_(params, 2.0 * l2.value)
+
+        return Penalty(
+            name=f"{self.name}_penalty",
+            value=lambda: l1.value * ops.sum_abs(params) + l2.value * ops.sum_squares(params),
+            add_grad=add_grad,
+        )
+
+
+__all__ = ["L1", "L2", "ElasticNet"]

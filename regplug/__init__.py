@@ -1,0 +1,44 @@
+"""regplug: regularization plugins for existing training loops.
+
+The core is framework-neutral: hook specifications (:mod:`regplug.hookspecs`), a plugin
+manager on pluggy, the :class:`Run` that plugins see, and the ops protocol. Built-in plugins
+live in :mod:`regplug.plugins`; :mod:`regplug.adapters.torch` and :mod:`regplug.adapters.keras`
+wire the same plugin objects into a PyTorch loop or ``model.fit``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import (PluginLoadError, PluginValidationError, RegplugError, RegplugWarning,
+                     UnknownPluginError, UnsupportedPluginError, UsageError)
+from .hookspecs import HOOK_NAMES, hookimpl, hookspec
+from .manager import PluginManager
+from .ops import Ops
+from .penalty import Penalty
+from .plugin import Plugin
+from .registry import available_plugins, build_plugins, create_plugin, load_config
+from .run import LocalWorld, ParamHandle, Run, ScheduledValue, StopRequest
+from .schedules import Constant, LinearWarmup, Schedule
+from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HOOK_NAMES", "DEFAULT_KINDS", "PARAM_KINDS",
+    "hookimpl", "hookspec", "Plugin", "PluginManager", "Run", "ParamHandle", "Penalty",
+    "Ops", "Selection", "ScheduledValue", "StopRequest", "LocalWorld",
+    "Schedule", "Constant", "LinearWarmup",
+    "available_plugins", "build_plugins", "create_plugin", "load_config",
+    "RegplugError", "PluginValidationError", "UnknownPluginError", "PluginLoadError",
+    "UsageError", "UnsupportedPluginError", "RegplugWarning",
+    "plugins",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # `regplug.plugins` without importing it eagerly: the core stays importable on its own.
+    if name == "plugins":
+        return import_module(".plugins", __name__)
+    raise AttributeError(f"module 'regplug' has no attribute {name!r}")

@@ -1,0 +1,14 @@
+"""The built-in plugins, by the names configs and the CLI use.
+
+``pyproject.toml`` declares the same table as entry points of group ``regplug``; this copy
+lets a source checkout and a frozen application find them without package metadata.
+"""
+
+BUILTIN_PLUGINS: dict[str, str] = {
+    "l1": "regplug.plugins.penalties:L1",
+    "l2": "regplug.plugins.penalties:L2",
+    "elastic_net": "regplug.plugins.penalties:ElasticNet",
+    "decoupled_weight_decay": "regplug.plugins.decay:DecoupledWeightDecay",
+    "proximal_l1": "regplug.plugins.proximal:ProximalL1",
+    "max_norm": "regplug.plugins.constraints:MaxNorm",
+}

@@ -1,0 +1,121 @@
+"""The framework-neutral heart of an adapter: when each hook fires, and the usage checks.
+
+An adapter observes its framework (module and optimizer hooks in PyTorch, callback methods
+in Keras) and tells the driver what happened; the driver advances the run's clock, calls the
+hooks and refuses sequences that would silently give a wrong result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import UsageError
+from .manager import PluginManager
+from .penalty import Penalty
+from .run import Run
+
+
+class Driver:
+    """Calls the hooks of ``manager``'s plugins on ``run`` at the right moments.
+
+    :param fused: apply penalties that know their gradient (``Penalty.add_grad``) as a fused
+        gradient update before the optimizer step; otherwise every penalty goes through the
+        loss (``Penalty.value``) and the framework's autograd.
+    """
+
+    def __init__(self, run: Run, manager: PluginManager, *, fused: bool = True) -> None:
+        self.run = run
+        self.manager = manager
+        self.fused = fused
+        self.hook = manager.hook
+        self._wants_loss = manager.implements("on_loss")
+        self._epoch_open = False
+        self._loss_seen = False  # on_loss fired since the last optimizer step
+        self._grad_penalties: list[Penalty] = []
+        self.active = False
+
+    # -- run boundaries ----------------------------------------------------------------
+    def train_begin(self) -> None:
+        if self.active:
+            raise UsageError("regplug: training already began for this run; close it first")
+        self.active = True
+        self.run.stop_requests.clear()
+        self.hook.on_train_begin(run=self.run)
+
+    def train_end(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        self._epoch_open = False
+        self.hook.on_train_end(run=self.run)
+
+    # -- per batch ---------------------------------------------------------------------
+    def batch_begin(self) -> None:
+        """A training batch is starting (before its forward pass)."""
+        if not self._epoch_open:
+            self._epoch_open = True
+            self.hook.on_epoch_begin(run=self.run, epoch=self.run.epoch)
+        self.run.update_scalars()
+
+    def collect_penalties(self, loss: Any) -> list[Penalty]:
+        """Fire ``on_loss`` once per optimizer step; return the penalties for the loss.
+
+        Penalties applied through their gradient are kept for :meth:`before_step`; the
+        returned ones must be added to the loss by the adapter. Later calls in the same
+        step (gradient accumulation) return nothing.
+        """
+        if self._loss_seen:
+            return []
+        if not self._epoch_open:
+            self.batch_begin()
+        self._loss_seen = True
+        penalties: Sequence[Penalty] = self.hook.on_loss(run=self.run, loss=loss)
+        to_loss = []
+        self._grad_penalties = []
+        for penalty in penalties:
+            if not isinstance(penalty, Penalty):
+                raise TypeError(f"regplug: on_loss must return a regplug.Penalty or None; a "
+                                f"plugin returned {type(penalty).__name__}: {penalty!r}")
+            if self.fused and penalty.add_grad is not None:
+                self._grad_penalties.append(penalty)
+            else:
+                to_loss.append(penalty)
+        return to_loss
+
+    def before_step(self) -> None:
+        """Gradients are final; the optimizer is about to update."""
+        if self._wants_loss and not self._loss_seen:
+            names = ", ".join(getattr(p, "name", type(p).__name__)
+                              for p in self.manager.implementers("on_loss"))
+            raise UsageError(
+                f"regplug: optimizer.step() was called but reg.loss(loss) was not called since "
+                f"the previous step, so the penalties of {names} would be missing. Write "
+                "`loss = reg.loss(loss)` before `loss.backward()` in every step.")
+        for penalty in self._grad_penalties:
+            penalty.add_grad()  # type: ignore[misc]
+        self.hook.on_before_step(run=self.run, step=self.run.step)
+
+    def after_step(self) -> None:
+        """The optimizer has updated the parameters."""
+        self._loss_seen = False
+        self._grad_penalties = []
+        self.run.step += 1
+        self.hook.on_step(run=self.run, step=self.run.step - 1)
+
+    # -- per epoch -----------------------------------------------------------------------
+    def epoch_end(self, logs: dict[str, float]) -> bool:
+        """Record the epoch, fire ``on_epoch_end``; return whether training should stop."""
+        run = self.run
+        if not self._epoch_open:
+            self.hook.on_epoch_begin(run=run, epoch=run.epoch)
+        before = set(logs)
+        run.record(logs)
+        self.hook.on_epoch_end(run=run, epoch=run.epoch, logs=logs)
+        run.record({k: v for k, v in logs.items() if k not in before})  # plugins' additions
+        stop = run.world.any(run.should_stop)
+        if stop and not run.stop_requests:
+            run.stop("another process voted to stop", source=f"rank {run.world.rank}")
+        run.epoch += 1
+        self._epoch_open = False
+        return stop

@@ -1,0 +1,111 @@
+"""The plugin manager: pluggy underneath, with validation that names the faulty plugin."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginValidationError
+from .hookspecs import HOOK_NAMES, PROJECT
+
+
+def plugin_label(plugin: object) -> str:
+    """How messages name a plugin: its ``name`` attribute, else its class name."""
+    name = getattr(plugin, "name", None)
+    return name if isinstance(name, str) else type(plugin).__name__
+
+
+class _Pluggy(pluggy.PluginManager):
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in HOOK_NAMES and callable(getattr(plugin, name, None)):
+            # Plain methods named after a hook count as implementations, so a plugin works
+            # with or without the decorator (the decorator adds tryfirst/trylast/...).
+            opts = {}
+        return opts
+
+
+def validate_plugin(plugin: object) -> None:
+    """Raise :class:`PluginValidationError` for misspelled hooks or arguments.
+
+    Catches what pluggy would otherwise ignore: a method called ``on_los`` or
+    ``on_epoch_ends``, a ``@hookimpl`` on a name that is not a hook, a hook taking an
+    argument its spec does not provide.
+    """
+    label = plugin_label(plugin)
+    if inspect.isclass(plugin):
+        raise PluginValidationError(
+            f"{label}: register an instance, not the class (write {plugin.__name__}(...))")
+    implemented = []
+    for attr in dir(type(plugin)):
+        member = getattr(type(plugin), attr, None)
+        marked = hasattr(member, f"{PROJECT}_impl")
+        if attr in HOOK_NAMES:
+            implemented.append(attr)
+        elif (attr.startswith("on_") or marked) and callable(member):
+            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PluginValidationError(
+                f"{label}: method {attr!r} is not a regplug hook; {hint}"
+                f"hooks are {', '.join(HOOK_NAMES)}")
+    for attr in implemented:
+        spec_args = set(inspect.signature(getattr(hookspecs, attr)).parameters)
+        got = [a for a in inspect.signature(getattr(plugin, attr)).parameters]
+        extra = [a for a in got if a not in spec_args]
+        if extra:
+            raise PluginValidationError(
+                f"{label}: hook {attr}() takes argument(s) {extra} that regplug does not "
+                f"provide; {attr} can take any of {sorted(spec_args)}")
+
+
+class PluginManager:
+    """Holds the plugins of one run and calls their hooks.
+
+    >>> import regplug
+    >>> pm = PluginManager([regplug.plugins.L2(1e-4)])
+    >>> pm.implements("on_loss"), pm.implements("on_step")
+    (True, False)
+    """
+
+    def __init__(self, plugins: Iterable[object] = ()) -> None:
+        self._pm = _Pluggy(PROJECT)
+        self._pm.add_hookspecs(hookspecs)
+        self._plugins: list[object] = []
+        for plugin in plugins:
+            self.register(plugin)
+
+    def register(self, plugin: object) -> None:
+        validate_plugin(plugin)
+        if any(p is plugin for p in self._plugins):
+            raise PluginValidationError(
+                f"{plugin_label(plugin)}: the same plugin object was given twice; "
+                "create two instances if you want it twice")
+        try:
+            self._pm.register(plugin, name=f"{plugin_label(plugin)}@{id(plugin):x}")
+            self._pm.check_pending()
+        except pluggy.PluginValidationError as err:
+            self._pm.unregister(plugin)
+            raise PluginValidationError(f"{plugin_label(plugin)}: {err}") from None
+        self._plugins.append(plugin)
+
+    @property
+    def plugins(self) -> list[object]:
+        """Registered plugins, in registration order."""
+        return list(self._plugins)
+
+    @property
+    def hook(self) -> Any:
+        """pluggy's hook relay: ``pm.hook.on_step(run=run, step=0)``."""
+        return self._pm.hook
+
+    def implements(self, hook_name: str) -> bool:
+        """Whether any registered plugin implements ``hook_name``."""
+        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
+
+    def implementers(self, hook_name: str) -> list[object]:
+        return [impl.plugin for impl in getattr(self._pm.hook, hook_name).get_hookimpls()]

@@ -1,0 +1,60 @@
+"""The reference backend: :class:`regplug.Ops` over NumPy arrays, changed in place.
+
+Used by :mod:`regplug.testing` so plugins are specified and tested without a framework.
+Gradients live in :attr:`NumpyOps.grads`, keyed by parameter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import functional as F
+from .run import ParamHandle
+
+
+class NumpyOps:
+    """:class:`regplug.Ops` for ``numpy.ndarray`` parameters."""
+
+    framework = "numpy"
+
+    def __init__(self) -> None:
+        self.grads: dict[str, np.ndarray] = {}
+
+    def _with_grad(self, params: Sequence[ParamHandle]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(p.tensor, self.grads[p.name]) for p in params if p.name in self.grads]
+
+    # The reference sums in float64: adapters' float32 results are compared against it.
+    def sum_squares(self, params: Sequence[ParamHandle]) -> np.float64:
+        return np.float64(F.l2_penalty([p.tensor for p in params], 1.0))
+
+    def sum_abs(self, params: Sequence[ParamHandle]) -> np.float64:
+        return np.float64(F.l1_penalty([p.tensor for p in params], 1.0))
+
+    def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
+        for theta, grad in self._with_grad(params):
+            grad += alpha * theta
+
+    def add_sign_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
+        for theta, grad in self._with_grad(params):
+            grad += alpha * np.sign(theta)
+
+    def scale_(self, params: Sequence[ParamHandle], factor: float) -> None:
+        for p in params:
+            np.multiply(p.tensor, factor, out=p.tensor)
+
+    def soft_threshold_(self, params: Sequence[ParamHandle], threshold: float) -> None:
+        for p in params:
+            p.tensor[...] = F.soft_threshold(p.tensor, threshold)
+
+    def clip_unit_norms_(self, params: Sequence[ParamHandle], max_norm: float) -> None:
+        for p in params:
+            p.tensor[...] = F.clip_unit_norms(p.tensor, max_norm, p.unit_axis)
+
+    def to_float(self, value: object) -> float:
+        return float(value)  # type: ignore[arg-type]
+
+    def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
+        return (sum(int(np.count_nonzero(p.tensor == 0)) for p in params),
+                sum(p.size for p in params))

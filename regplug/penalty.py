@@ -1,0 +1,31 @@
+"""What an ``on_loss`` hook returns: a term added to the training objective."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, eq=False)
+class Penalty:
+    """A differentiable term of the objective, as a plugin describes it to the adapter.
+
+    :param name: the key under which the penalty's value is logged (e.g. ``"l2_penalty"``).
+    :param value: returns the term as a framework scalar, differentiable with respect to the
+        parameters; built from ``run.ops`` so that it works in every framework and inside
+        Keras' traced train step.
+    :param add_grad: optional closed form of the term's gradient: adds ``d value / d θ`` to
+        the parameters' gradients in place. Adapters that can (PyTorch) apply it as a fused
+        update right before the optimizer step instead of differentiating ``value`` — the same
+        number, without an autograd graph over every parameter. Give it only when it is
+        exactly the gradient of ``value``; tests compare the two.
+
+    >>> import numpy as np
+    >>> Penalty("zero", value=lambda: np.float32(0.0)).name
+    'zero'
+    """
+
+    name: str
+    value: Callable[[], Any]
+    add_grad: Callable[[], None] | None = None

@@ -1,0 +1,61 @@
+"""The optional base class of plugins."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .hookspecs import HOOK_NAMES
+
+
+def snake_case(name: str) -> str:
+    """``DecoupledWeightDecay`` → ``decoupled_weight_decay``; ``L2`` → ``l2``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+class Plugin:
+    """Base class for regplug plugins; any object with hook methods works too.
+
+    Gives a readable ``name`` (used in logs and error messages), ``state_dict`` /
+    ``load_state_dict`` that subclasses extend, and :meth:`hooks`.
+
+    >>> import regplug
+    >>> class CountSteps(regplug.Plugin):
+    ...     def __init__(self):
+    ...         self.steps = 0
+    ...     @regplug.hookimpl
+    ...     def on_step(self, run, step):
+    ...         self.steps += 1
+    ...     def state_dict(self):
+    ...         return {"steps": self.steps}
+    ...     def load_state_dict(self, state):
+    ...         self.steps = state["steps"]
+    >>> CountSteps().name, CountSteps().hooks()
+    ('count_steps', ('on_step',))
+    """
+
+    #: Used in logs and messages; defaults to the class name in snake case. A subclass may
+    #: set its own, an instance may be renamed (two ``L2`` on different layers, say).
+    name: str = "plugin"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = snake_case(cls.__name__)
+
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks this plugin implements."""
+        return tuple(h for h in HOOK_NAMES if callable(getattr(type(self), h, None)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plugin's mutable state, to store in a checkpoint (plain Python values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{self.name}: this plugin keeps no state, but the checkpoint "
+                             f"holds {sorted(state)}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

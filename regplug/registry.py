@@ -1,0 +1,166 @@
+"""Plugins by name: built-ins, entry-point discovery, and building plugins from a config.
+
+Discovery makes third-party plugins *available by name*; it never switches one on.
+Installing a package must not change anyone's training: a plugin runs only when a config,
+the CLI or code names it. ``REGPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` skips discovery entirely
+(built-ins stay available).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .builtins import BUILTIN_PLUGINS
+from .errors import PluginLoadError, UnknownPluginError
+
+ENTRY_POINT_GROUP = "regplug"
+DISABLE_AUTOLOAD_ENV = "REGPLUG_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An available plugin: where it comes from, and whether it can be loaded."""
+
+    name: str
+    target: str  # "package.module:Factory"
+    distribution: str  # "regplug (built-in)" or the installing distribution "name version"
+    builtin: bool
+
+    def load(self) -> Any:
+        """Import and return the factory (usually a class)."""
+        module_name, _, attr = self.target.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split(".") if attr else ():
+                obj = getattr(obj, part)
+        except Exception as err:  # a broken third-party package must not take others down
+            raise PluginLoadError(
+                f"plugin {self.name!r} from {self.distribution} failed to load "
+                f"({self.target}): {type(err).__name__}: {err}") from err
+        return obj
+
+
+def autoload_disabled() -> bool:
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _dist_label(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+
+
+def available_plugins() -> dict[str, PluginInfo]:
+    """Every plugin that can be named: built-ins first, then discovered entry points.
+
+    A third-party entry point may not shadow a built-in name (it is listed under
+    ``"<distribution>:<name>"`` instead), so ``l2`` always means regplug's ``L2``.
+    """
+    found = {name: PluginInfo(name, target, "regplug (built-in)", True)
+             for name, target in BUILTIN_PLUGINS.items()}
+    if autoload_disabled():
+        return found
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in BUILTIN_PLUGINS and ep.value == BUILTIN_PLUGINS[ep.name]:
+            continue  # regplug's own declaration of a built-in
+        name = ep.name
+        if name in found:
+            dist = getattr(ep, "dist", None)
+            name = f"{dist.name if dist else 'unknown'}:{ep.name}"
+        found[name] = PluginInfo(name, ep.value, _dist_label(ep), False)
+    return found
+
+
+def create_plugin(name: str, /, **kwargs: Any) -> Any:
+    """Build the plugin called ``name`` with keyword arguments.
+
+    >>> create_plugin("l2", l2=1e-4)
+    L2(l2=0.0001)
+    """
+    plugins = available_plugins()
+    if name not in plugins:
+        raise UnknownPluginError(
+            f"unknown plugin {name!r}; available: {', '.join(sorted(plugins))}"
+            + (f" (third-party discovery is off: {DISABLE_AUTOLOAD_ENV} is set)"
+               if autoload_disabled() else ""))
+    factory = plugins[name].load()
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        accepted = _accepted_arguments(factory)
+        raise TypeError(f"plugin {name!r}: {err}; it accepts {accepted}") from None
+    except ValueError:  # builtins without a signature: let the call itself complain
+        pass
+    return factory(**kwargs)
+
+
+def _accepted_arguments(factory: Any) -> str:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return "(unknown arguments)"
+    names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return ", ".join(names) if names else "no arguments"
+
+
+PluginSpec = str | Mapping[str, Any] | tuple[str, Mapping[str, Any]]
+
+
+def build_plugins(config: Iterable[PluginSpec] | Mapping[str, Any]) -> list[Any]:
+    """Build plugins from a plain config, in order.
+
+    Accepts a list whose items are a name (``"l2"``), a mapping with a ``name`` key and the
+    keyword arguments (``{"name": "l2", "l2": 1e-4}``) or a ``(name, kwargs)`` pair; or a
+    mapping with a ``plugins`` list (what :func:`load_config` reads from TOML).
+
+    >>> build_plugins([{"name": "l2", "l2": 1e-4}, ("max_norm", {"max_value": 3.0})])
+    [L2(l2=0.0001), MaxNorm(max_value=3.0)]
+    """
+    if isinstance(config, Mapping):
+        if "plugins" not in config:
+            raise ValueError("plugin config: expected a list of plugins or a mapping with a "
+                             f"'plugins' list; got keys {sorted(config)}")
+        config = config["plugins"]
+    built = []
+    for index, item in enumerate(config):
+        if isinstance(item, str):
+            name, kwargs = item, {}
+        elif isinstance(item, tuple) and len(item) == 2:
+            name, kwargs = item[0], dict(item[1])
+        elif isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            kwargs = dict(item)
+            name = kwargs.pop("name")
+        else:
+            raise ValueError(f"plugin config entry {index}: expected a name, a (name, kwargs) "
+                             f"pair or a table with a 'name' key; got {item!r}")
+        built.append(create_plugin(name, **kwargs))
+    return built
+
+
+def load_config(path: str | os.PathLike[str]) -> list[Any]:
+    """Build the plugins listed in a TOML file::
+
+        [[plugins]]
+        name = "l2"
+        l2 = 1e-4
+
+        [[plugins]]
+        name = "max_norm"
+        max_value = 3.0
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as err:
+        raise ValueError(f"plugin config {str(path)!r} cannot be read: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"plugin config {str(path)!r} is not valid TOML: {err}") from None
+    return build_plugins(data)

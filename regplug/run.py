@@ -1,0 +1,194 @@
+"""The Run: the framework-neutral view of one training run that every hook receives."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import RegplugWarning
+from .ops import Ops, Scalar
+from .schedules import Schedule
+from .selection import Selection
+
+
+@dataclass(frozen=True, eq=False)
+class ParamHandle:
+    """One trainable parameter, as plugins see it.
+
+    :param name: qualified name (``"encoder.0.weight"`` in PyTorch, the variable path in Keras).
+    :param kind: ``weight``, ``bias``, ``normalization`` or ``embedding``, decided by the
+        adapter from the type of the layer that owns it (see :data:`regplug.PARAM_KINDS`).
+    :param tensor: the framework object (``torch.nn.Parameter``, ``keras.Variable``,
+        ``numpy.ndarray``); plugins pass handles to ``run.ops`` rather than touching it.
+    :param layer_type: class name of the owning layer, e.g. ``"Linear"`` or ``"Dense"``.
+    :param unit_axis: the axis that indexes output units (0 for a PyTorch ``Linear`` weight,
+        the last axis for a Keras ``Dense`` kernel), ``None`` for vectors and scalars.
+    """
+
+    name: str
+    kind: str
+    tensor: Any
+    layer_type: str
+    unit_axis: int | None
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    def __repr__(self) -> str:
+        return (f"ParamHandle({self.name!r}, kind={self.kind!r}, layer={self.layer_type}, "
+                f"shape={self.shape})")
+
+
+class ScheduledValue:
+    """A scheduled strength or rate, readable inside the framework's compiled step.
+
+    ``value`` is what plugins put into their math: a Python float in eager frameworks, a
+    framework variable where the step is compiled. The adapter calls :meth:`update` before
+    every training batch, so a schedule change is in force from the step it is due.
+    """
+
+    __slots__ = ("schedule", "value")
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.value: Scalar = schedule(0, 0)
+
+    def update(self, step: int, epoch: int) -> None:
+        self.value = self.schedule(step, epoch)
+
+    def current(self) -> float:
+        """The value as a Python float (for logs; may synchronise with the device)."""
+        return float(self.value)
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    """A plugin's vote to stop training, with the reason a person can read afterwards."""
+
+    reason: str
+    source: str
+    epoch: int
+    step: int
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.reason}"
+
+
+class World(Protocol):
+    """The processes of a (possibly distributed) run."""
+
+    rank: int
+    size: int
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is true on any process (a collective call)."""
+
+
+class LocalWorld:
+    """A single process."""
+
+    rank = 0
+    size = 1
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+
+LearningRateGroups = Callable[[Sequence[ParamHandle]], list[tuple[Scalar, list[ParamHandle]]]]
+
+
+@dataclass(eq=False)
+class Run:
+    """Everything a plugin can see and do, the same in every framework.
+
+    Adapters build it; plugins receive it in every hook. The clock (``step`` = optimizer
+    updates done, ``epoch`` = current epoch index) is advanced by the adapter only.
+
+    >>> import numpy as np
+    >>> from regplug.testing import numpy_run
+    >>> run = numpy_run({"fc.weight": np.ones((2, 3)), "fc.bias": np.zeros(2)})
+    >>> [p.name for p in run.parameters()]
+    ['fc.weight']
+    """
+
+    params: Sequence[ParamHandle]
+    ops: Ops
+    learning_rate_groups: LearningRateGroups
+    device: str = "cpu"
+    framework: str = "numpy"
+    world: World = field(default_factory=LocalWorld)
+    scalar_factory: Callable[[Schedule], ScheduledValue] = ScheduledValue
+    step: int = 0
+    epoch: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    stop_requests: list[StopRequest] = field(default_factory=list)
+    _selected: dict[Selection, list[ParamHandle]] = field(default_factory=dict, repr=False)
+    _scalars: list[ScheduledValue] = field(default_factory=list, repr=False)
+
+    # -- parameters -------------------------------------------------------------------
+    def parameters(self, selection: Selection | None = None) -> list[ParamHandle]:
+        """Handles of the parameters matching ``selection`` (default: weights only)."""
+        selection = selection or Selection()
+        if selection not in self._selected:
+            self._selected[selection] = [p for p in self.params if selection.matches(p)]
+        return self._selected[selection]
+
+    def select(self, owner: str, selection: Selection) -> list[ParamHandle]:
+        """Like :meth:`parameters`, with a warning naming ``owner`` when nothing matches."""
+        found = self.parameters(selection)
+        if not found:
+            kinds = kinds_summary(self.params)
+            sample = ", ".join(p.name for p in self.params[:6])
+            warnings.warn(
+                f"{owner}: the selection ({selection.describe()}) matches none of the model's "
+                f"{len(self.params)} parameters, so this plugin does nothing. Kinds present: "
+                f"{kinds or 'none'}; names start with: {sample or '(no parameters)'}.",
+                RegplugWarning, stacklevel=3)
+        return found
+
+    def group_by_learning_rate(self, params: Sequence[ParamHandle]
+                               ) -> list[tuple[Scalar, list[ParamHandle]]]:
+        """Split ``params`` into groups sharing the optimizer's current learning rate."""
+        return self.learning_rate_groups(params)
+
+    # -- scheduled values ------------------------------------------------------------
+    def scalar(self, schedule: Schedule) -> ScheduledValue:
+        """A value following ``schedule`` that the compiled step reads at every batch."""
+        handle = self.scalar_factory(schedule)
+        handle.update(self.step, self.epoch)
+        self._scalars.append(handle)
+        return handle
+
+    def update_scalars(self) -> None:
+        """Bring every scheduled value to the current clock (adapters call this per batch)."""
+        for handle in self._scalars:
+            handle.update(self.step, self.epoch)
+
+    # -- metrics and stopping -----------------------------------------------------------
+    def record(self, logs: dict[str, float]) -> None:
+        """Append an epoch's metrics to :attr:`history`."""
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def stop(self, reason: str, *, source: str = "user") -> None:
+        """Vote to stop training at the end of this epoch, with a human-readable reason."""
+        self.stop_requests.append(StopRequest(reason, source, self.epoch, self.step))
+
+    @property
+    def should_stop(self) -> bool:
+        return bool(self.stop_requests)
+
+
+def kinds_summary(params: Iterable[ParamHandle]) -> dict[str, int]:
+    """Number of parameters of each kind (for messages and reports)."""
+    out: dict[str, int] = {}
+    for p in params:
+        out[p.kind] = out.get(p.kind, 0) + 1
+    return out

@@ -1,0 +1,83 @@
+"""Which parameters a plugin acts on: by kind (decided from the layer type) and by name."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .run import ParamHandle
+
+#: The parameter kinds adapters assign, from the type of the layer that owns the parameter:
+#: ``normalization`` — every parameter of a BatchNorm/LayerNorm/GroupNorm/... layer;
+#: ``embedding`` — the table of an embedding layer; ``bias`` — additive offsets of other
+#: layers; ``weight`` — everything else (Linear/Dense/Conv kernels, recurrent matrices, ...).
+PARAM_KINDS: tuple[str, ...] = ("weight", "bias", "normalization", "embedding")
+
+#: What a plugin selects when not told otherwise: weight matrices and kernels only, as
+#: Keras' ``kernel_regularizer`` does. Biases, normalization scales/offsets and embeddings
+#: are left alone unless selected explicitly.
+DEFAULT_KINDS: tuple[str, ...] = ("weight",)
+
+
+def _patterns(owner: str, arg: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"{owner}: argument {arg!r} must be a name pattern or a list of "
+                            f"them (glob syntax, e.g. 'encoder.*'), got {item!r}")
+    return items
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Parameters of the given kinds whose name matches ``include`` and not ``exclude``.
+
+    Patterns use shell-style globs matched against the full parameter name (``"0.weight"``,
+    ``"encoder.layers.3.linear1.weight"`` in PyTorch; ``"dense_1/kernel"`` in Keras).
+    An empty ``include`` means every name.
+
+    >>> Selection.build("L2", kinds="all", exclude="head.*").kinds
+    ('weight', 'bias', 'normalization', 'embedding')
+    """
+
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @classmethod
+    def build(cls, owner: str, *, kinds: str | Iterable[str] | None = None,
+              include: str | Iterable[str] | None = None,
+              exclude: str | Iterable[str] | None = None) -> Selection:
+        """Validate user arguments (``owner`` names the plugin in error messages)."""
+        if kinds is None:
+            chosen = DEFAULT_KINDS
+        elif kinds == "all":
+            chosen = PARAM_KINDS
+        else:
+            chosen = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+            unknown = [k for k in chosen if k not in PARAM_KINDS]
+            if unknown or not chosen:
+                raise ValueError(f"{owner}: argument 'kinds' must be 'all' or a non-empty list "
+                                 f"drawn from {', '.join(map(repr, PARAM_KINDS))}; got {kinds!r}")
+        return cls(tuple(dict.fromkeys(chosen)), _patterns(owner, "include", include),
+                   _patterns(owner, "exclude", exclude))
+
+    def matches(self, handle: ParamHandle) -> bool:
+        if handle.kind not in self.kinds:
+            return False
+        if self.include and not any(fnmatch.fnmatchcase(handle.name, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(handle.name, p) for p in self.exclude)
+
+    def describe(self) -> str:
+        parts = [f"kinds={list(self.kinds)}"]
+        if self.include:
+            parts.append(f"include={list(self.include)}")
+        if self.exclude:
+            parts.append(f"exclude={list(self.exclude)}")
+        return ", ".join(parts)

@@ -1,0 +1,87 @@
+"""Test plugins without a framework: a Run over NumPy arrays and a tiny SGD loop.
+
+>>> import numpy as np, regplug
+>>> loop = NumpyLoop({"fc.weight": np.ones((2, 2))}, [regplug.plugins.L2(0.5)], lr=0.1)
+>>> loop.step({"fc.weight": np.zeros((2, 2))})   # data gradient 0: only the penalty acts
+>>> loop.params["fc.weight"].tolist()             # 1 - 0.1 * (2 * 0.5 * 1)
+[[0.9, 0.9], [0.9, 0.9]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from .driver import Driver
+from .manager import PluginManager
+from .numpy_ops import NumpyOps
+from .run import ParamHandle, Run
+
+
+def _guess_kind(name: str) -> str:
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "bias":
+        return "bias"
+    if leaf in ("gamma", "beta"):
+        return "normalization"
+    return "embedding" if leaf.startswith("embedding") else "weight"
+
+
+def numpy_run(params: Mapping[str, np.ndarray], *, kinds: Mapping[str, str] | None = None,
+              lr: float = 0.01) -> Run:
+    """A :class:`Run` over NumPy arrays (changed in place by the plugins).
+
+    Kinds come from ``kinds`` where given, else from the name's last part (``bias``,
+    ``embedding*``; ``gamma``/``beta`` count as normalization; the rest are weights). The unit axis is
+    0, as in PyTorch's ``(out, in)`` layout.
+    """
+    kinds = dict(kinds or {})
+    handles = []
+    for name, array in params.items():
+        if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(f"numpy_run: parameter {name!r} must be a float numpy array")
+        handles.append(ParamHandle(name, kinds.get(name) or _guess_kind(name), array,
+                                   "numpy", 0 if array.ndim > 1 else None, array.shape))
+    return Run(params=handles, ops=NumpyOps(),
+               learning_rate_groups=lambda ps: [(lr, list(ps))] if ps else [])
+
+
+class NumpyLoop:
+    """Plain SGD over NumPy parameters, driving plugins exactly as an adapter does.
+
+    :meth:`step` takes the data gradients of one batch and performs: ``on_loss`` (penalties
+    with a closed-form gradient add it; others are rejected: NumPy has no autograd),
+    ``on_before_step``, ``θ ← θ − lr·g``, ``on_step``.
+    """
+
+    def __init__(self, params: Mapping[str, np.ndarray], plugins: Iterable[object], *,
+                 lr: float = 0.01, kinds: Mapping[str, str] | None = None) -> None:
+        self.params = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+        self.lr = lr
+        self.run = numpy_run(self.params, kinds=kinds, lr=lr)
+        self.ops: NumpyOps = self.run.ops  # type: ignore[assignment]
+        self.driver = Driver(self.run, PluginManager(plugins))
+        self.driver.train_begin()
+
+    def penalty(self) -> float:
+        """The sum of the penalties' values at the current parameters."""
+        return sum(float(p.value()) for p in self.driver.hook.on_loss(run=self.run, loss=0.0))
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        self.driver.batch_begin()
+        self.ops.grads = {k: np.array(v, dtype=np.float64) for k, v in grads.items()}
+        leftover = self.driver.collect_penalties(loss=0.0)
+        if leftover:
+            raise TypeError("NumpyLoop: penalties without add_grad need autograd: "
+                            + ", ".join(p.name for p in leftover))
+        self.driver.before_step()
+        for name, grad in self.ops.grads.items():
+            self.params[name] -= self.lr * grad
+        self.driver.after_step()
+
+    def epoch_end(self, logs: Mapping[str, float] | None = None) -> bool:
+        return self.driver.epoch_end(dict(logs or {}))
+
+    def close(self) -> None:
+        self.driver.train_end()
