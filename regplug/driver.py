@@ -98,10 +98,18 @@ class Driver:
 
     def after_step(self) -> None:
         """The optimizer has updated the parameters."""
-        self._loss_seen = False
-        self._grad_penalties = []
+        self.reset_window()
         self.run.step += 1
         self.hook.on_step(run=self.run, step=self.run.step - 1)
+
+    def reset_window(self) -> None:
+        """Gradients were zeroed: the next loss starts a new optimizer step's window.
+
+        Normally :meth:`after_step` does this; adapters also call it when gradients are
+        reset without a step (e.g. ``GradScaler`` skipped a step with non-finite gradients).
+        """
+        self._loss_seen = False
+        self._grad_penalties = []
 
     # -- per epoch -----------------------------------------------------------------------
     def epoch_end(self, logs: dict[str, float]) -> bool:

@@ -1,0 +1,318 @@
+"""Wire regplug plugins into an existing PyTorch training loop with three added lines.
+
+The supported pattern::
+
+    from regplug.adapters.torch import attach
+    from regplug.plugins import L2, DecoupledWeightDecay
+
+    with attach(model, optimizer, [L2(1e-4)]) as reg:          # 1: on_train_begin
+        for epoch in range(epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = reg.loss(criterion(model(x), y))            # 2: on_loss
+                loss.backward()
+                optimizer.step()                                   # on_before_step / on_step
+            if reg.epoch_end({"val_loss": evaluate(model)}):       # 3: on_epoch_end
+                break
+                                                                   # on_train_end on exit
+
+``on_epoch_begin`` fires at the first training-mode forward pass of each epoch;
+``on_before_step``/``on_step`` fire through ``optimizer.step()``'s own hooks, so gradient
+clipping, ``GradScaler`` and learning-rate schedulers keep working unchanged.
+
+Gradient accumulation: call ``reg.loss`` on every micro-batch loss; the penalty enters once
+per optimizer step (call it on the loss you backpropagate, after dividing by the number of
+micro-batches). Mixed precision: penalties are computed in float32 with autocast off, and
+closed-form ones are applied after ``GradScaler`` has unscaled the gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from regplug.driver import Driver
+from regplug.errors import RegplugWarning, UsageError
+from regplug.manager import PluginManager
+from regplug.penalty import Penalty
+from regplug.run import ParamHandle, Run, StopRequest
+
+from .torch_ops import TorchOps, discover_parameters
+
+__all__ = ["attach", "TorchRegularizer", "TorchWorld"]
+
+_ATTACHED = "_regplug_attached"
+
+
+class TorchWorld:
+    """The processes of a ``torch.distributed`` job: decisions are all-reduced."""
+
+    def __init__(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+        backend = dist.get_backend()
+        self._device = device if backend == "nccl" else torch.device("cpu")
+
+    def any(self, flag: bool) -> bool:
+        vote = torch.tensor([1 if flag else 0], device=self._device)
+        self._dist.all_reduce(vote, op=self._dist.ReduceOp.MAX)
+        return bool(vote.item())
+
+
+def _default_world(device: torch.device) -> Any:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return TorchWorld(device)
+    return None
+
+
+class TorchRegularizer:
+    """regplug plugins attached to one model and optimizer. Create it with :func:`attach`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 plugins: Iterable[object], *, fused: bool = True, world: Any = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"attach: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError("attach: 'optimizer' must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if getattr(optimizer, _ATTACHED, None) is not None:
+            raise UsageError("attach: this optimizer already has regplug attached; close the "
+                             "previous attachment first (penalties would apply twice)")
+        self.model = model
+        self.optimizer = optimizer
+        self.manager = PluginManager(plugins)
+        params = discover_parameters(model, optimizer)
+        device = params[0].tensor.device if params else torch.device("cpu")
+        self.run = Run(params=params, ops=TorchOps(), learning_rate_groups=self._lr_groups,
+                       device=str(device), framework="torch")
+        world = world if world is not None else _default_world(device)
+        if world is not None:
+            self.run.world = world
+        self.driver = Driver(self.run, self.manager, fused=fused)
+        self._group_of = {id(p): i for i, g in enumerate(optimizer.param_groups)
+                          for p in g["params"]}
+        self._lr_group_cache: dict[int, tuple[Sequence[ParamHandle], list[tuple[int, list]]]] = {}
+        self._loss_terms: list[Penalty] = []
+        self._backpropagated = True
+        self._batch_open = False
+        self._handles: list[Any] = []
+        self._closed = False
+        self._open()
+
+    # -- wiring ----------------------------------------------------------------------
+    def _open(self) -> None:
+        setattr(self.optimizer, _ATTACHED, self)
+        self._handles = [
+            self.model.register_forward_pre_hook(self._on_forward),
+            self.optimizer.register_step_pre_hook(self._on_before_step),
+            self.optimizer.register_step_post_hook(self._on_after_step),
+        ]
+        # zero_grad() opens a new accumulation window. It is the one event that tells a
+        # skipped step (GradScaler found inf/NaN) apart from gradient accumulation.
+        original = self.optimizer.zero_grad
+
+        def zero_grad(*args: Any, **kwargs: Any) -> None:
+            self._new_window()
+            original(*args, **kwargs)
+
+        self.optimizer.zero_grad = zero_grad  # type: ignore[method-assign]
+        try:
+            self.driver.train_begin()
+        except BaseException:
+            self._detach()
+            raise
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.optimizer.__dict__.pop("zero_grad", None)
+        if getattr(self.optimizer, _ATTACHED, None) is self:
+            delattr(self.optimizer, _ATTACHED)
+
+    def _new_window(self) -> None:
+        self.driver.reset_window()
+        self._loss_terms = []
+        self._backpropagated = True
+        self._batch_open = False
+
+    def _on_forward(self, module: nn.Module, args: Any) -> None:
+        if module.training and not self._batch_open:
+            self._batch_open = True
+            self.driver.batch_begin()
+
+    def _on_before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._backpropagated:
+            names = ", ".join(p.name for p in self._loss_terms)
+            raise UsageError(
+                f"regplug: optimizer.step() was called, but the loss returned by reg.loss() "
+                f"was not backpropagated, so the penalties {names} would be missing. Call "
+                "backward() on the tensor reg.loss() returns, not on the original loss.")
+        self.driver.before_step()
+
+    def _on_after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.driver.after_step()
+        self._loss_terms = []
+        self._batch_open = False
+
+    def _lr_groups(self, params: Sequence[ParamHandle]) -> list[tuple[Any, list[ParamHandle]]]:
+        cached = self._lr_group_cache.get(id(params))
+        if cached is None or cached[0] is not params:
+            by_group: dict[int, list[ParamHandle]] = {}
+            for p in params:
+                by_group.setdefault(self._group_of[id(p.tensor)], []).append(p)
+            cached = (params, list(by_group.items()))
+            self._lr_group_cache[id(params)] = cached
+        groups = self.optimizer.param_groups
+        return [(groups[i]["lr"], ps) for i, ps in cached[1]]
+
+    # -- the three calls of the supported pattern ------------------------------------
+    def loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Fire ``on_loss``; return ``loss`` plus the penalties that go through autograd.
+
+        Penalties with a closed-form gradient (L1, L2, elastic net) are applied as a fused
+        gradient update inside ``optimizer.step()`` instead, so they do not appear in the
+        returned value; :meth:`penalty` gives their current value.
+        """
+        self._check_open()
+        terms = self.driver.collect_penalties(loss)
+        if not terms:
+            return loss
+        total = torch.stack([torch.as_tensor(t.value(), dtype=torch.float32,
+                                             device=loss.device) for t in terms]).sum()
+        if total.requires_grad:
+            self._loss_terms = list(terms)
+            self._backpropagated = False
+            total.register_hook(self._mark_backpropagated)
+        return loss + total
+
+    def _mark_backpropagated(self, grad: torch.Tensor) -> None:
+        self._backpropagated = True
+
+    def epoch_end(self, logs: dict[str, float] | None = None) -> bool:
+        """Fire ``on_epoch_end`` with ``logs`` (plus each penalty's value); True = stop.
+
+        Pass validation metrics (e.g. ``{"val_loss": 0.31, "val_accuracy": 0.9}``) so that
+        early stopping and gap monitors can see them. Values may be floats or 0-d tensors.
+        """
+        self._check_open()
+        clean = {k: float(v) for k, v in (logs or {}).items()}
+        for name, value in self.penalties().items():
+            clean.setdefault(name, float(value))
+        return self.driver.epoch_end(clean)
+
+    def close(self) -> None:
+        """Fire ``on_train_end`` and remove every hook regplug installed."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.driver.train_end()
+        finally:
+            self._detach()
+
+    def __enter__(self) -> TorchRegularizer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("regplug: this attachment is closed; call attach(...) again")
+
+    # -- reading results -------------------------------------------------------------
+    def penalties(self) -> dict[str, torch.Tensor]:
+        """Each penalty's current value (0-d float32 tensors on the model's device)."""
+        with torch.no_grad():
+            values = {}
+            for penalty in self.manager.hook.on_loss(run=self.run, loss=None):
+                name, n = penalty.name, 2
+                while name in values:
+                    name, n = f"{penalty.name}_{n}", n + 1
+                values[name] = torch.as_tensor(penalty.value(), dtype=torch.float32)
+            return values
+
+    def penalty(self) -> torch.Tensor:
+        """The sum of the current penalties (no host synchronisation)."""
+        values = list(self.penalties().values())
+        if not values:
+            return torch.zeros((), dtype=torch.float32, device=self.run.device)
+        return torch.stack(values).sum()
+
+    @property
+    def should_stop(self) -> bool:
+        return self.run.should_stop
+
+    @property
+    def stop_requests(self) -> list[StopRequest]:
+        """Why training was asked to stop, with the plugin, epoch and step of each vote."""
+        return list(self.run.stop_requests)
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        return self.run.history
+
+    # -- checkpoints -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The run's clock and history and every plugin's state, for a checkpoint."""
+        return {
+            "step": self.run.step, "epoch": self.run.epoch,
+            "history": {k: list(v) for k, v in self.run.history.items()},
+            "plugins": [{"name": getattr(p, "name", type(p).__name__),
+                         "state": p.state_dict() if hasattr(p, "state_dict") else {}}
+                        for p in self.manager.plugins],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the same plugins, in the same order."""
+        saved = [entry["name"] for entry in state["plugins"]]
+        current = [getattr(p, "name", type(p).__name__) for p in self.manager.plugins]
+        if saved != current:
+            raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
+        for plugin, entry in zip(self.manager.plugins, state["plugins"]):
+            if hasattr(plugin, "load_state_dict"):
+                plugin.load_state_dict(entry["state"])
+        self.run.step, self.run.epoch = int(state["step"]), int(state["epoch"])
+        self.run.history = {k: list(v) for k, v in state["history"].items()}
+        self.run.update_scalars()
+
+
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable[object], *,
+           fused: bool = True, world: Any = None) -> TorchRegularizer:
+    """Attach ``plugins`` to a model and its optimizer; fires ``on_train_begin``.
+
+    :param model: the module being trained (DDP- or ``torch.compile``-wrapped is fine).
+        Parameter names are those of the unwrapped module.
+    :param optimizer: the optimizer that updates it; only parameters it updates are seen.
+    :param plugins: plugin objects, e.g. ``[L2(1e-4), MaxNorm(3.0)]`` or
+        ``regplug.build_plugins(config)``.
+    :param fused: apply closed-form penalties as a fused gradient update (default); with
+        ``False`` they are added to the returned loss and differentiated by autograd.
+    :param world: the processes' vote collector; by default ``torch.distributed`` when it is
+        initialised, else a single process.
+
+    Use it as a context manager, or call :meth:`TorchRegularizer.close` at the end.
+
+    >>> import torch, regplug
+    >>> model = torch.nn.Linear(3, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with attach(model, opt, [regplug.plugins.L2(0.5)]) as reg:
+    ...     opt.zero_grad()
+    ...     loss = reg.loss(model(torch.ones(1, 3)).sum())
+    ...     loss.backward(); opt.step()
+    >>> reg.run.step
+    1
+    """
+    return TorchRegularizer(model, optimizer, plugins, fused=fused, world=world)

@@ -1,0 +1,157 @@
+"""PyTorch side of the ops protocol: parameter discovery and fused in-place operations.
+
+Everything here stays on the parameters' device and never reads a value back to the host
+on the per-step path (no ``.item()``, no Python branching on tensor values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from regplug.run import ParamHandle
+
+_NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
+    t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                getattr(nn, "RMSNorm", None), nn.LocalResponseNorm, nn.CrossMapLRN2d)
+    if t is not None)
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+_TRANSPOSED_CONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_MAX_NORM_EPS = 1e-7
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP/DataParallel/``torch.compile`` wrappers (for naming)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def param_kind(module: nn.Module, attr: str) -> str:
+    """Kind of parameter ``attr`` of ``module``, from the module's type first."""
+    if isinstance(module, _NORM_TYPES):
+        return "normalization"
+    if isinstance(module, _EMBEDDING_TYPES):
+        return "embedding"
+    if attr == "bias" or attr.endswith("_bias") or attr.startswith("bias_"):
+        return "bias"  # also nn.MultiheadAttention's in_proj_bias, RNNs' bias_ih_l0
+    return "weight"
+
+
+def discover_parameters(model: nn.Module, optimizer: torch.optim.Optimizer
+                        ) -> list[ParamHandle]:
+    """Handles for the parameters the optimizer updates, named and typed from the model.
+
+    Tied (shared) parameters appear once, under their first name. Parameters the optimizer
+    does not update (frozen, or in another optimizer) are not handed to plugins.
+    """
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    seen: set[int] = set()
+    handles = []
+    for module_name, module in unwrap(model).named_modules():
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) in seen or id(param) not in optimized:
+                continue
+            seen.add(id(param))
+            name = f"{module_name}.{attr}" if module_name else attr
+            unit_axis = None
+            if param.dim() > 1:
+                unit_axis = 1 if isinstance(module, _TRANSPOSED_CONV) else 0
+            handles.append(ParamHandle(name, param_kind(module, attr), param,
+                                       type(module).__name__, unit_axis, tuple(param.shape)))
+    return handles
+
+
+def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    thetas, grads = [], []
+    for p in params:
+        grad = p.tensor.grad
+        if grad is None:
+            continue  # like torch's own weight_decay: no gradient this step, no update
+        if grad.is_sparse:
+            raise TypeError(f"regplug: parameter {p.name!r} has a sparse gradient; closed-form "
+                            "penalties need dense gradients (exclude it from the selection, "
+                            "or use fused=False)")
+        thetas.append(p.tensor.detach())
+        grads.append(grad)
+    return thetas, grads
+
+
+def _tensors(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+    return [p.tensor.detach() for p in params]
+
+
+class TorchOps:
+    """:class:`regplug.Ops` with ``torch._foreach_*`` kernels."""
+
+    framework = "torch"
+
+    # Values are differentiable (used when a penalty goes through autograd) and computed in
+    # float32 with autocast off, whatever precision the forward pass runs in.
+    def sum_squares(self, params: Sequence[ParamHandle]) -> torch.Tensor:
+        return self._sum(params, lambda t: t.float().square().sum())
+
+    def sum_abs(self, params: Sequence[ParamHandle]) -> torch.Tensor:
+        return self._sum(params, lambda t: t.float().abs().sum())
+
+    @staticmethod
+    def _sum(params: Sequence[ParamHandle], term) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        if not params:
+            return torch.zeros((), dtype=torch.float32)
+        device = params[0].tensor.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return torch.stack([term(p.tensor).to(device) for p in params]).sum()
+
+    @torch.no_grad()
+    def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
+        thetas, grads = _grad_pairs(params)
+        if grads:
+            torch._foreach_add_(grads, thetas, alpha=alpha)
+
+    @torch.no_grad()
+    def add_sign_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
+        thetas, grads = _grad_pairs(params)
+        if grads:
+            torch._foreach_add_(grads, torch._foreach_sign(thetas), alpha=alpha)
+
+    @torch.no_grad()
+    def scale_(self, params: Sequence[ParamHandle], factor: float) -> None:
+        if params:
+            torch._foreach_mul_(_tensors(params), factor)
+
+    @torch.no_grad()
+    def soft_threshold_(self, params: Sequence[ParamHandle], threshold: float) -> None:
+        # θ − clamp(θ, −t, t) is exactly sign(θ)·max(|θ|−t, 0), and exactly 0 (not a tiny
+        # residue) wherever |θ| <= t, because x − x == 0 in floating point.
+        if not params:
+            return
+        thetas = _tensors(params)
+        inside = torch._foreach_clamp_max(thetas, threshold)
+        torch._foreach_clamp_min_(inside, -threshold)
+        torch._foreach_sub_(thetas, inside)
+
+    @torch.no_grad()
+    def clip_unit_norms_(self, params: Sequence[ParamHandle], max_norm: float) -> None:
+        for p in params:
+            t = p.tensor.detach()
+            if p.unit_axis is None:
+                norms = torch.linalg.vector_norm(t.float())
+            else:
+                dims = [d for d in range(t.dim()) if d != p.unit_axis]
+                norms = torch.linalg.vector_norm(t.float(), dim=dims, keepdim=True)
+            scale = torch.where(norms > max_norm, max_norm / (norms + _MAX_NORM_EPS), 1.0)
+            t.mul_(scale.to(t.dtype))
+
+    def to_float(self, value: object) -> float:
+        return float(value)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
+        zeros = sum(int((p.tensor == 0).sum()) for p in params)
+        return zeros, sum(p.tensor.numel() for p in params)
