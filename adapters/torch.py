@@ -234,10 +234,11 @@ class TorchRegularizer:
 
     # -- reading results -------------------------------------------------------------
     def penalties(self) -> dict[str, torch.Tensor]:
-        """Each penalty's current value (0-d float32 tensors on the model's device)."""
+        """Each penalty's value at the current weights (0-d float32 tensors on the model's
+        device), for the penalties of the latest step; empty before the first step."""
         with torch.no_grad():
             values = {}
-            for penalty in self.manager.hook.on_loss(run=self.run, loss=None):
+            for penalty in self.driver.penalties:
                 name, n = penalty.name, 2
                 while name in values:
                     name, n = f"{penalty.name}_{n}", n + 1

@@ -33,6 +33,8 @@ class Driver:
         self._epoch_open = False
         self._loss_seen = False  # on_loss fired since the last optimizer step
         self._grad_penalties: list[Penalty] = []
+        #: Every penalty returned by the latest ``on_loss`` (for reporting their values).
+        self.penalties: list[Penalty] = []
         self.active = False
 
     # -- run boundaries ----------------------------------------------------------------
@@ -73,6 +75,7 @@ class Driver:
         penalties: Sequence[Penalty] = self.hook.on_loss(run=self.run, loss=loss)
         to_loss = []
         self._grad_penalties = []
+        self.penalties = list(penalties)
         for penalty in penalties:
             if not isinstance(penalty, Penalty):
                 raise TypeError(f"regplug: on_loss must return a regplug.Penalty or None; a "

@@ -1,0 +1,131 @@
+"""The plugin manager: validation that names the faulty plugin, and how results combine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import regplug
+from regplug.testing import NumpyLoop
+
+
+class Misspelled(regplug.Plugin):
+    @regplug.hookimpl
+    def on_los(self, run, loss):  # typo for on_loss
+        return None
+
+
+class WrongArgument(regplug.Plugin):
+    @regplug.hookimpl
+    def on_step(self, run, stp):  # typo for step
+        pass
+
+
+class MarkedHelper(regplug.Plugin):
+    @regplug.hookimpl
+    def compute(self, run):
+        pass
+
+
+class Undecorated:
+    """A plain object: methods named after hooks count without the decorator."""
+
+    name = "undecorated"
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_step(self, run, step):
+        self.steps += 1
+
+
+def test_misspelled_hook_is_refused_with_plugin_name_and_suggestion():
+    with pytest.raises(regplug.PluginValidationError, match=r"misspelled: .*'on_los'.*did you mean 'on_loss'"):
+        regplug.PluginManager([Misspelled()])
+
+
+def test_misspelled_hook_argument_is_refused_naming_the_argument():
+    with pytest.raises(regplug.PluginValidationError, match=r"wrong_argument: hook on_step\(\) takes argument\(s\) \['stp'\]"):
+        regplug.PluginManager([WrongArgument()])
+
+
+def test_hookimpl_on_a_non_hook_method_is_refused():
+    with pytest.raises(regplug.PluginValidationError, match="marked_helper: method 'compute' is not a regplug hook"):
+        regplug.PluginManager([MarkedHelper()])
+
+
+def test_registering_a_class_instead_of_an_instance_is_refused():
+    with pytest.raises(regplug.PluginValidationError, match=r"register an instance, not the class \(write L2\(...\)\)"):
+        regplug.PluginManager([regplug.plugins.L2])
+
+
+def test_registering_the_same_object_twice_is_refused():
+    l2 = regplug.plugins.L2(0.1)
+    with pytest.raises(regplug.PluginValidationError, match="the same plugin object was given twice"):
+        regplug.PluginManager([l2, l2])
+
+
+def test_undecorated_methods_named_after_hooks_are_called():
+    plugin = Undecorated()
+    loop = NumpyLoop({"w": np.ones((2, 2))}, [plugin])
+    loop.step({"w": np.zeros((2, 2))})
+    loop.step({"w": np.zeros((2, 2))})
+    assert plugin.steps == 2
+
+
+def test_penalties_of_several_plugins_add_up():
+    params = {"w": np.array([[1.0, -2.0]])}
+    loop = NumpyLoop(params, [regplug.plugins.L2(0.5), regplug.plugins.L1(0.25)])
+    assert loop.penalty() == pytest.approx(0.5 * 5.0 + 0.25 * 3.0)
+
+
+def test_hooks_fire_in_training_order(recorder):
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [recorder])
+    loop.step({"w": np.zeros((1, 1))})
+    loop.step({"w": np.zeros((1, 1))})
+    assert loop.epoch_end({"loss": 1.0}) is False
+    loop.step({"w": np.zeros((1, 1))})
+    loop.close()
+    assert recorder.events == [
+        ("train_begin", 0, 0),
+        ("epoch_begin", 0, 0), ("loss", 0, 0), ("before_step", 0, 0), ("step", 0, 1),
+        ("loss", 0, 1), ("before_step", 0, 1), ("step", 0, 2),
+        ("epoch_end", 0, 2),
+        ("epoch_begin", 1, 2), ("loss", 1, 2), ("before_step", 1, 2), ("step", 1, 3),
+        ("train_end", 1, 3),
+    ]
+
+
+def test_on_loss_returning_something_else_than_a_penalty_is_an_error():
+    class ReturnsFloat(regplug.Plugin):
+        @regplug.hookimpl
+        def on_loss(self, run, loss):
+            return 1.0
+
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [ReturnsFloat()])
+    with pytest.raises(TypeError, match="on_loss must return a regplug.Penalty or None"):
+        loop.step({"w": np.zeros((1, 1))})
+
+
+def test_a_stop_vote_carries_its_reason_and_source():
+    class StopAtOne(regplug.Plugin):
+        @regplug.hookimpl
+        def on_epoch_end(self, run, epoch, logs):
+            if logs["val_loss"] > 1:
+                run.stop(f"val_loss {logs['val_loss']} above 1", source=self.name)
+
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [StopAtOne()])
+    assert loop.epoch_end({"val_loss": 0.5}) is False
+    assert loop.epoch_end({"val_loss": 2.0}) is True
+    (request,) = loop.run.stop_requests
+    assert str(request) == "stop_at_one: val_loss 2.0 above 1"
+    assert request.epoch == 1
+    assert loop.run.history["val_loss"] == [0.5, 2.0]
+
+
+def test_plugin_names_default_to_snake_case_and_can_be_overridden():
+    assert regplug.plugins.DecoupledWeightDecay().name == "decoupled_weight_decay"
+    assert regplug.plugins.L2().name == "l2"
+    renamed = regplug.plugins.L2(0.1)
+    renamed.name = "l2_encoder"
+    assert renamed.name == "l2_encoder" and regplug.plugins.L2().name == "l2"
