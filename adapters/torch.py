@@ -42,7 +42,7 @@ from regplug.manager import PluginManager
 from regplug.penalty import Penalty
 from regplug.run import ParamHandle, Run, StopRequest
 
-from .torch_ops import TorchOps, discover_parameters
+from .torch_ops import TorchOps, discover_dropout, discover_parameters
 
 __all__ = ["attach", "TorchRegularizer", "TorchWorld"]
 
@@ -94,7 +94,8 @@ class TorchRegularizer:
         params = discover_parameters(model, optimizer)
         device = params[0].tensor.device if params else torch.device("cpu")
         self.run = Run(params=params, ops=TorchOps(), learning_rate_groups=self._lr_groups,
-                       device=str(device), framework="torch")
+                       device=str(device), framework="torch",
+                       dropout_provider=lambda: discover_dropout(model))
         world = world if world is not None else _default_world(device)
         if world is not None:
             self.run.world = world

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from regplug.run import ParamHandle
+from regplug.run import DropoutHandle, ParamHandle
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -19,6 +19,8 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     if t is not None)
 _EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 _TRANSPOSED_CONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+                  nn.FeatureAlphaDropout)
 _MAX_NORM_EPS = 1e-7
 
 
@@ -65,6 +67,19 @@ def discover_parameters(model: nn.Module, optimizer: torch.optim.Optimizer
                 unit_axis = 1 if isinstance(module, _TRANSPOSED_CONV) else 0
             handles.append(ParamHandle(name, param_kind(module, attr), param,
                                        type(module).__name__, unit_axis, tuple(param.shape)))
+    return handles
+
+
+def discover_dropout(model: nn.Module) -> list[DropoutHandle]:
+    """Handles of the dropout modules. Their ``p`` is read at every forward pass, so a new
+    rate applies from the next batch (with ``torch.compile``, a change triggers a recompile)."""
+    handles = []
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, _DROPOUT_TYPES):
+            def apply(rate: float, module: nn.Module = module) -> None:
+                module.p = rate
+
+            handles.append(DropoutHandle(name, type(module).__name__, module.p, apply))
     return handles
 
 

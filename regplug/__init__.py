@@ -17,16 +17,16 @@ from .hookspecs import HOOK_NAMES, hookimpl, hookspec
 from .manager import PluginManager
 from .ops import Ops
 from .penalty import Penalty
-from .plugin import Plugin
+from .plugin import CAPABILITIES, Plugin
 from .registry import available_plugins, build_plugins, create_plugin, load_config
-from .run import LocalWorld, ParamHandle, Run, ScheduledValue, StopRequest
+from .run import DropoutHandle, LocalWorld, ParamHandle, Run, ScheduledValue, StopRequest
 from .schedules import Constant, LinearWarmup, Schedule
 from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "HOOK_NAMES", "DEFAULT_KINDS", "PARAM_KINDS",
+    "HOOK_NAMES", "DEFAULT_KINDS", "PARAM_KINDS", "CAPABILITIES", "DropoutHandle",
     "hookimpl", "hookspec", "Plugin", "PluginManager", "Run", "ParamHandle", "Penalty",
     "Ops", "Selection", "ScheduledValue", "StopRequest", "LocalWorld",
     "Schedule", "Constant", "LinearWarmup",

@@ -7,6 +7,16 @@ from typing import Any
 
 from .hookspecs import HOOK_NAMES
 
+#: What a plugin can declare it needs from an adapter, in its ``requires`` attribute. An
+#: adapter that cannot provide one refuses the plugin when training starts, with a message
+#: naming the plugin and the capability, instead of running it wrongly.
+CAPABILITIES: dict[str, str] = {
+    "eager_step": "on_loss, on_before_step and on_step run as Python code at every optimizer "
+                  "update (not once, while a compiled train step is traced), e.g. to count "
+                  "steps or read values on the host",
+    "dropout_layers": "run.dropout_layers() hands out the model's dropout layers",
+}
+
 
 def snake_case(name: str) -> str:
     """``DecoupledWeightDecay`` → ``decoupled_weight_decay``; ``L2`` → ``l2``."""
@@ -37,6 +47,11 @@ class Plugin:
     #: Used in logs and messages; defaults to the class name in snake case. A subclass may
     #: set its own, an instance may be renamed (two ``L2`` on different layers, say).
     name: str = "plugin"
+
+    #: Adapter capabilities the plugin cannot work without (keys of :data:`CAPABILITIES`),
+    #: e.g. ``("eager_step",)``. Plugins written only against ``run.ops`` and scheduled
+    #: values need none. Any object may carry this attribute; the base class says "none".
+    requires: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

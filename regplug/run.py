@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import RegplugWarning
+from .errors import RegplugWarning, UnsupportedPluginError
 from .ops import Ops, Scalar
 from .schedules import Schedule
 from .selection import Selection
+from .validation import check_real
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +67,48 @@ class ScheduledValue:
     def current(self) -> float:
         """The value as a Python float (for logs; may synchronise with the device)."""
         return float(self.value)
+
+
+class DropoutHandle:
+    """One dropout layer of the model, whose rate plugins may change during training.
+
+    Adapters create these (see :meth:`Run.dropout_layers`) so that a new rate is honoured by
+    the framework's compiled step from the next batch on: a module attribute read at every
+    forward pass in PyTorch, a non-trainable variable read inside the traced train step in
+    Keras (also for layers built with rate 0). Set :attr:`rate` from the Python-side hooks
+    (``on_train_begin``, ``on_epoch_begin``, ``on_epoch_end``); inside Keras' traced hooks
+    a Python assignment would happen once, at trace time.
+
+    :param name: the layer's qualified name (``"dropout_1"``, ``"encoder.drop"``).
+    :param layer_type: class name of the layer, e.g. ``"Dropout"``.
+    :param rate: the rate the layer was built with.
+    :param apply: the adapter's setter, called with every new rate.
+    """
+
+    __slots__ = ("name", "layer_type", "initial_rate", "_rate", "_apply")
+
+    def __init__(self, name: str, layer_type: str, rate: float,
+                 apply: Callable[[float], None]) -> None:
+        self.name = name
+        self.layer_type = layer_type
+        self.initial_rate = float(rate)
+        self._rate = float(rate)
+        self._apply = apply
+
+    @property
+    def rate(self) -> float:
+        """The drop probability in force, in ``[0, 1]``."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        value = check_real(f"dropout layer {self.name!r}", "rate", value, low=0.0, high=1.0)
+        if value != self._rate:
+            self._apply(value)
+            self._rate = value
+
+    def __repr__(self) -> str:
+        return f"DropoutHandle({self.name!r}, layer={self.layer_type}, rate={self._rate})"
 
 
 @dataclass(frozen=True)
@@ -125,12 +168,14 @@ class Run:
     framework: str = "numpy"
     world: World = field(default_factory=LocalWorld)
     scalar_factory: Callable[[Schedule], ScheduledValue] = ScheduledValue
+    dropout_provider: Callable[[], Sequence[DropoutHandle]] | None = None
     step: int = 0
     epoch: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
     stop_requests: list[StopRequest] = field(default_factory=list)
     _selected: dict[Selection, list[ParamHandle]] = field(default_factory=dict, repr=False)
     _scalars: list[ScheduledValue] = field(default_factory=list, repr=False)
+    _dropout: list[DropoutHandle] | None = field(default=None, repr=False)
 
     # -- parameters -------------------------------------------------------------------
     def parameters(self, selection: Selection | None = None) -> list[ParamHandle]:
@@ -170,6 +215,22 @@ class Run:
         """Bring every scheduled value to the current clock (adapters call this per batch)."""
         for handle in self._scalars:
             handle.update(self.step, self.epoch)
+
+    # -- dropout -------------------------------------------------------------------------
+    def dropout_layers(self) -> list[DropoutHandle]:
+        """Handles of the model's dropout layers, whose rate the compiled step honours.
+
+        Call it from ``on_train_begin``: the adapter may prepare the layers (Keras moves
+        each rate into a variable the traced step reads). Raises
+        :class:`~regplug.UnsupportedPluginError` where the adapter offers no dropout handles.
+        """
+        if self._dropout is None:
+            if self.dropout_provider is None:
+                raise UnsupportedPluginError(
+                    f"regplug: the {self.framework} adapter does not hand out dropout layers, "
+                    "so a plugin that schedules dropout rates cannot run here")
+            self._dropout = list(self.dropout_provider())
+        return list(self._dropout)
 
     # -- metrics and stopping -----------------------------------------------------------
     def record(self, logs: dict[str, float]) -> None:

@@ -336,3 +336,32 @@ def test_attach_rejects_wrong_types_with_clear_messages():
         attach("model", torch.optim.SGD(make_model().parameters(), lr=0.1), [])
     with pytest.raises(TypeError, match="'optimizer' must be a torch.optim.Optimizer"):
         attach(make_model(), "sgd", [])
+
+
+def test_dropout_handles_change_the_rate_used_by_the_next_forward_pass():
+    model = nn.Sequential(nn.Linear(4, 256), nn.Dropout(0.0), nn.ReLU(), nn.Linear(256, 1))
+    rates = {0: 0.0, 1: 0.5, 2: 0.9}
+
+    class Schedule(regplug.Plugin):
+        @regplug.hookimpl
+        def on_epoch_begin(self, run, epoch):
+            for layer in run.dropout_layers():
+                layer.rate = rates[epoch]
+
+    captured = []
+    model[1].register_forward_hook(lambda m, i, o: captured.append((o == 0).float().mean().item()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with attach(model, opt, [Schedule()]) as reg:
+        assert [repr(h) for h in reg.run.dropout_layers()] == ["DropoutHandle('1', layer=Dropout, rate=0.0)"]
+        for _epoch in range(3):
+            x = torch.randn(512, 4).abs() + 0.1
+            with torch.no_grad():
+                model[0].weight.abs_()
+                model[0].bias.fill_(0.1)  # every activation is non-zero before dropout
+            reg.loss(model(x).sum()).backward()
+            opt.step()
+            opt.zero_grad()
+            reg.epoch_end()
+    assert captured[0] == 0.0
+    assert captured[1] == pytest.approx(0.5, abs=0.02)
+    assert captured[2] == pytest.approx(0.9, abs=0.02)
