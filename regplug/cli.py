@@ -8,12 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from .errors import PluginLoadError, RegplugError
-from .hookspecs import HOOK_NAMES
+from .hookspecs import implemented_hooks
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
-
-
-def _hooks_of(factory: object) -> list[str]:
-    return [h for h in HOOK_NAMES if callable(getattr(factory, h, None))]
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -21,7 +17,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = []
     for name, info in sorted(available_plugins().items(), key=lambda kv: (not kv[1].builtin, kv[0])):
         try:
-            hooks = ", ".join(_hooks_of(info.load())) or "(no hooks)"
+            hooks = ", ".join(implemented_hooks(info.load())) or "(no hooks)"
             status = "ok"
         except PluginLoadError as err:
             hooks, status = "-", f"BROKEN: {err.__cause__ or err}"

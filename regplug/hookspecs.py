@@ -157,3 +157,8 @@ HOOK_NAMES: tuple[str, ...] = (
     "on_train_begin", "on_epoch_begin", "on_loss", "on_before_step", "on_step",
     "on_epoch_end", "on_train_end",
 )
+
+
+def implemented_hooks(plugin: object) -> tuple[str, ...]:
+    """The hooks a plugin (an instance, a class, or a module) implements, in clock order."""
+    return tuple(h for h in HOOK_NAMES if callable(getattr(plugin, h, None)))

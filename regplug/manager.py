@@ -41,9 +41,10 @@ def validate_plugin(plugin: object) -> None:
     if inspect.isclass(plugin):
         raise PluginValidationError(
             f"{label}: register an instance, not the class (write {plugin.__name__}(...))")
+    owner = plugin if inspect.ismodule(plugin) else type(plugin)
     implemented = []
-    for attr in dir(type(plugin)):
-        member = getattr(type(plugin), attr, None)
+    for attr in dir(owner):
+        member = getattr(owner, attr, None)
         marked = hasattr(member, f"{PROJECT}_impl")
         if attr in HOOK_NAMES:
             implemented.append(attr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .hookspecs import HOOK_NAMES
+from .hookspecs import implemented_hooks
 
 #: What a plugin can declare it needs from an adapter, in its ``requires`` attribute. An
 #: adapter that cannot provide one refuses the plugin when training starts, with a message
@@ -60,7 +60,7 @@ class Plugin:
 
     def hooks(self) -> tuple[str, ...]:
         """The hooks this plugin implements."""
-        return tuple(h for h in HOOK_NAMES if callable(getattr(type(self), h, None)))
+        return implemented_hooks(self)
 
     def state_dict(self) -> dict[str, Any]:
         """The plugin's mutable state, to store in a checkpoint (plain Python values)."""
