@@ -184,8 +184,13 @@ class TorchRegularizer:
         Penalties with a closed-form gradient (L1, L2, elastic net) are applied as a fused
         gradient update inside ``optimizer.step()`` instead, so they do not appear in the
         returned value; :meth:`penalty` gives their current value.
+
+        A loss that does not require grad (a validation loss under ``torch.no_grad()``) is
+        returned unchanged and does not count as the step's loss.
         """
         self._check_open()
+        if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
+            return loss
         terms = self.driver.collect_penalties(loss)
         if not terms:
             return loss

@@ -92,9 +92,10 @@ class Driver:
             names = ", ".join(getattr(p, "name", type(p).__name__)
                               for p in self.manager.implementers("on_loss"))
             raise UsageError(
-                f"regplug: optimizer.step() was called but reg.loss(loss) was not called since "
-                f"the previous step, so the penalties of {names} would be missing. Write "
-                "`loss = reg.loss(loss)` before `loss.backward()` in every step.")
+                f"regplug: optimizer.step() was called but reg.loss(loss) was not called on a "
+                f"training loss (one that requires grad) since the previous step, so the "
+                f"penalties of {names} would be missing. Write `loss = reg.loss(loss)` before "
+                "`loss.backward()` in every step.")
         for penalty in self._grad_penalties:
             penalty.add_grad()  # type: ignore[misc]
         self.hook.on_before_step(run=self.run, step=self.run.step)

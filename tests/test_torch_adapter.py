@@ -65,7 +65,7 @@ def test_step_without_reg_loss_is_refused_and_parameters_stay_untouched():
     with attach(model, opt, [L2(0.1)]):
         before = snapshot(model)
         criterion(model(x), y).backward()
-        with pytest.raises(regplug.UsageError, match=r"reg.loss\(loss\) was not called .* penalties of l2 would be missing"):
+        with pytest.raises(regplug.UsageError, match=r"reg.loss\(loss\) was not called on a training loss .* penalties of l2 would be missing"):
             opt.step()
         after = snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -365,3 +365,19 @@ def test_dropout_handles_change_the_rate_used_by_the_next_forward_pass():
     assert captured[0] == 0.0
     assert captured[1] == pytest.approx(0.5, abs=0.02)
     assert captured[2] == pytest.approx(0.9, abs=0.02)
+
+
+def test_a_validation_loss_under_no_grad_does_not_take_the_place_of_the_training_loss():
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = batches(1)[0]
+    with attach(model, opt, [L2(0.5)], fused=False) as reg:
+        with torch.no_grad():
+            val = reg.loss(criterion(model(x), y))
+        assert not val.requires_grad
+        opt.zero_grad()
+        before = model[0].weight.detach().clone()
+        loss = reg.loss(criterion(model(x), y) * 0.0)
+        loss.backward()
+        opt.step()
+    torch.testing.assert_close(model[0].weight, before * (1 - 0.1 * 2 * 0.5))
