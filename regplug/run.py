@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from .errors import RegplugWarning, UnsupportedPluginError
 from .ops import Ops, Scalar
-from .schedules import Schedule
+from .schedules import Constant, Schedule
 from .selection import Selection
 from .validation import check_real
 
@@ -214,7 +214,9 @@ class Run:
     def update_scalars(self) -> None:
         """Bring every scheduled value to the current clock (adapters call this per batch)."""
         for handle in self._scalars:
-            handle.update(self.step, self.epoch)
+            # A constant has been current since scalar() created it: spare it two calls.
+            if type(handle.schedule) is not Constant:
+                handle.update(self.step, self.epoch)
 
     # -- dropout -------------------------------------------------------------------------
     def dropout_layers(self) -> list[DropoutHandle]:

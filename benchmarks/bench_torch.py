@@ -1,0 +1,341 @@
+"""PyTorch benchmarks: what regplug costs per optimizer step, next to the same work by hand.
+
+Two measurements, each run side by side in one process with interleaved repetitions:
+
+``l2``
+    The L2 penalty over a ResNet-50-sized parameter list. regplug applies it inside
+    ``optimizer.step()`` as one fused ``grad += 2λθ``; compared with the hand-written autograd
+    penalty (``λ·Σθ²`` built and backpropagated every step) and with the memory floor (the bare
+    ``torch._foreach_add_`` over the same tensors, with nothing around it).
+``mlp``
+    A small MLP trained on CPU with five plugins active, against a loop that does the same
+    math with the same kernels written inline. The final weights of both loops are compared,
+    so the two loops provably did the same work.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from regplug.adapters.torch import attach
+from regplug.plugins import L1, L2, DecoupledWeightDecay, MaxNorm, ProximalL1
+
+from . import Result, result
+
+__all__ = ["run", "set_threads", "environment", "resnet50_parameters", "interleaved"]
+
+Step = Callable[[], object]
+
+
+# -- measuring --------------------------------------------------------------------------
+def interleaved(steps: dict[str, Step], *, rounds: int, repeat: int, warmup: int
+                ) -> dict[str, list[float]]:
+    """Seconds per call of each step: ``rounds`` samples, each the mean of ``repeat`` calls.
+
+    Every round times each candidate once, in an order rotated from round to round, so
+    that slow drifts of the machine (frequency, a noisy neighbour) fall on all candidates
+    alike. Each candidate is first called ``warmup`` times; the garbage collector is off
+    while timing.
+    """
+    names = list(steps)
+    for name in names:
+        for _ in range(warmup):
+            steps[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                step = steps[name]
+                start = time.perf_counter()
+                for _ in range(repeat):
+                    step()
+                samples[name].append((time.perf_counter() - start) / repeat)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of the per-round ratios: robust to rounds where the whole machine was slow."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads for every benchmark of this module."""
+    torch.set_num_threads(threads)
+
+
+def environment() -> dict[str, str]:
+    """What the numbers depend on: versions, CPU and thread settings."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores",
+        "torch threads": f"{torch.get_num_threads()} intra-op, "
+                         f"{torch.get_num_interop_threads()} inter-op",
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms"
+
+
+# -- benchmark 1: L2 over ResNet-50's parameters ------------------------------------------
+_RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks) of each stage
+_BOTTLENECK_EXPANSION = 4
+
+
+def resnet50_parameters(width_divisor: int = 1) -> nn.Sequential:
+    """The convolution and batch-norm layers of a ResNet-50 backbone, as a flat container.
+
+    Same parameter shapes as torchvision's ``resnet50`` without its 1000-way classifier:
+    159 tensors, 23,508,032 elements. ``width_divisor`` divides every channel count (for quick
+    runs). The layers are never called; only their parameters matter here.
+
+    >>> layers = resnet50_parameters(width_divisor=8)
+    >>> len(list(layers.parameters()))
+    159
+    """
+    def conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, k, bias=False)
+
+    stem = 64 // width_divisor
+    layers: list[nn.Module] = [conv(3, stem, 7), nn.BatchNorm2d(stem)]
+    inplanes = stem
+    for planes, blocks in _RESNET50_STAGES:
+        planes //= width_divisor
+        out = planes * _BOTTLENECK_EXPANSION
+        for block in range(blocks):
+            layers += [conv(inplanes, planes, 1), nn.BatchNorm2d(planes),
+                       conv(planes, planes, 3), nn.BatchNorm2d(planes),
+                       conv(planes, out, 1), nn.BatchNorm2d(out)]
+            if block == 0:  # the projection shortcut of each stage's first block
+                layers += [conv(inplanes, out, 1), nn.BatchNorm2d(out)]
+            inplanes = out
+    return nn.Sequential(*layers)
+
+
+class _NoUpdate(torch.optim.Optimizer):
+    """An optimizer whose update does nothing: ``step()`` runs only the hooks around it."""
+
+    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+        super().__init__(params, defaults={})
+
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        return None
+
+
+def bench_l2(quick: bool) -> list[Result]:
+    """Benchmark 1: L2 per step, regplug vs hand-written autograd penalty vs the floor."""
+    l2 = 1e-4
+    torch.manual_seed(0)
+    model = resnet50_parameters(width_divisor=4 if quick else 1)
+    params = list(model.parameters())
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0.0, 0.05)
+            p.grad = torch.randn_like(p).mul_(1e-3)
+    thetas = [p.detach() for p in params]
+    grads = [p.grad for p in params]
+    optimizer = _NoUpdate(params)
+    loss = torch.zeros((), requires_grad=True)  # a training loss, as reg.loss expects
+
+    def hand_written() -> None:
+        penalty = l2 * sum(p.pow(2).sum() for p in params)
+        penalty.backward()  # type: ignore[union-attr]
+
+    def floor() -> None:
+        torch._foreach_add_(grads, thetas, alpha=2 * l2)
+
+    with attach(model, optimizer, [L2(l2, kinds="all")]) as reg:
+        def regplug() -> None:
+            reg.loss(loss)
+            optimizer.step()
+
+        max_diff = _same_gradient_update(grads, regplug, hand_written)
+        samples = interleaved({"regplug": regplug, "hand-written": hand_written, "floor": floor},
+                              rounds=3 if quick else 21, repeat=1, warmup=1 if quick else 3)
+
+    ours, hand, bare = (statistics.median(samples[k])
+                        for k in ("regplug", "hand-written", "floor"))
+    n_elements = sum(p.numel() for p in params)
+    notes = [
+        f"{len(params)} tensors, {n_elements / 1e6:.1f}M float32 elements (ResNet-50 backbone"
+        f"{', channels / 4' if quick else ''}); L2(kinds='all'), optimizer update a no-op",
+        "regplug = reg.loss(loss) + optimizer.step() (hooks: on_loss, fused grad += 2*l2*theta)",
+        f"same gradients as the hand-written penalty: max |diff| {max_diff:.1e}",
+        f"medians of {len(samples['regplug'])} interleaved rounds",
+    ]
+    name = "L2 step, ResNet-50-sized params"
+    return [
+        result(name, regplug_s=ours, baselines_s={"hand-written": hand},
+               ratio=paired_ratio(samples["hand-written"], samples["regplug"]),
+               ratio_of="hand-written / regplug", at_least=4, notes=notes),
+        result(name, regplug_s=ours, baselines_s={"floor": bare},
+               ratio=paired_ratio(samples["regplug"], samples["floor"]),
+               ratio_of="regplug / floor", at_most=1.3, notes=[]),
+    ]
+
+
+def _same_gradient_update(grads: list[torch.Tensor], first: Step, second: Step) -> float:
+    """Run ``first`` and ``second`` from the same gradients; their largest difference.
+
+    Leaves the gradients as they were. Raises if the two updates are not the same.
+    """
+    saved = [g.clone() for g in grads]
+    first()
+    after_first = [g.clone() for g in grads]
+    torch._foreach_copy_(grads, saved)
+    second()
+    diff = max(float((a - b).abs().max()) for a, b in zip(after_first, grads))
+    close = all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(after_first, grads))
+    torch._foreach_copy_(grads, saved)
+    if not close:
+        raise AssertionError(f"benchmark invalid: regplug and the hand-written penalty give "
+                             f"different gradients (max |diff| {diff:.3g})")
+    return diff
+
+
+# -- benchmark 2: five plugins on a small MLP -----------------------------------------------
+_L1, _L2, _WEIGHT_DECAY, _PROXIMAL_L1, _MAX_NORM = 1e-5, 5e-4, 1e-2, 1e-4, 0.5
+_LR, _MOMENTUM, _BATCH = 0.05, 0.9, 256
+_MAX_NORM_EPS = 1e-7  # as regplug's max-norm clipping
+
+
+def _mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 250), nn.ReLU(),
+                         nn.Linear(250, 10))
+
+
+def _batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    return [(torch.randn(_BATCH, 784, generator=generator),
+             torch.randint(0, 10, (_BATCH,), generator=generator)) for _ in range(count)]
+
+
+def _sgd(model: nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=_LR, momentum=_MOMENTUM)
+
+
+def _regplug_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> tuple[Step, Callable[[], None]]:
+    """The user's loop with regplug's three lines; returns (one step, close)."""
+    optimizer = _sgd(model)
+    criterion = nn.CrossEntropyLoss()
+    reg = attach(model, optimizer, [L1(_L1), L2(_L2), DecoupledWeightDecay(_WEIGHT_DECAY),
+                                    ProximalL1(_PROXIMAL_L1), MaxNorm(_MAX_NORM)])
+
+    def step() -> None:
+        x, y = next(data)
+        optimizer.zero_grad()
+        loss = reg.loss(criterion(model(x), y))
+        loss.backward()
+        optimizer.step()
+
+    return step, reg.close
+
+
+def _hand_written_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                       ) -> Step:
+    """The same five regularizers written inline, with the kernels regplug uses.
+
+    The order is regplug's: pluggy calls the last registered plugin first, so L2 enters the
+    gradient before L1, and max-norm clips before the proximal step.
+    """
+    optimizer = _sgd(model)
+    criterion = nn.CrossEntropyLoss()
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+
+    def step() -> None:
+        x, y = next(data)
+        optimizer.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        lr = optimizer.param_groups[0]["lr"]
+        with torch.no_grad():
+            grads = [w.grad for w in weights]
+            torch._foreach_add_(grads, weights, alpha=2.0 * _L2)               # L2
+            torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=_L1)  # L1
+            torch._foreach_mul_(weights, 1.0 - lr * _WEIGHT_DECAY)         # decoupled decay
+        optimizer.step()
+        with torch.no_grad():
+            for w in weights:                                              # max-norm per unit
+                norms = torch.linalg.vector_norm(w, dim=[1], keepdim=True)
+                w.mul_(torch.where(norms > _MAX_NORM, _MAX_NORM / (norms + _MAX_NORM_EPS), 1.0))
+            threshold = lr * _PROXIMAL_L1                                  # proximal L1
+            inside = torch._foreach_clamp_max(weights, threshold)
+            torch._foreach_clamp_min_(inside, -threshold)
+            torch._foreach_sub_(weights, inside)
+
+    return step
+
+
+def _unregularized_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                        ) -> Step:
+    optimizer = _sgd(model)
+    criterion = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        x, y = next(data)
+        optimizer.zero_grad()
+        criterion(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def bench_mlp(quick: bool) -> list[Result]:
+    """Benchmark 2: a wrapped loop with five plugins vs the same loop written by hand."""
+    batches = _batches(4 if quick else 16)
+    ours_model, hand_model, bare_model = _mlp(0), _mlp(0), _mlp(0)
+    ours, close = _regplug_loop(ours_model, itertools.cycle(batches))
+    steps = {"regplug": ours,
+             "hand-written": _hand_written_loop(hand_model, itertools.cycle(batches)),
+             "no regularization": _unregularized_loop(bare_model, itertools.cycle(batches))}
+    rounds, repeat, warmup = (4, 3, 3) if quick else (60, 20, 40)
+    try:
+        samples = interleaved(steps, rounds=rounds, repeat=repeat, warmup=warmup)
+    finally:
+        close()
+    n_steps = warmup + rounds * repeat
+    pairs = [(a.detach(), b.detach())
+             for a, b in zip(ours_model.parameters(), hand_model.parameters(), strict=True)]
+    max_diff = max(float((a - b).abs().max()) for a, b in pairs)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in pairs)
+    if not same:
+        raise AssertionError(f"benchmark invalid: after {n_steps} steps the regplug and "
+                             f"hand-written loops hold different weights (max |diff| "
+                             f"{max_diff:.3g})")
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    notes = [
+        f"MLP 784-50-250-10, batch {_BATCH}, SGD(lr={_LR}, momentum={_MOMENTUM}); plugins "
+        f"L1, L2, DecoupledWeightDecay, ProximalL1, MaxNorm",
+        f"same weights after {n_steps} steps of each loop: max |diff| {max_diff:.1e}",
+        f"medians of {rounds} interleaved rounds of {repeat} steps; the regularizers' own "
+        f"kernels cost {_ms(median['hand-written'] - median['no regularization'])} per step",
+    ]
+    return [result("5 plugins, MLP step (CPU)", regplug_s=median["regplug"],
+                   baselines_s={"hand-written": median["hand-written"],
+                                "no regularization": median["no regularization"]},
+                   ratio=paired_ratio(samples["regplug"], samples["hand-written"]),
+                   ratio_of="regplug / hand-written", at_most=1.03, notes=notes)]
+
+
+def run(quick: bool) -> list[Result]:
+    """Every PyTorch benchmark; ``quick`` runs small sizes with few repetitions (a smoke run)."""
+    return bench_l2(quick) + bench_mlp(quick)
