@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from regplug.penalty import Penalty
 from regplug.plugin import Plugin
 from regplug.run import ParamHandle, Run, ScheduledValue
 from regplug.schedules import Schedule, as_schedule
 from regplug.selection import Selection
 
 Strength = float | Schedule | dict[str, Any]
+
+
+@dataclass(eq=False)
+class Binding:
+    """What a plugin holds for the run it serves: built once at the start, reused per step."""
+
+    run: Run
+    params: list[ParamHandle]
+    values: dict[str, ScheduledValue]
+    penalty: Penalty | None = None
 
 
 class ParameterPlugin(Plugin):
@@ -29,7 +41,7 @@ class ParameterPlugin(Plugin):
         self.selection = Selection.build(type(self).__name__, kinds=kinds, include=include,
                                          exclude=exclude)
         self._schedules: dict[str, Schedule] = {}
-        self._bound: tuple[int, list[ParamHandle], dict[str, ScheduledValue]] | None = None
+        self._bound: Binding | None = None
 
     def _strength(self, arg: str, value: Strength, *, low: float = 0.0,
                   high: float = math.inf, low_open: bool = False,
@@ -39,13 +51,14 @@ class ParameterPlugin(Plugin):
         self._schedules[arg] = schedule
         return schedule
 
-    def _bind(self, run: Run) -> tuple[list[ParamHandle], dict[str, ScheduledValue]]:
+    def _bind(self, run: Run) -> Binding:
         """The selected parameters and the strengths' live values for ``run``."""
-        if self._bound is None or self._bound[0] != id(run):
+        bound = self._bound
+        if bound is None or bound.run is not run:
             params = run.select(f"{type(self).__name__}({self._args()})", self.selection)
             values = {arg: run.scalar(s) for arg, s in self._schedules.items()}
-            self._bound = (id(run), params, values)
-        return self._bound[1], self._bound[2]
+            bound = self._bound = Binding(run, params, values)
+        return bound
 
     def on_train_begin(self, run: Run) -> None:
         self._bound = None

@@ -36,5 +36,5 @@ class MaxNorm(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        params, s = self._bind(run)
-        run.ops.clip_unit_norms_(params, s["max_value"].value)
+        bound = self._bind(run)
+        run.ops.clip_unit_norms_(bound.params, bound.values["max_value"].value)

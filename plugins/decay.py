@@ -39,7 +39,7 @@ class DecoupledWeightDecay(ParameterPlugin):
 
     @hookimpl
     def on_before_step(self, run: Run) -> None:
-        params, s = self._bind(run)
-        wd = s["weight_decay"].value
-        for lr, group in run.group_by_learning_rate(params):
+        bound = self._bind(run)
+        wd = bound.values["weight_decay"].value
+        for lr, group in run.group_by_learning_rate(bound.params):
             run.ops.scale_(group, decoupled_decay_factor(lr, wd))

@@ -15,10 +15,24 @@ from regplug.hookspecs import hookimpl
 from regplug.penalty import Penalty
 from regplug.run import Run
 
-from ._base import ParameterPlugin, Strength
+from ._base import Binding, ParameterPlugin, Strength
 
 
-class L2(ParameterPlugin):
+class _PenaltyPlugin(ParameterPlugin):
+    """A penalty built once per run from the selection and strengths, returned every step."""
+
+    @hookimpl
+    def on_loss(self, run: Run) -> Penalty:
+        bound = self._bind(run)
+        if bound.penalty is None:
+            bound.penalty = self._penalty(bound)
+        return bound.penalty
+
+    def _penalty(self, bound: Binding) -> Penalty:
+        raise NotImplementedError
+
+
+class L2(_PenaltyPlugin):
     """Add ``l2 · Σθ²`` over the selected parameters to the loss (a Gaussian prior).
 
     :param l2: strength, a number ``>= 0`` or a schedule (default 0.01, as Keras).
@@ -40,10 +54,8 @@ class L2(ParameterPlugin):
         super().__init__(kinds=kinds, include=include, exclude=exclude)
         self._strength("l2", l2)
 
-    @hookimpl
-    def on_loss(self, run: Run) -> Penalty:
-        params, s = self._bind(run)
-        ops, l2 = run.ops, s["l2"]
+    def _penalty(self, bound: Binding) -> Penalty:
+        params, ops, l2 = bound.params, bound.run.ops, bound.values["l2"]
         return Penalty(
             name=f"{self.name}_penalty",
             value=lambda: l2.value * ops.sum_squares(params),
@@ -51,7 +63,7 @@ class L2(ParameterPlugin):
         )
 
 
-class L1(ParameterPlugin):
+class L1(_PenaltyPlugin):
     """Add ``l1 · Σ|θ|`` over the selected parameters to the loss (a Laplace prior).
 
     Pushes small weights towards zero; with a gradient optimizer they oscillate around zero
@@ -65,10 +77,8 @@ class L1(ParameterPlugin):
         super().__init__(kinds=kinds, include=include, exclude=exclude)
         self._strength("l1", l1)
 
-    @hookimpl
-    def on_loss(self, run: Run) -> Penalty:
-        params, s = self._bind(run)
-        ops, l1 = run.ops, s["l1"]
+    def _penalty(self, bound: Binding) -> Penalty:
+        params, ops, l1 = bound.params, bound.run.ops, bound.values["l1"]
         return Penalty(
             name=f"{self.name}_penalty",
             value=lambda: l1.value * ops.sum_abs(params),
@@ -76,7 +86,7 @@ class L1(ParameterPlugin):
         )
 
 
-class ElasticNet(ParameterPlugin):
+class ElasticNet(_PenaltyPlugin):
     """Add ``l1 · Σ|θ| + l2 · Σθ²`` (Keras ``regularizers.L1L2``; both default to 0)."""
 
     def __init__(self, l1: Strength = 0.0, l2: Strength = 0.0, *,
@@ -87,10 +97,9 @@ class ElasticNet(ParameterPlugin):
         self._strength("l1", l1)
         self._strength("l2", l2)
 
-    @hookimpl
-    def on_loss(self, run: Run) -> Penalty:
-        params, s = self._bind(run)
-        ops, l1, l2 = run.ops, s["l1"], s["l2"]
+    def _penalty(self, bound: Binding) -> Penalty:
+        params, ops = bound.params, bound.run.ops
+        l1, l2 = bound.values["l1"], bound.values["l2"]
 
         def add_grad() -> None:
             ops.add_sign_to_grad_(params, l1.value)

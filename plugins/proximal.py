@@ -37,7 +37,7 @@ class ProximalL1(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        params, s = self._bind(run)
-        l1 = s["l1"].value
-        for lr, group in run.group_by_learning_rate(params):
+        bound = self._bind(run)
+        l1 = bound.values["l1"].value
+        for lr, group in run.group_by_learning_rate(bound.params):
             run.ops.soft_threshold_(group, lr * l1)

@@ -1,0 +1,36 @@
+"""The Keras test modules again under Keras' other backends, each in a fresh Python.
+
+Keras fixes its backend when it is first imported, so every other backend gets a
+subprocess running the same modules with ``KERAS_BACKEND`` set. Backends that are not
+installed (JAX, usually) are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+MODULES = ("test_keras_equivalence.py", "test_keras_compiled.py", "test_keras_lifecycle.py",
+           "test_keras_errors.py", "test_keras_ops.py")
+OTHER_BACKENDS = [b for b in ("tensorflow", "torch", "jax") if b != keras.backend.backend()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_keras_adapter_tests_pass_on_backend(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
+    tests = Path(__file__).resolve().parent
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+               *(str(tests / m) for m in MODULES)]
+    done = subprocess.run(command, cwd=tests.parent, capture_output=True, text=True,
+                          env=dict(os.environ, KERAS_BACKEND=backend), timeout=900)
+    assert done.returncode == 0, (f"KERAS_BACKEND={backend}:\n{done.stdout[-8000:]}\n"
+                                  f"{done.stderr[-3000:]}")
+    assert " passed" in done.stdout
