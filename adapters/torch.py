@@ -169,6 +169,8 @@ class TorchRegularizer:
     def _lr_groups(self, params: Sequence[ParamHandle]) -> list[tuple[Any, list[ParamHandle]]]:
         cached = self._lr_group_cache.get(id(params))
         if cached is None or cached[0] is not params:
+            if len(self._lr_group_cache) > 64:  # a plugin passing fresh lists every step
+                self._lr_group_cache.clear()
             by_group: dict[int, list[ParamHandle]] = {}
             for p in params:
                 by_group.setdefault(self._group_of[id(p.tensor)], []).append(p)

@@ -86,11 +86,14 @@ def on_loss(run: Run, loss: Any) -> Penalty | None:
     value to the loss, several times cheaper — while any other penalty is added to the loss
     and differentiated by the framework.
 
-    Fires exactly once per optimizer update. PyTorch: at the first ``reg.loss(loss)`` after
-    an optimizer step (later calls in the same gradient-accumulation window return the loss
-    unchanged, so accumulation never multiplies a penalty). Keras: while the train function
-    is traced, so the body must use only ``run.ops`` and values that live in framework
-    variables (strengths obtained from ``run.scalar``), never Python branching on tensors.
+    PyTorch: exactly once per optimizer update, at the first ``reg.loss(loss)`` after a step
+    (later calls in the same gradient-accumulation window return the loss unchanged, so
+    accumulation never multiplies a penalty). Keras: while the train (and validation) step
+    is traced — so ``val_loss`` includes the penalties, as with Keras' own regularizers —
+    and once at ``fit`` start with ``loss=None`` to learn the penalties' names. The body
+    therefore runs once per trace, not per step: it must use only ``run.ops`` and values that
+    live in framework variables (strengths obtained from ``run.scalar``), never Python
+    branching on tensors, and must not count calls. Return the same penalty every time.
     """
 
 
@@ -99,7 +102,8 @@ def on_before_step(run: Run, step: int) -> None:
     """Gradients are final and the optimizer is about to update the parameters.
 
     :param run: the run.
-    :param step: index of the update about to happen, from 0 (equal to ``run.step``).
+    :param step: index of the update about to happen, from 0 (equal to ``run.step``). In a
+        compiled Keras step this is the value at trace time: do not compute with it there.
 
     PyTorch: an optimizer step pre-hook, i.e. after ``loss.backward()``, gradient clipping
     and ``GradScaler`` unscaling, inside ``optimizer.step()`` (skipped with the step itself

@@ -27,9 +27,13 @@ def test_keras_adapter_tests_pass_on_backend(backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
     tests = Path(__file__).resolve().parent
+    root = tests.parent
+    # Run from tests/: `python -m` puts the working directory first on sys.path, and from the
+    # repository root that would shadow the installed regplug with the source folder.
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+               "-c", str(root / "pyproject.toml"), "--rootdir", str(root),
                *(str(tests / m) for m in MODULES)]
-    done = subprocess.run(command, cwd=tests.parent, capture_output=True, text=True,
+    done = subprocess.run(command, cwd=tests, capture_output=True, text=True,
                           env=dict(os.environ, KERAS_BACKEND=backend), timeout=900)
     assert done.returncode == 0, (f"KERAS_BACKEND={backend}:\n{done.stdout[-8000:]}\n"
                                   f"{done.stderr[-3000:]}")
