@@ -119,7 +119,7 @@ from keras.src.backend import get_stateless_scope  # JAX: the scope of stateless
 from regplug.driver import Driver
 from regplug.errors import RegplugWarning, UnsupportedPluginError, UsageError
 from regplug.manager import PluginManager, plugin_label
-from regplug.penalty import Penalty
+from regplug.penalty import Penalty, unique_names
 from regplug.plugin import CAPABILITIES
 from regplug.run import DropoutHandle, ParamHandle, Run, ScheduledValue, StopRequest
 from regplug.schedules import Schedule
@@ -175,16 +175,6 @@ def _innermost(optimizer: Any) -> Any:
     while getattr(optimizer, "inner_optimizer", None) is not None:
         optimizer = optimizer.inner_optimizer
     return optimizer
-
-
-def _unique(names: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for base in names:
-        name, n = base, 2
-        while name in out:
-            name, n = f"{base}_{n}", n + 1
-        out.append(name)
-    return out
 
 
 def step_is_eager(model: Any) -> bool:
@@ -373,7 +363,7 @@ class _Attachment:
             return
         try:
             found = self.manager.hook.on_loss(run=self.run, loss=None)
-            names = _unique(p.name for p in found if isinstance(p, Penalty))
+            names = unique_names(p.name for p in found if isinstance(p, Penalty))
         except Exception:  # a plugin that needs the real loss to say what it returns
             log.debug("regplug: could not list the penalties before training; they are "
                       "added to the loss but not logged separately", exc_info=True)
@@ -416,7 +406,7 @@ class _Attachment:
             _hook_error(err, "on_loss", self.eager)
             raise
         total = None
-        names = _unique(getattr(p, "name", "?") for p in penalties)
+        names = unique_names(getattr(p, "name", "?") for p in penalties)
         for name, penalty in zip(names, penalties):
             if not isinstance(penalty, Penalty):
                 raise TypeError(f"regplug: on_loss must return a regplug.Penalty or None; a "

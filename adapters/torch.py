@@ -16,7 +16,8 @@ The supported pattern::
                 break
                                                                    # on_train_end on exit
 
-``on_epoch_begin`` fires at the first training-mode forward pass of each epoch;
+``on_epoch_begin`` fires at the first training-mode forward pass of each epoch (where no
+plugin implements it, scheduled strengths are brought up to date at ``reg.loss``);
 ``on_before_step``/``on_step`` fire through ``optimizer.step()``'s own hooks, so gradient
 clipping, ``GradScaler`` and learning-rate schedulers keep working unchanged.
 
@@ -28,7 +29,6 @@ closed-form ones are applied after ``GradScaler`` has unscaled the gradients.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from regplug.driver import Driver
-from regplug.errors import RegplugWarning, UsageError
+from regplug.errors import UsageError
 from regplug.manager import PluginManager
-from regplug.penalty import Penalty
+from regplug.penalty import Penalty, unique_names
 from regplug.run import ParamHandle, Run, StopRequest
 
 from .torch_ops import TorchOps, discover_dropout, discover_parameters
@@ -114,10 +114,14 @@ class TorchRegularizer:
     def _open(self) -> None:
         setattr(self.optimizer, _ATTACHED, self)
         self._handles = [
-            self.model.register_forward_pre_hook(self._on_forward),
             self.optimizer.register_step_pre_hook(self._on_before_step),
             self.optimizer.register_step_post_hook(self._on_after_step),
         ]
+        if self.manager.implements("on_epoch_begin"):
+            # Only a plugin acting at epoch begin (e.g. on dropout rates) needs to run before
+            # the first forward pass; otherwise reg.loss() opens the batch, and the module
+            # keeps its fast hook-free call path.
+            self._handles.append(self.model.register_forward_pre_hook(self._on_forward))
         # zero_grad() opens a new accumulation window. It is the one event that tells a
         # skipped step (GradScaler found inf/NaN) apart from gradient accumulation.
         original = self.optimizer.zero_grad
@@ -148,7 +152,11 @@ class TorchRegularizer:
         self._batch_open = False
 
     def _on_forward(self, module: nn.Module, args: Any) -> None:
-        if module.training and not self._batch_open:
+        if module.training:
+            self._open_batch()
+
+    def _open_batch(self) -> None:
+        if not self._batch_open:
             self._batch_open = True
             self.driver.batch_begin()
 
@@ -193,6 +201,7 @@ class TorchRegularizer:
         self._check_open()
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
+        self._open_batch()
         terms = self.driver.collect_penalties(loss)
         if not terms:
             return loss
@@ -244,14 +253,10 @@ class TorchRegularizer:
     def penalties(self) -> dict[str, torch.Tensor]:
         """Each penalty's value at the current weights (0-d float32 tensors on the model's
         device), for the penalties of the latest step; empty before the first step."""
+        penalties = self.driver.penalties
         with torch.no_grad():
-            values = {}
-            for penalty in self.driver.penalties:
-                name, n = penalty.name, 2
-                while name in values:
-                    name, n = f"{penalty.name}_{n}", n + 1
-                values[name] = torch.as_tensor(penalty.value(), dtype=torch.float32)
-            return values
+            return {name: torch.as_tensor(p.value(), dtype=torch.float32)
+                    for name, p in zip(unique_names(p.name for p in penalties), penalties)}
 
     def penalty(self) -> torch.Tensor:
         """The sum of the current penalties (no host synchronisation)."""

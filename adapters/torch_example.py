@@ -7,11 +7,9 @@ weights — the comparison of the lecture notebook, in miniature.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -19,8 +17,6 @@ from regplug.data import Dataset, load_digits
 from regplug.plugins import L1, L2, DecoupledWeightDecay, MaxNorm, ProximalL1
 
 from .torch import attach
-
-log = logging.getLogger(__name__)
 
 STRATEGIES: dict[str, Callable[[], list[object]]] = {
     "none": lambda: [],
@@ -76,7 +72,6 @@ def train_one(data: Dataset, plugins: list[object], *, epochs: int, seed: int,
 
 def run_demo(epochs: int = 30, seed: int = 0) -> dict[str, dict[str, float]]:
     """Train every strategy on the digits data and print the comparison table."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_digits(seed=seed)
     print(f"digits: {len(data.x_train)} train / {len(data.x_test)} test images, "
           f"{data.n_features} features; MLP 50-250-{data.n_classes}, {epochs} epochs, SGD")

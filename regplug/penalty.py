@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,3 +29,18 @@ class Penalty:
     name: str
     value: Callable[[], Any]
     add_grad: Callable[[], None] | None = None
+
+
+def unique_names(names: Iterable[str]) -> list[str]:
+    """Log keys for penalties: repeated names get ``_2``, ``_3``, ... (two ``L2`` plugins).
+
+    >>> unique_names(["l2_penalty", "l1_penalty", "l2_penalty"])
+    ['l2_penalty', 'l1_penalty', 'l2_penalty_2']
+    """
+    out: list[str] = []
+    for base in names:
+        name, n = base, 2
+        while name in out:
+            name, n = f"{base}_{n}", n + 1
+        out.append(name)
+    return out

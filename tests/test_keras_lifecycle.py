@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import zipfile
-from pathlib import Path
 
 import keras
 import numpy as np
