@@ -167,14 +167,19 @@ class TorchRegularizer:
                 f"regplug: optimizer.step() was called, but the loss returned by reg.loss() "
                 f"was not backpropagated, so the penalties {names} would be missing. Call "
                 "backward() on the tensor reg.loss() returns, not on the original loss.")
-        self.driver.before_step()
+        with torch.no_grad():  # once for every plugin's in-place op of this section
+            self.driver.before_step()
 
     def _on_after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self.driver.after_step()
+        with torch.no_grad():
+            self.driver.after_step()
         self._loss_terms = []
         self._batch_open = False
 
     def _lr_groups(self, params: Sequence[ParamHandle]) -> list[tuple[Any, list[ParamHandle]]]:
+        groups = self.optimizer.param_groups
+        if len(groups) == 1:  # the common case: one learning rate for everything
+            return [(groups[0]["lr"], params)] if params else []  # type: ignore[list-item]
         cached = self._lr_group_cache.get(id(params))
         if cached is None or cached[0] is not params:
             if len(self._lr_group_cache) > 64:  # a plugin passing fresh lists every step
@@ -184,7 +189,6 @@ class TorchRegularizer:
                 by_group.setdefault(self._group_of[id(p.tensor)], []).append(p)
             cached = (params, list(by_group.items()))
             self._lr_group_cache[id(params)] = cached
-        groups = self.optimizer.param_groups
         return [(groups[i]["lr"], ps) for i, ps in cached[1]]
 
     # -- the three calls of the supported pattern ------------------------------------

@@ -175,6 +175,7 @@ class Run:
     stop_requests: list[StopRequest] = field(default_factory=list)
     _selected: dict[Selection, list[ParamHandle]] = field(default_factory=dict, repr=False)
     _scalars: list[ScheduledValue] = field(default_factory=list, repr=False)
+    _varying: list[ScheduledValue] = field(default_factory=list, repr=False)
     _dropout: list[DropoutHandle] | None = field(default=None, repr=False)
 
     # -- parameters -------------------------------------------------------------------
@@ -209,14 +210,14 @@ class Run:
         handle = self.scalar_factory(schedule)
         handle.update(self.step, self.epoch)
         self._scalars.append(handle)
+        if type(schedule) is not Constant:  # a constant is current from creation on
+            self._varying.append(handle)
         return handle
 
     def update_scalars(self) -> None:
         """Bring every scheduled value to the current clock (adapters call this per batch)."""
-        for handle in self._scalars:
-            # A constant has been current since scalar() created it: spare it two calls.
-            if type(handle.schedule) is not Constant:
-                handle.update(self.step, self.epoch)
+        for handle in self._varying:
+            handle.update(self.step, self.epoch)
 
     # -- dropout -------------------------------------------------------------------------
     def dropout_layers(self) -> list[DropoutHandle]:
