@@ -120,7 +120,7 @@ from regplug.driver import Driver
 from regplug.errors import RegplugWarning, UnsupportedPluginError, UsageError
 from regplug.manager import PluginManager, plugin_label
 from regplug.penalty import Penalty, unique_names
-from regplug.plugin import CAPABILITIES
+from regplug.plugin import check_requirements
 from regplug.run import DropoutHandle, ParamHandle, Run, ScheduledValue, StopRequest
 from regplug.schedules import Schedule
 
@@ -600,32 +600,12 @@ class Regularize(keras.callbacks.Callback):
         previous.detach()
 
     def _check_capabilities(self, model: Any) -> None:
-        eager = step_is_eager(model)
-        provided = {"dropout_layers"} | ({"eager_step"} if eager else set())
-        for plugin in self.plugins:
-            needs = getattr(plugin, "requires", ()) or ()
-            needs = (needs,) if isinstance(needs, str) else tuple(needs)
-            label = plugin_label(plugin)
-            for need in needs:
-                if need not in CAPABILITIES:
-                    raise UnsupportedPluginError(
-                        f"{label}: requires {need!r}, a capability regplug does not know "
-                        f"(known: {', '.join(CAPABILITIES)}), so the Keras adapter cannot "
-                        "promise to serve it")
-                if need in provided:
-                    continue
-                if need == "eager_step":
-                    hooks = [h for h in _STEP_HOOKS if callable(getattr(plugin, h, None))]
-                    raise UnsupportedPluginError(
-                        f"{label}: requires 'eager_step' — its {', '.join(hooks) or 'step'} "
-                        "hook(s) must run as Python at every optimizer update — but "
-                        f"model.fit runs a compiled train step on the "
-                        f"{keras.backend.backend()} backend, where these hooks run once, "
-                        "while the step is traced. Compile with "
-                        "model.compile(..., run_eagerly=True) to use this plugin with Keras.")
-                raise UnsupportedPluginError(
-                    f"{label}: requires {need!r} ({CAPABILITIES[need]}), which the Keras "
-                    "adapter cannot provide here")
+        compiled = None if step_is_eager(model) else (
+            f"model.fit runs a compiled train step on the {keras.backend.backend()} backend, "
+            f"where {', '.join(_STEP_HOOKS)} run once, while the step is traced. Compile with "
+            "model.compile(..., run_eagerly=True) to use this plugin with Keras.")
+        check_requirements(self.plugins, {"eager_step": compiled, "dropout_layers": None},
+                           adapter="the Keras adapter")
 
     def _check_optimizer(self, att: _Attachment) -> None:
         if not getattr(att.optimizer, "gradient_accumulation_steps", None):

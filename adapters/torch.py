@@ -40,6 +40,7 @@ from regplug.driver import Driver
 from regplug.errors import UsageError
 from regplug.manager import PluginManager
 from regplug.penalty import Penalty, unique_names
+from regplug.plugin import check_requirements
 from regplug.run import ParamHandle, Run, StopRequest
 
 from .torch_ops import TorchOps, discover_dropout, discover_parameters
@@ -91,6 +92,9 @@ class TorchRegularizer:
         self.model = model
         self.optimizer = optimizer
         self.manager = PluginManager(plugins)
+        # Every hook runs as Python at every step here, and dropout modules are at hand.
+        check_requirements(self.manager.plugins, {"eager_step": None, "dropout_layers": None},
+                           adapter="the PyTorch adapter")
         params = discover_parameters(model, optimizer)
         device = params[0].tensor.device if params else torch.device("cpu")
         self.run = Run(params=params, ops=TorchOps(), learning_rate_groups=self._lr_groups,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .hookspecs import implemented_hooks
@@ -74,3 +75,28 @@ class Plugin:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def check_requirements(plugins: Iterable[object], provided: Mapping[str, str | None], *,
+                       adapter: str) -> None:
+    """Refuse, before training starts, a plugin that needs what the adapter cannot provide.
+
+    :param provided: every capability of :data:`CAPABILITIES` mapped to ``None`` when the
+        adapter provides it, or to the reason (and remedy) why it cannot.
+    :param adapter: how messages name the adapter, e.g. ``"the Keras adapter"``.
+    """
+    from .errors import UnsupportedPluginError
+    from .manager import plugin_label
+
+    for plugin in plugins:
+        needs = getattr(plugin, "requires", ()) or ()
+        for need in (needs,) if isinstance(needs, str) else tuple(needs):
+            label = plugin_label(plugin)
+            if need not in CAPABILITIES:
+                raise UnsupportedPluginError(
+                    f"{label}: requires {need!r}, a capability regplug does not know (known: "
+                    f"{', '.join(CAPABILITIES)}), so {adapter} cannot promise to serve it")
+            reason = provided.get(need, f"{adapter} cannot provide it")
+            if reason is not None:
+                raise UnsupportedPluginError(
+                    f"{label}: requires {need!r} ({CAPABILITIES[need]}), but {reason}")

@@ -381,3 +381,14 @@ def test_a_validation_loss_under_no_grad_does_not_take_the_place_of_the_training
         loss.backward()
         opt.step()
     torch.testing.assert_close(model[0].weight, before * (1 - 0.1 * 2 * 0.5))
+
+
+def test_a_plugin_requiring_an_unknown_capability_is_refused_before_training():
+    class Telepathic(regplug.Plugin):
+        requires = ("telepathy",)
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(regplug.UnsupportedPluginError, match=r"telepathic: requires 'telepathy'.*known: eager_step, dropout_layers.*PyTorch adapter"):
+        attach(model, opt, [Telepathic()])
+    assert not opt._optimizer_step_pre_hooks  # nothing was left attached
