@@ -33,11 +33,7 @@ class Driver:
         self._on_loss = _per_step_caller(manager, "on_loss")
         self._on_before_step = _per_step_caller(manager, "on_before_step")
         self._on_step = _per_step_caller(manager, "on_step")
-        # Plugins are fixed for the life of a driver: skip hooks nobody implements (a pluggy
-        # call costs a few microseconds even with no implementation, on every step).
         self._wants_loss = manager.implements("on_loss")
-        self._wants_before_step = manager.implements("on_before_step")
-        self._wants_step = manager.implements("on_step")
         self._epoch_open = False
         self._loss_seen = False  # on_loss fired since the last optimizer step
         self._grad_penalties: list[Penalty] = []
@@ -108,15 +104,13 @@ class Driver:
                 "`loss.backward()` in every step.")
         for penalty in self._grad_penalties:
             penalty.add_grad()  # type: ignore[misc]
-        if self._wants_before_step:
-            self._on_before_step(run=self.run, step=self.run.step)
+        self._on_before_step(run=self.run, step=self.run.step)
 
     def after_step(self) -> None:
         """The optimizer has updated the parameters."""
         self.reset_window()
         self.run.step += 1
-        if self._wants_step:
-            self._on_step(run=self.run, step=self.run.step - 1)
+        self._on_step(run=self.run, step=self.run.step - 1)
 
     def reset_window(self) -> None:
         """Gradients were zeroed: the next loss starts a new optimizer step's window.

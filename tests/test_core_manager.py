@@ -129,3 +129,28 @@ def test_plugin_names_default_to_snake_case_and_can_be_overridden():
     renamed = regplug.plugins.L2(0.1)
     renamed.name = "l2_encoder"
     assert renamed.name == "l2_encoder" and regplug.plugins.L2().name == "l2"
+
+
+def test_per_step_hooks_run_in_pluggys_order_with_tryfirst_and_trylast():
+    calls = []
+
+    def make(label, **opts):
+        class Ordered(regplug.Plugin):
+            name = label
+
+            @regplug.hookimpl(**opts)
+            def on_step(self, run, step):
+                calls.append(label)
+
+            @regplug.hookimpl(**opts)
+            def on_before_step(self, step):
+                calls.append(f"{label}:before")
+        return Ordered()
+
+    plugins = [make("a"), make("late", trylast=True), make("b"), make("early", tryfirst=True)]
+    loop = NumpyLoop({"w": np.ones((1, 1))}, plugins)
+    loop.driver.manager.hook.on_step(run=loop.run, step=0)  # pluggy's own dispatch
+    expected, calls[:] = list(calls), []
+    loop.step({"w": np.zeros((1, 1))})
+    assert expected == ["early", "b", "a", "late"]
+    assert calls == [f"{x}:before" for x in expected] + expected
