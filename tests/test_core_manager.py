@@ -154,3 +154,22 @@ def test_per_step_hooks_run_in_pluggys_order_with_tryfirst_and_trylast():
     loop.step({"w": np.zeros((1, 1))})
     assert expected == ["early", "b", "a", "late"]
     assert calls == [f"{x}:before" for x in expected] + expected
+
+
+def test_a_stop_voted_on_another_process_stops_this_one_with_a_reason():
+    class OtherRankVotes:
+        rank, size = 1, 2
+
+        def __init__(self):
+            self.asked = []
+
+        def any(self, flag):
+            self.asked.append(flag)
+            return True  # rank 0 voted to stop
+
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [])
+    loop.run.world = OtherRankVotes()
+    assert loop.epoch_end({"val_loss": 1.0}) is True
+    assert loop.run.world.asked == [False]  # this rank had no vote of its own
+    (request,) = loop.run.stop_requests
+    assert str(request) == "rank 1: another process voted to stop"
