@@ -29,7 +29,7 @@ closed-form ones are applied after ``GradScaler`` has unscaled the gradients.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -231,6 +231,9 @@ class TorchRegularizer:
         early stopping and gap monitors can see them. Values may be floats or 0-d tensors.
         """
         self._check_open()
+        if logs is not None and not isinstance(logs, Mapping):
+            raise TypeError("reg.epoch_end: 'logs' must be a mapping of metric names to values, "
+                            f"e.g. {{'val_loss': 0.31}}; got {type(logs).__name__}")
         clean = {k: float(v) for k, v in (logs or {}).items()}
         for name, value in self.penalties().items():
             clean.setdefault(name, float(value))

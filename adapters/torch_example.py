@@ -74,7 +74,10 @@ def run_demo(epochs: int = 30, seed: int = 0) -> dict[str, dict[str, float]]:
     """Train every strategy on the digits data and print the comparison table."""
     data = load_digits(seed=seed)
     print(f"digits: {len(data.x_train)} train / {len(data.x_test)} test images, "
-          f"{data.n_features} features; MLP 50-250-{data.n_classes}, {epochs} epochs, SGD")
+          f"{data.n_features} features; MLP with hidden layers 50 and 250, {epochs} epochs, "
+          f"SGD(lr=0.05, momentum=0.9), batch 64")
+    for name, make in STRATEGIES.items():
+        print(f"  {name:<24}{', '.join(map(repr, make())) or '(no plugin)'}")
     results = {}
     header = f"{'strategy':<24}{'acc_train':>10}{'acc_test':>10}{'pct_diff':>10}" \
              f"{'zeros':>8}{'penalty':>10}{'time':>7}"

@@ -55,7 +55,7 @@ class ParameterPlugin(Plugin):
         """The selected parameters and the strengths' live values for ``run``."""
         bound = self._bound
         if bound is None or bound.run is not run:
-            params = run.select(f"{type(self).__name__}({self._args()})", self.selection)
+            params = run.parameters(self.selection)
             values = {arg: run.scalar(s) for arg, s in self._schedules.items()}
             bound = self._bound = Binding(run, params, values)
         return bound

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .errors import PluginLoadError, RegplugError
 from .hookspecs import implemented_hooks
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
@@ -39,16 +40,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regplug", description="Regularization plugins for PyTorch loops and Keras fit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"regplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list available plugins (built-in and discovered)")
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("demo", help="train a small MLP on the embedded digits data with "
                                     "several regularizers and print a comparison table")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per strategy (default 30)")
+    p.add_argument("--epochs", type=_positive_int, default=30,
+                   help="epochs per strategy (default 30)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -77,6 +77,10 @@ class PluginManager:
         self._pm = _Pluggy(PROJECT)
         self._pm.add_hookspecs(hookspecs)
         self._plugins: list[object] = []
+        if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable) or any(
+                callable(getattr(plugins, hook, None)) for hook in HOOK_NAMES):
+            raise TypeError("plugins must be a list of plugin objects, e.g. [L2(l2=0.01)]; "
+                            f"got one {type(plugins).__name__}")
         for plugin in plugins:
             self.register(plugin)
 

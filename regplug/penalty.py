@@ -30,6 +30,15 @@ class Penalty:
     value: Callable[[], Any]
     add_grad: Callable[[], None] | None = None
 
+    def __post_init__(self) -> None:
+        if not callable(self.value):
+            raise TypeError(f"Penalty {self.name!r}: 'value' must be a function of no arguments "
+                            f"returning the term (e.g. value=lambda: ...), got "
+                            f"{type(self.value).__name__}")
+        if self.add_grad is not None and not callable(self.add_grad):
+            raise TypeError(f"Penalty {self.name!r}: 'add_grad' must be None or a function of "
+                            f"no arguments, got {type(self.add_grad).__name__}")
+
 
 def unique_names(names: Iterable[str]) -> list[str]:
     """Log keys for penalties: repeated names get ``_2``, ``_3``, ... (two ``L2`` plugins).

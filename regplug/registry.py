@@ -8,6 +8,7 @@ the CLI or code names it. ``REGPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` skips discovery 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
@@ -86,8 +87,11 @@ def create_plugin(name: str, /, **kwargs: Any) -> Any:
     """
     plugins = available_plugins()
     if name not in plugins:
+        close = difflib.get_close_matches(str(name).lower(), list(plugins), n=1)
         raise UnknownPluginError(
-            f"unknown plugin {name!r}; available: {', '.join(sorted(plugins))}"
+            f"unknown plugin {name!r}; "
+            + (f"did you mean {close[0]!r}? " if close else "")
+            + f"available: {', '.join(sorted(plugins))}"
             + (f" (third-party discovery is off: {DISABLE_AUTOLOAD_ENV} is set)"
                if autoload_disabled() else ""))
     factory = plugins[name].load()
@@ -128,6 +132,9 @@ def build_plugins(config: Iterable[PluginSpec] | Mapping[str, Any]) -> list[Any]
             raise ValueError("plugin config: expected a list of plugins or a mapping with a "
                              f"'plugins' list; got keys {sorted(config)}")
         config = config["plugins"]
+        if isinstance(config, Mapping):
+            raise ValueError("plugin config: 'plugins' must be a list; in TOML write each plugin "
+                             "as [[plugins]] (an array of tables), not [plugins]")
     built = []
     for index, item in enumerate(config):
         if isinstance(item, str):

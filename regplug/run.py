@@ -180,23 +180,23 @@ class Run:
 
     # -- parameters -------------------------------------------------------------------
     def parameters(self, selection: Selection | None = None) -> list[ParamHandle]:
-        """Handles of the parameters matching ``selection`` (default: weights only)."""
-        selection = selection or Selection()
-        if selection not in self._selected:
-            self._selected[selection] = [p for p in self.params if selection.matches(p)]
-        return self._selected[selection]
+        """Handles of the parameters matching ``selection`` (default: weights only).
 
-    def select(self, owner: str, selection: Selection) -> list[ParamHandle]:
-        """Like :meth:`parameters`, with a warning naming ``owner`` when nothing matches."""
-        found = self.parameters(selection)
-        if not found:
-            kinds = kinds_summary(self.params)
-            sample = ", ".join(p.name for p in self.params[:6])
-            warnings.warn(
-                f"{owner}: the selection ({selection.describe()}) matches none of the model's "
-                f"{len(self.params)} parameters, so this plugin does nothing. Kinds present: "
-                f"{kinds or 'none'}; names start with: {sample or '(no parameters)'}.",
-                RegplugWarning, stacklevel=3)
+        The first time a selection matches none of the model's parameters, a
+        :class:`~regplug.RegplugWarning` names its owner (``Selection.build(owner, ...)``),
+        the kinds present and the first names — a plugin never does nothing silently.
+        """
+        selection = selection or Selection()
+        found = self._selected.get(selection)
+        if found is None:
+            found = self._selected[selection] = [p for p in self.params if selection.matches(p)]
+            if not found:
+                sample = ", ".join(p.name for p in self.params[:6])
+                warnings.warn(
+                    f"{selection.owner or 'a plugin'}: the selection ({selection.describe()}) "
+                    f"matches none of the model's {len(self.params)} parameters, so it acts on "
+                    f"nothing. Kinds present: {kinds_summary(self.params) or 'none'}; names "
+                    f"start with: {sample or '(no parameters)'}.", RegplugWarning, stacklevel=2)
         return found
 
     def group_by_learning_rate(self, params: Sequence[ParamHandle]

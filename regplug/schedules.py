@@ -113,8 +113,8 @@ def as_schedule(value: float | Schedule | dict[str, Any], *, owner: str, arg: st
         check_choice(owner, f"{arg}.schedule", name, tuple(_BY_NAME))
         try:
             value = _BY_NAME[name](**spec)  # type: ignore[index]
-        except TypeError as err:
-            raise TypeError(f"{owner}: argument {arg!r}: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{owner}: argument {arg!r}: {err}") from None
     if not isinstance(value, Schedule):
         return Constant(check_real(owner, arg, value, low=low, high=high, low_open=low_open,
                                      high_open=high_open))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,12 +25,17 @@ DEFAULT_KINDS: tuple[str, ...] = ("weight",)
 def _patterns(owner: str, arg: str, value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
-    items = (value,) if isinstance(value, str) else tuple(value)
+    if isinstance(value, str):
+        items: tuple[object, ...] = (value,)
+    elif isinstance(value, Iterable):
+        items = tuple(value)
+    else:
+        items = (value,)
     for item in items:
         if not isinstance(item, str) or not item:
             raise TypeError(f"{owner}: argument {arg!r} must be a name pattern or a list of "
                             f"them (glob syntax, e.g. 'encoder.*'), got {item!r}")
-    return items
+    return items  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,8 @@ class Selection:
     kinds: tuple[str, ...] = DEFAULT_KINDS
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    #: Who selects (named in the warning when nothing matches); not part of equality.
+    owner: str = field(default="", compare=False)
 
     @classmethod
     def build(cls, owner: str, *, kinds: str | Iterable[str] | None = None,
@@ -65,7 +72,7 @@ class Selection:
                 raise ValueError(f"{owner}: argument 'kinds' must be 'all' or a non-empty list "
                                  f"drawn from {', '.join(map(repr, PARAM_KINDS))}; got {kinds!r}")
         return cls(tuple(dict.fromkeys(chosen)), _patterns(owner, "include", include),
-                   _patterns(owner, "exclude", exclude))
+                   _patterns(owner, "exclude", exclude), owner)
 
     def matches(self, handle: ParamHandle) -> bool:
         if handle.kind not in self.kinds:

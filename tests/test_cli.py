@@ -54,3 +54,12 @@ def test_bad_arguments_exit_non_zero_without_traceback(capsys):
         cli.main(["demo", "--epochs", "many"])
     assert err.value.code == 2
     assert "invalid int value" in capsys.readouterr().err
+
+
+def test_epochs_must_be_positive_and_version_is_printed(capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(["demo", "--epochs", "0"])
+    assert err.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        cli.main(["--version"])
+    assert err.value.code == 0 and capsys.readouterr().out.startswith("regplug 0.")

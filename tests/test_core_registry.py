@@ -92,7 +92,12 @@ def test_autoload_can_be_disabled_by_environment(third_party, monkeypatch):
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(regplug.UnknownPluginError) as err:
         regplug.create_plugin("l3")
-    assert "unknown plugin 'l3'; available: decoupled_weight_decay, elastic_net, l1, l2" in str(err.value)
+    assert ("unknown plugin 'l3'; available: decoupled_weight_decay, elastic_net, l1, l2"
+            in str(err.value))
+    with pytest.raises(regplug.UnknownPluginError, match="did you mean 'l2'"):
+        regplug.create_plugin("L2")
+    with pytest.raises(regplug.UnknownPluginError, match="did you mean 'proximal_l1'"):
+        regplug.create_plugin("proximal_L1")
 
 
 def test_wrong_keyword_lists_the_accepted_ones():
@@ -138,3 +143,10 @@ def test_toml_config_errors_name_the_file(tmp_path):
         regplug.load_config(bad)
     with pytest.raises(ValueError, match="missing.toml' cannot be read"):
         regplug.load_config(tmp_path / "missing.toml")
+
+
+def test_a_toml_plugins_table_instead_of_an_array_of_tables_is_explained(tmp_path):
+    path = tmp_path / "one.toml"
+    path.write_text('[plugins]\nname = "l2"\n')
+    with pytest.raises(ValueError, match=r"write each plugin as \[\[plugins\]\] \(an array of tables\), not \[plugins\]"):
+        regplug.load_config(path)

@@ -52,11 +52,6 @@ def test_empty_kind_list_is_refused():
         L2(kinds=[])
 
 
-def test_pattern_that_is_not_a_string_is_refused():
-    with pytest.raises(TypeError, match="L2: argument 'include' must be a name pattern"):
-        L2(include=[3])
-
-
 def test_schedule_that_goes_negative_is_refused():
     with pytest.raises(ValueError, match=r"L2: argument 'l2' must be a finite number >= 0, got -0.1 \(a value of the schedule LinearWarmup"):
         L2(regplug.LinearWarmup(0.01, warmup_steps=10, start=-0.1))
@@ -75,6 +70,42 @@ def test_linear_warmup_needs_exactly_one_length():
 
 
 def test_a_selection_matching_nothing_warns_naming_the_plugin():
-    with pytest.warns(regplug.RegplugWarning, match=r"L2\(l2=0.1, kinds=\['weight'\], include=\['encoder.\*'\]\): the selection .* matches none of the model's 2 parameters, so this plugin does nothing. Kinds present: \{'weight': 1, 'bias': 1\}"):
+    with pytest.warns(regplug.RegplugWarning, match=r"L2: the selection \(kinds=\['weight'\], include=\['encoder.\*'\]\) matches none of the model's 2 parameters, so it acts on nothing. Kinds present: \{'weight': 1, 'bias': 1\}"):
         NumpyLoop({"fc.weight": np.ones((2, 2)), "fc.bias": np.ones(2)},
                   [L2(0.1, include="encoder.*")])
+
+
+def test_a_user_written_plugin_selecting_nothing_is_warned_about_too():
+    class ShrinkHead(regplug.Plugin):
+        def __init__(self):
+            self.selection = regplug.Selection.build("ShrinkHead", include="head.*")
+
+        def on_step(self, run, step):
+            run.ops.scale_(run.parameters(self.selection), 0.5)
+
+    loop = NumpyLoop({"0.weight": np.ones((2, 2))}, [ShrinkHead()])
+    with pytest.warns(regplug.RegplugWarning, match="ShrinkHead: the selection .* names start with: 0.weight"):
+        loop.step({"0.weight": np.zeros((2, 2))})
+
+
+@pytest.mark.parametrize("bad", [3, [3], 2.5])
+def test_patterns_that_are_not_strings_are_refused(bad):
+    with pytest.raises(TypeError, match="L2: argument 'include' must be a name pattern"):
+        L2(include=bad)
+
+
+def test_schedule_config_errors_name_plugin_and_argument():
+    with pytest.raises(ValueError, match=r"L2: argument 'l2': LinearWarmup: give exactly one of"):
+        L2({"schedule": "linear_warmup", "value": 0.1})
+
+
+def test_penalty_value_must_be_a_callable():
+    with pytest.raises(TypeError, match=r"Penalty 'mine': 'value' must be a function of no arguments returning the term \(e.g. value=lambda: ...\), got float"):
+        regplug.Penalty("mine", value=0.5)
+    with pytest.raises(TypeError, match="Penalty 'mine': 'add_grad' must be None or a function"):
+        regplug.Penalty("mine", value=lambda: 0.0, add_grad=1.0)
+
+
+def test_a_single_plugin_instead_of_a_list_is_refused_with_a_hint():
+    with pytest.raises(TypeError, match=r"plugins must be a list of plugin objects, e.g. \[L2\(l2=0.01\)\]; got one L2"):
+        regplug.PluginManager(L2())

@@ -392,3 +392,10 @@ def test_a_plugin_requiring_an_unknown_capability_is_refused_before_training():
     with pytest.raises(regplug.UnsupportedPluginError, match=r"telepathic: requires 'telepathy'.*known: eager_step, dropout_layers.*PyTorch adapter"):
         attach(model, opt, [Telepathic()])
     assert not opt._optimizer_step_pre_hooks  # nothing was left attached
+
+
+def test_epoch_end_with_something_else_than_a_mapping_is_refused():
+    model = make_model()
+    with attach(model, torch.optim.SGD(model.parameters(), lr=0.1), []) as reg:
+        with pytest.raises(TypeError, match=r"'logs' must be a mapping .* got float"):
+            reg.epoch_end(0.5)
