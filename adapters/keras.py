@@ -119,7 +119,7 @@ from keras.src.backend import get_stateless_scope  # JAX: the scope of stateless
 from regplug.driver import Driver
 from regplug.errors import RegplugWarning, UnsupportedPluginError, UsageError
 from regplug.manager import PluginManager, plugin_label
-from regplug.penalty import Penalty, unique_names
+from regplug.penalty import Penalty, check_penalties, unique_names
 from regplug.plugin import check_requirements
 from regplug.run import DropoutHandle, ParamHandle, Run, ScheduledValue, StopRequest
 from regplug.schedules import Schedule
@@ -394,23 +394,23 @@ class _Attachment:
         model.compute_loss = compute_loss
         self.patched_loss = True
 
+    def _traced_hook(self, name: str, **kwargs: Any) -> list[Any]:
+        """Call hook ``name`` from inside the step, explaining errors raised while tracing."""
+        try:
+            return getattr(self.manager.hook, name)(run=self.run, **kwargs)
+        except Exception as err:
+            _hook_error(err, name, self.eager)
+            raise
+
     def add_penalties(self, loss: Any) -> Any:
         self.loss_seen = True
         if self.jax:  # remember the traced values for the optimizer's scope (see patch_apply)
             self.jax_values = {id(v): v.value for v in self.state_vars}
         if loss is None or not self.wants["on_loss"]:
             return loss
-        try:
-            penalties = self.manager.hook.on_loss(run=self.run, loss=loss)
-        except Exception as err:
-            _hook_error(err, "on_loss", self.eager)
-            raise
+        penalties = check_penalties(self._traced_hook("on_loss", loss=loss))
         total = None
-        names = unique_names(getattr(p, "name", "?") for p in penalties)
-        for name, penalty in zip(names, penalties):
-            if not isinstance(penalty, Penalty):
-                raise TypeError(f"regplug: on_loss must return a regplug.Penalty or None; a "
-                                f"plugin returned {type(penalty).__name__}: {penalty!r}")
+        for name, penalty in zip(unique_names(p.name for p in penalties), penalties):
             value = ops.cast(penalty.value(), "float32")
             tracker = self.trackers.get(name)
             if tracker is not None:
@@ -442,20 +442,13 @@ class _Attachment:
                 if self.wants["on_before_step"]:
                     self.ops.open_gradients(grads, variables)
                     try:
-                        self.manager.hook.on_before_step(run=self.run, step=step)
-                    except Exception as err:
-                        _hook_error(err, "on_before_step", self.eager)
-                        raise
+                        self._traced_hook("on_before_step", step=step)
                     finally:
                         changed = self.ops.close_gradients()
                     grads = changed
                 result = original(grads, trainable_variables)
                 if self.wants["on_step"]:
-                    try:
-                        self.manager.hook.on_step(run=self.run, step=step)
-                    except Exception as err:
-                        _hook_error(err, "on_step", self.eager)
-                        raise
+                    self._traced_hook("on_step", step=step)
             finally:
                 self.lr_now = None
             return result

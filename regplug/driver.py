@@ -7,12 +7,12 @@ hooks and refuses sequences that would silently give a wrong result.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from .errors import UsageError
 from .manager import PluginManager
-from .penalty import Penalty
+from .penalty import Penalty, check_penalties
 from .run import Run
 
 
@@ -78,14 +78,10 @@ class Driver:
         self._loss_seen = True
         if not self._wants_loss:
             return []
-        penalties: Sequence[Penalty] = self._on_loss(run=self.run, loss=loss)
+        self.penalties = check_penalties(self._on_loss(run=self.run, loss=loss))
         to_loss = []
         self._grad_penalties = []
-        self.penalties = list(penalties)
-        for penalty in penalties:
-            if not isinstance(penalty, Penalty):
-                raise TypeError(f"regplug: on_loss must return a regplug.Penalty or None; a "
-                                f"plugin returned {type(penalty).__name__}: {penalty!r}")
+        for penalty in self.penalties:
             if self.fused and penalty.add_grad is not None:
                 self._grad_penalties.append(penalty)
             else:

@@ -53,3 +53,13 @@ def unique_names(names: Iterable[str]) -> list[str]:
             name, n = f"{base}_{n}", n + 1
         out.append(name)
     return out
+
+
+def check_penalties(results: Iterable[object]) -> list[Penalty]:
+    """The results of an ``on_loss`` call, refusing anything that is not a :class:`Penalty`."""
+    penalties = list(results)
+    for penalty in penalties:
+        if not isinstance(penalty, Penalty):
+            raise TypeError(f"regplug: on_loss must return a regplug.Penalty or None; a "
+                            f"plugin returned {type(penalty).__name__}: {penalty!r}")
+    return penalties  # type: ignore[return-value]
