@@ -618,7 +618,7 @@ class Regularize(keras.callbacks.Callback):
         run, driver = self._live()
         run.epoch = epoch
         self._epoch_start_step = run.step
-        driver.batch_begin()  # fires on_epoch_begin, brings the schedules to the clock
+        driver.epoch_begin()  # fires on_epoch_begin, brings the schedules to the clock
         if self._att is not None and self._att.dirty:
             self._att.retrace()
 

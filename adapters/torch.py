@@ -16,8 +16,9 @@ The supported pattern::
                 break
                                                                    # on_train_end on exit
 
-``on_epoch_begin`` fires at the first training-mode forward pass of each epoch (where no
-plugin implements it, scheduled strengths are brought up to date at ``reg.loss``);
+``on_epoch_begin`` fires at the first training-mode forward pass of each epoch, and
+``on_batch_begin`` at the first one after each optimizer step (where no plugin implements
+them, scheduled strengths are brought up to date at ``reg.loss``);
 ``on_before_step``/``on_step`` fire through ``optimizer.step()``'s own hooks, so gradient
 clipping, ``GradScaler`` and learning-rate schedulers keep working unchanged.
 
@@ -121,8 +122,8 @@ class TorchRegularizer:
             self.optimizer.register_step_pre_hook(self._on_before_step),
             self.optimizer.register_step_post_hook(self._on_after_step),
         ]
-        if self.manager.implements("on_epoch_begin"):
-            # Only a plugin acting at epoch begin (e.g. on dropout rates) needs to run before
+        if any(self.manager.implements(h) for h in ("on_epoch_begin", "on_batch_begin")):
+            # Only a plugin acting at epoch/batch begin (e.g. on dropout rates) needs to run before
             # the first forward pass; otherwise reg.loss() opens the batch, and the module
             # keeps its fast hook-free call path.
             self._handles.append(self.model.register_forward_pre_hook(self._on_forward))

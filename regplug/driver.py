@@ -33,6 +33,8 @@ class Driver:
         self._on_loss = _per_step_caller(manager, "on_loss")
         self._on_before_step = _per_step_caller(manager, "on_before_step")
         self._on_step = _per_step_caller(manager, "on_step")
+        self._on_batch_begin = (_per_step_caller(manager, "on_batch_begin")
+                                if manager.implements("on_batch_begin") else None)
         self._wants_loss = manager.implements("on_loss")
         self._epoch_open = False
         self._loss_seen = False  # on_loss fired since the last optimizer step
@@ -57,12 +59,18 @@ class Driver:
         self.hook.on_train_end(run=self.run)
 
     # -- per batch ---------------------------------------------------------------------
-    def batch_begin(self) -> None:
-        """A training batch is starting (before its forward pass)."""
+    def epoch_begin(self) -> None:
+        """Open the epoch (``on_epoch_begin``) if it is not open yet; bring values to the clock."""
         if not self._epoch_open:
             self._epoch_open = True
             self.hook.on_epoch_begin(run=self.run, epoch=self.run.epoch)
         self.run.update_scalars()
+
+    def batch_begin(self) -> None:
+        """A training batch is starting (before its forward pass)."""
+        self.epoch_begin()
+        if self._on_batch_begin is not None:
+            self._on_batch_begin(run=self.run, step=self.run.step)
 
     def collect_penalties(self, loss: Any) -> list[Penalty]:
         """Fire ``on_loss`` once per optimizer step; return the penalties for the loss.

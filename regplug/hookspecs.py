@@ -12,6 +12,8 @@ hook                    PyTorch loop (``attach``)       Keras ``model.fit`` (cal
 ``on_train_begin``      ``attach(...)`` / ``with``      ``on_train_begin``
 ``on_epoch_begin``      first training forward of an    ``on_epoch_begin``
                         epoch
+``on_batch_begin``      every training forward          ``on_train_batch_begin``
+                        (module pre-hook)
 ``on_loss``             ``reg.loss(loss)``              traced into the compiled train step
 ``on_before_step``      optimizer step pre-hook         inside the compiled step, before the
                                                         optimizer applies the update
@@ -68,6 +70,23 @@ def on_epoch_begin(run: Run, epoch: int) -> None:
     PyTorch: fires just before the first *training-mode* forward pass of the epoch (a module
     forward pre-hook), so changes made here — e.g. dropout rates — apply to that very batch.
     Keras: from the callback's ``on_epoch_begin``. Return values are ignored.
+    """
+
+
+@hookspec
+def on_batch_begin(run: Run, step: int) -> None:
+    """A training batch is about to start (before its forward pass).
+
+    :param run: the run; its scheduled values (``run.scalar``) are already at this step.
+    :param step: index of the optimizer update this batch belongs to (equal to ``run.step``).
+
+    Runs as Python before every training batch, outside any compiled step — the place for
+    per-step changes the compiled step must read from a variable, e.g. a dropout rate
+    following a schedule step by step (set ``DropoutHandle.rate`` here). PyTorch: a module
+    forward pre-hook on the first training-mode forward after an optimizer step (installed
+    only when a plugin implements this hook or ``on_epoch_begin``). Keras: the callback's
+    ``on_train_batch_begin`` (with ``steps_per_execution=k``, once per k updates). Keep it
+    cheap: it runs at every step. Return values are ignored.
     """
 
 
@@ -158,7 +177,7 @@ def on_train_end(run: Run) -> None:
 
 
 HOOK_NAMES: tuple[str, ...] = (
-    "on_train_begin", "on_epoch_begin", "on_loss", "on_before_step", "on_step",
+    "on_train_begin", "on_epoch_begin", "on_batch_begin", "on_loss", "on_before_step", "on_step",
     "on_epoch_end", "on_train_end",
 )
 
