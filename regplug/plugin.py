@@ -16,6 +16,11 @@ CAPABILITIES: dict[str, str] = {
                   "update (not once, while a compiled train step is traced), e.g. to count "
                   "steps or read values on the host",
     "dropout_layers": "run.dropout_layers() hands out the model's dropout layers",
+    "model_state": "run.model_state snapshots and restores the whole model state "
+                   "(parameters and buffers)",
+    "batch_training": "run.trial_training trains the model on one fixed batch with every other "
+                      "plugin and dropout switched off, then restores model, optimizer and "
+                      "random state exactly",
 }
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from .errors import RegplugWarning, UnsupportedPluginError
 from .ops import Ops, Scalar
@@ -124,6 +126,49 @@ class StopRequest:
         return f"{self.source}: {self.reason}"
 
 
+class ModelState(Protocol):
+    """Copies of the model's whole state, made and put back by the adapter.
+
+    The state is what a checkpoint of the model holds: every parameter *and* every buffer or
+    non-trainable variable (batch-norm statistics), not only the trainable parameters that
+    :class:`ParamHandle` lists. A snapshot is an opaque object of the adapter (framework
+    tensors keyed by name); plugins only pass it back. Used by early stopping (best weights)
+    and by sanity checks that must leave the model as they found it.
+    """
+
+    def snapshot(self, into: Any = None, *, host: bool = False) -> Any:
+        """An exact copy of the current state.
+
+        :param into: an earlier snapshot of this model whose storage is reused (copied into
+            in place), so a plugin taking a snapshot at every improvement allocates once.
+        :param host: keep the copy in host memory instead of on the model's device (ignored
+            when ``into`` is given: the copy goes where ``into`` lives).
+        """
+
+    def restore(self, snapshot: Any) -> None:
+        """Write a snapshot back into the model, bit for bit."""
+
+    def to_numpy(self, snapshot: Any) -> dict[str, Any]:
+        """The snapshot as NumPy arrays keyed by name (for a plugin's ``state_dict``)."""
+
+    def from_numpy(self, arrays: dict[str, Any]) -> Any:
+        """A snapshot from :meth:`to_numpy`'s arrays; refuses names or shapes that differ."""
+
+
+class TrialTraining(Protocol):
+    """Training on one fixed batch that leaves no trace (for sanity checks such as
+    :class:`~regplug.plugins.OverfitBatch`)."""
+
+    def train(self, x: Any, y: Any, steps: int) -> list[float]:
+        """Train on ``(x, y)`` for ``steps`` updates, then put everything back.
+
+        Uses the model's own loss and optimizer, with every regplug plugin and every dropout
+        layer switched off. Returns ``steps + 1`` losses: the loss before each update and
+        the loss after the last one. Afterwards model, optimizer and random-number state are
+        exactly as before the call (also when it raises).
+        """
+
+
 class World(Protocol):
     """The processes of a (possibly distributed) run."""
 
@@ -169,6 +214,8 @@ class Run:
     world: World = field(default_factory=LocalWorld)
     scalar_factory: Callable[[Schedule], ScheduledValue] = ScheduledValue
     dropout_provider: Callable[[], Sequence[DropoutHandle]] | None = None
+    state_provider: ModelState | None = None
+    trial_provider: TrialTraining | None = None
     step: int = 0
     epoch: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -235,6 +282,29 @@ class Run:
             self._dropout = list(self.dropout_provider())
         return list(self._dropout)
 
+    # -- whole-model state --------------------------------------------------------------
+    @property
+    def model_state(self) -> ModelState:
+        """Snapshots of the whole model (parameters and buffers): see :class:`ModelState`.
+
+        Raises :class:`~regplug.UnsupportedPluginError` where the adapter offers none
+        (plugins needing it declare ``requires = ("model_state",)`` to be refused early).
+        """
+        if self.state_provider is None:
+            raise UnsupportedPluginError(
+                f"regplug: the {self.framework} adapter does not snapshot the model state, so "
+                "a plugin that keeps or restores weights cannot run here")
+        return self.state_provider
+
+    @property
+    def trial_training(self) -> TrialTraining:
+        """Side-effect-free training on one batch: see :class:`TrialTraining`."""
+        if self.trial_provider is None:
+            raise UnsupportedPluginError(
+                f"regplug: the {self.framework} adapter cannot train on a fixed batch here, so "
+                "a sanity check that trains cannot run")
+        return self.trial_provider
+
     # -- metrics and stopping -----------------------------------------------------------
     def record(self, logs: dict[str, float]) -> None:
         """Append an epoch's metrics to :attr:`history`."""
@@ -256,3 +326,22 @@ def kinds_summary(params: Iterable[ParamHandle]) -> dict[str, int]:
     for p in params:
         out[p.kind] = out.get(p.kind, 0) + 1
     return out
+
+
+def check_state_arrays(where: str, arrays: Mapping[str, object],
+                       shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse saved arrays that do not match the model's state (names and shapes)."""
+    missing = [k for k in shapes if k not in arrays]
+    extra = [k for k in arrays if k not in shapes]
+    wrong = [f"{k}: saved {tuple(np.shape(arrays[k]))}, model {tuple(shapes[k])}"
+             for k in shapes if k in arrays and tuple(np.shape(arrays[k])) != tuple(shapes[k])]
+    if missing or extra or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if extra:
+            parts.append(f"unknown {extra[:5]}")
+        if wrong:
+            parts.append("different shapes " + "; ".join(wrong[:5]))
+        raise ValueError(f"regplug ({where}): the saved model state does not fit this model: "
+                         + ", ".join(parts))

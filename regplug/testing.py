@@ -16,7 +16,7 @@ import numpy as np
 from .driver import Driver
 from .manager import PluginManager
 from .numpy_ops import NumpyOps
-from .run import ParamHandle, Run
+from .run import ParamHandle, Run, check_state_arrays
 
 
 def _guess_kind(name: str) -> str:
@@ -26,6 +26,32 @@ def _guess_kind(name: str) -> str:
     if leaf in ("gamma", "beta"):
         return "normalization"
     return "embedding" if leaf.startswith("embedding") else "weight"
+
+
+class NumpyModelState:
+    """:class:`regplug.run.ModelState` over a dict of NumPy arrays (changed in place)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def snapshot(self, into: dict[str, np.ndarray] | None = None, *,
+                 host: bool = False) -> dict[str, np.ndarray]:
+        if into is None:
+            return {k: v.copy() for k, v in self.arrays.items()}
+        for k, v in self.arrays.items():
+            np.copyto(into[k], v)
+        return into
+
+    def restore(self, snapshot: Mapping[str, np.ndarray]) -> None:
+        for k, v in self.arrays.items():
+            np.copyto(v, snapshot[k])
+
+    def to_numpy(self, snapshot: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in snapshot.items()}
+
+    def from_numpy(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_state_arrays("numpy", arrays, {k: v.shape for k, v in self.arrays.items()})
+        return {k: np.array(arrays[k], dtype=v.dtype) for k, v in self.arrays.items()}
 
 
 def numpy_run(params: Mapping[str, np.ndarray], *, kinds: Mapping[str, str] | None = None,
@@ -44,7 +70,8 @@ def numpy_run(params: Mapping[str, np.ndarray], *, kinds: Mapping[str, str] | No
         handles.append(ParamHandle(name, kinds.get(name) or _guess_kind(name), array,
                                    "numpy", 0 if array.ndim > 1 else None, array.shape))
     return Run(params=handles, ops=NumpyOps(),
-               learning_rate_groups=lambda ps: [(lr, list(ps))] if ps else [])
+               learning_rate_groups=lambda ps: [(lr, list(ps))] if ps else [],
+               state_provider=NumpyModelState(params))
 
 
 class NumpyLoop:
