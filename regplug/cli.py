@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .errors import PluginLoadError, RegplugError
@@ -13,16 +15,46 @@ from .hookspecs import implemented_hooks
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
 
 
+def plugin_listing() -> list[dict[str, Any]]:
+    """Every available plugin as a plain record: built-ins first, then discovered ones.
+
+    Each record has ``name``, ``distribution`` (``"regplug (built-in)"`` or the installing
+    distribution's ``"name version"``), ``builtin``, ``target`` (``"module:Factory"``),
+    ``hooks`` (in clock order), ``status`` (``"ok"`` or ``"broken"``) and ``error`` (why a
+    broken one cannot be loaded, else ``None``). Loading one plugin never stops the others.
+    """
+    records = []
+    for name, info in sorted(available_plugins().items(),
+                             key=lambda kv: (not kv[1].builtin, kv[0])):
+        hooks: tuple[str, ...] = ()
+        error = None
+        try:
+            factory = info.load()
+        except PluginLoadError as err:
+            cause = err.__cause__ or err
+            error = f"{type(cause).__name__}: {cause}"
+        else:
+            if callable(factory):
+                hooks = implemented_hooks(factory)
+            else:
+                error = (f"TypeError: {info.target} is a {type(factory).__name__}, not a plugin "
+                         "class or factory")
+        records.append({"name": name, "distribution": info.distribution,
+                        "builtin": info.builtin, "target": info.target, "hooks": list(hooks),
+                        "status": "ok" if error is None else "broken", "error": error})
+    return records
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     """Print every available plugin with its origin and hooks; broken ones with their error."""
-    rows = []
-    for name, info in sorted(available_plugins().items(), key=lambda kv: (not kv[1].builtin, kv[0])):
-        try:
-            hooks = ", ".join(implemented_hooks(info.load())) or "(no hooks)"
-            status = "ok"
-        except PluginLoadError as err:
-            hooks, status = "-", f"BROKEN: {err.__cause__ or err}"
-        rows.append((name, info.distribution, info.target, hooks, status))
+    records = plugin_listing()
+    if args.json:
+        print(json.dumps({"third_party_discovery": not autoload_disabled(),
+                          "plugins": records}, indent=2))
+        return 0
+    rows = [(r["name"], r["distribution"], r["target"],
+             ", ".join(r["hooks"]) or ("-" if r["error"] else "(no hooks)"),
+             "ok" if r["error"] is None else f"BROKEN: {r['error']}") for r in records]
     header = ("name", "from", "target", "hooks", "status")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
     for row in [header, *rows]:
@@ -57,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"regplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list available plugins (built-in and discovered)")
+    p.add_argument("--json", action="store_true",
+                   help="print the listing as JSON (name, distribution, target, hooks, status, "
+                        "error of each plugin)")
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("demo", help="train a small MLP on the embedded digits data with "
                                     "several regularizers and print a comparison table")
