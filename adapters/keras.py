@@ -105,27 +105,26 @@ If ``fit`` is interrupted by an exception, Keras does not call ``on_train_end``:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import keras
 from keras import ops
 from keras.src.backend import get_stateless_scope  # JAX: the scope of stateless_apply
+from keras.src.losses.loss import scale_loss_for_distribution  # tf.distribute
 
 from regplug.driver import Driver
-from regplug.errors import RegplugWarning, UnsupportedPluginError, UsageError
+from regplug.errors import UnsupportedPluginError, UsageError
 from regplug.manager import PluginManager, plugin_label
 from regplug.penalty import Penalty, check_penalties, unique_names
 from regplug.plugin import check_requirements
 from regplug.run import DropoutHandle, ParamHandle, Run, ScheduledValue, StopRequest
 from regplug.schedules import Schedule
 
-from .keras_ops import (DROPOUT_TYPES, KERAS_DROPOUT_CALLS, KerasOps, all_layers,
-                        discover_parameters)
+from .keras_ops import (DROPOUT_TYPES, KERAS_DROPOUT_CALLS, KerasModelState, KerasOps,
+                        all_layers, discover_parameters)
 
 __all__ = ["Regularize", "KerasScheduledValue", "detach", "SUPPORTED_BACKENDS"]
 
@@ -182,31 +181,6 @@ def step_is_eager(model: Any) -> bool:
     if getattr(model, "run_eagerly", False):
         return True
     return keras.backend.backend() == "torch" and not getattr(model, "jit_compile", False)
-
-
-def check_monitors(plugins: Sequence[object], logs: dict[str, Any]) -> list[str]:
-    """Warn for each plugin whose ``monitor`` attribute names no key of ``logs``.
-
-    Returns the labels of the plugins warned about. The message lists the available keys
-    (and says when validation metrics are missing altogether).
-    """
-    warned = []
-    for plugin in plugins:
-        monitor = getattr(plugin, "monitor", None)
-        if not isinstance(monitor, str) or monitor in logs:
-            continue
-        label = plugin_label(plugin)
-        keys = ", ".join(sorted(logs)) or "(none)"
-        close = difflib.get_close_matches(monitor, list(logs), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
-            hint += (" There are no validation metrics: pass validation_data (or "
-                     "validation_split) to fit.")
-        warnings.warn(f"{label}: monitor {monitor!r} is not in the logs of this epoch, so "
-                      f"the plugin cannot act on it. Available keys: {keys}.{hint}",
-                      RegplugWarning, stacklevel=3)
-        warned.append(label)
-    return warned
 
 
 def _hook_error(err: BaseException, hook: str, eager: bool) -> None:
@@ -267,7 +241,8 @@ class _Attachment:
             device = str(getattr(params[0].tensor.value, "device", "cpu"))
         run = Run(params=params, ops=self.ops, learning_rate_groups=self.lr_groups,
                   device=device, framework="keras", scalar_factory=self.make_scalar,
-                  dropout_provider=self.dropout_handles)
+                  dropout_provider=self.dropout_handles,
+                  state_provider=KerasModelState(self.model, self.sync_jax))
         run.step = self.read_iterations()
         self.run = run
         return run
@@ -418,6 +393,12 @@ class _Attachment:
             total = value if total is None else total + value
         if total is None:
             return loss
+        # Under a tf.distribute strategy each replica's loss is divided by the number of
+        # replicas, because the replicas' gradients are summed. Keras divides its own
+        # regularizers' terms the same way (TensorFlowTrainer._aggregate_additional_loss);
+        # unscaled, a penalty would count once per replica. A no-op on one device and on
+        # the other backends.
+        total = scale_loss_for_distribution(total)
         return loss + ops.cast(total, loss.dtype)
 
     # -- updates: the wrapped optimizer.apply ----------------------------------------------
@@ -542,7 +523,6 @@ class Regularize(keras.callbacks.Callback):
         self._att: _Attachment | None = None
         self._epoch_start_step = 0
         self._checked_traced = False
-        self._monitors_checked = False
 
     @property
     def plugins(self) -> list[object]:
@@ -567,7 +547,6 @@ class Regularize(keras.callbacks.Callback):
         att.active = True
         self._att, self.run, self._driver = att, run, driver
         self._checked_traced = False
-        self._monitors_checked = False
         try:
             driver.train_begin()
             att.attach()
@@ -597,7 +576,8 @@ class Regularize(keras.callbacks.Callback):
             f"model.fit runs a compiled train step on the {keras.backend.backend()} backend, "
             f"where {', '.join(_STEP_HOOKS)} run once, while the step is traced. Compile with "
             "model.compile(..., run_eagerly=True) to use this plugin with Keras.")
-        check_requirements(self.plugins, {"eager_step": compiled, "dropout_layers": None},
+        check_requirements(self.plugins, {"eager_step": compiled, "dropout_layers": None,
+                                          "model_state": None},
                            adapter="the Keras adapter")
 
     def _check_optimizer(self, att: _Attachment) -> None:
@@ -663,9 +643,6 @@ class Regularize(keras.callbacks.Callback):
                 clean[key] = float(value)
             except (TypeError, ValueError):
                 continue
-        if not self._monitors_checked:
-            self._monitors_checked = True
-            check_monitors(self.plugins, clean)
         before = set(clean)
         stop = driver.epoch_end(clean)
         for key in clean.keys() - before:

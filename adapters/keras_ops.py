@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from regplug.errors import UsageError
-from regplug.run import ParamHandle
+from regplug.run import ParamHandle, check_state_arrays
 
 _MAX_NORM_EPS = 1e-7
 
@@ -233,3 +234,58 @@ class KerasOps:
             zeros += int((array == 0).sum())
             total += int(array.size)
         return zeros, total
+
+
+class KerasModelState:
+    """:class:`regplug.run.ModelState` over ``model.weights`` (trainable and non-trainable
+    variables, e.g. batch-norm moving statistics — what ``get_weights`` covers).
+
+    Device snapshots are non-trainable ``keras.Variable`` buffers created once and assigned
+    at later snapshots; host snapshots are NumPy arrays. ``before_read`` is called first
+    (the adapter writes JAX's running training state back into the variables there).
+    """
+
+    def __init__(self, model: Any, before_read: Any = None) -> None:
+        self.variables: dict[str, Any] = {}
+        for i, v in enumerate(model.weights):
+            name = v.path if v.path not in self.variables else f"{v.path}#{i}"
+            self.variables[name] = v
+        self._before_read = before_read
+
+    def _sync(self) -> None:
+        if self._before_read is not None:
+            self._before_read()
+
+    def snapshot(self, into: dict[str, Any] | None = None, *, host: bool = False
+                 ) -> dict[str, Any]:
+        self._sync()
+        if into is None:
+            if host:
+                return {k: np.array(ops.convert_to_numpy(v.value)) for k, v in
+                        self.variables.items()}
+            return {k: keras.Variable(v.value, dtype=v.dtype, trainable=False,
+                                      name=f"regplug_snapshot_{i}")
+                    for i, (k, v) in enumerate(self.variables.items())}
+        for k, v in self.variables.items():
+            target = into[k]
+            if isinstance(target, np.ndarray):
+                np.copyto(target, ops.convert_to_numpy(v.value))
+            else:
+                target.assign(v.value)
+        return into
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self._sync()
+        for k, v in self.variables.items():
+            saved = snapshot[k]
+            v.assign(saved if isinstance(saved, np.ndarray) else saved.value)
+
+    def to_numpy(self, snapshot: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {k: np.array(s if isinstance(s, np.ndarray) else ops.convert_to_numpy(s.value))
+                for k, s in snapshot.items()}
+
+    def from_numpy(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+        check_state_arrays("keras", arrays,
+                           {k: tuple(int(d) for d in v.shape) for k, v in self.variables.items()})
+        return {k: np.array(arrays[k], dtype=keras.backend.standardize_dtype(v.dtype))
+                for k, v in self.variables.items()}

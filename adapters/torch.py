@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,9 +45,10 @@ from regplug.penalty import Penalty, unique_names
 from regplug.plugin import check_requirements
 from regplug.run import ParamHandle, Run, StopRequest
 
-from .torch_ops import TorchOps, discover_dropout, discover_parameters
+from .torch_ops import TorchModelState, TorchOps, discover_dropout, discover_parameters
+from .torch_uncertainty import mc_predict
 
-__all__ = ["attach", "TorchRegularizer", "TorchWorld"]
+__all__ = ["attach", "TorchRegularizer", "TorchWorld", "mc_predict"]
 
 _ATTACHED = "_regplug_attached"
 
@@ -94,13 +96,15 @@ class TorchRegularizer:
         self.optimizer = optimizer
         self.manager = PluginManager(plugins)
         # Every hook runs as Python at every step here, and dropout modules are at hand.
-        check_requirements(self.manager.plugins, {"eager_step": None, "dropout_layers": None},
+        check_requirements(self.manager.plugins, {"eager_step": None, "dropout_layers": None,
+                                                  "model_state": None},
                            adapter="the PyTorch adapter")
         params = discover_parameters(model, optimizer)
         device = params[0].tensor.device if params else torch.device("cpu")
         self.run = Run(params=params, ops=TorchOps(), learning_rate_groups=self._lr_groups,
                        device=str(device), framework="torch",
-                       dropout_provider=lambda: discover_dropout(model))
+                       dropout_provider=lambda: discover_dropout(model),
+                       state_provider=TorchModelState(model))
         world = world if world is not None else _default_world(device)
         if world is not None:
             self.run.world = world
@@ -292,12 +296,18 @@ class TorchRegularizer:
 
     # -- checkpoints -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The run's clock and history and every plugin's state, for a checkpoint."""
+        """The run's clock and history and every plugin's state, for a checkpoint.
+
+        NumPy arrays in plugins' states (e.g. early stopping's best weights) are stored as
+        CPU tensors, so ``torch.load(path)`` reads the checkpoint with its default
+        ``weights_only=True``; :meth:`load_state_dict` turns them back into arrays.
+        """
         return {
             "step": self.run.step, "epoch": self.run.epoch,
             "history": {k: list(v) for k, v in self.run.history.items()},
             "plugins": [{"name": getattr(p, "name", type(p).__name__),
-                         "state": p.state_dict() if hasattr(p, "state_dict") else {}}
+                         "state": _arrays_as(p.state_dict() if hasattr(p, "state_dict") else {},
+                                             np.ndarray, torch.from_numpy)}
                         for p in self.manager.plugins],
         }
 
@@ -309,10 +319,22 @@ class TorchRegularizer:
             raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
         for plugin, entry in zip(self.manager.plugins, state["plugins"]):
             if hasattr(plugin, "load_state_dict"):
-                plugin.load_state_dict(entry["state"])
+                plugin.load_state_dict(_arrays_as(entry["state"], torch.Tensor,
+                                                  lambda t: t.detach().cpu().numpy()))
         self.run.step, self.run.epoch = int(state["step"]), int(state["epoch"])
         self.run.history = {k: list(v) for k, v in state["history"].items()}
         self.run.update_scalars()
+
+
+def _arrays_as(value: Any, kind: type, convert: Any) -> Any:
+    """``value`` with every ``kind`` inside dicts, lists and tuples passed through ``convert``."""
+    if isinstance(value, kind):
+        return convert(value)
+    if isinstance(value, dict):
+        return {k: _arrays_as(v, kind, convert) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_arrays_as(v, kind, convert) for v in value)
+    return value
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable[object], *,

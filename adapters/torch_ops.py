@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from regplug.run import DropoutHandle, ParamHandle
+from regplug.run import DropoutHandle, ParamHandle, check_state_arrays
 
 _NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
@@ -202,3 +202,51 @@ class TorchOps:
     def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
         zeros = sum(int((p.tensor == 0).sum()) for p in params)
         return zeros, sum(p.tensor.numel() for p in params)
+
+
+class TorchModelState:
+    """:class:`regplug.run.ModelState` over a module's ``state_dict`` tensors.
+
+    Parameters and persistent buffers (batch-norm running statistics and counters), named
+    as in the unwrapped module's ``state_dict``; a tensor shared under two names is copied
+    once. Snapshots are ``{name: tensor}`` dicts; copying into an earlier snapshot reuses
+    its storage, so keeping "the best weights so far" allocates once.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        seen: set[int] = set()
+        self.tensors: dict[str, torch.Tensor] = {}
+        for name, tensor in unwrap(model).state_dict(keep_vars=True).items():
+            if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
+                seen.add(id(tensor))
+                self.tensors[name] = tensor
+
+    @torch.no_grad()
+    def snapshot(self, into: dict[str, torch.Tensor] | None = None, *,
+                 host: bool = False) -> dict[str, torch.Tensor]:
+        if into is None:
+            into = {}
+            for name, t in self.tensors.items():
+                if host and t.device.type != "cpu":
+                    into[name] = torch.empty(t.shape, dtype=t.dtype, device="cpu",
+                                             pin_memory=t.device.type == "cuda")
+                else:
+                    into[name] = torch.empty_like(t, memory_format=torch.preserve_format)
+        for name, t in self.tensors.items():
+            into[name].copy_(t.detach())
+        return into
+
+    @torch.no_grad()
+    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        for name, t in self.tensors.items():
+            t.copy_(snapshot[name])
+
+    def to_numpy(self, snapshot: dict[str, torch.Tensor]) -> dict[str, Any]:
+        # bfloat16 has no NumPy type: saved as float32 (exact), cast back on load.
+        return {name: (t.float() if t.dtype == torch.bfloat16 else t).detach().cpu().numpy()
+                for name, t in snapshot.items()}
+
+    def from_numpy(self, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
+        check_state_arrays("torch", arrays, {k: tuple(t.shape) for k, t in self.tensors.items()})
+        return {name: torch.as_tensor(arrays[name]).to(device=t.device, dtype=t.dtype).clone()
+                for name, t in self.tensors.items()}

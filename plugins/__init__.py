@@ -2,7 +2,10 @@
 
 from .constraints import MaxNorm
 from .decay import DecoupledWeightDecay
+from .dropout import DropoutSchedule
+from .early_stopping import EarlyStopping
 from .penalties import L1, L2, ElasticNet
 from .proximal import ProximalL1
 
-__all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm"]
+__all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
+           "DropoutSchedule", "EarlyStopping"]

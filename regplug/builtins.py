@@ -11,4 +11,6 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "decoupled_weight_decay": "regplug.plugins.decay:DecoupledWeightDecay",
     "proximal_l1": "regplug.plugins.proximal:ProximalL1",
     "max_norm": "regplug.plugins.constraints:MaxNorm",
+    "dropout_schedule": "regplug.plugins.dropout:DropoutSchedule",
+    "early_stopping": "regplug.plugins.early_stopping:EarlyStopping",
 }

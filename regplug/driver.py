@@ -7,11 +7,13 @@ hooks and refuses sequences that would silently give a wrong result.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import UsageError
-from .manager import PluginManager
+from .errors import RegplugWarning, UsageError
+from .manager import PluginManager, plugin_label
 from .penalty import Penalty, check_penalties
 from .run import Run
 
@@ -37,6 +39,7 @@ class Driver:
                                 if manager.implements("on_batch_begin") else None)
         self._wants_loss = manager.implements("on_loss")
         self._epoch_open = False
+        self._monitors_checked = False
         self._loss_seen = False  # on_loss fired since the last optimizer step
         self._grad_penalties: list[Penalty] = []
         #: Every penalty returned by the latest ``on_loss`` (for reporting their values).
@@ -131,6 +134,9 @@ class Driver:
         run = self.run
         if not self._epoch_open:
             self.hook.on_epoch_begin(run=run, epoch=run.epoch)
+        if not self._monitors_checked:
+            self._monitors_checked = True
+            check_monitors(self.manager.plugins, logs)
         before = set(logs)
         run.record(logs)
         self.hook.on_epoch_end(run=run, epoch=run.epoch, logs=logs)
@@ -141,6 +147,31 @@ class Driver:
         run.epoch += 1
         self._epoch_open = False
         return stop
+
+
+def check_monitors(plugins: Sequence[object], logs: dict[str, Any]) -> list[str]:
+    """Warn for each plugin whose ``monitor`` attribute names no key of ``logs``.
+
+    Returns the labels of the plugins warned about. The message lists the available keys
+    (and says when validation metrics are missing altogether).
+    """
+    warned = []
+    for plugin in plugins:
+        monitor = getattr(plugin, "monitor", None)
+        if not isinstance(monitor, str) or monitor in logs:
+            continue
+        label = plugin_label(plugin)
+        keys = ", ".join(sorted(logs)) or "(none)"
+        close = difflib.get_close_matches(monitor, list(logs), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
+            hint += (" There are no validation metrics: pass validation_data (or "
+                     "validation_split) to fit, or validation metrics to reg.epoch_end.")
+        warnings.warn(f"{label}: monitor {monitor!r} is not in the logs of this epoch, so "
+                      f"the plugin cannot act on it. Available keys: {keys}.{hint}",
+                      RegplugWarning, stacklevel=4)
+        warned.append(label)
+    return warned
 
 
 def _per_step_caller(manager: PluginManager, name: str) -> Callable[..., list[Any]]:

@@ -49,3 +49,50 @@ def clip_unit_norms(w: ArrayLike, max_norm: float, unit_axis: int | None) -> NDA
 def decoupled_decay_factor(learning_rate: float, weight_decay: float) -> float:
     """``1 − lr·wd``: the factor AdamW multiplies the weights by before each update."""
     return 1.0 - learning_rate * weight_decay
+
+
+# -- early stopping criteria (Prechelt, "Early Stopping — But When?", 1998) ------------------
+def generalization_loss(val_error: float, best_val_error: float) -> float:
+    """``GL = 100 · (E_va / E_opt − 1)``: how far (in percent) validation error rose above its
+    lowest value so far.
+
+    >>> round(generalization_loss(0.22, 0.20), 6)
+    10.0
+    """
+    if best_val_error <= 0:
+        return 0.0 if val_error <= best_val_error else float("inf")
+    return 100.0 * (val_error / best_val_error - 1.0)
+
+
+def training_progress(strip: list[float]) -> float:
+    """``P_k = 1000 · (Σ E_tr / (k · min E_tr) − 1)`` over the last strip of ``k`` epochs'
+    training errors: large while training error still falls fast, 0 when it is flat.
+
+    >>> round(training_progress([0.3, 0.2, 0.1]), 6)
+    1000.0
+    """
+    lowest = min(strip)
+    if lowest <= 0:
+        return 0.0 if max(strip) <= 0 else float("inf")
+    return 1000.0 * (sum(strip) / (len(strip) * lowest) - 1.0)
+
+
+def progress_quotient(val_error: float, best_val_error: float, strip: list[float]) -> float:
+    """``PQ = GL / P_k``: generalization loss per unit of training progress (0 when there is
+    no generalization loss; infinite when training has stalled while validation got worse)."""
+    gl = generalization_loss(val_error, best_val_error)
+    if gl <= 0:
+        return 0.0
+    progress = training_progress(strip)
+    return float("inf") if progress <= 0 else gl / progress
+
+
+def pct_diff(acc_train: float, acc_test: float) -> float:
+    """``1 − acc_test / acc_train``: the relative generalization gap of the comparison notebook.
+
+    >>> round(pct_diff(0.99, 0.95), 4)
+    0.0404
+    """
+    if acc_train == 0:
+        return 0.0 if acc_test == 0 else float("-inf")
+    return 1.0 - acc_test / acc_train
