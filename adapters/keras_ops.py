@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+from keras.src.losses.loss import scale_loss_for_distribution
 
 from regplug.errors import UsageError
 from regplug.run import ParamHandle, check_state_arrays
@@ -189,7 +190,10 @@ class KerasOps:
     def _add_to_grad(self, i: int, alpha: Any, term: Any) -> None:
         grads: list[Any] = self._grads  # type: ignore[assignment]
         g = ops.convert_to_tensor(grads[i])  # dense (TensorFlow may hand IndexedSlices)
-        grads[i] = g + _as(alpha, g.dtype) * term(g.dtype)
+        # Under a tf.distribute strategy this is one replica's share of the gradient, and
+        # the optimizer sums the shares: the term is divided by the number of replicas so
+        # that it counts once (a no-op on one device and on the other backends).
+        grads[i] = g + scale_loss_for_distribution(_as(alpha, g.dtype) * term(g.dtype))
 
     # -- parameters ----------------------------------------------------------------------
     def scale_(self, params: Sequence[ParamHandle], factor: Any) -> None:
@@ -263,8 +267,10 @@ class KerasModelState:
             if host:
                 return {k: np.array(ops.convert_to_numpy(v.value)) for k, v in
                         self.variables.items()}
-            return {k: keras.Variable(v.value, dtype=v.dtype, trainable=False,
-                                      name=f"regplug_snapshot_{i}")
+            # From a host copy: a Variable built from another Variable's value may alias
+            # it on TensorFlow (the snapshot would follow the model). Happens once.
+            return {k: keras.Variable(ops.convert_to_numpy(v.value), dtype=v.dtype,
+                                      trainable=False, name=f"regplug_snapshot_{i}")
                     for i, (k, v) in enumerate(self.variables.items())}
         for k, v in self.variables.items():
             target = into[k]
