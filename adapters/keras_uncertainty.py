@@ -1,0 +1,294 @@
+"""MC-dropout predictions of a Keras 3 model: dropout layers sampling, everything else in
+inference mode, on the TensorFlow, JAX and torch backends.
+
+``model.predict`` always calls the model with ``training=False``, which switches dropout
+off; ``model(x, training=True)`` switches dropout on but also makes ``BatchNormalization``
+normalize with batch statistics (and update its moving averages). :func:`mc_predict` calls
+the model with ``training=False`` while the ``call`` of each dropout layer is temporarily
+replaced, on that layer instance only, by one that passes ``training=True`` to the original
+— so the dropout layers sample with Keras' own implementation and every other layer stays
+in inference mode. The replacement is removed afterwards, also when the call raises.
+
+The forward pass runs through ``model.stateless_call``: weights and random-seed states go
+in as values and the new seed states come back out, so sampling writes no variable of the
+model — not the BatchNorm statistics, not the dropout layers' seed generators. With
+``compiled=True`` (default) that function is traced once (``tf.function`` on TensorFlow,
+``jax.jit`` on JAX; the torch backend runs eagerly) and kept for later calls on the same
+model, and every forward pass is given the same shape (the last chunk of samples and the
+last batch of rows are padded, the padding is dropped), so it is traced at most once or
+twice per batch size.
+
+Seeding: every seed generator of the model starts from a state derived from ``seed``, so an
+integer seed gives the same samples on every call and touches no global random state (on
+the torch backend, unseeded dropout layers draw from torch's RNG, which is forked and
+seeded for the call). ``seed=None`` derives those states from Python's ``random`` module —
+which ``keras.utils.set_random_seed`` seeds — so results repeat after that call too.
+
+>>> import keras, numpy as np
+>>> from regplug.adapters.keras import mc_predict
+>>> keras.utils.set_random_seed(0)
+>>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(32, activation="relu"),
+...                           keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+>>> p = mc_predict(model, np.linspace(-1, 1, 4)[:, None], samples=50, seed=0)
+>>> p
+MCPrediction(T=50, shape=(4, 1), level=0.95, interval='quantile')
+>>> bool((p.std > 0).all()), bool((p.lower <= p.mean).all())
+(True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments, row_batches,
+                                 sample_chunks, warn_if_constant)
+
+from .keras_ops import all_layers
+
+__all__ = ["mc_predict", "is_dropout_layer"]
+
+_OWNER = "mc_predict"
+
+_DROPOUT_LAYERS = tuple(t for t in (getattr(keras.layers, n, None) for n in (
+    "Dropout", "GaussianDropout", "AlphaDropout")) if isinstance(t, type))
+
+# Compiled forward functions, one per model (the last configuration it was sampled with).
+# The functions hold the model only through a weak reference, so the cache never keeps a
+# model alive.
+_COMPILED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def is_dropout_layer(layer: Any) -> bool:
+    """Whether :func:`mc_predict` keeps ``layer`` sampling by default.
+
+    ``Dropout`` and its subclasses (``SpatialDropout1D/2D/3D``), ``GaussianDropout``,
+    ``AlphaDropout``, and recurrent layers (``LSTM``, ``GRU``, ``SimpleRNN``, …) built with
+    ``dropout`` or ``recurrent_dropout`` above 0. The dropout inside ``MultiHeadAttention``
+    is a ``Dropout`` sublayer and is found as such.
+
+    >>> is_dropout_layer(keras.layers.Dropout(0.1)), is_dropout_layer(keras.layers.Dense(2))
+    (True, False)
+    """
+    if isinstance(layer, _DROPOUT_LAYERS):
+        return True
+    if isinstance(layer, keras.layers.RNN):
+        return (float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
+                or float(getattr(layer, "recurrent_dropout", 0.0) or 0.0) > 0.0)
+    return False
+
+
+def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None = None,
+               samples_per_batch: int | None = None, seed: int | None = None,
+               level: float = 0.95, interval: str = "quantile", keep_samples: bool = False,
+               is_dropout: Callable[[Any], bool] | None = None,
+               compiled: bool = True) -> MCPrediction:
+    """Predict ``x`` ``samples`` times with dropout sampling and summarize the predictions.
+
+    :param model: a Keras model (or layer) returning one tensor whose first axis indexes
+        the rows of ``x``. Built on first use if it is not yet.
+    :param x: what ``model(x)`` takes: an array or tensor, or a list or dict of them sharing
+        their first axis. Floating NumPy arrays are cast to ``keras.config.floatx()``.
+    :param samples: T, the number of stochastic forward passes per row (>= 1).
+    :param batch_size: rows predicted together (``None``: all of ``x`` at once). With
+        ``interval="quantile"`` the samples of one batch are what is held in memory.
+    :param samples_per_batch: how many samples one forward pass evaluates, by stacking that
+        many copies of the batch; ``None`` stacks as many as fit in
+        ``max(batch rows, 1024)`` rows (:data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`).
+        Use 1 for a model whose rows are not independent in inference mode.
+    :param seed: an integer gives reproducible samples and leaves every global random state
+        alone; ``None`` seeds from Python's ``random`` (see the module documentation).
+    :param level: coverage of the central interval, in (0, 1).
+    :param interval: ``"quantile"`` (empirical quantiles of the samples) or ``"normal"``
+        (``mean ± z·std``; needs no stored samples, so memory does not grow with T).
+    :param keep_samples: also return the ``(T, N, …)`` samples as ``.samples``.
+    :param is_dropout: which layers keep sampling (default :func:`is_dropout_layer`). The
+        chosen layers are called with ``training=True``, every other one with
+        ``training=False``.
+    :param compiled: trace the forward pass (``tf.function``/``jax.jit``); ``False`` runs it
+        eagerly, for models whose ``call`` cannot be traced. Ignored on the torch backend.
+    :returns: an :class:`regplug.uncertainty.MCPrediction` of NumPy float64 arrays.
+
+    A :class:`regplug.RegplugWarning` says when ``samples > 1`` predictions came out all
+    identical (no dropout found, or rates of 0).
+    """
+    check_mc_arguments(_OWNER, samples=samples, level=level, interval=interval,
+                       batch_size=batch_size, samples_per_batch=samples_per_batch, seed=seed,
+                       keep_samples=keep_samples)
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"{_OWNER}: argument 'model' must be a Keras model or layer, got "
+                        f"{type(model).__name__}")
+    if is_dropout is not None and not callable(is_dropout):
+        raise TypeError(f"{_OWNER}: argument 'is_dropout' must be a function of a layer, "
+                        f"got {is_dropout!r}")
+    if not isinstance(compiled, bool):
+        raise TypeError(f"{_OWNER}: argument 'compiled' must be True or False, got "
+                        f"{compiled!r}")
+    select = is_dropout_layer if is_dropout is None else is_dropout
+    leaves, rows = _input_leaves(x)
+    if not model.built:
+        model(keras.tree.pack_sequence_as(x, [leaf[:1] for leaf in leaves]), training=False)
+    stochastic = [layer for layer in all_layers(model) if select(layer)]
+    backend = keras.backend.backend()
+    compiled = compiled and backend in ("tensorflow", "jax")
+    base_seed = seed if seed is not None else random.randint(1, 2**31 - 1)
+
+    parts, varies = [], False
+    with _dropout_sampling(stochastic) as originals:
+        step = _forward(model, originals, compiled)
+        trainable = [v.value for v in model.trainable_variables]
+        state = _seeded_state(model, base_seed)
+        with _torch_rng(seed, backend, model):
+            for start, stop in row_batches(rows, batch_size):
+                n = stop - start
+                padded_rows = (min(batch_size, rows) if batch_size is not None else rows)
+                padded_rows = padded_rows if compiled else n
+                acc = MCAccumulator(level=level, interval=interval, keep_samples=keep_samples,
+                                    capacity=samples)
+                chunks = sample_chunks(samples, n, samples_per_batch)
+                for k in chunks:
+                    copies = max(chunks) if compiled else k
+                    index = np.tile(np.minimum(np.arange(start, start + padded_rows),
+                                               stop - 1), copies)
+                    xs = keras.tree.pack_sequence_as(
+                        x, [ops.take(leaf, index, axis=0) for leaf in leaves])
+                    y, state = step(trainable, state, xs)
+                    acc.add(_to_numpy(y, copies, padded_rows)[:k, :n])
+                varies = varies or acc.varies
+                parts.append(acc.result())
+    warn_if_constant(_OWNER, samples, varies, len(stochastic))
+    return MCPrediction.concatenate(parts)
+
+
+def _input_leaves(x: Any) -> tuple[list[Any], int]:
+    """The tensors of ``x`` (floating NumPy arrays cast to floatx) and their row count."""
+    try:
+        flat = keras.tree.flatten(x)
+    except Exception:  # noqa: BLE001 - anything keras.tree cannot walk is reported below
+        flat = []
+    leaves = []
+    for value in flat:
+        if not ops.is_tensor(value):
+            array = np.asarray(value)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"{_OWNER}: argument 'x' must hold arrays or tensors of "
+                                f"numbers, got {type(value).__name__} of dtype {array.dtype}")
+            if array.dtype.kind == "f":
+                array = array.astype(keras.config.floatx())
+            value = ops.convert_to_tensor(array)
+        leaves.append(value)
+    if not leaves or len(leaves) != len(flat) or any(len(v.shape) == 0 for v in leaves):
+        raise TypeError(f"{_OWNER}: argument 'x' must be an array or tensor with a first "
+                        f"(row) axis, or a list or dict of them; got {type(x).__name__}")
+    lengths = [int(v.shape[0]) for v in leaves]
+    if lengths[0] == 0 or any(n != lengths[0] for n in lengths):
+        raise ValueError(f"{_OWNER}: the arrays of 'x' must share a first axis of at least "
+                         f"one row, got lengths {lengths}")
+    return leaves, lengths[0]
+
+
+@contextlib.contextmanager
+def _dropout_sampling(layers: list[Any]) -> Iterator[list[tuple[Any, Any]]]:
+    """Make each layer's ``call`` pass ``training=True``; yield ``(layer, own call)`` pairs
+    (``own call``: an instance-level ``call`` that was there before, else ``None``)."""
+    originals = [(layer, layer.__dict__.get("call")) for layer in layers]
+    try:
+        for layer, _ in originals:
+            inner = layer.call
+
+            def call(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+                kwargs["training"] = True
+                return _inner(*args, **kwargs)
+
+            layer.call = call
+        yield originals
+    finally:
+        for layer, own in originals:
+            if own is not None:
+                layer.call = own
+            elif "call" in layer.__dict__:
+                del layer.call
+
+
+def _forward(model: Any, originals: list[tuple[Any, Any]], compiled: bool
+             ) -> Callable[[list[Any], list[Any], Any], tuple[Any, list[Any]]]:
+    """``(trainable values, non-trainable values, x) -> (y, new non-trainable values)``,
+    traced and cached per model when ``compiled``."""
+    model_ref = weakref.ref(model)
+
+    def forward(trainable: list[Any], state: list[Any], x: Any) -> tuple[Any, list[Any]]:
+        return model_ref().stateless_call(trainable, state, x, training=False)
+
+    if not compiled:
+        return forward
+    # What tracing bakes in: which layers sample, their Python-side configuration, and any
+    # instance-level call they had before (e.g. regplug's own, during fit).
+    key = tuple((id(layer), id(own), repr(getattr(layer, "rate", None)))
+                for layer, own in originals)
+    cached = _COMPILED.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        fn = jax.jit(forward)
+    else:
+        import tensorflow as tf
+
+        fn = tf.function(forward, reduce_retracing=True)
+    _COMPILED[model] = (key, fn)
+    return fn
+
+
+def _seeded_state(model: Any, base_seed: int) -> list[Any]:
+    """The model's non-trainable values, with every seed-generator state set from
+    ``base_seed`` (one independent 31-bit seed per generator)."""
+    seed_ids = {id(sg.state) for layer in all_layers(model)
+                for sg in getattr(layer, "_seed_generators", ())}
+    variables = model.non_trainable_variables
+    positions = [i for i, v in enumerate(variables) if id(v) in seed_ids]
+    seeds = np.random.SeedSequence(base_seed).generate_state(max(len(positions), 1))
+    values = [v.value for v in variables]
+    for i, s in zip(positions, seeds):
+        values[i] = ops.convert_to_tensor(np.array([int(s) & 0x7FFFFFFF, 0]),
+                                          dtype=variables[i].dtype)
+    return values
+
+
+@contextlib.contextmanager
+def _torch_rng(seed: int | None, backend: str, model: Any) -> Iterator[None]:
+    """On the torch backend, unseeded dropout layers draw from torch's global RNG: fork and
+    seed it for the call (that of the model's device too)."""
+    if backend != "torch" or seed is None:
+        yield
+        return
+    import torch
+
+    from .torch_uncertainty import seeded_torch_rng
+
+    values = [v.value for v in model.variables[:1]]
+    device = values[0].device if values else torch.device("cpu")
+    with seeded_torch_rng(seed, device):
+        yield
+
+
+def _to_numpy(y: Any, copies: int, rows: int) -> np.ndarray:
+    if keras.tree.is_nested(y):
+        raise TypeError(f"{_OWNER}: the model must return one tensor, got "
+                        f"{type(y).__name__}; wrap it in a model that returns the output to "
+                        f"summarize")
+    out = ops.convert_to_numpy(y)
+    if out.ndim == 0 or out.shape[0] != copies * rows:
+        raise ValueError(f"{_OWNER}: the model's output must have one row per input row: "
+                         f"{copies * rows} rows in, output shape {out.shape}")
+    if out.dtype.kind != "f" or out.dtype.itemsize < 2:
+        out = out.astype(np.float32)
+    return out.reshape(copies, rows, *out.shape[1:])

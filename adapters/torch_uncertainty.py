@@ -1,0 +1,243 @@
+"""MC-dropout predictions of a PyTorch module: dropout sampling, everything else in eval mode.
+
+``model.eval()`` switches dropout off and ``model.train()`` also makes BatchNorm normalize
+with the batch statistics *and update its running averages* — neither is MC dropout.
+:func:`mc_predict` sets every module to eval mode except the dropout ones, runs ``samples``
+forward passes under ``torch.no_grad()``, and puts every module's ``training`` flag back
+afterwards, also when the forward raises.
+
+Several samples share one forward pass: the input batch is repeated along its first axis
+(``samples_per_batch`` copies), and each row gets its own dropout mask, so a stacked pass
+draws exactly as many independent samples as separate passes would. With a ``seed`` the
+result repeats exactly for the same arguments (on the same device and torch version), and
+the caller's global RNG state is left as it was (``torch.random.fork_rng``); a different
+``samples_per_batch`` or ``batch_size`` draws other masks from the same distribution.
+
+>>> import torch
+>>> from regplug.adapters.torch import mc_predict
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> model = torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+...                             torch.nn.Linear(32, 1))
+>>> p = mc_predict(model, torch.linspace(-1, 1, 5).unsqueeze(1), samples=50, seed=0)
+>>> p
+MCPrediction(T=50, shape=(5, 1), level=0.95, interval='quantile')
+>>> bool((p.std > 0).all()), bool((p.lower <= p.mean).all()), model.training
+(True, True, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments, row_batches,
+                                 sample_chunks, warn_if_constant)
+
+from .torch_ops import _DROPOUT_TYPES
+
+__all__ = ["mc_predict", "is_dropout_module"]
+
+_OWNER = "mc_predict"
+
+
+def is_dropout_module(module: nn.Module) -> bool:
+    """Whether :func:`mc_predict` keeps ``module`` sampling by default.
+
+    The ``nn.Dropout`` family (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
+    ``FeatureAlphaDropout``), and the modules that apply dropout internally only in
+    training mode: ``nn.MultiheadAttention`` (attention weights) and ``nn.RNN/LSTM/GRU``
+    (between stacked layers), when their ``dropout`` is above 0.
+
+    >>> is_dropout_module(nn.Dropout(0.1)), is_dropout_module(nn.LSTM(2, 2, dropout=0.0))
+    (True, False)
+    """
+    if isinstance(module, _DROPOUT_TYPES):
+        return True
+    if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
+        return float(module.dropout) > 0.0
+    return False
+
+
+def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int | None = None,
+               samples_per_batch: int | None = None, seed: int | None = None,
+               level: float = 0.95, interval: str = "quantile", keep_samples: bool = False,
+               is_dropout: Callable[[nn.Module], bool] | None = None) -> MCPrediction:
+    """Predict ``x`` ``samples`` times with dropout sampling and summarize the predictions.
+
+    :param model: the module; it must return one tensor whose first axis indexes the rows
+        of ``x`` (wrap it in a small module to pick one output of several).
+    :param x: a tensor or array (``model(x)``), a tuple or list of them (``model(*x)``), or
+        a dict (``model(**x)``); all share their first axis (the rows). Moved to the
+        model's device; floating NumPy arrays take the model's floating dtype.
+    :param samples: T, the number of stochastic forward passes per row (>= 1).
+    :param batch_size: rows predicted together (``None``: all of ``x`` at once). With
+        ``interval="quantile"`` the samples of one batch are what is held in memory.
+    :param samples_per_batch: how many samples one forward pass evaluates, by stacking that
+        many copies of the batch; ``None`` stacks as many as fit in
+        ``max(batch rows, 1024)`` rows (:data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`).
+        Use 1 for a model whose rows are not independent in eval mode.
+    :param seed: ``None`` draws from torch's global RNG (advancing it, as any dropout forward
+        does); an integer gives reproducible samples and leaves the global RNG untouched.
+    :param level: coverage of the central interval, in (0, 1).
+    :param interval: ``"quantile"`` (empirical quantiles of the samples) or ``"normal"``
+        (``mean ± z·std``; needs no stored samples, so memory does not grow with T).
+    :param keep_samples: also return the ``(T, N, …)`` samples as ``.samples``.
+    :param is_dropout: which modules keep sampling (default :func:`is_dropout_module`); add
+        your own dropout modules with e.g. ``lambda m: is_dropout_module(m) or
+        isinstance(m, MyDropout)``. Every other module runs in eval mode.
+    :returns: an :class:`regplug.uncertainty.MCPrediction` of NumPy float64 arrays.
+
+    A :class:`regplug.RegplugWarning` says when ``samples > 1`` predictions came out all
+    identical (no dropout found, rates of 0, or a forward that bypasses the dropout).
+    PyTorch's fused inference path of ``nn.MultiheadAttention``/``nn.TransformerEncoderLayer``
+    (which skips dropout modules) is switched off while sampling.
+    """
+    check_mc_arguments(_OWNER, samples=samples, level=level, interval=interval,
+                       batch_size=batch_size, samples_per_batch=samples_per_batch, seed=seed,
+                       keep_samples=keep_samples)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{_OWNER}: argument 'model' must be a torch.nn.Module, got "
+                        f"{type(model).__name__}")
+    if is_dropout is not None and not callable(is_dropout):
+        raise TypeError(f"{_OWNER}: argument 'is_dropout' must be a function of a module, "
+                        f"got {is_dropout!r}")
+    select = is_dropout_module if is_dropout is None else is_dropout
+    modules = list(model.modules())
+    stochastic = [m for m in modules if select(m)]
+    device, dtype = _placement(model)
+    inputs = _Inputs(x, device, dtype)
+
+    flags = [(m, m.training) for m in modules]
+    parts, varies = [], False
+    try:
+        for m in modules:
+            m.training = False
+        for m in stochastic:
+            m.training = True
+        with torch.no_grad(), _mha_fastpath_off(), seeded_torch_rng(seed, device):
+            for start, stop in row_batches(inputs.rows, batch_size):
+                rows = stop - start
+                acc = MCAccumulator(level=level, interval=interval, keep_samples=keep_samples,
+                                    capacity=samples)
+                for k in sample_chunks(samples, rows, samples_per_batch):
+                    args, kwargs = inputs.stacked(start, stop, k)
+                    acc.add(_to_numpy(model(*args, **kwargs), k, rows))
+                varies = varies or acc.varies
+                parts.append(acc.result())
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    warn_if_constant(_OWNER, samples, varies, len(stochastic))
+    return MCPrediction.concatenate(parts)
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    """The model's device, and the dtype of its first floating parameter or buffer."""
+    device, dtype = None, None
+    for t in (*model.parameters(), *model.buffers()):
+        if device is None:
+            device = t.device
+        if t.is_floating_point():
+            dtype = t.dtype
+            break
+    return device or torch.device("cpu"), dtype
+
+
+class _Inputs:
+    """``x`` as positional and keyword tensors on the model's device, sliced and stacked."""
+
+    def __init__(self, x: Any, device: torch.device, dtype: torch.dtype | None) -> None:
+        def tensor(value: Any, where: str) -> torch.Tensor:
+            if isinstance(value, torch.Tensor):
+                return value.to(device)
+            array = np.asarray(value) if not isinstance(value, (str, bytes, Mapping)) else None
+            if array is None or array.dtype.kind not in "biuf":
+                raise TypeError(f"{_OWNER}: argument 'x' must be a tensor or array, or a "
+                                f"tuple, list or dict of them; {where} is "
+                                f"{type(value).__name__}")
+            t = torch.as_tensor(array, device=device)
+            return t.to(dtype) if array.dtype.kind == "f" and dtype is not None else t
+
+        arrays = (torch.Tensor, np.ndarray)
+        if isinstance(x, Mapping):
+            self.args: list[torch.Tensor] = []
+            self.kwargs = {str(k): tensor(v, f"x[{k!r}]") for k, v in x.items()}
+        elif isinstance(x, (tuple, list)) and x and all(isinstance(v, arrays) for v in x):
+            self.args = [tensor(v, f"x[{i}]") for i, v in enumerate(x)]
+            self.kwargs = {}
+        else:  # one tensor, array, or nested lists of numbers
+            self.args, self.kwargs = [tensor(x, "x")], {}
+        leaves = [*self.args, *self.kwargs.values()]
+        if not leaves or any(t.dim() == 0 for t in leaves):
+            raise ValueError(f"{_OWNER}: argument 'x' must hold tensors with a first (row) "
+                             f"axis")
+        self.rows = int(leaves[0].shape[0])
+        if self.rows == 0 or any(int(t.shape[0]) != self.rows for t in leaves):
+            raise ValueError(f"{_OWNER}: the tensors of 'x' must share a first axis of at "
+                             f"least one row, got lengths {[int(t.shape[0]) for t in leaves]}")
+
+    def stacked(self, start: int, stop: int,
+                copies: int) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        def stack(t: torch.Tensor) -> torch.Tensor:
+            t = t[start:stop]
+            return t if copies == 1 else t.repeat(copies, *([1] * (t.dim() - 1)))
+
+        return [stack(t) for t in self.args], {k: stack(t) for k, t in self.kwargs.items()}
+
+
+def _to_numpy(out: Any, copies: int, rows: int) -> np.ndarray:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{_OWNER}: the model must return one tensor, got "
+                        f"{type(out).__name__}; wrap it in a module that returns the output "
+                        f"to summarize")
+    if out.dim() == 0 or out.shape[0] != copies * rows:
+        raise ValueError(f"{_OWNER}: the model's output must have one row per input row: "
+                         f"{copies * rows} rows in, output shape {tuple(out.shape)}")
+    out = out.detach().reshape(copies, rows, *out.shape[1:])
+    if out.dtype not in (torch.float16, torch.float32, torch.float64):
+        out = out.float()  # bfloat16 has no NumPy dtype; integer outputs are averaged as reals
+    return out.cpu().numpy()
+
+
+@contextlib.contextmanager
+def _mha_fastpath_off() -> Iterator[None]:
+    """Keep MultiheadAttention/TransformerEncoderLayer off their fused eval-mode kernels,
+    which skip the dropout modules."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
+
+
+@contextlib.contextmanager
+def seeded_torch_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the CPU generator and that of ``device`` (``None``: do nothing); both are
+    restored on exit."""
+    if seed is None:
+        yield
+        return
+    accelerator = device.type not in ("cpu", "meta")
+    module = getattr(torch, device.type) if accelerator else None
+    index = None
+    if module is not None:
+        index = device.index if device.index is not None else module.current_device()
+    with torch.random.fork_rng(devices=[] if index is None else [index],
+                               device_type=device.type if accelerator else None):
+        torch.default_generator.manual_seed(seed)
+        if module is not None:
+            on_device = getattr(module, "device", None)
+            with on_device(index) if on_device is not None else contextlib.nullcontext():
+                module.manual_seed(seed)
+        yield
