@@ -4,8 +4,9 @@ from .constraints import MaxNorm
 from .decay import DecoupledWeightDecay
 from .dropout import DropoutSchedule
 from .early_stopping import EarlyStopping
+from .monitors import GeneralizationGap, NonFiniteGuard
 from .penalties import L1, L2, ElasticNet
 from .proximal import ProximalL1
 
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
-           "DropoutSchedule", "EarlyStopping"]
+           "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard"]

@@ -13,4 +13,6 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "max_norm": "regplug.plugins.constraints:MaxNorm",
     "dropout_schedule": "regplug.plugins.dropout:DropoutSchedule",
     "early_stopping": "regplug.plugins.early_stopping:EarlyStopping",
+    "generalization_gap": "regplug.plugins.monitors:GeneralizationGap",
+    "non_finite_guard": "regplug.plugins.monitors:NonFiniteGuard",
 }
