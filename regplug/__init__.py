@@ -20,7 +20,8 @@ from .penalty import Penalty
 from .plugin import CAPABILITIES, Plugin
 from .registry import available_plugins, build_plugins, create_plugin, load_config
 from .run import DropoutHandle, LocalWorld, ParamHandle, Run, ScheduledValue, StopRequest
-from .schedules import Constant, LinearWarmup, Schedule
+from .schedules import (Constant, Cosine, EarlyDropout, ExponentialRamp, LateDropout, Linear,
+                        LinearWarmup, Piecewise, Schedule, Step)
 from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
 
 __version__ = "0.1.0"
@@ -29,7 +30,8 @@ __all__ = [
     "HOOK_NAMES", "DEFAULT_KINDS", "PARAM_KINDS", "CAPABILITIES", "DropoutHandle",
     "hookimpl", "hookspec", "Plugin", "PluginManager", "Run", "ParamHandle", "Penalty",
     "Ops", "Selection", "ScheduledValue", "StopRequest", "LocalWorld",
-    "Schedule", "Constant", "LinearWarmup",
+    "Schedule", "Constant", "LinearWarmup", "Linear", "Cosine", "Step", "Piecewise",
+    "ExponentialRamp", "EarlyDropout", "LateDropout",
     "available_plugins", "build_plugins", "create_plugin", "load_config",
     "RegplugError", "PluginValidationError", "UnknownPluginError", "PluginLoadError",
     "UsageError", "UnsupportedPluginError", "RegplugWarning",

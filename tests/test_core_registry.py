@@ -50,10 +50,14 @@ def test_builtin_table_matches_the_entry_points_declared_in_pyproject():
     assert declared == BUILTIN_PLUGINS
 
 
+#: Arguments of built-ins that have no sensible default (a dropout schedule needs its rate).
+REQUIRED_ARGS = {"dropout_schedule": {"rate": 0.1}}
+
+
 def test_every_builtin_loads_and_is_a_plugin_with_state():
     for name, info in available_plugins().items():
         if info.builtin:
-            plugin = regplug.create_plugin(name)
+            plugin = regplug.create_plugin(name, **REQUIRED_ARGS.get(name, {}))
             assert callable(plugin.state_dict) and callable(plugin.load_state_dict), name
 
 

@@ -17,7 +17,7 @@ import keras
 import pytest
 
 MODULES = ("test_keras_equivalence.py", "test_keras_compiled.py", "test_keras_lifecycle.py",
-           "test_keras_errors.py", "test_keras_ops.py")
+           "test_keras_errors.py", "test_keras_ops.py", "test_keras_dropout.py")
 OTHER_BACKENDS = [b for b in ("tensorflow", "torch", "jax") if b != keras.backend.backend()]
 
 
