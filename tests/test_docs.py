@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 import re
+import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,87 @@ def test_readme_python_examples_run(index, tmp_path, monkeypatch):
         if "class " in previous and "regplug.Plugin" in previous:
             exec(compile(previous, "README.md", "exec"), namespace)
     exec(compile(code, "README.md", "exec"), namespace)
+
+
+# -- the plugin-author guide -----------------------------------------------------------------
+# Runnable python blocks run in order (each after the blocks before it that define a
+# plugin class); "python excerpt" blocks must be verbatim parts of the example package's
+# source; the other blocks are checked against what they show.
+
+ROOT = README.parent
+GUIDE = ROOT / "docs" / "plugin-guide.md"
+EXAMPLE = ROOT / "examples" / "regplug-group-lasso"
+
+
+def _guide_blocks(kind: str) -> list[str]:
+    return [body for info, body in re.findall(r"```([\w ]*)\n(.*?)```", GUIDE.read_text(), re.S)
+            if info == kind]
+
+
+def _example_installed() -> bool:
+    return importlib.util.find_spec("regplug_group_lasso") is not None
+
+
+@pytest.mark.parametrize("index", range(len(_guide_blocks("python"))))
+def test_guide_python_examples_run(index, tmp_path, monkeypatch):
+    blocks = _guide_blocks("python")
+    code = blocks[index]
+    for module in ("torch", "keras"):
+        if f"import {module}" in code:
+            pytest.importorskip(module)
+    if "group_lasso" in code and not _example_installed():
+        pytest.skip("the example plugin package is not installed")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    for previous in blocks[:index]:
+        if re.search(r"^class ", previous, re.M):
+            exec(compile(previous, str(GUIDE), "exec"), namespace)
+    exec(compile(code, str(GUIDE), "exec"), namespace)
+
+
+def test_guide_excerpts_are_verbatim_parts_of_the_example_source():
+    source = (EXAMPLE / "src" / "regplug_group_lasso" / "plugin.py").read_text()
+    excerpts = _guide_blocks("python excerpt")
+    assert len(excerpts) == 3
+    for excerpt in excerpts:
+        assert excerpt in source, excerpt
+
+
+def test_guide_entry_point_is_the_one_the_example_declares():
+    (block,) = _guide_blocks("toml")
+    declared = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]["entry-points"]
+    assert tomllib.loads(block)["project"]["entry-points"] == declared
+
+
+def test_guide_shell_commands_name_existing_paths_and_valid_regplug_commands():
+    from regplug import cli
+
+    lines = [line for block in _guide_blocks("bash") for line in block.splitlines() if line]
+    assert lines
+    for line in lines:
+        words = shlex.split(line)
+        if words[:2] == ["pip", "install"]:
+            assert (ROOT / words[-1]).is_dir(), line
+        else:
+            assert words[0] == "regplug", line
+            cli.build_parser().parse_args(words[1:])  # exits (fails the test) if invalid
+
+
+def test_guide_plugins_listing_shows_what_the_command_prints(capsys):
+    if not _example_installed():
+        pytest.skip("the example plugin package is not installed")
+    from regplug import cli
+
+    (block,) = _guide_blocks("text")
+    assert cli.main(["plugins"]) == 0
+    printed = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    for line in block.splitlines():
+        assert printed[line.split()[0]] == line.split(), line
+
+
+def test_guide_links_point_to_files_of_the_repository():
+    links = re.findall(r"\]\((\.\./[^)#]+)\)", GUIDE.read_text())
+    assert links
+    for link in links:
+        assert (GUIDE.parent / link).exists(), link
+    assert "(docs/plugin-guide.md)" in README.read_text()
