@@ -14,6 +14,23 @@ def test_plugins_lists_origin_and_hooks(capsys):
     assert "regplug (built-in)" in line and "on_step" in line and line.endswith("ok")
 
 
+def test_plugins_json_gives_one_record_per_plugin(capsys, monkeypatch):
+    import json
+
+    from regplug.registry import available_plugins
+
+    monkeypatch.setenv("REGPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert cli.main(["plugins", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["third_party_discovery"] is False
+    assert [r["name"] for r in listing["plugins"]] == sorted(available_plugins())
+    l2 = next(r for r in listing["plugins"] if r["name"] == "l2")
+    assert l2 == {"name": "l2", "distribution": "regplug (built-in)", "builtin": True,
+                  "target": "regplug.plugins.penalties:L2",
+                  "hooks": ["on_train_begin", "on_loss", "on_train_end"],
+                  "status": "ok", "error": None}
+
+
 def test_plugins_mentions_disabled_discovery(capsys, monkeypatch):
     monkeypatch.setenv("REGPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")
     cli.main(["plugins"])
