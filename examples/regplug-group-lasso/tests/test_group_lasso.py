@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import doctest
+import re
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +165,17 @@ def test_one_plugin_object_serves_two_runs_one_after_the_other():
     first.close()
     second = NumpyLoop({"v": np.ones((1, 9))}, [plugin])
     assert second.penalty() == pytest.approx(3 * 3)
+
+
+def test_readme_examples_build_the_plugins_they_show():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert repr(namespace["plugin"]) == (
+        "GroupLasso(strength=LinearWarmup(value=0.001, start=0.0, warmup_steps=500, "
+        "warmup_epochs=None), kinds=['embedding'])")
+    (config,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    (from_config,) = regplug.build_plugins(tomllib.loads(config))
+    assert repr(from_config) == ("GroupLasso(strength=0.001, kinds=['weight'], "
+                                 "include=['branch_*.0.weight'])")
