@@ -26,7 +26,26 @@ class Binding:
     penalty: Penalty | None = None
 
 
-class ParameterPlugin(Plugin):
+class ConfiguredPlugin(Plugin):
+    """A plugin whose behaviour is fixed by its arguments: its checkpoint state is its
+    :meth:`config`, stored to detect a checkpoint written by a plugin configured differently."""
+
+    def config(self) -> dict[str, Any]:
+        """The arguments the plugin was built with, as plain values."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """No state changes during training; the config is stored to detect mismatches."""
+        return {"config": self.config()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("config")
+        if saved is not None and saved != self.config():
+            raise ValueError(f"{self!r}: the checkpoint was written by a plugin configured "
+                             f"differently: {saved}")
+
+
+class ParameterPlugin(ConfiguredPlugin):
     """A plugin acting on a selection of parameters with one or more scheduled strengths.
 
     Subclasses call :meth:`_strength` in ``__init__`` for each strength argument, and
@@ -89,13 +108,3 @@ class ParameterPlugin(Plugin):
                             "include": list(self.selection.include),
                             "exclude": list(self.selection.exclude)}
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        """No state changes during training; the config is stored to detect mismatches."""
-        return {"config": self.config()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config")
-        if saved is not None and saved != self.config():
-            raise ValueError(f"{self!r}: the checkpoint was written by a plugin configured "
-                             f"differently: {saved}")

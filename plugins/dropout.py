@@ -15,10 +15,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from regplug.errors import RegplugWarning
-from regplug.plugin import Plugin
 from regplug.run import DropoutHandle, Run
 from regplug.schedules import Constant, Schedule, as_schedule
 from regplug.selection import _patterns
+
+from ._base import ConfiguredPlugin
 
 __all__ = ["DropoutSchedule", "select_dropout_layers"]
 
@@ -46,7 +47,7 @@ def select_dropout_layers(handles: Iterable[DropoutHandle], *, layers: Sequence[
             and not any(fnmatch.fnmatchcase(h.name, p) for p in exclude)]
 
 
-class DropoutSchedule(Plugin):
+class DropoutSchedule(ConfiguredPlugin):
     """Drive the rate of dropout layers by a schedule, in a PyTorch loop or ``model.fit``.
 
     :param rate: a number or a schedule (:mod:`regplug.schedules`, or its config table
@@ -65,6 +66,11 @@ class DropoutSchedule(Plugin):
     When the value changes: a schedule with ``per="epoch"`` is applied at the start of each
     epoch (before its first batch), one with ``per="step"`` before every training batch,
     and a constant once, when training starts. Layers are left untouched between changes.
+    With Keras' ``steps_per_execution=k`` a per-step schedule advances once per k updates
+    (callbacks run once per execution). Under ``torch.compile`` a module's rate is a constant
+    of the compiled graph: every new value recompiles it, and after
+    ``torch._dynamo.config.recompile_limit`` (8) distinct values the model runs uncompiled —
+    prefer ``per="epoch"`` or a :class:`~regplug.Piecewise` with few values there.
 
     At the end of training (``on_train_end``: leaving the ``attach`` block, or the end of
     ``fit``) every layer gets back the rate it had when training started, so the model is
@@ -161,17 +167,8 @@ class DropoutSchedule(Plugin):
         return f"{type(self).__name__}(rate={shown!r}{', ' + selection if selection else ''})"
 
     def config(self) -> dict[str, Any]:
-        """The arguments the plugin was built with, as plain values (a config table)."""
+        """The arguments the plugin was built with, as plain values (a config table). It is
+        the plugin's whole checkpoint state: the rates are a function of the run's clock,
+        which the adapter's checkpoint holds."""
         return {"rate": self.schedule.to_config(), "layers": list(self.layers),
                 "include": list(self.include), "exclude": list(self.exclude)}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The rates are a function of the run's clock, which the adapter's checkpoint holds;
-        the config is stored to detect a checkpoint written by a different schedule."""
-        return {"config": self.config()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state.get("config")
-        if saved is not None and saved != self.config():
-            raise ValueError(f"{self!r}: the checkpoint was written by a plugin configured "
-                             f"differently: {saved}")

@@ -65,7 +65,9 @@ class Schedule(ABC):
 
     @abstractmethod
     def bounds(self) -> tuple[float, float]:
-        """The smallest and largest value the schedule can take (used for validation)."""
+        """The smallest and largest value the schedule takes, counting a limit it only
+        approaches (the ramp's end of :class:`ExponentialRamp`, the 0 of a decaying
+        :class:`Step`): floating point reaches it. :func:`as_schedule` checks both."""
 
     @property
     def varies_per(self) -> str | None:
@@ -164,7 +166,20 @@ class _Clocked(Schedule):
         return self.per
 
 
-class Linear(_Clocked):
+class _Ramp(_Clocked):
+    """From ``start`` to ``end`` over ``span`` clock units, then ``end``."""
+
+    def __init__(self, start: float, end: float, *, span: int, per: str) -> None:
+        self.start = check_real(type(self).__name__, "start", start, low=-math.inf)
+        self.end = check_real(type(self).__name__, "end", end, low=-math.inf)
+        self.span = check_int(type(self).__name__, "span", span, low=1)
+        self._set_clock(per)
+
+    def bounds(self) -> tuple[float, float]:
+        return _ordered(self.start, self.end)
+
+
+class Linear(_Ramp):
     """Go linearly from ``start`` to ``end`` over ``span`` steps (or epochs), then hold ``end``.
 
     Clock ``t`` gets ``start + (end - start) · t / span``; from ``t = span`` on, ``end``.
@@ -176,20 +191,11 @@ class Linear(_Clocked):
     [0.0, 0.1, 0.2, 0.3, 0.3]
     """
 
-    def __init__(self, start: float, end: float, *, span: int, per: str) -> None:
-        self.start = check_real("Linear", "start", start, low=-math.inf)
-        self.end = check_real("Linear", "end", end, low=-math.inf)
-        self.span = check_int("Linear", "span", span, low=1)
-        self._set_clock(per)
-
     def __call__(self, step: int, epoch: int) -> float:
         return _linear(self.start, self.end, self._t(step, epoch) / self.span)
 
-    def bounds(self) -> tuple[float, float]:
-        return _ordered(self.start, self.end)
 
-
-class Cosine(_Clocked):
+class Cosine(_Ramp):
     """Half a cosine from ``start`` to ``end`` over ``span`` steps (or epochs), then hold ``end``.
 
     Clock ``t`` gets ``end + (start - end) · (1 + cos(π·t/span)) / 2``: flat at both ends,
@@ -200,21 +206,12 @@ class Cosine(_Clocked):
     [0.4, 0.341, 0.2, 0.059, 0.0, 0.0]
     """
 
-    def __init__(self, start: float, end: float, *, span: int, per: str) -> None:
-        self.start = check_real("Cosine", "start", start, low=-math.inf)
-        self.end = check_real("Cosine", "end", end, low=-math.inf)
-        self.span = check_int("Cosine", "span", span, low=1)
-        self._set_clock(per)
-
     def __call__(self, step: int, epoch: int) -> float:
         done = self._t(step, epoch) / self.span
         if done >= 1.0:
             return self.end
         value = self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * done))
         return _clamp(value, self.start, self.end)
-
-    def bounds(self) -> tuple[float, float]:
-        return _ordered(self.start, self.end)
 
 
 class Step(_Clocked):
@@ -303,7 +300,19 @@ class ExponentialRamp(_Clocked):
         return _ordered(0.0, self.value)
 
 
-class EarlyDropout(_Clocked):
+class _Switch(_Clocked):
+    """``value`` on one side of ``cutoff`` on the clock, 0 on the other."""
+
+    def __init__(self, value: float, *, cutoff: int, per: str) -> None:
+        self.value = check_real(type(self).__name__, "value", value, low=-math.inf)
+        self.cutoff = check_int(type(self).__name__, "cutoff", cutoff, low=1)
+        self._set_clock(per)
+
+    def bounds(self) -> tuple[float, float]:
+        return _ordered(0.0, self.value)
+
+
+class EarlyDropout(_Switch):
     """``value`` while the clock is below ``cutoff``, then 0.
 
     *Early dropout* (Liu et al., 2023, "Dropout Reduces Underfitting"): dropout only in the
@@ -314,19 +323,11 @@ class EarlyDropout(_Clocked):
     [0.1, 0.1, 0.0, 0.0]
     """
 
-    def __init__(self, value: float, *, cutoff: int, per: str) -> None:
-        self.value = check_real("EarlyDropout", "value", value, low=-math.inf)
-        self.cutoff = check_int("EarlyDropout", "cutoff", cutoff, low=1)
-        self._set_clock(per)
-
     def __call__(self, step: int, epoch: int) -> float:
         return self.value if self._t(step, epoch) < self.cutoff else 0.0
 
-    def bounds(self) -> tuple[float, float]:
-        return _ordered(0.0, self.value)
 
-
-class LateDropout(_Clocked):
+class LateDropout(_Switch):
     """0 while the clock is below ``cutoff``, then ``value``.
 
     *Late dropout* (Liu et al., 2023): no dropout in the first phase, dropout afterwards, to
@@ -337,16 +338,8 @@ class LateDropout(_Clocked):
     [0.0, 0.0, 0.3, 0.3]
     """
 
-    def __init__(self, value: float, *, cutoff: int, per: str) -> None:
-        self.value = check_real("LateDropout", "value", value, low=-math.inf)
-        self.cutoff = check_int("LateDropout", "cutoff", cutoff, low=1)
-        self._set_clock(per)
-
     def __call__(self, step: int, epoch: int) -> float:
         return 0.0 if self._t(step, epoch) < self.cutoff else self.value
-
-    def bounds(self) -> tuple[float, float]:
-        return _ordered(0.0, self.value)
 
 
 def _ordered(a: float, b: float) -> tuple[float, float]:
