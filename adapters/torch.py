@@ -30,7 +30,8 @@ closed-form ones are applied after ``GradScaler`` has unscaled the gradients.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,7 @@ from regplug.plugin import check_requirements
 from regplug.run import ParamHandle, Run, StopRequest
 
 from .torch_ops import TorchModelState, TorchOps, discover_dropout, discover_parameters
+from .torch_trial import TorchTrial
 from .torch_uncertainty import mc_predict
 
 __all__ = ["attach", "TorchRegularizer", "TorchWorld", "vote_device", "mc_predict"]
@@ -137,7 +139,8 @@ class TorchRegularizer:
     """regplug plugins attached to one model and optimizer. Create it with :func:`attach`."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 plugins: Iterable[object], *, fused: bool = True, world: Any = None) -> None:
+                 plugins: Iterable[object], *, fused: bool = True, world: Any = None,
+                 loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"attach: 'model' must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -150,15 +153,23 @@ class TorchRegularizer:
         self.optimizer = optimizer
         self.manager = PluginManager(plugins)
         # Every hook runs as Python at every step here, and dropout modules are at hand.
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"attach: 'loss_fn' must be callable as loss_fn(outputs, targets), "
+                            f"got {type(loss_fn).__name__}")
+        no_loss = None if loss_fn is not None else (
+            "attach() was given no loss function: pass attach(model, optimizer, plugins, "
+            "loss_fn=criterion), with criterion(outputs, targets) -> loss")
         check_requirements(self.manager.plugins, {"eager_step": None, "dropout_layers": None,
-                                                  "model_state": None},
+                                                  "model_state": None, "batch_training": no_loss},
                            adapter="the PyTorch adapter")
         params = discover_parameters(model, optimizer)
         device = params[0].tensor.device if params else torch.device("cpu")
         self.run = Run(params=params, ops=TorchOps(), learning_rate_groups=self._lr_groups,
                        device=str(device), framework="torch",
                        dropout_provider=lambda: discover_dropout(model),
-                       state_provider=TorchModelState(model))
+                       state_provider=TorchModelState(model),
+                       trial_provider=None if loss_fn is None else TorchTrial(
+                           model, optimizer, loss_fn, self._paused))
         world = world if world is not None else _default_world(device)
         if world is not None:
             self.run.world = world
@@ -175,6 +186,14 @@ class TorchRegularizer:
 
     # -- wiring ----------------------------------------------------------------------
     def _open(self) -> None:
+        self._install()
+        try:
+            self.driver.train_begin()
+        except BaseException:
+            self._detach()
+            raise
+
+    def _install(self) -> None:
         setattr(self.optimizer, _ATTACHED, self)
         self._handles = [
             self.optimizer.register_step_pre_hook(self._on_before_step),
@@ -194,11 +213,6 @@ class TorchRegularizer:
             original(*args, **kwargs)
 
         self.optimizer.zero_grad = zero_grad  # type: ignore[method-assign]
-        try:
-            self.driver.train_begin()
-        except BaseException:
-            self._detach()
-            raise
 
     def _detach(self) -> None:
         for handle in self._handles:
@@ -207,6 +221,15 @@ class TorchRegularizer:
         self.optimizer.__dict__.pop("zero_grad", None)
         if getattr(self.optimizer, _ATTACHED, None) is self:
             delattr(self.optimizer, _ATTACHED)
+
+    @contextmanager
+    def _paused(self) -> Iterator[None]:
+        """regplug's hooks removed for a while (a sanity check training on its own)."""
+        self._detach()
+        try:
+            yield
+        finally:
+            self._install()
 
     def _new_window(self) -> None:
         self.driver.reset_window()
@@ -392,7 +415,8 @@ def _arrays_as(value: Any, kind: type, convert: Any) -> Any:
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable[object], *,
-           fused: bool = True, world: Any = None) -> TorchRegularizer:
+           fused: bool = True, world: Any = None,
+           loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> TorchRegularizer:
     """Attach ``plugins`` to a model and its optimizer; fires ``on_train_begin``.
 
     :param model: the module being trained (DDP- or ``torch.compile``-wrapped is fine).
@@ -404,6 +428,8 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable
         ``False`` they are added to the returned loss and differentiated by autograd.
     :param world: the processes' vote collector; by default ``torch.distributed`` when it is
         initialised, else a single process.
+    :param loss_fn: ``loss_fn(model(x), y) -> loss``, the loss of the loop; needed only by
+        plugins that train on their own (:class:`~regplug.plugins.OverfitBatch`).
 
     Use it as a context manager, or call :meth:`TorchRegularizer.close` at the end.
 
@@ -417,4 +443,4 @@ def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable
     >>> reg.run.step
     1
     """
-    return TorchRegularizer(model, optimizer, plugins, fused=fused, world=world)
+    return TorchRegularizer(model, optimizer, plugins, fused=fused, world=world, loss_fn=loss_fn)

@@ -15,4 +15,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "early_stopping": "regplug.plugins.early_stopping:EarlyStopping",
     "generalization_gap": "regplug.plugins.monitors:GeneralizationGap",
     "non_finite_guard": "regplug.plugins.monitors:NonFiniteGuard",
+    "overfit_batch": "regplug.plugins.sanity:OverfitBatch",
 }

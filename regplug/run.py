@@ -155,17 +155,37 @@ class ModelState(Protocol):
         """A snapshot from :meth:`to_numpy`'s arrays; refuses names or shapes that differ."""
 
 
+@dataclass(frozen=True)
+class TrialReport:
+    """What an adapter saw while training on a fixed batch (:class:`TrialTraining`).
+
+    :param losses: the loss before each update, then after the last one.
+    :param no_gradient: parameters that never got a non-zero gradient.
+    :param unchanged: parameters the optimizer left exactly as they were.
+    :param learning_rates: the optimizer's learning rate(s).
+    :param error: the error the framework raised, if training could not even run.
+    """
+
+    losses: list[float]
+    no_gradient: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    parameters: int = 0
+    learning_rates: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
 class TrialTraining(Protocol):
     """Training on one fixed batch that leaves no trace (for sanity checks such as
     :class:`~regplug.plugins.OverfitBatch`)."""
 
-    def train(self, x: Any, y: Any, steps: int) -> list[float]:
+    def train(self, x: Any, y: Any, steps: int) -> TrialReport:
         """Train on ``(x, y)`` for ``steps`` updates, then put everything back.
 
         Uses the model's own loss and optimizer, with every regplug plugin and every dropout
-        layer switched off. Returns ``steps + 1`` losses: the loss before each update and
-        the loss after the last one. Afterwards model, optimizer and random-number state are
-        exactly as before the call (also when it raises).
+        layer switched off. The report's ``losses`` has ``steps + 1`` values: the loss
+        before each update and the loss after the last one (fewer when the framework raised;
+        the error is reported, not raised). Afterwards model, optimizer and random-number
+        state are exactly as before the call.
         """
 
 
