@@ -16,11 +16,11 @@ There is no default: ``cutoff=50`` means something very different in steps and i
 config name            class                                value at clock ``t``
 =====================  ===================================  =====================================
 ``constant``           ``Constant(value)``                  ``value``
-``linear_warmup``      ``LinearWarmup(value, warmup_*=n)``  ``start → value`` over ``n``, then held
-``linear``             ``Linear(start, end, span=n)``       ``start → end`` over ``n``, then held
-``cosine``             ``Cosine(start, end, span=n)``       half a cosine from ``start`` to ``end``
+``linear_warmup``      ``LinearWarmup(value, warmup_*=n)``  ``start → value`` over ``n``, held
+``linear``             ``Linear(start, end, span=n)``       ``start → end`` over ``n``, held
+``cosine``             ``Cosine(start, end, span=n)``       half a cosine, ``start → end``
 ``step``               ``Step(value, every=k, gamma=g)``    ``value · g^⌊t/k⌋``
-``piecewise``          ``Piecewise(values, boundaries=b)``  ``values[i]`` for ``b[i-1] ≤ t < b[i]``
+``piecewise``          ``Piecewise(values, boundaries=b)``  ``values[i]`` if ``b[i-1] ≤ t < b[i]``
 ``exponential_ramp``   ``ExponentialRamp(value, gamma=g)``  ``value · (1 − e^(−g·t))``
 ``early_dropout``      ``EarlyDropout(value, cutoff=c)``    ``value`` while ``t < c``, then 0
 ``late_dropout``       ``LateDropout(value, cutoff=c)``     0 while ``t < c``, then ``value``
@@ -215,11 +215,13 @@ class Cosine(_Ramp):
 
 
 class Step(_Clocked):
-    """Multiply ``value`` by ``gamma`` every ``every`` steps (or epochs): ``value · gamma^⌊t/every⌋``.
+    """Multiply ``value`` by ``gamma`` every ``every`` steps (or epochs).
 
-    ``gamma`` lies in ``[0, 1]``, so the value decays toward 0 (as ``torch.optim.lr_scheduler.StepLR``
-    does a learning rate); for a value that rises, or any other staircase, use
-    :class:`Piecewise`. :meth:`bounds` include 0, which floating point reaches.
+    Clock ``t`` gets ``value · gamma^⌊t/every⌋``.
+
+    ``gamma`` lies in ``[0, 1]``, so the value decays toward 0 (as
+    ``torch.optim.lr_scheduler.StepLR`` does a learning rate); for a value that rises, or any
+    other staircase, use :class:`Piecewise`. :meth:`bounds` include 0, which floating point reaches.
 
     >>> halve = Step(0.4, every=2, gamma=0.5, per="epoch")
     >>> [halve(0, epoch) for epoch in range(6)]

@@ -18,6 +18,7 @@ from regplug.plugins import DropoutSchedule
 BATCH, CHANNELS = 32, 256  # inputs (32, 256, 2, 2, 2): 65,536 elements, 8,192 channels
 CHANNEL_TYPES = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.FeatureAlphaDropout)
 ALPHA_TYPES = (nn.AlphaDropout, nn.FeatureAlphaDropout)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 class Branches(nn.Module):
@@ -68,10 +69,12 @@ class DropMeter:
         self.units = units.numel()
 
 
-def train(model: Branches, plugins: list, *, epochs: int, steps: int, reg_state=None):
+def train(model: Branches, plugins: list, *, epochs: int, steps: int, reg_state=None,
+          device: str = "cpu"):
     """The three-line loop; returns the attachment (closed)."""
+    model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.ones(BATCH, CHANNELS, 2, 2, 2)
+    x = torch.ones(BATCH, CHANNELS, 2, 2, 2, device=device)
     with attach(model, opt, plugins) as reg:
         if reg_state is not None:
             reg.load_state_dict(reg_state)
@@ -101,20 +104,23 @@ def clock(epochs: int, steps: int) -> list[tuple[int, int]]:
     return [(epoch * steps + i, epoch) for epoch in range(epochs) for i in range(steps)]
 
 
-def test_a_per_epoch_schedule_sets_the_fraction_dropped_in_every_training_step():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_per_epoch_schedule_sets_the_fraction_dropped_in_every_training_step(device):
     model = Branches(zero=nn.Dropout(0.0), other=nn.Dropout(0.5))
     meters = {name: DropMeter(m) for name, m in model.drops.items()}
     schedule = Linear(0.0, 0.6, span=3, per="epoch")
-    train(model, [DropoutSchedule(schedule, include="drops.zero")], epochs=4, steps=3)
+    train(model, [DropoutSchedule(schedule, include="drops.zero")], epochs=4, steps=3,
+          device=device)
     assert_follows(meters["zero"], [schedule(t, e) for t, e in clock(4, 3)])  # built with 0
     assert_follows(meters["other"], [0.5] * 12)  # not included: keeps its own rate
 
 
-def test_a_per_step_schedule_changes_the_fraction_from_the_step_it_is_due():
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_per_step_schedule_changes_the_fraction_from_the_step_it_is_due(device):
     model = Branches(zero=nn.Dropout(0.0), spatial=nn.Dropout2d(0.3))
     meters = {name: DropMeter(m) for name, m in model.drops.items()}
     schedule = Linear(0.0, 0.66, span=11, per="step")  # 0.06 more at every step
-    train(model, [DropoutSchedule(schedule, layers="Dropout")], epochs=3, steps=4)
+    train(model, [DropoutSchedule(schedule, layers="Dropout")], epochs=3, steps=4, device=device)
     rates = [schedule(t, e) for t, e in clock(3, 4)]
     assert_follows(meters["zero"], rates)
     assert_follows(meters["spatial"], [0.3] * 12)  # another type: not selected
