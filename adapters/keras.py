@@ -125,8 +125,10 @@ from regplug.schedules import Schedule
 
 from .keras_ops import (DROPOUT_TYPES, KERAS_DROPOUT_CALLS, KerasModelState, KerasOps,
                         all_layers, discover_parameters)
+from .keras_trial import KerasTrial
+from .keras_uncertainty import mc_predict
 
-__all__ = ["Regularize", "KerasScheduledValue", "detach", "SUPPORTED_BACKENDS"]
+__all__ = ["Regularize", "KerasScheduledValue", "detach", "SUPPORTED_BACKENDS", "mc_predict"]
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +244,8 @@ class _Attachment:
         run = Run(params=params, ops=self.ops, learning_rate_groups=self.lr_groups,
                   device=device, framework="keras", scalar_factory=self.make_scalar,
                   dropout_provider=self.dropout_handles,
-                  state_provider=KerasModelState(self.model, self.sync_jax))
+                  state_provider=KerasModelState(self.model, self.sync_jax),
+                  trial_provider=KerasTrial(self.model, self.sync_jax))
         run.step = self.read_iterations()
         self.run = run
         return run
@@ -577,7 +580,7 @@ class Regularize(keras.callbacks.Callback):
             f"where {', '.join(_STEP_HOOKS)} run once, while the step is traced. Compile with "
             "model.compile(..., run_eagerly=True) to use this plugin with Keras.")
         check_requirements(self.plugins, {"eager_step": compiled, "dropout_layers": None,
-                                          "model_state": None},
+                                          "model_state": None, "batch_training": None},
                            adapter="the Keras adapter")
 
     def _check_optimizer(self, att: _Attachment) -> None:

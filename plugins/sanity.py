@@ -146,15 +146,20 @@ def _hints(report: TrialReport, initial: float, final: float) -> list[str]:
     if report.learning_rates and all(lr == 0 for lr in report.learning_rates):
         hints.append("the learning rate is 0")
     n = report.parameters
-    if n and len(report.no_gradient) == n:
+    no_gradient = report.no_gradient
+    if n == 0 and report.error is None:
+        hints.append("the model has no trainable parameters: are they all frozen?")
+    elif no_gradient is not None and n and len(no_gradient) == n:
         hints.append(f"none of the {n} parameter tensors got a gradient: is the output "
                      "detached from the parameters (detach(), no_grad, stop_gradient), or "
                      "are they all frozen?")
-    elif report.no_gradient:
-        hints.append(f"{len(report.no_gradient)} of {n} parameter tensors got no gradient "
-                     f"(e.g. {', '.join(report.no_gradient[:3])}): frozen or unused?")
-    if n and len(report.unchanged) == n and len(report.no_gradient) < n:
-        hints.append("the optimizer changed no parameter")
+    elif no_gradient:
+        hints.append(f"{len(no_gradient)} of {n} parameter tensors got no gradient "
+                     f"(e.g. {', '.join(no_gradient[:3])}): frozen or unused?")
+    if n and len(report.unchanged) == n and (no_gradient is None or len(no_gradient) < n):
+        hints.append("the optimizer changed no parameter" + (
+            ": is the output detached from the parameters (stop_gradient), or are they "
+            "frozen?" if no_gradient is None else ""))
     if not math.isfinite(final):
         hints.append("the loss became non-finite: learning rate too high?")
     elif report.error is None and final >= initial:

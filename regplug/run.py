@@ -160,14 +160,15 @@ class TrialReport:
     """What an adapter saw while training on a fixed batch (:class:`TrialTraining`).
 
     :param losses: the loss before each update, then after the last one.
-    :param no_gradient: parameters that never got a non-zero gradient.
+    :param no_gradient: parameters that never got a non-zero gradient (``None`` where the
+        adapter cannot see gradients).
     :param unchanged: parameters the optimizer left exactly as they were.
     :param learning_rates: the optimizer's learning rate(s).
     :param error: the error the framework raised, if training could not even run.
     """
 
     losses: list[float]
-    no_gradient: list[str] = field(default_factory=list)
+    no_gradient: list[str] | None = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     parameters: int = 0
     learning_rates: list[float] = field(default_factory=list)
