@@ -92,6 +92,21 @@ Optimizer gradient accumulation (``gradient_accumulation_steps``) is refused for
 with ``on_before_step``/``on_step``: Keras calls ``apply`` for every micro-batch and applies
 the update only every n-th call. Penalties work with it unchanged.
 
+``tf.distribute.MirroredStrategy`` (TensorFlow backend; one process, several devices): build
+and compile the model in ``strategy.scope()`` as Keras asks, and pass the callback to
+``fit`` unchanged. The step runs once per replica, on that replica's share of the batch;
+Keras divides each replica's loss by the number of replicas and sums the replicas'
+gradients. The penalties added in ``compute_loss`` are divided the same way (as Keras does
+with its own regularizers), and so are the terms ``run.ops.add_to_grad_`` adds to a
+replica's gradient in ``on_before_step``, so each counts once; ``on_before_step`` sees the
+replica's gradient share, before the sum. Update plugins change every replica's copy of the
+weights alike, and dropout rates set by plugins apply on every replica. The Python-side
+hooks (``on_epoch_end`` …) run once, in the one process, so a stop vote needs no
+collective. Tested with two logical CPU devices: the weights equal those of Keras'
+``kernel_regularizer``/``kernel_constraint``/``AdamW`` under the strategy, and those of a
+one-device run for a model without batch normalization. Multi-worker strategies are not
+covered.
+
 Saving: after ``fit`` nothing of regplug remains on the model, so ``model.save`` writes, and
 ``keras.models.load_model`` reads, a plain Keras file — in a Python with or without regplug.
 A checkpoint written *during* fit (``ModelCheckpoint``) is equally plain: the patched methods

@@ -26,6 +26,22 @@ Gradient accumulation: call ``reg.loss`` on every micro-batch loss; the penalty 
 per optimizer step (call it on the loss you backpropagate, after dividing by the number of
 micro-batches). Mixed precision: penalties are computed in float32 with autocast off, and
 closed-form ones are applied after ``GradScaler`` has unscaled the gradients.
+
+Distributed (``torch.distributed``, e.g. DDP started with ``torchrun``): attach on every
+rank, to the wrapped model (parameter names are those of the module inside). Penalties
+and updates need nothing more: DDP averages the gradients during ``backward``, a fused
+penalty is added after that inside ``optimizer.step()`` and an autograd one is in every
+rank's loss, so each counts once, and the update plugins act alike on every rank's
+identical weights. Stop votes are collective: when the process group is initialised,
+``attach`` picks :class:`TorchWorld`, and ``reg.epoch_end`` all-reduces whether any rank's
+plugins voted, so every rank gets the same answer and leaves the loop at the same epoch
+(a rank stopped by another records "another process voted to stop"). So **call
+``reg.epoch_end`` on every rank, every epoch** — not only on rank 0 — or the other ranks
+wait for it. Each rank may pass its own metrics; a plugin that acts on the metrics beyond
+voting (``EarlyStopping(restore_best_weights=True)`` restores the best epoch *it* saw)
+needs the same metrics on every rank to keep the replicas identical: all-reduce them first.
+A rank whose process dies makes the others' next vote fail at once; a rank that stays
+alive without calling ``reg.epoch_end`` holds them until the process group's ``timeout``.
 """
 
 from __future__ import annotations
