@@ -3,9 +3,10 @@
 tox installs ``examples/regplug-group-lasso`` (entry point ``group_lasso`` in group
 ``regplug``) next to the regplug wheel; a development environment gets it with
 ``pip install -e examples/regplug-group-lasso``. These tests prove that it is listed with
-its distribution and hooks, usable by name from configs, trains in a PyTorch loop and in
-Keras ``fit`` with the weights of the hand-written penalty, disappears when discovery is
-switched off, and that a broken plugin beside it is reported without taking it down.
+its distribution and hooks, usable by name from configs and from ``regplug compare
+--config``, trains in a PyTorch loop and in Keras ``fit`` with the weights of the
+hand-written penalty, disappears when discovery is switched off, and that a broken plugin
+beside it is reported without taking it down.
 Subprocesses run outside the checkout, so they see only what is installed.
 """
 
@@ -246,3 +247,27 @@ def test_the_example_packages_own_tests_pass_against_this_regplug():
                             capture_output=True, text=True, cwd=EXAMPLE, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+@pytest.mark.slow
+def test_regplug_compare_trains_it_by_name_from_a_config_in_both_frameworks(tmp_path):
+    for module in ("sklearn", "torch", "keras"):
+        pytest.importorskip(module)
+    (tmp_path / "strategies.toml").write_text(textwrap.dedent("""
+        [[strategies]]
+        name = "grouped"
+        plugins = [{name = "group_lasso", strength = 1e-3}]
+    """))
+    run = regplug_cli("compare", "--config", "strategies.toml", "--epochs", "1", "--quiet",
+                      "--out", "out", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "GroupLasso(strength=0.001)" in run.stdout
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["settings"]["strategies"] == [
+        {"name": "grouped", "plugins": [{"name": "group_lasso", "strength": 0.001}]}]
+    rows = {r["framework"]: r for r in report["results"]}
+    assert set(rows) == {"torch", "keras"}
+    for framework, result in rows.items():
+        assert result["strategy"] == "grouped"
+        assert result["penalty"] > 0, framework  # the plugin's penalty, at the final weights
+        assert result["history"]["group_lasso_penalty"][-1] > 0, framework
