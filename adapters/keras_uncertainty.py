@@ -14,9 +14,9 @@ in as values and the new seed states come back out, so sampling writes no variab
 model — not the BatchNorm statistics, not the dropout layers' seed generators. With
 ``compiled=True`` (default) that function is traced once (``tf.function`` on TensorFlow,
 ``jax.jit`` on JAX; the torch backend runs eagerly) and kept for later calls on the same
-model, and every forward pass is given the same shape (the last chunk of samples and the
-last batch of rows are padded, the padding is dropped), so it is traced at most once or
-twice per batch size.
+model. Every forward pass of a call has the same shape (the last batch of rows and the
+smaller chunks of samples are padded, and the padding dropped), so a call traces at most
+once, and ``compiled=False`` draws exactly the same samples.
 
 Seeding: every seed generator of the model starts from a state derived from ``seed``, so an
 integer seed gives the same samples on every call and touches no global random state (on
@@ -147,21 +147,22 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
         trainable = [v.value for v in model.trainable_variables]
         state = _seeded_state(model, base_seed)
         with _torch_rng(seed, backend, model):
+            # Every forward pass gets the same shape: `block` rows (the last batch is padded
+            # with copies of its last row) times `copies` (the smaller chunks of samples are
+            # padded too); the padding is dropped from the outputs.
+            block = rows if batch_size is None else min(batch_size, rows)
+            chunks = sample_chunks(samples, block, samples_per_batch)
+            copies = max(chunks)
             for start, stop in row_batches(rows, batch_size):
                 n = stop - start
-                padded_rows = (min(batch_size, rows) if batch_size is not None else rows)
-                padded_rows = padded_rows if compiled else n
+                index = np.tile(np.minimum(np.arange(start, start + block), stop - 1), copies)
+                xs = keras.tree.pack_sequence_as(
+                    x, [ops.take(leaf, index, axis=0) for leaf in leaves])
                 acc = MCAccumulator(level=level, interval=interval, keep_samples=keep_samples,
                                     capacity=samples)
-                chunks = sample_chunks(samples, n, samples_per_batch)
                 for k in chunks:
-                    copies = max(chunks) if compiled else k
-                    index = np.tile(np.minimum(np.arange(start, start + padded_rows),
-                                               stop - 1), copies)
-                    xs = keras.tree.pack_sequence_as(
-                        x, [ops.take(leaf, index, axis=0) for leaf in leaves])
                     y, state = step(trainable, state, xs)
-                    acc.add(_to_numpy(y, copies, padded_rows)[:k, :n])
+                    acc.add(_to_numpy(y, copies, block)[:k, :n])
                 varies = varies or acc.varies
                 parts.append(acc.result())
     warn_if_constant(_OWNER, samples, varies, len(stochastic))

@@ -1,0 +1,273 @@
+"""MC dropout for PyTorch modules: regplug.adapters.torch.mc_predict."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from regplug import RegplugWarning  # noqa: E402
+from regplug.adapters import torch_uncertainty  # noqa: E402
+from regplug.adapters.torch import mc_predict  # noqa: E402
+from regplug.adapters.torch_uncertainty import is_dropout_module  # noqa: E402
+
+
+def bn_dropout_mlp(p: float = 0.3, seed: int = 0) -> nn.Module:
+    """Linear → BatchNorm → ReLU → Dropout → Linear, with BN statistics away from their
+    initial values (a few training-mode passes)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(p),
+                          nn.Linear(32, 2))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(64, 4) * 2 + 1)
+    return model
+
+
+def inputs(n: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+
+
+def test_samples_differ_with_dropout_active():
+    p = mc_predict(bn_dropout_mlp(), inputs(), samples=20, seed=0, keep_samples=True)
+    assert p.samples.shape == (20, 10, 2)
+    assert len({s.tobytes() for s in p.samples}) == 20
+    assert (p.std > 0).all()
+
+
+def test_batchnorm_running_statistics_are_not_updated():
+    model = bn_dropout_mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mc_predict(model, inputs(), samples=50)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name  # bit-exact, num_batches_tracked too
+
+
+def test_batchnorm_normalizes_with_running_statistics_not_batch_statistics():
+    # One row: in training mode BatchNorm1d refuses a batch of one; in eval mode it is fine,
+    # and the T=1 prediction with dropout off is exactly the eval-mode prediction.
+    model = bn_dropout_mlp(p=0.0)
+    x = inputs(1)
+    p = mc_predict(model, x, samples=1)
+    with torch.no_grad():
+        plain = model.eval()(x)
+    np.testing.assert_array_equal(p.mean, plain.numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("dropout", [0.0, None])
+def test_one_sample_with_dropout_off_equals_the_plain_prediction(dropout):
+    torch.manual_seed(3)
+    layers = [nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Tanh()]
+    layers += [] if dropout is None else [nn.Dropout(dropout)]
+    model = nn.Sequential(*layers, nn.Linear(16, 1))
+    x = inputs(12)
+    p = mc_predict(model, x, samples=1)
+    with torch.no_grad():
+        plain = model.eval()(x).numpy()
+    np.testing.assert_array_equal(p.mean, plain.astype(np.float64))
+    np.testing.assert_array_equal(p.lower, p.mean)
+    np.testing.assert_array_equal(p.std, 0.0)
+
+
+def test_same_seed_repeats_exactly_and_another_seed_differs():
+    model, x = bn_dropout_mlp(), inputs()
+    a = mc_predict(model, x, samples=8, seed=7, keep_samples=True)
+    b = mc_predict(model, x, samples=8, seed=7, keep_samples=True)
+    c = mc_predict(model, x, samples=8, seed=8, keep_samples=True)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    np.testing.assert_array_equal(a.upper, b.upper)
+    assert not np.array_equal(a.samples, c.samples)
+
+
+def test_a_seed_leaves_the_global_rng_untouched_and_no_seed_draws_from_it():
+    model, x = bn_dropout_mlp(), inputs()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    mc_predict(model, x, samples=4, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(5)
+    a = mc_predict(model, x, samples=4, keep_samples=True)
+    assert not torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(5)
+    b = mc_predict(model, x, samples=4, keep_samples=True)
+    np.testing.assert_array_equal(a.samples, b.samples)  # seed=None follows torch.manual_seed
+
+
+def test_training_flags_are_restored_exactly():
+    model = bn_dropout_mlp()
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a model in training mode
+    flags = [m.training for m in model.modules()]
+    mc_predict(model, inputs(), samples=3)
+    assert [m.training for m in model.modules()] == flags
+    model.eval()
+    mc_predict(model, inputs(), samples=3)
+    assert not any(m.training for m in model.modules())
+
+
+def test_training_flags_are_restored_when_the_forward_raises():
+    model = bn_dropout_mlp().train()
+    with pytest.raises(RuntimeError):
+        mc_predict(model, torch.zeros(5, 7), samples=3)  # wrong width
+    assert all(m.training for m in model.modules())
+
+
+def test_stacked_samples_draw_the_same_distribution_as_one_sample_per_pass():
+    model, x = bn_dropout_mlp(p=0.5), inputs(2)
+    stacked = mc_predict(model, x, samples=2000, seed=0, samples_per_batch=500,
+                         interval="normal")
+    single = mc_predict(model, x, samples=400, seed=1, samples_per_batch=1,
+                        interval="normal")
+    # Means agree within 5 standard errors; standard deviations within 15 %.
+    se = np.sqrt(stacked.std ** 2 / 2000 + single.std ** 2 / 400)
+    assert (np.abs(stacked.mean - single.mean) < 5 * se).all()
+    np.testing.assert_allclose(stacked.std, single.std, rtol=0.15)
+    again = mc_predict(model, x, samples=2000, seed=0, samples_per_batch=500,
+                       interval="normal")
+    np.testing.assert_array_equal(stacked.mean, again.mean)
+
+
+def test_batches_of_rows_give_the_same_rows_in_order():
+    model, x = bn_dropout_mlp(p=0.0), inputs(10)
+    whole = mc_predict(model, x, samples=1)
+    parts = mc_predict(model, x, samples=1, batch_size=4)
+    np.testing.assert_allclose(parts.mean, whole.mean, rtol=1e-6, atol=1e-7)
+    sampled = mc_predict(bn_dropout_mlp(), x, samples=3, batch_size=4, keep_samples=True)
+    assert sampled.samples.shape == (3, 10, 2) and sampled.shape == (10, 2)
+
+
+def test_streaming_and_quantile_modes_see_the_same_samples():
+    model, x = bn_dropout_mlp(), inputs()
+    q = mc_predict(model, x, samples=30, seed=4, keep_samples=True)
+    n = mc_predict(model, x, samples=30, seed=4, interval="normal", level=0.9)
+    np.testing.assert_allclose(n.mean, q.mean, rtol=1e-12)
+    np.testing.assert_allclose(n.std, q.std, rtol=1e-9)
+    np.testing.assert_allclose(n.upper, n.mean + 1.6448536269514722 * n.std, rtol=1e-12)
+    np.testing.assert_array_equal(q.mean, q.samples.astype(np.float64).mean(axis=0))
+    assert n.samples is None and (n.interval, n.level) == ("normal", 0.9)
+
+
+def test_uncertainty_is_larger_far_from_the_training_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 64),
+                          nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 1))
+    x = torch.linspace(-1, 1, 128).unsqueeze(1)
+    y = torch.sin(3 * x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+    # A ReLU network extrapolates linearly, and so does the spread its dropout masks give.
+    far = torch.tensor([[-10.0], [10.0]])
+    near = torch.linspace(-1, 1, 9).unsqueeze(1)
+    p = mc_predict(model, torch.cat([far, near]), samples=200, seed=0)
+    # (One side may extrapolate flat, where every ReLU path is dead: compare the average.)
+    assert p.std[:2].mean() > 3 * p.std[2:].max()
+    width = p.upper - p.lower
+    assert width[:2].mean() > 3 * width[2:].max()
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.drop = nn.Linear(3, 2), nn.Linear(5, 2), nn.Dropout(0.5)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.a(left) + self.b(right))
+
+
+def test_tuple_dict_and_numpy_inputs():
+    torch.manual_seed(0)
+    model = TwoInputs()
+    left, right = torch.randn(6, 3), torch.randn(6, 5)
+    by_position = mc_predict(model, (left, right), samples=5, seed=2)
+    by_name = mc_predict(model, {"left": left, "right": right}, samples=5, seed=2)
+    from_numpy = mc_predict(model, (left.double().numpy(), right.double().numpy()), samples=5,
+                            seed=2)  # float64 arrays take the model's float32
+    assert by_position.shape == (6, 2)
+    np.testing.assert_array_equal(by_position.mean, by_name.mean)
+    np.testing.assert_array_equal(by_position.mean, from_numpy.mean)
+
+
+def test_a_model_without_dropout_warns_that_samples_are_identical():
+    model = nn.Sequential(nn.Linear(4, 1))
+    with pytest.warns(RegplugWarning, match=r"mc_predict: all 5 samples are identical.*no dropout"):
+        p = mc_predict(model, inputs(), samples=5)
+    np.testing.assert_array_equal(p.std, 0.0)
+
+
+class FunctionalDropout(nn.Module):
+    """Dropout written with the functional API: found only through ``is_dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(x, 0.5, training=self.training)
+
+
+def test_is_dropout_chooses_which_modules_sample():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), FunctionalDropout(), nn.Linear(8, 1))
+    with pytest.warns(RegplugWarning, match="no dropout module"):
+        mc_predict(model, inputs(), samples=4)
+    p = mc_predict(model, inputs(), samples=4,
+                   is_dropout=lambda m: is_dropout_module(m) or isinstance(m, FunctionalDropout))
+    assert (p.std > 0).any()
+    assert model.training  # left as it was
+
+
+def test_transformer_fast_path_is_off_while_sampling_and_restored_after():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.2,
+                                       batch_first=True).eval()
+    x = torch.randn(3, 5, 8)
+    p = mc_predict(layer, x, samples=6, seed=0, keep_samples=True)
+    assert len({s.tobytes() for s in p.samples}) == 6  # the fused eval kernel would skip dropout
+    assert torch.backends.mha.get_fastpath_enabled()
+
+
+def test_recurrent_and_attention_dropout_sample_by_default():
+    assert is_dropout_module(nn.LSTM(2, 3, num_layers=2, dropout=0.3))
+    assert is_dropout_module(nn.MultiheadAttention(4, 2, dropout=0.1))
+    assert not is_dropout_module(nn.MultiheadAttention(4, 2))
+    assert not is_dropout_module(nn.BatchNorm1d(3))
+
+
+class Pair(nn.Module):
+    def __init__(self, reduce: bool = False) -> None:
+        super().__init__()
+        self.lin, self.drop, self.reduce = nn.Linear(4, 1), nn.Dropout(0.1), reduce
+
+    def forward(self, x: torch.Tensor):  # noqa: ANN201
+        y = self.drop(self.lin(x))
+        return y.mean(dim=0) if self.reduce else (y, y)
+
+
+def test_outputs_must_be_one_tensor_with_a_row_per_input_row():
+    with pytest.raises(TypeError, match="mc_predict: the model must return one tensor, got tuple"):
+        mc_predict(Pair(), inputs(), samples=2)
+    with pytest.raises(ValueError, match="one row per input row"):
+        mc_predict(Pair(reduce=True), inputs(), samples=2)
+
+
+def test_bad_arguments_name_the_function_and_argument():
+    model = bn_dropout_mlp()
+    with pytest.raises(ValueError, match="mc_predict: argument 'samples' must be an integer >= 1"):
+        mc_predict(model, inputs(), samples=0)
+    with pytest.raises(ValueError, match=r"mc_predict: argument 'level' .* in \(0, 1\)"):
+        mc_predict(model, inputs(), level=1.5)
+    with pytest.raises(TypeError, match="mc_predict: argument 'model' must be a torch.nn.Module"):
+        mc_predict(lambda x: x, inputs())
+    with pytest.raises(TypeError, match="mc_predict: argument 'x' must be a tensor or array"):
+        mc_predict(model, "not data")
+    with pytest.raises(ValueError, match="mc_predict: the tensors of 'x' must share a first axis"):
+        mc_predict(TwoInputs(), (torch.zeros(2, 3), torch.zeros(3, 5)))
+
+
+def test_module_docstring_examples_run():
+    result = doctest.testmod(torch_uncertainty, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
