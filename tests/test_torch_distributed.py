@@ -9,9 +9,8 @@ so a missing collective call fails the test instead of stalling the suite.
 from __future__ import annotations
 
 import pytest
-import torch
 
-pytest.importorskip("torch.distributed")
+torch = pytest.importorskip("torch")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("torch was built without distributed gloo support", allow_module_level=True)
 
@@ -20,6 +19,9 @@ from regplug.adapters.torch import vote_device
 from _torch_distributed import CONFIGS, VAL_LOSSES, launch, reference_weights
 
 RANKS = (0, 1)
+
+# Each launch starts two Pythons that import torch and DDP (several seconds on 2 cores).
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def job(tmp_path_factory):
 
 
 # -- stop votes --------------------------------------------------------------------------
+@slow
 @pytest.mark.parametrize("voter, at", [(0, 1), (1, 2)])
 def test_a_stop_voted_on_one_rank_stops_both_ranks_at_the_same_epoch(job, voter, at):
     reports = {rank: job[rank]["stop_votes"][voter, at] for rank in RANKS}
@@ -46,13 +49,15 @@ def test_a_stop_voted_on_one_rank_stops_both_ranks_at_the_same_epoch(job, voter,
     assert reports[other]["requests"] == [("another process voted to stop", f"rank {other}", at)]
 
 
+@slow
 def test_without_a_vote_every_rank_runs_every_epoch(job):
     for rank in RANKS:
         report = job[rank]["stop_votes"][None, None]
         assert (report["epochs_run"], report["should_stop"], report["requests"]) == (5, False, [])
 
 
-def test_early_stopping_on_one_rank_s_metric_stops_both_ranks(job):
+@slow
+def test_early_stopping_on_the_metric_of_one_rank_stops_both_ranks(job):
     # Rank 0's val_loss keeps improving; rank 1's stalls after epoch 1 (index), so its
     # EarlyStopping(patience=2) stops at epoch index 3 — and rank 0 stops with it.
     assert VAL_LOSSES[0] == sorted(VAL_LOSSES[0], reverse=True)
@@ -65,6 +70,7 @@ def test_early_stopping_on_one_rank_s_metric_stops_both_ranks(job):
 
 
 # -- penalties and updates on a DDP model ------------------------------------------------
+@slow
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_ddp_on_two_ranks_gives_the_weights_of_one_process_on_the_full_batch(job, config,
@@ -81,6 +87,7 @@ def test_ddp_on_two_ranks_gives_the_weights_of_one_process_on_the_full_batch(job
                                        msg=lambda m: f"rank {rank}, {name}: {m}")
 
 
+@slow
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_the_comparison_would_catch_a_penalty_counted_twice_or_half(job, config):
     got = job[0]["penalties"][config, True]
@@ -92,6 +99,7 @@ def test_the_comparison_would_catch_a_penalty_counted_twice_or_half(job, config)
 
 
 # -- failures and devices ----------------------------------------------------------------
+@slow
 def test_a_plugin_raising_on_one_rank_makes_the_other_fail_instead_of_hanging(tmp_path):
     # Rank 1 raises in on_epoch_end, before the collective vote, and its process exits;
     # rank 0, waiting in the vote's all-reduce, gets gloo's "connection closed" error at
