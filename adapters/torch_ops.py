@@ -126,6 +126,16 @@ def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list
     return thetas, grads
 
 
+def _foreach_add_scaled_(targets: list[torch.Tensor], terms: list[torch.Tensor],
+                         alpha: float | torch.Tensor) -> None:
+    """``targets += alpha · terms``. A tensor ``alpha`` (a strength a plugin computed on the
+    device) stays on the device: ``_foreach_add_``'s ``alpha=`` would read it to the host."""
+    if isinstance(alpha, torch.Tensor):
+        torch._foreach_add_(targets, torch._foreach_mul(terms, alpha))
+    else:
+        torch._foreach_add_(targets, terms, alpha=alpha)
+
+
 def _tensors(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
     return [p.tensor for p in params]
 
@@ -152,16 +162,17 @@ class TorchOps:
             return torch.stack([term(p.tensor).to(device) for p in params]).sum()
 
     @_without_grad
-    def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
+    def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float | torch.Tensor) -> None:
         thetas, grads = _grad_pairs(params)
         if grads:
-            torch._foreach_add_(grads, thetas, alpha=alpha)
+            _foreach_add_scaled_(grads, thetas, alpha)
 
     @_without_grad
-    def add_sign_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
+    def add_sign_to_grad_(self, params: Sequence[ParamHandle],
+                          alpha: float | torch.Tensor) -> None:
         thetas, grads = _grad_pairs(params)
         if grads:
-            torch._foreach_add_(grads, torch._foreach_sign(thetas), alpha=alpha)
+            _foreach_add_scaled_(grads, torch._foreach_sign(thetas), alpha)
 
     @_without_grad
     def scale_(self, params: Sequence[ParamHandle], factor: float) -> None:
@@ -196,6 +207,8 @@ class TorchOps:
             t.mul_(scale if is_float32 else scale.to(t.dtype))
 
     def to_float(self, value: object) -> float:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
         return float(value)  # type: ignore[arg-type]
 
     @torch.no_grad()

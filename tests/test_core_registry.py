@@ -51,7 +51,8 @@ def test_builtin_table_matches_the_entry_points_declared_in_pyproject():
 
 
 #: Arguments of built-ins that have no sensible default (a dropout schedule needs its rate).
-REQUIRED_ARGS = {"dropout_schedule": {"rate": 0.1}}
+REQUIRED_ARGS = {"dropout_schedule": {"rate": 0.1},
+                 "overfit_batch": {"x": [[0.0]], "y": [0]}}
 
 
 def test_every_builtin_loads_and_is_a_plugin_with_state():

@@ -203,6 +203,32 @@ def test_no_host_synchronisation_on_the_per_step_path(device, monkeypatch):
         assert reg.penalty().device.type == device  # computed where the weights are
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_strength_computed_on_the_device_is_added_to_gradients_without_a_host_read(device):
+    class DeviceStrength(regplug.Plugin):
+        @regplug.hookimpl
+        def on_before_step(self, run):
+            params = run.parameters()
+            alpha = run.ops.sum_squares(params).detach() * 0.0 + 0.25  # a 0-d device tensor
+            run.ops.add_to_grad_(params, alpha)
+            run.ops.add_sign_to_grad_(params, alpha)
+
+    model = nn.Linear(3, 2, bias=False).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = model.weight.detach().clone()
+    with attach(model, opt, [DeviceStrength()]) as reg:
+        opt.zero_grad()
+        reg.loss((model(torch.zeros(1, 3, device=device)) * 0.0).sum()).backward()
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(model.weight, before - 0.25 * before - 0.25 * before.sign())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_l2_on_cuda_equals_hand_written_on_cuda():
