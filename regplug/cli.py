@@ -1,4 +1,4 @@
-"""The ``regplug`` command: list plugins, run the example."""
+"""The ``regplug`` command: list plugins, compare regularization strategies."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .compare.cli import add_compare_parser
 from .errors import PluginLoadError, RegplugError
 from .hookspecs import implemented_hooks
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
@@ -64,24 +66,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    # The example is a PyTorch loop: it lives with the adapter and imports torch on demand.
-    from .adapters.torch_example import run_demo
-
-    run_demo(epochs=args.epochs, seed=args.seed)
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regplug", description="Regularization plugins for PyTorch loops and Keras fit.")
@@ -93,28 +77,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the listing as JSON (name, distribution, target, hooks, status, "
                         "error of each plugin)")
     p.set_defaults(func=cmd_plugins)
-    p = sub.add_parser("demo", help="train a small MLP on the embedded digits data with "
-                                    "several regularizers and print a comparison table")
-    p.add_argument("--epochs", type=_positive_int, default=30,
-                   help="epochs per strategy (default 30)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(func=cmd_demo)
+    add_compare_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
     except (RegplugError, ValueError, OSError) as err:
+        if args.verbose:
+            traceback.print_exc()
         print(f"regplug: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:
-        print(f"regplug: error: {err}. Install the extras: pip install 'regplug[torch,data]'",
-              file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if "pip install" in str(err) else \
+            ". Install the extras: pip install 'regplug[all]'"
+        print(f"regplug: error: {err}{hint}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("regplug: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""The regplug command: listing plugins, the example run, errors as one line."""
+"""The regplug command: listing plugins, the deprecated demo alias, errors as one line."""
 
 from __future__ import annotations
 
@@ -37,33 +37,17 @@ def test_plugins_mentions_disabled_discovery(capsys, monkeypatch):
     assert "discovery is off" in capsys.readouterr().out
 
 
-def test_demo_trains_every_strategy_and_reports_the_table(capsys):
+def test_demo_is_a_deprecated_alias_of_compare_on_torch(capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("torch")
-    from regplug.adapters.torch_example import STRATEGIES, run_demo
+    from regplug.compare import DEFAULT_STRATEGIES
 
-    results = run_demo(epochs=2, seed=0)
-    out = capsys.readouterr().out
-    assert set(results) == set(STRATEGIES)
-    for name, row in results.items():
-        assert 0.5 < row["acc_train"] <= 1.0, name
-        assert row["pct_diff"] == pytest.approx(1 - row["acc_test"] / row["acc_train"])
-        assert name in out
-    assert results["l2"]["penalty"] > 0 and results["none"]["penalty"] == 0
-    assert results["proximal_l1"]["zero_weights"] > results["none"]["zero_weights"]
-
-
-def test_demo_is_reproducible_with_a_seed():
-    pytest.importorskip("sklearn")
-    pytest.importorskip("torch")
-    from regplug.adapters.torch_example import train_one
-    from regplug.data import load_digits
-    from regplug.plugins import L2
-
-    data = load_digits(seed=3)
-    first = train_one(data, [L2(1e-3)], epochs=1, seed=3)
-    second = train_one(data, [L2(1e-3)], epochs=1, seed=3)
-    assert first == second
+    assert cli.main(["demo", "--epochs", "1", "--seed", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "'demo' is deprecated" in captured.err and "compare --framework torch" in captured.err
+    rows = [l.split() for l in captured.out.splitlines() if l.startswith("torch ")]
+    assert [r[1] for r in rows] == list(DEFAULT_STRATEGIES)
+    assert "seed 3" in captured.out
 
 
 def test_bad_arguments_exit_non_zero_without_traceback(capsys):

@@ -16,7 +16,8 @@ import pytest
 import regplug
 
 FRAMEWORK_MODULES = {"regplug.adapters.torch": "torch", "regplug.adapters.torch_ops": "torch",
-                     "regplug.adapters.torch_example": "torch",
+                     "regplug.adapters.torch_compare": "torch",
+                     "regplug.adapters.keras_compare": "keras",
                      "regplug.adapters.keras": "keras", "regplug.adapters.keras_ops": "keras"}
 MODULES = sorted(m.name for m in pkgutil.walk_packages(regplug.__path__, "regplug.")
                  if not m.name.endswith("__main__"))

@@ -1,0 +1,162 @@
+"""The Keras side of ``regplug compare``: ``model.fit`` with one :class:`Regularize` callback.
+
+The same hyper-parameters as the PyTorch runner (:class:`regplug.compare.TrainSettings`):
+SGD with momentum, cross-entropy on logits, Keras' default Glorot-uniform weights and zero
+biases. Validation runs through ``fit``'s ``validation_data``, so ``val_loss`` includes the
+penalties, as it does with Keras' own regularizers. Runs on whichever Keras backend is
+configured (TensorFlow by default; ``KERAS_BACKEND=torch`` or ``jax`` work too).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+import time  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from typing import Any  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from regplug.compare.datasets import Splits  # noqa: E402
+from regplug.compare.models import ModelChoice, ModelError, ModelSpec  # noqa: E402
+from regplug.compare.results import TrainOutcome, WeightArray  # noqa: E402
+from regplug.compare.runner import EpochCallback, TrainSettings  # noqa: E402
+from regplug.compare.strategies import Strategy  # noqa: E402
+from regplug.compare.toy import (TOY_DROPOUT, TOY_EPOCHS, TOY_HIDDEN,  # noqa: E402
+                                 TOY_LEARNING_RATE, TOY_SAMPLES, RegressionToy)
+from regplug.uncertainty import MCPrediction  # noqa: E402
+
+from .keras import Regularize, mc_predict  # noqa: E402
+from .keras_ops import DROPOUT_TYPES, all_layers  # noqa: E402
+
+__all__ = ["describe", "build_mlp", "build_model", "train_strategy", "mc_dropout"]
+
+_EVAL_ROWS = 8192
+
+
+def describe() -> str:
+    """The framework, its version and backend, for the results' settings."""
+    return f"keras {keras.__version__} ({keras.backend.backend()} backend)"
+
+
+def build_mlp(hidden: tuple[int, ...], spec: ModelSpec) -> keras.Model:
+    """Dense layers of widths ``hidden`` with ReLU, then batch normalization and dropout
+    (when the spec asks) after the last hidden layer — where the comparison notebook puts
+    them — then a Dense layer to the class logits.
+
+    >>> model = build_mlp((50, 250), ModelSpec("keras", 64, 10, dropout=0.2, batch_norm=True))
+    >>> [type(layer).__name__ for layer in model.layers]
+    ['Dense', 'Dense', 'BatchNormalization', 'Dropout', 'Dense']
+    """
+    layers: list[Any] = [keras.Input((spec.n_features,))]
+    layers += [keras.layers.Dense(units, activation="relu") for units in hidden]
+    if spec.batch_norm:
+        layers.append(keras.layers.BatchNormalization())
+    if spec.dropout is not None:
+        layers.append(keras.layers.Dropout(spec.dropout, seed=spec.seed))
+    layers.append(keras.layers.Dense(spec.n_classes))
+    return keras.Sequential(layers, name="mlp")
+
+
+def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras.Model:
+    """The built-in MLP, or the user's factory's model, checked against the spec."""
+    if choice.factory is None:
+        return build_mlp(choice.hidden, spec)
+    model = choice.factory(spec)
+    where = f"--model {choice.name!r} (strategy {strategy!r}, keras)"
+    if not isinstance(model, keras.Model):
+        raise ModelError(f"{where}: the factory returned a {type(model).__name__}; for "
+                         "spec.framework == 'keras' return a keras.Model")
+    layers = all_layers(model)
+    if spec.dropout is not None and not any(isinstance(l, DROPOUT_TYPES) for l in layers):
+        raise ModelError(f"{where}: the strategy needs a dropout layer (spec.dropout="
+                         f"{spec.dropout:g}) but the model has none; add "
+                         "keras.layers.Dropout(spec.dropout) where it should act")
+    if spec.batch_norm and not any(isinstance(l, keras.layers.BatchNormalization)
+                                   for l in layers):
+        raise ModelError(f"{where}: the strategy asks for batch normalization "
+                         "(spec.batch_norm) but the model has no BatchNormalization layer")
+    out = keras.ops.convert_to_numpy(model(np.zeros((2, spec.n_features), np.float32),
+                                           training=False))
+    if out.shape != (2, spec.n_classes):
+        raise ModelError(f"{where}: for 2 input rows the model returned shape {out.shape}; "
+                         f"it must return logits of shape (rows, {spec.n_classes})")
+    return model
+
+
+def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    correct = 0
+    for i in range(0, len(x), _EVAL_ROWS):
+        logits = keras.ops.convert_to_numpy(model(x[i:i + _EVAL_ROWS], training=False))
+        correct += int((logits.argmax(axis=1) == y[i:i + _EVAL_ROWS]).sum())
+    return correct / len(x)
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    """Hands each epoch's logs (after Regularize added its entries) to the progress bar."""
+
+    def __init__(self, on_epoch: EpochCallback) -> None:
+        super().__init__()
+        self._on_epoch = on_epoch
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._on_epoch(epoch, {k: float(v) for k, v in (logs or {}).items()})
+
+
+def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
+                   model_choice: ModelChoice, settings: TrainSettings,
+                   on_epoch: EpochCallback | None = None) -> TrainOutcome:
+    """Train a fresh model under ``strategy`` (its model options and ``plugins``)."""
+    keras.utils.set_random_seed(settings.seed)
+    dropout, batch_norm = strategy.model_options(plugins)
+    spec = ModelSpec("keras", splits.n_features, splits.n_classes, dropout, batch_norm,
+                     settings.seed)
+    model = build_model(model_choice, spec, strategy=strategy.name)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=settings.learning_rate,
+                                       momentum=settings.momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 keras.metrics.SparseCategoricalCrossentropy(from_logits=True,
+                                                             name="cross_entropy")])
+    regularize = Regularize(plugins)
+    callbacks: list[keras.callbacks.Callback] = [regularize]
+    if on_epoch is not None:
+        callbacks.append(_EpochReporter(on_epoch))
+    start = time.perf_counter()
+    fitted = model.fit(splits.x_train, splits.y_train, batch_size=settings.batch_size,
+                       epochs=settings.epochs, validation_data=(splits.x_val, splits.y_val),
+                       shuffle=True, verbose=0, callbacks=callbacks)
+    # fit's end fired on_train_end: early stopping has put its best weights back.
+    seconds = time.perf_counter() - start
+    run = regularize.run
+    assert run is not None  # fit ran, so the callback built its run
+    weights = [WeightArray(h.name, h.kind, h.layer_type, h.unit_axis,
+                           np.array(keras.ops.convert_to_numpy(h.tensor), copy=True))
+               for h in run.params]
+    return TrainOutcome(
+        history={k: [float(v) for v in values] for k, values in fitted.history.items()},
+        acc_train=_accuracy(model, splits.x_train, splits.y_train),
+        acc_test=_accuracy(model, splits.x_test, splits.y_test),
+        weights=weights, steps=int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+        seconds=seconds,
+        stop_reason="; ".join(str(r) for r in regularize.stop_requests) or None)
+
+
+def mc_dropout(toy: RegressionToy, *, seed: int = 0) -> MCPrediction:
+    """Train the toy regression network with dropout, then predict the grid with dropout on."""
+    keras.utils.set_random_seed(seed)
+    layers: list[Any] = [keras.Input((1,))]
+    for units in TOY_HIDDEN:
+        layers += [keras.layers.Dense(units, activation="relu"),
+                   keras.layers.Dropout(TOY_DROPOUT, seed=seed)]
+    model = keras.Sequential([*layers, keras.layers.Dense(1)], name="toy")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=TOY_LEARNING_RATE), loss="mse")
+    # TOY_EPOCHS full-batch updates, as one epoch over the data repeated: the same steps
+    # without fit's per-epoch overhead.
+    model.fit(np.tile(toy.x_train, (TOY_EPOCHS, 1)), np.tile(toy.y_train, (TOY_EPOCHS, 1)),
+              batch_size=len(toy.x_train), epochs=1, shuffle=False, verbose=0)
+    return mc_predict(model, toy.x_grid, samples=TOY_SAMPLES, seed=seed)

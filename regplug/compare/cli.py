@@ -1,0 +1,199 @@
+"""``regplug compare``: the command line of the comparison (registered by :mod:`regplug.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["add_compare_parser", "cmd_compare", "cmd_demo"]
+
+_EPILOG = """\
+examples:
+  regplug compare                                  # 10 strategies x torch and Keras, digits
+  regplug compare --framework torch --strategies none,l2,proximal_l1 --out results/
+  regplug compare --config strategies.toml --strategies none,my_l2
+  regplug compare --data mnist.npz --epochs 10     # an MNIST-style .npz (never downloaded)
+  regplug compare --data mypkg.data:load --model mypkg.models:factory
+  regplug compare --list                           # strategies and models by name
+
+A --config file defines strategies by plugin name and arguments (third-party plugins too):
+  [[strategies]]
+  name = "my_l2"
+  dropout = 0.1                                   # optional: a dropout layer, this rate
+  batch_norm = false                              # optional
+  plugins = [{name = "l2", l2 = 1e-4}, {name = "max_norm", max_value = 3.0}]
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_compare_parser(sub: Any) -> None:
+    """Add ``compare`` and its deprecated alias ``demo`` to the ``regplug`` subcommands."""
+    from .runner import TrainSettings
+
+    defaults = TrainSettings()
+    p = sub.add_parser(
+        "compare", help="train one model under several regularization strategies and compare "
+                        "them side by side (torch and/or Keras)",
+        description="Train the same model under several regularization strategies and print "
+                    "train/test accuracy, the generalization gap pct_diff = 1 - acc_test/"
+                    "acc_train, epochs run, exact-zero weights and final penalty for each. "
+                    "Nothing is downloaded.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--framework", choices=("torch", "keras", "both"), default="both",
+                   help="which framework trains (default: both, one after the other)")
+    p.add_argument("--strategies", metavar="A,B,...",
+                   help="comma-separated strategy names (see --list; 'default' and 'all' "
+                        "stand for groups); default: the ten default strategies, or the "
+                        "config's strategies with --config")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="define custom strategies: [[strategies]] tables with a name, "
+                        "plugins by registry name and arguments, optional dropout/batch_norm")
+    p.add_argument("--data", metavar="SPEC",
+                   help="'digits' (default: scikit-learn's bundled 8x8 digits), an MNIST-style "
+                        "FILE.npz (x_train, y_train, x_test, y_test), or module:function")
+    p.add_argument("--model", metavar="SPEC",
+                   help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> classes; "
+                        "wide_mlp; linear) or module:factory taking a regplug.compare.ModelSpec")
+    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+                   help=f"epochs per strategy (default {defaults.epochs})")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+                   help=f"mini-batch size (default {defaults.batch_size})")
+    p.add_argument("--lr", type=_positive_float, default=defaults.learning_rate,
+                   help=f"SGD learning rate (default {defaults.learning_rate:g}; momentum "
+                        f"{defaults.momentum:g})")
+    p.add_argument("--seed", type=int, default=defaults.seed,
+                   help="random seed: data split, initial weights, shuffling, dropout "
+                        f"(default {defaults.seed}); the same seed gives the same table")
+    p.add_argument("--out", metavar="DIR",
+                   help="write results.csv, results.json, figures (PNG) and report.html to "
+                        "DIR, all at once when the run has finished")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars (they are drawn only on a terminal anyway)")
+    p.add_argument("--list", action="store_true",
+                   help="list the strategies and models available by name, and exit")
+    p.set_defaults(func=cmd_compare)
+
+    d = sub.add_parser("demo", help="deprecated: use 'regplug compare --framework torch'")
+    d.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+                   help=f"epochs per strategy (default {defaults.epochs})")
+    d.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``regplug demo``: what it always printed, now by ``compare --framework torch``."""
+    print("regplug: 'demo' is deprecated and will be removed; it runs "
+          f"'regplug compare --framework torch --epochs {args.epochs} --seed {args.seed}'",
+          file=sys.stderr)
+    forwarded = argparse.Namespace(
+        framework="torch", strategies=None, config=None, data=None, model=None,
+        epochs=args.epochs, batch_size=None, lr=None, seed=args.seed, out=None, quiet=False,
+        list=False, argv=["compare", "--framework", "torch", "--epochs", str(args.epochs),
+                          "--seed", str(args.seed)])
+    return cmd_compare(forwarded)
+
+
+def _list(custom: dict[str, Any]) -> int:
+    from .models import BUILTIN_MODELS
+    from .strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES
+
+    print("strategies (* = in the default run):")
+    for name, strategy in {**BUILTIN_STRATEGIES, **custom}.items():
+        mark = "*" if name in DEFAULT_STRATEGIES and name not in custom else " "
+        origin = "" if strategy.builtin else "  [config]"
+        print(f"  {mark} {name:<24}{strategy.describe()}{origin}")
+    print("models:")
+    for name, model in BUILTIN_MODELS.items():
+        print(f"    {name:<24}{model.describe()}")
+    print("    module:factory          your own (see regplug.compare.ModelSpec)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Resolve everything a mistake could be in, then train, print and write."""
+    from .datasets import resolve_data, split_validation
+    from .models import resolve_model
+    from .output import StagedOutput
+    from .progress import Progress
+    from .results import format_table
+    from .runner import TrainSettings, load_runner, run_compare
+    from .strategies import load_strategies, select_strategies
+
+    custom = load_strategies(args.config) if args.config else {}
+    if args.list:
+        return _list(custom)
+    strategies = select_strategies(args.strategies, custom)
+    model = resolve_model(args.model)
+    frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
+    if args.out is not None:
+        StagedOutput(args.out).discard()  # refuse an unusable --out before any training
+    runners = {fw: load_runner(fw) for fw in frameworks}
+    defaults = TrainSettings()
+    settings = TrainSettings(
+        epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size or defaults.batch_size,
+        learning_rate=args.lr or defaults.learning_rate)
+    try:
+        data = resolve_data(args.data, seed=args.seed)
+    except ImportError as err:  # the default data set comes with scikit-learn
+        raise ImportError(f"the digits data set needs scikit-learn ({err.name or err}): pip "
+                          "install 'regplug[data]'") from None
+    splits = split_validation(data, seed=args.seed)
+    command = "regplug compare " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
+
+    print(f"data:       {splits.describe()}")
+    print(f"model:      {model.describe()}")
+    print(f"training:   {settings.describe()}")
+    print(f"frameworks: {', '.join(runner.describe() for runner in runners.values())}")
+    print("strategies:")
+    for strategy in strategies:
+        print(f"  {strategy.name:<24}{strategy.describe()}")
+    sys.stdout.flush()
+    start = time.perf_counter()
+    results = run_compare(frameworks=frameworks, strategies=strategies, splits=splits,
+                          model=model, settings=settings, out=args.out,
+                          progress=Progress(enabled=False if args.quiet else None),
+                          command=command)
+    total = time.perf_counter() - start
+    print()
+    print(format_table(results))
+    per_framework = ", ".join(
+        f"{fw} {sum(r.seconds for r in results if r.framework == fw):.1f}s" for fw in frameworks)
+    print(f"\n{len(results)} runs in {total:.1f}s (training: {per_framework})")
+    if args.out is not None:
+        print(f"wrote {args.out}: report.html, results.csv, results.json and the figures")
+    return 0
+
+
+def forwarded_argv(argv: Sequence[str]) -> list[str]:
+    """The arguments after ``compare`` (for the command line shown in the report).
+
+    >>> forwarded_argv(["-v", "compare", "--framework", "torch"])
+    ['--framework', 'torch']
+    """
+    args = list(argv)
+    return args[args.index("compare") + 1:] if "compare" in args else []

@@ -1,0 +1,101 @@
+"""The data of a comparison: which data set (``--data``), and its train/validation/test split.
+
+Nothing is downloaded: the default is scikit-learn's bundled digits; an ``.npz`` file or a
+``module:function`` of yours supplies anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import NPZ_KEYS, Dataset, from_arrays, load_digits, load_npz
+from .loading import is_reference, load_reference
+
+__all__ = ["Splits", "resolve_data", "split_validation", "VALIDATION_FRACTION"]
+
+#: Share of the training rows held out for validation (loss curves, early stopping). The
+#: test rows are used only once, for the final test accuracy.
+VALIDATION_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Training, validation and test rows of one data set (float32 features, int64 labels)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} validation / "
+                f"{len(self.x_test)} test rows, {self.n_features} features, "
+                f"{self.n_classes} classes")
+
+
+def split_validation(data: Dataset, *, fraction: float = VALIDATION_FRACTION,
+                     seed: int = 0) -> Splits:
+    """Hold out ``fraction`` of the training rows (at least one) for validation.
+
+    >>> d = Dataset("toy", np.zeros((20, 3), np.float32), np.arange(20) % 2,
+    ...             np.zeros((4, 3), np.float32), np.arange(4) % 2)
+    >>> s = split_validation(d, fraction=0.25)
+    >>> len(s.x_train), len(s.x_val), len(s.x_test)
+    (15, 5, 4)
+    """
+    n = len(data.x_train)
+    if n < 2:
+        raise ValueError(f"data {data.name!r}: {n} training row(s); at least 2 are needed to "
+                         "hold out a validation set")
+    n_val = min(max(1, int(round(n * fraction))), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    val, train = order[:n_val], order[n_val:]
+    return Splits(data.name, data.x_train[train], data.y_train[train], data.x_train[val],
+                  data.y_train[val], data.x_test, data.y_test, data.n_classes)
+
+
+def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
+    """``None``/``"digits"``: the embedded digits; ``*.npz``: an MNIST-style file;
+    ``module:function``: the function's return value.
+
+    The function takes no arguments and returns a :class:`regplug.data.Dataset`, a mapping
+    with ``x_train, y_train, x_test, y_test``, or ``((x_train, y_train), (x_test, y_test))``
+    as ``keras.datasets.*.load_data()`` does. The arrays are checked like an ``.npz`` file's;
+    its features are used as given (an ``.npz`` file's 0–255 pixels are scaled to [0, 1]).
+    """
+    if text is None or text == "digits":
+        return load_digits(seed=seed)
+    if text.endswith(".npz") or Path(text).is_file():
+        return load_npz(text)
+    if is_reference(text):
+        loader = load_reference(text, option="--data")
+        return _coerce(loader(), source=f"--data {text!r}", name=text.rpartition(":")[2])
+    raise ValueError(f"--data {text!r}: not an .npz file, nor module:function, nor 'digits'")
+
+
+def _coerce(value: Any, *, source: str, name: str) -> Dataset:
+    if isinstance(value, Dataset):
+        return from_arrays(value.name, {k: getattr(value, k) for k in NPZ_KEYS}, source=source)
+    if isinstance(value, Mapping):
+        return from_arrays(name, value, source=source)
+    if isinstance(value, Sequence) and len(value) == 2 and all(
+            isinstance(part, Sequence) and len(part) == 2 for part in value):
+        (x_train, y_train), (x_test, y_test) = value
+        return from_arrays(name, {"x_train": x_train, "y_train": y_train, "x_test": x_test,
+                                  "y_test": y_test}, source=source)
+    raise ValueError(f"{source} returned a {type(value).__name__}; return a regplug.data."
+                     f"Dataset, a mapping with {', '.join(NPZ_KEYS)}, or ((x_train, y_train), "
+                     "(x_test, y_test))")

@@ -1,0 +1,74 @@
+"""``report.html``: the settings, the table and the figures of one comparison, in one page.
+
+The figures are linked by their file names (they sit beside the report), so the page stays
+small and opens from the output folder in any browser.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .results import COLUMNS, StrategyResult
+
+__all__ = ["write_report"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
+td.desc { text-align: left; color: #555; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 14px; }
+code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return format(value, fmt)
+
+
+def write_report(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
+                 figures: Sequence[tuple[str, str]], *, command: str) -> Path:
+    """Write the page; ``figures`` are ``(file name, caption)`` pairs beside ``path``."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _, _ in COLUMNS)
+    rows = []
+    for result in results:
+        row = result.row()
+        cells = "".join(f"<td>{html.escape(_cell(row[k], f))}</td>" for k, _, _, f in COLUMNS)
+        rows.append(f"<tr>{cells}<td class='desc'>{html.escape(result.description)}"
+                    + (f" — stopped: {html.escape(result.stop_reason)}"
+                       if result.stop_reason else "") + "</td></tr>")
+    facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
+                    for k, v in settings.items() if not isinstance(v, (list, dict)))
+    figs = "".join(
+        f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>regplug compare</title>
+<style>{_STYLE}</style></head><body>
+<h1>regplug compare</h1>
+<p><code>{html.escape(command)}</code></p>
+<ul>{facts}</ul>
+<p><code>pct_diff = 1 − acc_test / acc_train</code> (the generalization gap);
+<code>epochs</code>: epochs run (early stopping may end a run sooner); <code>zeros</code>:
+share of weight-matrix entries that are exactly 0; <code>penalty</code>: the strategy's
+penalty terms at the final weights.</p>
+<table><thead><tr>{head}<th>strategy</th></tr></thead><tbody>
+{chr(10).join(rows)}
+</tbody></table>
+{figs}
+<p>The numbers are also in <a href="results.csv">results.csv</a> and, with every epoch's
+history, in <a href="results.json">results.json</a>.</p>
+</body></html>
+"""
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,176 @@
+"""Run a comparison: every strategy under every framework, then the table, files and figures.
+
+The frameworks' runners live with the adapters (``regplug.adapters.torch_compare``,
+``regplug.adapters.keras_compare``) and are imported only when their framework is asked
+for; each one offers ``describe()``, ``train_strategy(...)`` and ``mc_dropout(...)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .. import __version__
+from ..errors import RegplugError
+from .datasets import VALIDATION_FRACTION, Splits
+from .models import ModelChoice
+from .output import StagedOutput
+from .progress import Progress
+from .results import StrategyResult, format_table, make_result, write_csv, write_json
+from .strategies import Strategy
+
+__all__ = ["TrainSettings", "FRAMEWORKS", "load_runner", "run_compare", "write_outputs",
+           "EpochCallback"]
+
+log = logging.getLogger(__name__)
+
+#: The frameworks ``--framework`` accepts, with what to install for each.
+FRAMEWORKS: dict[str, str] = {"torch": "pip install 'regplug[torch]'",
+                              "keras": "pip install 'regplug[keras]'"}
+
+#: Called by a runner after every epoch with the epoch index (from 0) and its logs.
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The hyper-parameters every strategy trains with, in every framework.
+
+    SGD with momentum (the same update in torch and Keras), mini-batches reshuffled every
+    epoch, cross-entropy on logits; weights initialised Glorot-uniform with zero biases in
+    both frameworks, from the same seed for every strategy.
+
+    >>> TrainSettings().describe()
+    'SGD(lr=0.05, momentum=0.9), batch 64, 30 epochs, seed 0'
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+
+    def describe(self) -> str:
+        return (f"SGD(lr={self.learning_rate:g}, momentum={self.momentum:g}), batch "
+                f"{self.batch_size}, {self.epochs} epochs, seed {self.seed}")
+
+
+class FrameworkUnavailable(RegplugError, ImportError):
+    """The framework a comparison asks for is not installed."""
+
+
+def load_runner(framework: str) -> ModuleType:
+    """The runner module of ``framework``; a one-line error says what to install."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"unknown framework {framework!r}; choose from "
+                         f"{', '.join(FRAMEWORKS)} or both")
+    try:
+        return importlib.import_module(f"regplug.adapters.{framework}_compare")
+    except ImportError as err:
+        missing = getattr(err, "name", None) or str(err)
+        raise FrameworkUnavailable(f"--framework {framework} needs {missing!r}, which is not "
+                                   f"installed: {FRAMEWORKS[framework]}") from None
+
+
+def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], splits: Splits,
+                model: ModelChoice, settings: TrainSettings, out: str | Path | None = None,
+                progress: Progress | None = None, command: str = "regplug compare"
+                ) -> list[StrategyResult]:
+    """Train ``model`` under every strategy with every framework; write ``out`` if given.
+
+    Frameworks are imported, and ``out`` is checked for writing, before any training, so
+    a mistake costs no time. Files appear in ``out`` all at once, at the end.
+    """
+    runners = {fw: load_runner(fw) for fw in frameworks}
+    progress = progress or Progress(enabled=False)
+    staged = StagedOutput(out) if out is not None else None
+    try:
+        results: list[StrategyResult] = []
+        for framework, runner in runners.items():
+            for strategy in strategies:
+                progress.start(framework, strategy.name, epochs=settings.epochs)
+                outcome = runner.train_strategy(splits, strategy, strategy.build_plugins(),
+                                                model, settings, on_epoch=progress.epoch)
+                result = make_result(framework, strategy.name, strategy.describe(), outcome,
+                                     strategy.build_plugins())
+                progress.finish(f"acc_train {result.acc_train:.4f}  acc_test "
+                                f"{result.acc_test:.4f}"
+                                + (f"  stopped at epoch {result.epochs}"
+                                   if result.stop_reason else ""))
+                results.append(result)
+        if staged is not None:
+            info = run_settings(runners, strategies, splits, model, settings, command)
+            write_outputs(staged.path, results, info, runners, settings, command=command)
+            staged.commit()
+        return results
+    finally:
+        if staged is not None:
+            staged.discard()
+
+
+def run_settings(runners: Mapping[str, ModuleType], strategies: Sequence[Strategy],
+                 splits: Splits, model: ModelChoice, settings: TrainSettings,
+                 command: str) -> dict[str, Any]:
+    """What a reader of the results needs to know to reproduce them."""
+    return {
+        "command": command,
+        "data": splits.describe(),
+        "validation_fraction": VALIDATION_FRACTION,
+        "model": model.describe(),
+        "training": settings.describe(),
+        **{f"train_{k}": v for k, v in asdict(settings).items()},
+        "frameworks": {fw: runner.describe() for fw, runner in runners.items()},
+        "strategies": [s.to_config() for s in strategies],
+        "regplug": __version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping[str, Any],
+                  runners: Mapping[str, ModuleType], settings: TrainSettings, *,
+                  command: str) -> None:
+    """Figures, CSV, report and (last) results.json into ``folder``."""
+    from . import plots
+    from .report import write_report
+    from .toy import TOY_DROPOUT, regression_toy
+
+    by_framework: dict[str, list[StrategyResult]] = {}
+    for result in results:
+        by_framework.setdefault(result.framework, []).append(result)
+    figures: list[tuple[str, str]] = []
+    for framework, rows in by_framework.items():
+        name = f"loss_curves_{framework}.png"
+        plots.plot_loss_curves(rows, folder / name,
+                               title=f"{framework}: training vs validation cross-entropy")
+        figures.append((name, f"{framework}: training (blue) and validation (orange) "
+                              "cross-entropy per epoch, one panel per strategy"))
+    if any(r.strategy in plots.HISTOGRAM_STRATEGIES for r in results):
+        plots.plot_weight_histograms(by_framework, folder / "weight_histograms.png")
+        figures.append(("weight_histograms.png",
+                        "Weights after training without regularization, with L2, with L1 and "
+                        "with proximal L1 (log counts; the bin at 0 holds the exact zeros)"))
+    else:
+        log.info("no strategy among %s ran: no weight histogram",
+                 ", ".join(plots.HISTOGRAM_STRATEGIES))
+    framework, runner = next(iter(runners.items()))
+    toy = regression_toy(settings.seed)
+    start = time.perf_counter()
+    prediction = runner.mc_dropout(toy, seed=settings.seed)
+    log.info("MC-dropout toy trained and sampled in %.1fs", time.perf_counter() - start)
+    plots.plot_uncertainty(toy, prediction, folder / "uncertainty_mc_dropout.png",
+                           title=f"MC dropout ({framework}, rate {TOY_DROPOUT:g}): "
+                                 f"{prediction.T} stochastic predictions")
+    figures.append(("uncertainty_mc_dropout.png",
+                    "A network trained with dropout, predicting with dropout on: the spread "
+                    "of its predictions grows away from the training data"))
+    write_csv(folder / "results.csv", results)
+    write_report(folder / "report.html", results, info, figures, command=command)
+    write_json(folder / "results.json", results, info,
+               extra={"table": format_table(results), "figures": [n for n, _ in figures]})

@@ -1,0 +1,278 @@
+"""Strategies: what ``regplug compare`` trains the model under.
+
+A strategy is the model's own regularizing layers (a dropout rate, batch normalization)
+plus a list of plugins, given by registry name and keyword arguments — so a third-party
+plugin installed through the ``regplug`` entry-point group is as easy to name as a built-in.
+Nothing here imports a framework; each framework's runner builds the model and the plugins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RegplugError
+from ..registry import build_plugins
+
+__all__ = ["Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strategies",
+           "select_strategies", "StrategyError"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
+_KEYS = ("name", "description", "dropout", "batch_norm", "plugins")
+
+
+class StrategyError(RegplugError, ValueError):
+    """A strategy name, selection or config that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The model options and plugins of one column of the comparison.
+
+    :param name: how the table and the files call it (letters, digits, ``_ . + -``).
+    :param plugins: plugin configs, each ``{"name": <registry name>, **arguments}``, built
+        afresh for every run with :func:`regplug.build_plugins`.
+    :param dropout: rate of a dropout layer after the last hidden layer, or ``None`` for no
+        dropout layer. A plugin that requires dropout layers (``DropoutSchedule``) gets one
+        built with rate 0 when this is ``None``.
+    :param batch_norm: a batch-normalization layer after the last hidden layer.
+    :param description: a line for the table header; by default the plugins' reprs.
+
+    >>> s = Strategy("l2_dropout", plugins=({"name": "l2", "l2": 1e-3},), dropout=0.2)
+    >>> s.describe()
+    'Dropout(0.2) + L2(l2=0.001)'
+    >>> s.model_options()
+    (0.2, False)
+    """
+
+    name: str
+    plugins: tuple[Mapping[str, Any], ...] = ()
+    dropout: float | None = None
+    batch_norm: bool = False
+    description: str = ""
+    builtin: bool = field(default=False, compare=False)
+
+    def build_plugins(self) -> list[Any]:
+        """Fresh plugin objects (plugins keep state during a run, so every run builds its own)."""
+        try:
+            return build_plugins([dict(p) for p in self.plugins])
+        except (TypeError, ValueError, KeyError) as err:
+            raise StrategyError(f"strategy {self.name!r}: {err}") from None
+
+    def model_options(self, plugins: Sequence[object] | None = None) -> tuple[float | None, bool]:
+        """``(dropout rate or None, batch_norm)`` for the model factory.
+
+        A plugin declaring ``requires = ("dropout_layers",)`` needs a dropout layer to act on:
+        where the strategy has none, the model gets one built with rate 0.
+        """
+        dropout = self.dropout
+        if dropout is None:
+            plugins = self.build_plugins() if plugins is None else plugins
+            if any("dropout_layers" in _requires(p) for p in plugins):
+                dropout = 0.0
+        return dropout, self.batch_norm
+
+    def describe(self) -> str:
+        """A one-line account: model options, then the plugins' reprs."""
+        if self.description:
+            return self.description
+        parts = []
+        if self.batch_norm:
+            parts.append("BatchNorm")
+        if self.dropout is not None:
+            parts.append(f"Dropout({self.dropout:g})")
+        parts.extend(repr(p) for p in self.build_plugins())
+        return " + ".join(parts) or "no regularization"
+
+    def to_config(self) -> dict[str, Any]:
+        """The strategy as a plain table (what ``--config`` reads and ``results.json`` holds)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.dropout is not None:
+            out["dropout"] = self.dropout
+        if self.batch_norm:
+            out["batch_norm"] = True
+        out["plugins"] = [dict(p) for p in self.plugins]
+        return out
+
+
+def _requires(plugin: object) -> tuple[str, ...]:
+    needs = getattr(plugin, "requires", ()) or ()
+    return (needs,) if isinstance(needs, str) else tuple(needs)
+
+
+def _builtin(name: str, *plugins: Mapping[str, Any], dropout: float | None = None,
+             batch_norm: bool = False) -> Strategy:
+    return Strategy(name, tuple(plugins), dropout, batch_norm, builtin=True)
+
+
+#: Every strategy ``--strategies`` can name without a config. The first ten are the default
+#: run: the comparison notebook's six (none, L2, L1, dropout, batch norm, batch norm +
+#: dropout; dropout and batch norm after the last hidden layer, as there) and early stopping,
+#: then what regplug adds (decoupled weight decay, proximal L1, a dropout schedule).
+#: Strengths are chosen for the default run (the notebook MLP, SGD with momentum, 30
+#: epochs on digits): strong enough to show their effect, not so strong that they underfit.
+BUILTIN_STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    _builtin("none"),
+    _builtin("l2", {"name": "l2", "l2": 1e-3}),
+    _builtin("l1", {"name": "l1", "l1": 3e-4}),
+    _builtin("dropout", dropout=0.2),
+    _builtin("batch_norm", batch_norm=True),
+    _builtin("batch_norm_dropout", dropout=0.2, batch_norm=True),
+    _builtin("early_stopping", {"name": "early_stopping", "monitor": "val_loss",
+                                "patience": 5, "restore_best_weights": True}),
+    _builtin("decoupled_weight_decay", {"name": "decoupled_weight_decay",
+                                        "weight_decay": 0.02}),
+    _builtin("proximal_l1", {"name": "proximal_l1", "l1": 3e-3}),
+    _builtin("dropout_schedule", {"name": "dropout_schedule",
+                                  "rate": {"schedule": "linear", "start": 0.0, "end": 0.5,
+                                           "span": 20, "per": "epoch"}}),
+    # Available by name, not in the default run.
+    _builtin("max_norm", {"name": "max_norm", "max_value": 2.0}),
+    _builtin("elastic_net", {"name": "elastic_net", "l1": 1e-4, "l2": 1e-3}),
+)}
+
+#: The strategies of a plain ``regplug compare``, in table order.
+DEFAULT_STRATEGIES: tuple[str, ...] = (
+    "none", "l2", "l1", "dropout", "batch_norm", "batch_norm_dropout", "early_stopping",
+    "decoupled_weight_decay", "proximal_l1", "dropout_schedule")
+
+
+def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
+    """One strategy from a config table; every mistake is a :class:`StrategyError`.
+
+    >>> strategy_from_table({"name": "wd", "plugins": [{"name": "l2", "l2": 0.01}]}, where="x")
+    Strategy(name='wd', plugins=({'name': 'l2', 'l2': 0.01},), dropout=None, batch_norm=False, description='', builtin=False)
+    """
+    if not isinstance(table, Mapping):
+        raise StrategyError(f"{where}: expected a table with a 'name' and 'plugins', got "
+                            f"{table!r}")
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise StrategyError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; a "
+                            f"strategy has {', '.join(_KEYS)}")
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StrategyError(f"{where}: 'name' must be a word of letters, digits and _ . + - "
+                            f"(it names a table row and files), got {name!r}")
+    where = f"{where} ({name!r})"
+    dropout = table.get("dropout")
+    if dropout is not None:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not math.isfinite(dropout) or not 0.0 <= dropout < 1.0:
+            raise StrategyError(f"{where}: 'dropout' must be a rate in [0, 1), got {dropout!r}")
+        dropout = float(dropout)
+    batch_norm = table.get("batch_norm", False)
+    if not isinstance(batch_norm, bool):
+        raise StrategyError(f"{where}: 'batch_norm' must be true or false, got {batch_norm!r}")
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise StrategyError(f"{where}: 'description' must be a string, got {description!r}")
+    plugins = table.get("plugins", [])
+    if isinstance(plugins, Mapping) or not isinstance(plugins, list):
+        raise StrategyError(f"{where}: 'plugins' must be a list of tables, e.g. plugins = "
+                            "[{name = \"l2\", l2 = 1e-4}], or [[strategies.plugins]] blocks")
+    specs = []
+    for index, spec in enumerate(plugins):
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+            raise StrategyError(f"{where}: plugin {index + 1} must be a table with a 'name' "
+                                f"key (a registry name, see `regplug plugins`), got {spec!r}")
+        specs.append(dict(spec))
+    strategy = Strategy(name, tuple(specs), dropout, batch_norm, description)
+    strategy.build_plugins()  # unknown plugins and bad arguments fail now, not mid-run
+    return strategy
+
+
+def load_strategies(path: str | Path) -> dict[str, Strategy]:
+    """Read custom strategies from a TOML file, in file order.
+
+    ::
+
+        [[strategies]]
+        name = "strong_l2"
+        plugins = [{name = "l2", l2 = 0.01}]
+
+        [[strategies]]
+        name = "bn_group_lasso"
+        batch_norm = true
+        dropout = 0.1
+        [[strategies.plugins]]
+        name = "group_lasso"          # a third-party plugin, by its entry-point name
+        strength = 1e-3
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as err:
+        raise StrategyError(f"config {str(path)!r} cannot be read: "
+                            f"{err.strerror or err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise StrategyError(f"config {str(path)!r} is not valid TOML: {err}") from None
+    tables = data.get("strategies")
+    others = sorted(set(data) - {"strategies"})
+    if tables is None or others:
+        raise StrategyError(
+            f"config {str(path)!r}: expected [[strategies]] tables (each with a name and "
+            f"plugins); found {', '.join(map(repr, sorted(data))) or 'nothing'}")
+    if isinstance(tables, Mapping) or not isinstance(tables, list) or not tables:
+        raise StrategyError(f"config {str(path)!r}: write each strategy as a [[strategies]] "
+                            "block (an array of tables), not [strategies]")
+    found: dict[str, Strategy] = {}
+    for index, table in enumerate(tables):
+        strategy = strategy_from_table(table, where=f"config {str(path)!r}, strategy "
+                                                    f"{index + 1}")
+        if strategy.name in found:
+            raise StrategyError(f"config {str(path)!r}: strategy {strategy.name!r} is defined "
+                                "twice")
+        found[strategy.name] = strategy
+    return found
+
+
+def select_strategies(selection: str | Iterable[str] | None,
+                      custom: Mapping[str, Strategy] | None = None) -> list[Strategy]:
+    """The strategies to run, in the order given.
+
+    ``selection`` is a comma-separated string or a list of names; ``"default"`` stands for
+    :data:`DEFAULT_STRATEGIES` and ``"all"`` for every built-in and custom strategy. Names
+    come from the built-ins and ``custom`` (a config's strategies, which take precedence).
+    Without a selection: the config's strategies if there are any, else the default ones.
+
+    >>> [s.name for s in select_strategies("none, l2")]
+    ['none', 'l2']
+    >>> select_strategies("l3")
+    Traceback (most recent call last):
+    regplug.compare.strategies.StrategyError: unknown strategy 'l3' (did you mean 'l2'?); valid: none, l2, l1, dropout, batch_norm, batch_norm_dropout, early_stopping, decoupled_weight_decay, proximal_l1, dropout_schedule, max_norm, elastic_net, default, all
+    """
+    import difflib
+
+    custom = dict(custom or {})
+    catalogue = {**BUILTIN_STRATEGIES, **custom}
+    if selection is None:
+        return list(custom.values()) if custom else [catalogue[n] for n in DEFAULT_STRATEGIES]
+    names = [n.strip() for n in selection.split(",")] if isinstance(selection, str) \
+        else [str(n).strip() for n in selection]
+    names = [n for n in names if n]
+    if not names:
+        raise StrategyError("no strategy selected; name at least one, e.g. --strategies none,l2")
+    chosen: list[Strategy] = []
+    for name in names:
+        if name == "default":
+            group = [catalogue[n] for n in DEFAULT_STRATEGIES]
+        elif name == "all":
+            group = list(catalogue.values())
+        elif name in catalogue:
+            group = [catalogue[name]]
+        else:
+            valid = [*catalogue, "default", "all"]
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StrategyError(f"unknown strategy {name!r}{hint}; valid: {', '.join(valid)}")
+        chosen.extend(s for s in group if s not in chosen)
+    return chosen
