@@ -102,15 +102,17 @@ def test_the_comparison_would_catch_a_penalty_counted_twice_or_half(job, config)
 @slow
 def test_a_plugin_raising_on_one_rank_makes_the_other_fail_instead_of_hanging(tmp_path):
     # Rank 1 raises in on_epoch_end, before the collective vote, and its process exits;
-    # rank 0, waiting in the vote's all-reduce, gets gloo's "connection closed" error at
-    # once. (A rank that stayed alive without voting would hold the others until the
-    # process group's timeout, set far beyond the job's time limit here: had rank 0 waited
-    # for it, the job would have been killed as hung.)
+    # rank 0, waiting in the vote's all-reduce, gets an error at once. (A rank that stayed
+    # alive without voting would hold the others until the process group's timeout, set
+    # far beyond the launcher's limits here: had rank 0 kept waiting, the launcher would
+    # have killed it 15 s after rank 1 failed.)
     outcome = launch("plugin_raises_on_one_rank", tmp_path, timeout=90, pg_timeout=600)
     assert not outcome.timed_out and not outcome.killed, f"rank 0 hung:\n{outcome.describe()}"
     assert outcome.returncodes[0] != 0 and outcome.returncodes[1] != 0, outcome.describe()
     assert "RuntimeError: plugin failure on rank 1 at epoch 1" in outcome.logs[1]
-    assert "all_reduce" in outcome.logs[0] and "Connection closed by peer" in outcome.logs[0]
+    # Rank 0 failed in the vote's all-reduce (gloo: "Connection closed by peer"), not in a
+    # plugin of its own.
+    assert "all_reduce" in outcome.logs[0] and "plugin failure" not in outcome.logs[0]
 
 
 @pytest.mark.parametrize("backend, model_device, expected", [
