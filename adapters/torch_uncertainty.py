@@ -125,8 +125,11 @@ def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int |
                 rows = stop - start
                 acc = MCAccumulator(level=level, interval=interval, keep_samples=keep_samples,
                                     capacity=samples)
-                for k in sample_chunks(samples, rows, samples_per_batch):
-                    args, kwargs = inputs.stacked(start, stop, k)
+                chunks = sample_chunks(samples, rows, samples_per_batch)
+                stacked = inputs.stacked(start, stop, max(chunks))
+                for k in chunks:  # the first k·rows stacked rows are k copies of the batch
+                    args = [t[:k * rows] for t in stacked[0]]
+                    kwargs = {name: t[:k * rows] for name, t in stacked[1].items()}
                     acc.add(_to_numpy(model(*args, **kwargs), k, rows))
                 varies = varies or acc.varies
                 parts.append(acc.result())
