@@ -37,9 +37,10 @@ identical weights. Stop votes are collective: when the process group is initiali
 plugins voted, so every rank gets the same answer and leaves the loop at the same epoch
 (a rank stopped by another records "another process voted to stop"). So **call
 ``reg.epoch_end`` on every rank, every epoch** — not only on rank 0 — or the other ranks
-wait for it. Each rank may pass its own metrics; a plugin that acts on the metrics beyond
-voting (``EarlyStopping(restore_best_weights=True)`` restores the best epoch *it* saw)
-needs the same metrics on every rank to keep the replicas identical: all-reduce them first.
+wait for it. Each rank passes its own metrics, with the same keys on every rank: the logs
+are averaged over the ranks before any plugin sees them, so every rank makes the same
+decisions (``EarlyStopping`` restores the same best epoch everywhere and the replicas stay
+identical). Metrics a rank already all-reduced are unchanged by the averaging.
 A rank whose process dies makes the others' next vote fail at once; a rank that stays
 alive without calling ``reg.epoch_end`` holds them until the process group's ``timeout``.
 """
@@ -50,6 +51,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
+
+import zlib
 
 import numpy as np
 import torch
@@ -141,6 +144,25 @@ class TorchWorld:
         vote = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
         self._dist.all_reduce(vote, op=self._dist.ReduceOp.MAX)
         return bool(vote.item())
+
+    def mean(self, keys: Sequence[str], values: Sequence[float]) -> list[float]:
+        """The mean over the ranks of each value (a collective call, in float64).
+
+        Refuses, on every rank alike, logs whose keys differ between ranks (their values
+        would be mixed up) with a :class:`~regplug.UsageError` naming the keys of this rank.
+        """
+        digest = zlib.crc32("\0".join(keys).encode())
+        check = torch.tensor([len(keys), -len(keys), digest, -digest], dtype=torch.int64,
+                             device=self.device)
+        self._dist.all_reduce(check, op=self._dist.ReduceOp.MAX)
+        if int(check[0]) != -int(check[1]) or int(check[2]) != -int(check[3]):
+            raise UsageError(
+                f"regplug: reg.epoch_end got different log keys on different ranks (rank "
+                f"{self.rank}: {', '.join(keys)}); pass the same metrics on every rank — they "
+                "are averaged over the ranks so that every rank decides alike")
+        total = torch.tensor(list(values), dtype=torch.float64, device=self.device)
+        self._dist.all_reduce(total, op=self._dist.ReduceOp.SUM)
+        return (total / self.size).tolist()
 
 
 def _default_world(device: torch.device) -> Any:

@@ -134,6 +134,11 @@ class Driver:
         run = self.run
         if not self._epoch_open:
             self.hook.on_epoch_begin(run=run, epoch=run.epoch)
+        if run.world.size > 1 and logs and hasattr(run.world, "mean"):
+            # Every process decides on the same numbers, so stops, best epochs and restored
+            # weights agree across the replicas.
+            keys = sorted(logs)
+            logs.update(zip(keys, run.world.mean(keys, [logs[k] for k in keys])))
         if not self._monitors_checked:
             self._monitors_checked = True
             check_monitors(self.manager.plugins, logs)

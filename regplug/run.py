@@ -78,7 +78,7 @@ class DropoutHandle:
     the framework's compiled step from the next batch on: a module attribute read at every
     forward pass in PyTorch, a non-trainable variable read inside the traced train step in
     Keras (also for layers built with rate 0). Set :attr:`rate` from the Python-side hooks
-    (``on_train_begin``, ``on_epoch_begin``, ``on_epoch_end``); inside Keras' traced hooks
+    (``on_train_begin``, ``on_epoch_begin``, ``on_batch_begin``, ``on_epoch_end``); inside Keras' traced hooks
     a Python assignment would happen once, at trace time.
 
     :param name: the layer's qualified name (``"dropout_1"``, ``"encoder.drop"``).
@@ -199,6 +199,10 @@ class World(Protocol):
     def any(self, flag: bool) -> bool:
         """True on every process when ``flag`` is true on any process (a collective call)."""
 
+    def mean(self, keys: Sequence[str], values: Sequence[float]) -> list[float]:
+        """The mean over the processes of each value (a collective call; ``keys`` name the
+        values and must be the same on every process)."""
+
 
 class LocalWorld:
     """A single process."""
@@ -208,6 +212,9 @@ class LocalWorld:
 
     def any(self, flag: bool) -> bool:
         return bool(flag)
+
+    def mean(self, keys: Sequence[str], values: Sequence[float]) -> list[float]:
+        return [float(v) for v in values]
 
 
 LearningRateGroups = Callable[[Sequence[ParamHandle]], list[tuple[Scalar, list[ParamHandle]]]]

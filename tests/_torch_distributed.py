@@ -31,6 +31,7 @@ from torch import nn
 
 import regplug
 from regplug.adapters.torch import TorchRegularizer, TorchWorld, attach
+from regplug.errors import UsageError
 from regplug.plugins import L1, L2, DecoupledWeightDecay, EarlyStopping, MaxNorm
 
 from _torch_models import batches, make_model
@@ -150,17 +151,33 @@ def stop_votes(rank: int, size: int) -> dict[str, Any]:
     return out
 
 
-#: Per-rank validation losses: rank 0 keeps improving, rank 1 stalls after its second epoch,
-#: so only rank 1's EarlyStopping(patience=2) says stop (at epoch index 3).
-VAL_LOSSES = {0: [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], 1: [1.0, 0.9, 0.95, 0.97, 0.99, 1.0, 1.1]}
+#: Per-rank validation losses: rank 0's keep improving until epoch index 3, rank 1's stall
+#: after index 1. Their means — what every rank's plugins see — are 1.0, 0.9, 0.85, 0.825,
+#: 0.85, 0.875, …: best at index 3, so EarlyStopping(patience=2) stops at index 5, where
+#: rank 0's own series alone would still be improving.
+VAL_LOSSES = {0: [1.0, 0.9, 0.8, 0.75, 0.7, 0.65, 0.6], 1: [1.0, 0.9, 0.9, 0.9, 1.0, 1.1, 1.2]}
 
 
 def early_stopping(rank: int, size: int) -> dict[str, Any]:
     model = _ddp()
-    stopper = EarlyStopping("val_loss", patience=2, restore_best_weights=False)
+    stopper = EarlyStopping("val_loss", patience=2)
     reg, run = train(model, optimizer_for("sgd", model), [stopper], epochs=7,
                      rows=_my_rows(rank, size), val_loss=VAL_LOSSES[rank].__getitem__)
-    return dict(stop_report(reg, run), stop_reason=stopper.stop_reason)
+    return dict(stop_report(reg, run), stop_reason=stopper.stop_reason,
+                best_epoch=stopper.best_epoch, val_loss=reg.history["val_loss"],
+                weights={k: v.detach().clone() for k, v in model.module.state_dict().items()})
+
+
+def mismatched_logs(rank: int, size: int) -> str:
+    """Ranks passing different log keys: each rank gets the same clear error."""
+    model = make_model(0)
+    opt = optimizer_for("sgd", model)
+    with attach(model, opt, []) as reg:
+        try:
+            reg.epoch_end({"val_loss": 1.0, **({"val_acc": 0.5} if rank == 1 else {})})
+        except UsageError as err:
+            return str(err)
+    return "no error"
 
 
 def penalties(rank: int, size: int) -> dict[str, Any]:
@@ -180,7 +197,7 @@ def job_main(rank: int, size: int) -> dict[str, Any]:
     # One job for everything that should succeed: each launch costs several seconds of
     # imports (DDP's first construction alone imports torch._dynamo).
     return {"stop_votes": stop_votes(rank, size), "early_stopping": early_stopping(rank, size),
-            "penalties": penalties(rank, size)}
+            "mismatched_logs": mismatched_logs(rank, size), "penalties": penalties(rank, size)}
 
 
 def job_plugin_raises_on_one_rank(rank: int, size: int) -> dict[str, Any]:

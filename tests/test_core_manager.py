@@ -173,3 +173,28 @@ def test_a_stop_voted_on_another_process_stops_this_one_with_a_reason():
     assert loop.run.world.asked == [False]  # this rank had no vote of its own
     (request,) = loop.run.stop_requests
     assert str(request) == "rank 1: another process voted to stop"
+
+
+def test_on_several_processes_plugins_see_the_logs_averaged_over_the_processes():
+    class TwoRanks:
+        rank, size = 0, 2
+
+        def any(self, flag):
+            return flag
+
+        def mean(self, keys, values):
+            other = {"loss": 0.5, "val_loss": 0.9}  # what the other rank passed
+            return [(v + other[k]) / 2 for k, v in zip(keys, values)]
+
+    seen = []
+
+    class Watch(regplug.Plugin):
+        @regplug.hookimpl
+        def on_epoch_end(self, logs):
+            seen.append(dict(logs))
+
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [Watch()])
+    loop.run.world = TwoRanks()
+    loop.epoch_end({"val_loss": 0.7, "loss": 0.3})
+    assert seen == [{"val_loss": pytest.approx(0.8), "loss": pytest.approx(0.4)}]
+    assert loop.run.history["val_loss"] == [pytest.approx(0.8)]
