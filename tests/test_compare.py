@@ -184,8 +184,9 @@ def test_progress_is_silent_off_a_terminal_and_draws_one_line_per_strategy_on_on
         bar.finish("acc_test 0.9500")
     lines = shown.getvalue().split("\n")
     assert len(lines) == 3 and lines[2] == ""  # one finished line per strategy
-    last = lines[1].split("\r")[-1]
-    assert "l2" in last and "2/2" in last and "val_loss 0.4000" in last and "acc_test 0.9500" in last
+    *updates, final = lines[1].split("\r")
+    assert "l2" in updates[-1] and "2/2" in updates[-1] and "val_loss 0.4000" in updates[-1]
+    assert "l2" in final and "2/2" in final and "acc_test 0.9500" in final
 
 
 # -- bad input on the command line ----------------------------------------------------------

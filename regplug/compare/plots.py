@@ -45,17 +45,15 @@ def _save(fig: Any, path: Path) -> Path:
 def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: str) -> Path:
     """One panel per strategy: training vs validation cross-entropy per epoch.
 
-    The data term alone (penalties left out), so that panels compare; the gap between the
-    curves is the overfitting the strategy leaves. A dotted line marks where early stopping
-    stopped.
+    The data term alone (penalties left out), so that panels compare, on a log scale; the
+    gap between the curves is the overfitting the strategy leaves. A dotted line marks where
+    early stopping stopped.
     """
     n = len(results)
     cols = min(n, 5)
     rows = -(-n // cols)
     fig = _figure(3.0 * cols, 2.4 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
-    top = max([1e-3, *(max(r.history.get("val_cross_entropy", [0.0])[1:] or [0.0])
-                       for r in results)])
     for ax, result in zip(axes, results):
         train = result.history.get("cross_entropy", [])
         val = result.history.get("val_cross_entropy", [])
@@ -65,8 +63,8 @@ def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: st
         if result.stop_reason:
             ax.axvline(len(train), color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{result.strategy}\nacc test {result.acc_test:.3f}", fontsize=9)
-        ax.set_ylim(0, top * 1.15)
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")  # the gap is a ratio; late epochs stay readable
+        ax.grid(alpha=0.3, which="both")
     for ax in axes[n:]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8)

@@ -7,6 +7,7 @@ Quiet where nobody watches: when the stream is not a terminal (a pipe, a CI log)
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -14,7 +15,8 @@ from typing import TextIO
 
 __all__ = ["Progress"]
 
-_BAR = 24
+_BAR = 20
+_NAME_WIDTH = 22  # the longest built-in strategy name
 _SHOWN = (("loss", "loss"), ("val_loss", "val_loss"), ("val_accuracy", "val_acc"))
 
 
@@ -29,9 +31,11 @@ class Progress:
     >>> p = Progress(out, enabled=True, width=12)
     >>> p.start("torch", "l2", epochs=4)
     >>> p.epoch(1, {"loss": 0.5, "val_loss": 0.6})
+    >>> print(out.getvalue().split("\\r")[-1].strip())
+    torch  l2                     [######......] 2/4  loss 0.5000  val_loss 0.6000...
     >>> p.finish("acc_test 0.9600")
     >>> print(out.getvalue().split("\\r")[-1].strip())
-    torch  l2            [######......]   2/4  loss 0.5000  val_loss 0.6000  acc_test 0.9600...
+    torch  l2                     [######......] 2/4  acc_test 0.9600  0.0s...
     """
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool | None = None,
@@ -50,30 +54,36 @@ class Progress:
 
     def start(self, framework: str, strategy: str, *, epochs: int) -> None:
         """A new strategy begins: a fresh line."""
-        self._label = f"{framework:<6} {strategy:<13}"
+        self._label = f"{framework:<6} {strategy:<{_NAME_WIDTH}}"
         self._epochs, self._done, self._logs = epochs, 0, {}
         self._started = time.perf_counter()
-        self._draw()
+        self._draw(self._metrics())
 
     def epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
         """Epoch ``epoch`` (from 0) ended with ``logs``."""
         self._done = epoch + 1
         self._logs = {k: float(v) for k, v in logs.items()}
-        self._draw()
+        self._draw(self._metrics())
 
     def finish(self, summary: str = "") -> None:
-        """The strategy is done: draw the last state with ``summary`` and end the line."""
+        """The strategy is done: the bar with ``summary`` and the time, and a new line."""
         seconds = time.perf_counter() - self._started
         self._draw(f"  {summary}  {seconds:.1f}s" if summary else f"  {seconds:.1f}s", end="\n")
 
-    def _draw(self, tail: str = "", end: str = "") -> None:
+    def _metrics(self) -> str:
+        return "".join(f"  {label} {self._logs[key]:.4f}" for key, label in _SHOWN
+                       if key in self._logs and math.isfinite(self._logs[key]))
+
+    def _draw(self, tail: str, end: str = "") -> None:
         if not self.enabled:
             return
         total = max(self._epochs, 1)
         filled = min(self.width, round(self.width * self._done / total))
         bar = "#" * filled + "." * (self.width - filled)
         count = f"{self._done:>{len(str(total))}}/{total}"
-        metrics = "".join(f"  {label} {self._logs[key]:.4f}" for key, label in _SHOWN
-                          if key in self._logs and math.isfinite(self._logs[key]))
-        self.stream.write(f"\r{self._label} [{bar}] {count}{metrics}{tail}\x1b[K{end}")
+        line = f"{self._label} [{bar}] {count}{tail}"
+        columns = shutil.get_terminal_size((100, 24)).columns
+        if len(line) >= columns:  # a wrapped line could not be redrawn in place
+            line = line[:max(columns - 2, 1)] + "…"
+        self.stream.write(f"\r{line}\x1b[K{end}")
         self.stream.flush()

@@ -48,11 +48,11 @@ class TrainSettings:
     both frameworks, from the same seed for every strategy.
 
     >>> TrainSettings().describe()
-    'SGD(lr=0.05, momentum=0.9), batch 64, 30 epochs, seed 0'
+    'SGD(lr=0.05, momentum=0.9), batch 128, 30 epochs, seed 0'
     """
 
     epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 128
     learning_rate: float = 0.05
     momentum: float = 0.9
     seed: int = 0

@@ -114,23 +114,26 @@ def _builtin(name: str, *plugins: Mapping[str, Any], dropout: float | None = Non
 #: run: the comparison notebook's six (none, L2, L1, dropout, batch norm, batch norm +
 #: dropout; dropout and batch norm after the last hidden layer, as there) and early stopping,
 #: then what regplug adds (decoupled weight decay, proximal L1, a dropout schedule).
-#: Strengths are chosen for the default run (the notebook MLP, SGD with momentum, 30
-#: epochs on digits): strong enough to show their effect, not so strong that they underfit.
+#: Strengths are chosen for the default run (the notebook MLP, SGD with momentum, batch
+#: 128, 30 epochs on digits) from a sweep over three seeds: each acts visibly (a penalty,
+#: a third of the weights exactly zero, a rising dropout rate) without costing test accuracy
+#: beyond the seed-to-seed spread, which on digits is about ±0.5 % — the size of most
+#: differences between the strategies there.
 BUILTIN_STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     _builtin("none"),
     _builtin("l2", {"name": "l2", "l2": 1e-3}),
-    _builtin("l1", {"name": "l1", "l1": 3e-4}),
+    _builtin("l1", {"name": "l1", "l1": 1e-4}),
     _builtin("dropout", dropout=0.2),
     _builtin("batch_norm", batch_norm=True),
     _builtin("batch_norm_dropout", dropout=0.2, batch_norm=True),
     _builtin("early_stopping", {"name": "early_stopping", "monitor": "val_loss",
                                 "patience": 5, "restore_best_weights": True}),
     _builtin("decoupled_weight_decay", {"name": "decoupled_weight_decay",
-                                        "weight_decay": 0.02}),
-    _builtin("proximal_l1", {"name": "proximal_l1", "l1": 3e-3}),
+                                        "weight_decay": 0.01}),
+    _builtin("proximal_l1", {"name": "proximal_l1", "l1": 5e-3}),
     _builtin("dropout_schedule", {"name": "dropout_schedule",
                                   "rate": {"schedule": "linear", "start": 0.0, "end": 0.5,
-                                           "span": 20, "per": "epoch"}}),
+                                           "span": 10, "per": "epoch"}}),
     # Available by name, not in the default run.
     _builtin("max_norm", {"name": "max_norm", "max_value": 2.0}),
     _builtin("elastic_net", {"name": "elastic_net", "l1": 1e-4, "l2": 1e-3}),
