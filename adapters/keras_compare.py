@@ -32,7 +32,8 @@ from regplug.uncertainty import MCPrediction  # noqa: E402
 from .keras import Regularize, mc_predict  # noqa: E402
 from .keras_ops import DROPOUT_TYPES, all_layers  # noqa: E402
 
-__all__ = ["describe", "build_mlp", "build_model", "train_strategy", "mc_dropout"]
+__all__ = ["describe", "build_mlp", "build_model", "compile_model", "train_strategy",
+           "mc_dropout"]
 
 _EVAL_ROWS = 8192
 
@@ -87,6 +88,18 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras
     return model
 
 
+def compile_model(model: keras.Model, settings: TrainSettings) -> None:
+    """SGD with momentum (torch's update), cross-entropy on logits, accuracy and the
+    cross-entropy alone as metrics (``loss`` also holds the penalties)."""
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=settings.learning_rate,
+                                       momentum=settings.momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 keras.metrics.SparseCategoricalCrossentropy(from_logits=True,
+                                                             name="cross_entropy")])
+
+
 def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     correct = 0
     for i in range(0, len(x), _EVAL_ROWS):
@@ -115,13 +128,7 @@ def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
     spec = ModelSpec("keras", splits.n_features, splits.n_classes, dropout, batch_norm,
                      settings.seed)
     model = build_model(model_choice, spec, strategy=strategy.name)
-    model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=settings.learning_rate,
-                                       momentum=settings.momentum),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 keras.metrics.SparseCategoricalCrossentropy(from_logits=True,
-                                                             name="cross_entropy")])
+    compile_model(model, settings)
     regularize = Regularize(plugins)
     callbacks: list[keras.callbacks.Callback] = [regularize]
     if on_epoch is not None:

@@ -30,7 +30,8 @@ from regplug.uncertainty import MCPrediction
 from .torch import attach, mc_predict
 from .torch_ops import _DROPOUT_TYPES
 
-__all__ = ["describe", "build_mlp", "build_model", "train_strategy", "mc_dropout"]
+__all__ = ["describe", "build_mlp", "build_model", "make_optimizer", "train_strategy",
+           "mc_dropout"]
 
 _EVAL_ROWS = 8192
 #: Below this many parameters a model trains on one CPU thread: its matrix products are
@@ -130,6 +131,12 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Mo
     return model
 
 
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD with momentum, as :class:`regplug.compare.TrainSettings` describes (Keras' update)."""
+    return torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
+                           momentum=settings.momentum)
+
+
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     was_training = model.training
     model.eval()
@@ -164,8 +171,7 @@ def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
     spec = ModelSpec("torch", splits.n_features, splits.n_classes, dropout, batch_norm,
                      settings.seed)
     model = build_model(model_choice, spec, strategy=strategy.name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
-                                momentum=settings.momentum)
+    optimizer = make_optimizer(model, settings)
     device = model_device(model)  # a factory may build its model on a GPU
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,6 +127,23 @@ def test_unknown_strategy_on_the_command_line_exits_2_with_one_line(tmp_path):
                           "did you mean 'dropout'", "valid: none, l2, l1")
 
 
+def test_list_shows_every_strategy_and_model_by_name(tmp_path, capsys):
+    path = write_config(tmp_path / "s.toml", """
+        [[strategies]]
+        name = "strong_l2"
+        plugins = [{name = "l2", l2 = 0.01}]
+        """)
+    code, out, _ = run_cli(capsys, "--list", "--config", str(path))
+    assert code == 0
+    lines = out.splitlines()
+    for name in BUILTIN_STRATEGIES:
+        marked = name in DEFAULT_STRATEGIES
+        first = ["*", name] if marked else [name]
+        assert any(l.split()[:len(first)] == first for l in lines), name
+    assert any(l.split() == ["strong_l2", "L2(l2=0.01)", "[config]"] for l in lines)
+    assert "    mlp                     Dense 50 → 250 → classes, ReLU" in lines
+
+
 # -- metrics, table, progress (no framework) ------------------------------------------------
 
 def _weights():
@@ -423,9 +440,11 @@ def test_data_from_a_module_function(tmp_path, capsys, monkeypatch):
         """))
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, "--data", "blobs:load", "--framework", "torch",
-                             "--strategies", "none,l2", "--epochs", "10")
+                             "--strategies", "none,l2", "--epochs", "20", "--batch-size", "32",
+                             "--lr", "0.01")
     assert code == 0, err
     assert "load: 128 train / 22 validation / 50 test rows, 5 features, 3 classes" in out
+    assert "SGD(lr=0.01, momentum=0.9), batch 32, 20 epochs, seed 0" in out
     assert all(float(r[3]) > 0.8 for r in table_rows(out))  # blobs are easy
 
 

@@ -90,3 +90,48 @@ def test_keras_results_repeat_with_the_same_seed(capsys):
         return table_rows(capsys.readouterr().out)
 
     assert run() == run()
+
+
+def test_torch_and_keras_runners_train_the_same_network_the_same_way():
+    # Same initial weights, same batches in the same order: the runners' models, optimizers
+    # and losses must give the same losses and weights, so rows differ only by randomness.
+    torch = pytest.importorskip("torch")
+    import keras
+    import numpy as np
+
+    from regplug.adapters import keras_compare, torch_compare
+    from regplug.compare import ModelSpec, TrainSettings
+    from regplug.data import load_digits
+
+    settings = TrainSettings()
+    keras.utils.set_random_seed(1)
+    kmodel = keras_compare.build_mlp((50, 250), ModelSpec("keras", 64, 10))
+    keras_compare.compile_model(kmodel, settings)
+    tmodel = torch_compare.build_mlp((50, 250), ModelSpec("torch", 64, 10))
+    linears = [m for m in tmodel if isinstance(m, torch.nn.Linear)]
+    for linear, dense in zip(linears, kmodel.layers, strict=True):
+        kernel, bias = dense.get_weights()
+        linear.weight.data = torch.tensor(kernel.T.copy())
+        linear.bias.data = torch.tensor(bias)
+    optimizer = torch_compare.make_optimizer(tmodel, settings)
+
+    data = load_digits()
+    x, y = data.x_train[:1024], data.y_train[:1024]
+    keras_losses = kmodel.fit(x, y, batch_size=settings.batch_size, epochs=4, shuffle=False,
+                              verbose=0).history["loss"]
+    torch_losses = []
+    for _ in range(4):
+        total = 0.0
+        for i in range(0, len(x), settings.batch_size):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(
+                tmodel(torch.from_numpy(x[i:i + settings.batch_size])),
+                torch.from_numpy(y[i:i + settings.batch_size]))
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(x[i:i + settings.batch_size])
+        torch_losses.append(total / len(x))
+    assert keras_losses[-1] < 0.5 * keras_losses[0]  # it trained
+    np.testing.assert_allclose(torch_losses, keras_losses, rtol=1e-5)
+    np.testing.assert_allclose(linears[-1].weight.detach().numpy().T,
+                               kmodel.layers[-1].get_weights()[0], atol=1e-5)

@@ -6,6 +6,7 @@ import argparse
 import math
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -58,10 +59,11 @@ def add_compare_parser(sub: Any) -> None:
     p = sub.add_parser(
         "compare", help="train one model under several regularization strategies and compare "
                         "them side by side (torch and/or Keras)",
-        description="Train the same model under several regularization strategies and print "
-                    "train/test accuracy, the generalization gap pct_diff = 1 - acc_test/"
-                    "acc_train, epochs run, exact-zero weights and final penalty for each. "
-                    "Nothing is downloaded.",
+        description=textwrap.fill(
+            "Train the same model under several regularization strategies and print train/test "
+            "accuracy, the generalization gap pct_diff = 1 - acc_test/acc_train, the epochs run, "
+            "the share of exact-zero weights and the final penalty of each. Nothing is "
+            "downloaded.", width=88),
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", choices=("torch", "keras", "both"), default="both",
                    help="which framework trains (default: both, one after the other)")
@@ -166,7 +168,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     command = "regplug compare " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
 
     print(f"data:       {splits.describe()}")
-    print(f"model:      {model.describe()}")
+    print(f"model:      {model}")
     print(f"training:   {settings.describe()}")
     print(f"frameworks: {', '.join(runner.describe() for runner in runners.values())}")
     print("strategies:")

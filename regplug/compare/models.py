@@ -59,11 +59,15 @@ class ModelChoice:
     factory: Callable[[ModelSpec], Any] | None = None
 
     def describe(self) -> str:
+        """What the model is, e.g. ``"Dense 50 → 250 → classes, ReLU"``."""
         if self.factory is not None:
-            return f"{self.name} (a model factory)"
+            return "a model factory"
         if not self.hidden:
-            return f"{self.name} (logistic regression, no hidden layer)"
-        return f"{self.name} (Dense {' → '.join(map(str, self.hidden))} → classes, ReLU)"
+            return "logistic regression, no hidden layer"
+        return f"Dense {' → '.join(map(str, self.hidden))} → classes, ReLU"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.describe()})"
 
 
 #: Built-in models. ``mlp`` is the comparison notebook's: Dense 50 → 250 → classes, with

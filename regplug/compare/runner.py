@@ -123,7 +123,7 @@ def run_settings(runners: Mapping[str, ModuleType], strategies: Sequence[Strateg
         "command": command,
         "data": splits.describe(),
         "validation_fraction": VALIDATION_FRACTION,
-        "model": model.describe(),
+        "model": str(model),
         "training": settings.describe(),
         **{f"train_{k}": v for k, v in asdict(settings).items()},
         "frameworks": {fw: runner.describe() for fw, runner in runners.items()},
