@@ -95,6 +95,7 @@ def test_config_defines_strategies_by_plugin_name_and_arguments(tmp_path):
     ('[[strategies]]\nname = "x"\ndropout = 1.5\n', "'dropout' must be a rate in [0, 1)"),
     ('[[strategies]]\nname = "x"\nbatchnorm = true\n', "unknown key(s) 'batchnorm'"),
     ('[[strategies]]\nname = "a,b"\n', "'name' must be a word"),
+    ('[[strategies]]\nname = "all"\n', "'all' names a group of strategies"),
     ('[strategies]\nname = "x"\n', "[[strategies]] block"),
     ('[[plugins]]\nname = "l2"\n', "expected [[strategies]] tables"),
     ('[[strategies]\n', "is not valid TOML"),
@@ -371,6 +372,39 @@ def test_a_failure_while_training_leaves_no_result_behind(tmp_path, capsys, monk
     assert list(tmp_path.iterdir()) == []
 
 
+def register_plugin(monkeypatch, tmp_path: Path, name: str, target: str, source: str) -> None:
+    """Make ``target`` ("module:Class", the module written from ``source``) available by
+    ``name``, as an installed distribution's entry point would."""
+    from regplug import registry
+
+    (tmp_path / f"{target.partition(':')[0]}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = dict(registry.available_plugins())
+    found[name] = registry.PluginInfo(name, target, "acme-reg 1.0", False)
+    monkeypatch.setattr(registry, "available_plugins", lambda: found)
+
+
+@torch_needed
+def test_a_plugin_refused_in_training_names_framework_and_strategy(tmp_path, capsys,
+                                                                   monkeypatch):
+    register_plugin(monkeypatch, tmp_path, "acme:teleport", "acme_teleport:Teleport", """
+        import regplug
+
+        class Teleport(regplug.Plugin):
+            requires = ("teleportation",)
+        """)
+    path = write_config(tmp_path / "s.toml", """
+        [[strategies]]
+        name = "beam"
+        plugins = [{name = "acme:teleport"}]
+        """)
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "--config", str(path), "--strategies", "none,beam",
+                           "--framework", "torch", "--epochs", "1", "--out", str(out_dir))
+    assert_one_line_error(code, err, "torch, strategy 'beam':", "'teleportation'")
+    assert not out_dir.exists()
+
+
 @torch_needed
 def test_early_stopping_ends_a_run_and_the_table_shows_the_epochs_run(tmp_path, capsys):
     # min_delta larger than any loss: only the first epoch improves, patience 0 stops at 2.
@@ -396,25 +430,18 @@ def test_early_stopping_ends_a_run_and_the_table_shows_the_epochs_run(tmp_path, 
 @torch_needed
 def test_a_third_party_plugin_is_named_in_a_config_like_a_builtin(tmp_path, capsys,
                                                                   monkeypatch):
-    from regplug import registry
-
-    (tmp_path / "acme_reg.py").write_text(textwrap.dedent("""
+    register_plugin(monkeypatch, tmp_path, "acme:halve", "acme_reg:HalveWeights", '''
         import regplug
 
         class HalveWeights(regplug.Plugin):
-            '''Multiplies every weight by `factor` at the start of training.'''
+            """Multiplies every weight by `factor` at the start of training."""
             def __init__(self, factor=0.5):
                 self.factor = factor
             def on_train_begin(self, run):
                 run.ops.scale_(run.parameters(), self.factor)
             def __repr__(self):
                 return f"HalveWeights(factor={self.factor})"
-        """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    found = registry.available_plugins()
-    found["acme:halve"] = registry.PluginInfo("acme:halve", "acme_reg:HalveWeights",
-                                              "acme-reg 1.0", False)
-    monkeypatch.setattr(registry, "available_plugins", lambda: found)
+        ''')
     path = write_config(tmp_path / "s.toml", """
         [[strategies]]
         name = "halved"

@@ -20,7 +20,7 @@ from typing import Any
 from .. import __version__
 from ..errors import RegplugError
 from .datasets import VALIDATION_FRACTION, Splits
-from .models import ModelChoice
+from .models import ModelChoice, ModelError
 from .output import StagedOutput
 from .progress import Progress
 from .results import StrategyResult, format_table, make_result, write_csv, write_json
@@ -66,6 +66,10 @@ class FrameworkUnavailable(RegplugError, ImportError):
     """The framework a comparison asks for is not installed."""
 
 
+class CompareError(RegplugError, ValueError):
+    """A strategy could not be trained (the message names the framework and strategy)."""
+
+
 def load_runner(framework: str) -> ModuleType:
     """The runner module of ``framework``; a one-line error says what to install."""
     if framework not in FRAMEWORKS:
@@ -96,8 +100,14 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
         for framework, runner in runners.items():
             for strategy in strategies:
                 progress.start(framework, strategy.name, epochs=settings.epochs)
-                outcome = runner.train_strategy(splits, strategy, strategy.build_plugins(),
-                                                model, settings, on_epoch=progress.epoch)
+                try:
+                    outcome = runner.train_strategy(splits, strategy, strategy.build_plugins(),
+                                                    model, settings, on_epoch=progress.epoch)
+                except ModelError:
+                    raise  # names the model, the strategy and the framework already
+                except (RegplugError, ValueError) as err:  # e.g. a plugin the adapter refuses
+                    raise CompareError(f"{framework}, strategy {strategy.name!r}: "
+                                       f"{err}") from err
                 result = make_result(framework, strategy.name, strategy.describe(), outcome,
                                      strategy.build_plugins())
                 progress.finish(f"acc_train {result.acc_train:.4f}  acc_test "

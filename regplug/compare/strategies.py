@@ -162,6 +162,9 @@ def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
     if not isinstance(name, str) or not _NAME.match(name):
         raise StrategyError(f"{where}: 'name' must be a word of letters, digits and _ . + - "
                             f"(it names a table row and files), got {name!r}")
+    if name in ("default", "all"):
+        raise StrategyError(f"{where}: {name!r} names a group of strategies on the command "
+                            "line; choose another name")
     where = f"{where} ({name!r})"
     dropout = table.get("dropout")
     if dropout is not None:
