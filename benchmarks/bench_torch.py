@@ -213,7 +213,6 @@ def _same_gradient_update(grads: list[torch.Tensor], first: Step, second: Step) 
 # -- benchmark 2: five plugins on a small MLP -----------------------------------------------
 _L1, _L2, _WEIGHT_DECAY, _PROXIMAL_L1, _MAX_NORM = 1e-5, 5e-4, 1e-2, 1e-4, 0.5
 _LR, _MOMENTUM, _BATCH = 0.05, 0.9, 256
-_MAX_NORM_EPS = 1e-7  # as regplug's max-norm clipping
 
 
 def _mlp(seed: int) -> nn.Sequential:
@@ -275,8 +274,7 @@ def _hand_written_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torc
         optimizer.step()
         with torch.no_grad():
             for w in weights:                                              # max-norm per unit
-                norms = torch.linalg.vector_norm(w, dim=[1], keepdim=True)
-                w.mul_(torch.where(norms > _MAX_NORM, _MAX_NORM / (norms + _MAX_NORM_EPS), 1.0))
+                w.renorm_(2, 0, _MAX_NORM)  # = w·min(1, c/(‖w_i‖+1e-7)) per row, one kernel
             threshold = lr * _PROXIMAL_L1                                  # proximal L1
             inside = torch._foreach_clamp_max(weights, threshold)
             torch._foreach_clamp_min_(inside, -threshold)

@@ -188,3 +188,32 @@ def test_max_norm_bounds_every_units_incoming_weights():
     assert torch.all(norms <= 1.0 + 1e-6)
     torch.testing.assert_close(norms[1:], torch.ones(15))
     assert torch.equal(model[0].weight[0], small_row)
+
+
+@pytest.mark.parametrize("max_norm", [0.75, 1.5, 3.0])
+def test_max_norm_fused_kernel_equals_the_general_formula_bit_for_bit(max_norm):
+    # float32 weights with a unit axis take one renorm_ kernel; a tensor bound takes the
+    # general norm / where / mul path. Both must give the same bits (Keras' formula).
+    from regplug.adapters.torch_ops import TorchOps, discover_parameters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 3), nn.Flatten(),
+                          nn.Linear(16, 16), nn.Linear(16, 3))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10.0)
+            p[0].mul_(0.01)  # some units far above the bound, some below
+    handles = discover_parameters(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    copies = {h.name: h.tensor.detach().clone() for h in handles}
+    original = {name: t.clone() for name, t in copies.items()}
+    other = [type(h)(h.name, h.kind, copies[h.name], h.layer_type, h.unit_axis, h.shape)
+             for h in handles]
+    with torch.no_grad():
+        TorchOps().clip_unit_norms_(handles, max_norm)
+        TorchOps().clip_unit_norms_(other, torch.tensor(max_norm))
+    assert {h.name: h.unit_axis for h in handles if h.kind == "weight"} == {
+        "0.weight": 0, "1.weight": 1, "3.weight": 0, "4.weight": 0}
+    for h in handles:
+        assert torch.equal(h.tensor, copies[h.name]), h.name
+    clipped = {h.name for h in handles if not torch.equal(h.tensor, original[h.name])}
+    assert {"0.weight", "1.weight", "3.weight"} <= clipped  # the scenario clips something
