@@ -16,7 +16,7 @@ model — not the BatchNorm statistics, not the dropout layers' seed generators.
 ``jax.jit`` on JAX; the torch backend runs eagerly) and kept for later calls on the same
 model. Every forward pass of a call has the same shape (the last batch of rows and the
 smaller chunks of samples are padded, and the padding dropped), so a call traces at most
-once, and ``compiled=False`` draws exactly the same samples.
+once, and ``compiled=False`` draws the same dropout masks.
 
 Seeding: every seed generator of the model starts from a state derived from ``seed``, so an
 integer seed gives the same samples on every call and touches no global random state (on
