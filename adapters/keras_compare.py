@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from regplug.compare.datasets import Splits  # noqa: E402
-from regplug.compare.models import ModelChoice, ModelError, ModelSpec  # noqa: E402
+from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec  # noqa: E402
 from regplug.compare.results import TrainOutcome, WeightArray  # noqa: E402
 from regplug.compare.runner import EpochCallback, TrainSettings  # noqa: E402
 from regplug.compare.strategies import Strategy  # noqa: E402
@@ -67,24 +67,20 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras
     if choice.factory is None:
         return build_mlp(choice.hidden, spec)
     model = choice.factory(spec)
-    where = f"--model {choice.name!r} (strategy {strategy!r}, keras)"
+    check = FactoryCheck(f"--model {choice.name!r} (strategy {strategy!r}, keras)",
+                         "keras.Model", "keras.layers.Dropout", "BatchNormalization")
     if not isinstance(model, keras.Model):
-        raise ModelError(f"{where}: the factory returned a {type(model).__name__}; for "
-                         "spec.framework == 'keras' return a keras.Model")
+        raise check.wrong_type(model)
+    try:
+        out = keras.ops.convert_to_numpy(model(np.zeros((2, spec.n_features), np.float32),
+                                               training=False))
+    except Exception as err:  # each backend raises its own error types for a bad input
+        raise check.failed_forward(spec, err) from err
     layers = all_layers(model)
-    if spec.dropout is not None and not any(isinstance(l, DROPOUT_TYPES) for l in layers):
-        raise ModelError(f"{where}: the strategy needs a dropout layer (spec.dropout="
-                         f"{spec.dropout:g}) but the model has none; add "
-                         "keras.layers.Dropout(spec.dropout) where it should act")
-    if spec.batch_norm and not any(isinstance(l, keras.layers.BatchNormalization)
-                                   for l in layers):
-        raise ModelError(f"{where}: the strategy asks for batch normalization "
-                         "(spec.batch_norm) but the model has no BatchNormalization layer")
-    out = keras.ops.convert_to_numpy(model(np.zeros((2, spec.n_features), np.float32),
-                                           training=False))
-    if out.shape != (2, spec.n_classes):
-        raise ModelError(f"{where}: for 2 input rows the model returned shape {out.shape}; "
-                         f"it must return logits of shape (rows, {spec.n_classes})")
+    check.verify(spec, has_dropout=any(isinstance(l, DROPOUT_TYPES) for l in layers),
+                 has_batch_norm=any(isinstance(l, keras.layers.BatchNormalization)
+                                    for l in layers),
+                 output_shape=tuple(out.shape))
     return model
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from regplug.compare.datasets import Splits
-from regplug.compare.models import ModelChoice, ModelError, ModelSpec
+from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec
 from regplug.compare.results import TrainOutcome, WeightArray
 from regplug.compare.runner import EpochCallback, TrainSettings
 from regplug.compare.strategies import Strategy
@@ -107,27 +107,23 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Mo
     if choice.factory is None:
         return build_mlp(choice.hidden, spec)
     model = choice.factory(spec)
-    where = f"--model {choice.name!r} (strategy {strategy!r}, torch)"
+    check = FactoryCheck(f"--model {choice.name!r} (strategy {strategy!r}, torch)",
+                         "torch.nn.Module", "torch.nn.Dropout", "BatchNorm")
     if not isinstance(model, nn.Module):
-        raise ModelError(f"{where}: the factory returned a {type(model).__name__}; for "
-                         "spec.framework == 'torch' return a torch.nn.Module")
-    modules = list(model.modules())
-    if spec.dropout is not None and not any(isinstance(m, _DROPOUT_TYPES) for m in modules):
-        raise ModelError(f"{where}: the strategy needs a dropout layer (spec.dropout="
-                         f"{spec.dropout:g}) but the model has none; add "
-                         "torch.nn.Dropout(spec.dropout) where it should act")
-    if spec.batch_norm and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                   for m in modules):
-        raise ModelError(f"{where}: the strategy asks for batch normalization "
-                         "(spec.batch_norm) but the model has no BatchNorm layer")
+        raise check.wrong_type(model)
     model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(2, spec.n_features, device=model_device(model)))
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, spec.n_features, device=model_device(model)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise check.failed_forward(spec, err) from err
     model.train()
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.n_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(f"{where}: for 2 input rows the model returned {shape}; it must "
-                         f"return logits of shape (rows, {spec.n_classes})")
+    modules = list(model.modules())
+    check.verify(spec, has_dropout=any(isinstance(m, _DROPOUT_TYPES) for m in modules),
+                 has_batch_norm=any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                    for m in modules),
+                 output_shape=tuple(out.shape) if isinstance(out, torch.Tensor)
+                 else type(out).__name__)
     return model
 
 

@@ -518,3 +518,19 @@ def test_a_model_factory_that_ignores_dropout_is_refused(tmp_path, capsys, monke
                            "--strategies", "dropout", "--epochs", "1")
     assert_one_line_error(code, err, "strategy 'dropout'", "needs a dropout layer",
                           "torch.nn.Dropout(spec.dropout)")
+
+
+@torch_needed
+def test_a_model_factory_that_ignores_the_input_width_is_a_one_line_error(tmp_path, capsys,
+                                                                          monkeypatch):
+    (tmp_path / "narrow.py").write_text(textwrap.dedent("""
+        import torch
+
+        def factory(spec):
+            return torch.nn.Linear(784, spec.n_classes)  # written for MNIST, given digits
+        """))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "--model", "narrow:factory", "--framework", "torch",
+                           "--strategies", "none", "--epochs", "1")
+    assert_one_line_error(code, err, "--model 'narrow:factory' (strategy 'none', torch)",
+                          "fails on a batch of 2 rows of 64 features: RuntimeError")

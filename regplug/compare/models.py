@@ -9,7 +9,8 @@ from typing import Any
 from ..errors import RegplugError
 from .loading import is_reference, load_reference
 
-__all__ = ["ModelSpec", "ModelChoice", "BUILTIN_MODELS", "resolve_model", "ModelError"]
+__all__ = ["ModelSpec", "ModelChoice", "BUILTIN_MODELS", "resolve_model", "ModelError",
+           "FactoryCheck"]
 
 
 class ModelError(RegplugError, ValueError):
@@ -96,3 +97,52 @@ def resolve_model(text: str | None) -> ModelChoice:
         return ModelChoice(text, factory=load_reference(text, option="--model"))
     raise ModelError(f"unknown model {text!r}; built-in models: {', '.join(BUILTIN_MODELS)}, "
                      "or give module:factory")
+
+
+@dataclass(frozen=True)
+class FactoryCheck:
+    """What a framework's runner found in a model a factory built, checked against the spec.
+
+    :param where: how messages name the factory, the strategy and the framework.
+    :param model_type: what a factory must return there (``"torch.nn.Module"``).
+    :param dropout_layer: the layer to suggest when dropout is missing.
+    :param batch_norm_layer: the layer type to name when batch normalization is missing.
+
+    >>> check = FactoryCheck("--model 'm:f' (strategy 'dropout', torch)", "torch.nn.Module",
+    ...                      "torch.nn.Dropout", "BatchNorm")
+    >>> check.verify(ModelSpec("torch", 4, 3, dropout=0.2), has_dropout=False,
+    ...              has_batch_norm=False, output_shape=(2, 3))
+    Traceback (most recent call last):
+    regplug.compare.models.ModelError: --model 'm:f' (strategy 'dropout', torch): the strategy needs a dropout layer (spec.dropout=0.2) but the model has none; add torch.nn.Dropout(spec.dropout) where it should act
+    """
+
+    where: str
+    model_type: str
+    dropout_layer: str
+    batch_norm_layer: str
+
+    def failed_forward(self, spec: ModelSpec, err: BaseException) -> ModelError:
+        """The model could not run on a trial batch (one line: the error's first line)."""
+        first = (str(err).strip().splitlines() or [""])[0]
+        return ModelError(f"{self.where}: the model fails on a batch of 2 rows of "
+                          f"{spec.n_features} features: {type(err).__name__}: {first}")
+
+    def wrong_type(self, model: object) -> ModelError:
+        return ModelError(f"{self.where}: the factory returned a {type(model).__name__}; "
+                          f"return a {self.model_type}")
+
+    def verify(self, spec: ModelSpec, *, has_dropout: bool, has_batch_norm: bool,
+               output_shape: object) -> None:
+        """Refuse a model that ignores the strategy's options or gives the wrong output."""
+        if spec.dropout is not None and not has_dropout:
+            raise ModelError(f"{self.where}: the strategy needs a dropout layer (spec.dropout="
+                             f"{spec.dropout:g}) but the model has none; add "
+                             f"{self.dropout_layer}(spec.dropout) where it should act")
+        if spec.batch_norm and not has_batch_norm:
+            raise ModelError(f"{self.where}: the strategy asks for batch normalization "
+                             f"(spec.batch_norm) but the model has no {self.batch_norm_layer} "
+                             "layer")
+        if output_shape != (2, spec.n_classes):
+            raise ModelError(f"{self.where}: for 2 input rows the model returned "
+                             f"{output_shape}; it must return logits of shape (rows, "
+                             f"{spec.n_classes})")
