@@ -143,6 +143,10 @@ def _hints(report: TrialReport, initial: float, final: float) -> list[str]:
     hints = []
     if report.error is not None:
         hints.append(f"training raised: {report.error}")
+        if not report.losses:  # the first forward pass or loss failed: nothing else was seen
+            hints.append("the batch did not get through the model and the loss: check the "
+                         "shapes and dtypes of x and y against the model's input and the loss")
+            return hints
     if report.learning_rates and all(lr == 0 for lr in report.learning_rates):
         hints.append("the learning rate is 0")
     n = report.parameters

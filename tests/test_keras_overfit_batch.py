@@ -69,6 +69,17 @@ def test_a_detached_output_fails_with_a_hint():
                   callbacks=[Regularize([OverfitBatch(XB, YB, steps=10, verbose=False)])])
 
 
+def test_labels_that_do_not_fit_the_loss_are_named_as_the_cause_without_misleading_hints():
+    model = compiled(classifier())
+    with pytest.raises(OverfitBatchError) as info:
+        model.fit(X, Y, epochs=1, batch_size=16, verbose=0,
+                  callbacks=[Regularize([OverfitBatch(XB, YB[:8], steps=5, verbose=False)])])
+    message = str(info.value)
+    assert "training raised: ValueError" in message
+    assert "shapes and dtypes" in message
+    assert "optimizer" not in message and "non-finite" not in message
+
+
 @pytest.mark.filterwarnings("ignore:The model does not have any trainable weights")
 def test_a_frozen_model_fails_with_a_hint():
     model = classifier()

@@ -141,6 +141,20 @@ def test_a_broken_setup_fails_before_training_with_a_useful_message(broken, hint
     assert getattr(opt, "_regplug_attached", None) is None  # nothing left attached
 
 
+def test_labels_that_do_not_fit_the_loss_are_named_as_the_cause_without_misleading_hints():
+    model = dropout_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(OverfitBatchError) as info:
+        attach(model, opt, [OverfitBatch(X, Y[:, None], steps=5, verbose=False)],
+               loss_fn=nn.functional.cross_entropy)
+    message = str(info.value)
+    assert "training raised: RuntimeError" in message
+    assert "shapes and dtypes" in message
+    # the loss was never computed: nothing about gradients, the optimizer or a non-finite loss
+    assert "gradient" not in message and "optimizer" not in message
+    assert "non-finite" not in message
+
+
 def test_on_fail_warn_logs_and_goes_on(caplog):
     model = dropout_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
