@@ -76,6 +76,12 @@ class GeneralizationGap(Plugin):
         self.widening = 0
         self.warned_at: list[int] = []
 
+    @property
+    def monitor(self) -> str:
+        """The validation-loss key (the adapters warn when it is not in the logs: without it
+        there is no gap to track)."""
+        return self.keys["val_loss"]  # type: ignore[return-value]
+
     @hookimpl
     def on_train_begin(self, run: Run) -> None:
         if run.epoch == 0:  # a fresh run (a resumed one continues its records)

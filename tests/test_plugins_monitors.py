@@ -47,6 +47,20 @@ def test_gap_without_accuracies_tracks_the_losses_only():
     assert gap.records[0].pct_diff is None and gap.records[0].gap == 0.5
 
 
+def test_gap_without_validation_loss_in_the_logs_is_reported_instead_of_doing_nothing():
+    gap = GeneralizationGap()
+    with pytest.warns(regplug.RegplugWarning, match="generalization_gap: monitor 'val_loss' is "
+                      "not in the logs.*There are no validation metrics"):
+        feed([gap], [{"loss": 1.0, "accuracy": 0.5}])
+    assert gap.records[0].gap is None
+
+
+def test_gap_warning_names_a_renamed_validation_key():
+    gap = GeneralizationGap(val_loss="valid_loss")
+    with pytest.warns(regplug.RegplugWarning, match="monitor 'valid_loss'.*Did you mean 'val_loss'"):
+        feed([gap], [{"loss": 1.0, "val_loss": 1.2}])
+
+
 def test_gap_warns_when_it_widens_for_k_epochs_and_stops_only_when_asked(caplog):
     epochs = [{"loss": 1.0 - 0.1 * e, "val_loss": 1.0 + 0.05 * (e % 7)} for e in range(8)]
     gap = GeneralizationGap(patience=3)
