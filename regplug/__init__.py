@@ -23,6 +23,7 @@ from .run import DropoutHandle, LocalWorld, ParamHandle, Run, ScheduledValue, St
 from .schedules import (Constant, Cosine, EarlyDropout, ExponentialRamp, LateDropout, Linear,
                         LinearWarmup, Piecewise, Schedule, Step)
 from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
+from .uncertainty import MCPrediction
 
 __version__ = "0.1.0"
 
@@ -32,7 +33,7 @@ __all__ = [
     "Ops", "Selection", "ScheduledValue", "StopRequest", "LocalWorld",
     "Schedule", "Constant", "LinearWarmup", "Linear", "Cosine", "Step", "Piecewise",
     "ExponentialRamp", "EarlyDropout", "LateDropout",
-    "available_plugins", "build_plugins", "create_plugin", "load_config",
+    "available_plugins", "build_plugins", "create_plugin", "load_config", "MCPrediction",
     "RegplugError", "PluginValidationError", "UnknownPluginError", "PluginLoadError",
     "UsageError", "UnsupportedPluginError", "RegplugWarning",
     "plugins",
