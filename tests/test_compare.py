@@ -206,6 +206,11 @@ def test_progress_is_silent_off_a_terminal_and_draws_one_line_per_strategy_on_on
     assert "l2" in updates[-1] and "2/2" in updates[-1] and "val_loss 0.4000" in updates[-1]
     assert "l2" in final and "2/2" in final and "acc_test 0.9500" in final
 
+    bar.start("torch", "dropout", epochs=2)  # interrupted: close() ends its line
+    bar.close()
+    bar.close()
+    assert shown.getvalue().endswith("0/2\x1b[K\n")
+
 
 # -- bad input on the command line ----------------------------------------------------------
 
@@ -375,10 +380,15 @@ def test_a_failure_while_training_leaves_no_result_behind(tmp_path, capsys, monk
 def register_plugin(monkeypatch, tmp_path: Path, name: str, target: str, source: str) -> None:
     """Make ``target`` ("module:Class", the module written from ``source``) available by
     ``name``, as an installed distribution's entry point would."""
+    import importlib
+
     from regplug import registry
 
-    (tmp_path / f"{target.partition(':')[0]}.py").write_text(textwrap.dedent(source))
+    module = target.partition(":")[0]
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
+    # imported here and removed from sys.modules after the test, for the next test's sake
+    monkeypatch.setitem(sys.modules, module, importlib.import_module(module))
     found = dict(registry.available_plugins())
     found[name] = registry.PluginInfo(name, target, "acme-reg 1.0", False)
     monkeypatch.setattr(registry, "available_plugins", lambda: found)
@@ -387,7 +397,7 @@ def register_plugin(monkeypatch, tmp_path: Path, name: str, target: str, source:
 @torch_needed
 def test_a_plugin_refused_in_training_names_framework_and_strategy(tmp_path, capsys,
                                                                    monkeypatch):
-    register_plugin(monkeypatch, tmp_path, "acme:teleport", "acme_teleport:Teleport", """
+    register_plugin(monkeypatch, tmp_path, "acme:teleport", "compare_acme_teleport:Teleport", """
         import regplug
 
         class Teleport(regplug.Plugin):
@@ -430,7 +440,7 @@ def test_early_stopping_ends_a_run_and_the_table_shows_the_epochs_run(tmp_path, 
 @torch_needed
 def test_a_third_party_plugin_is_named_in_a_config_like_a_builtin(tmp_path, capsys,
                                                                   monkeypatch):
-    register_plugin(monkeypatch, tmp_path, "acme:halve", "acme_reg:HalveWeights", '''
+    register_plugin(monkeypatch, tmp_path, "acme:halve", "compare_acme_halve:HalveWeights", '''
         import regplug
 
         class HalveWeights(regplug.Plugin):
@@ -456,7 +466,7 @@ def test_a_third_party_plugin_is_named_in_a_config_like_a_builtin(tmp_path, caps
 
 @torch_needed
 def test_data_from_a_module_function(tmp_path, capsys, monkeypatch):
-    (tmp_path / "blobs.py").write_text(textwrap.dedent("""
+    (tmp_path / "compare_blobs.py").write_text(textwrap.dedent("""
         import numpy as np
 
         def load():
@@ -466,7 +476,7 @@ def test_data_from_a_module_function(tmp_path, capsys, monkeypatch):
             return (x[:150], y[:150]), (x[150:], y[150:])
         """))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "--data", "blobs:load", "--framework", "torch",
+    code, out, err = run_cli(capsys, "--data", "compare_blobs:load", "--framework", "torch",
                              "--strategies", "none,l2", "--epochs", "20", "--batch-size", "32",
                              "--lr", "0.01")
     assert code == 0, err
@@ -477,7 +487,7 @@ def test_data_from_a_module_function(tmp_path, capsys, monkeypatch):
 
 @torch_needed
 def test_model_from_a_module_factory_gets_the_strategy_options(tmp_path, capsys, monkeypatch):
-    (tmp_path / "mymodels.py").write_text(textwrap.dedent("""
+    (tmp_path / "compare_mymodels.py").write_text(textwrap.dedent("""
         import torch
 
         SPECS = []
@@ -492,14 +502,13 @@ def test_model_from_a_module_factory_gets_the_strategy_options(tmp_path, capsys,
             return torch.nn.Sequential(*layers, torch.nn.Linear(32, spec.n_classes))
         """))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "--model", "mymodels:factory", "--framework", "torch",
+    code, out, err = run_cli(capsys, "--model", "compare_mymodels:factory", "--framework", "torch",
                              "--strategies", "none,batch_norm_dropout,dropout_schedule",
                              "--epochs", "1", "--seed", "5")
     assert code == 0, err
-    import mymodels
-
+    specs = sys.modules.pop("compare_mymodels").SPECS
     assert [(s.framework, s.dropout, s.batch_norm, s.seed, s.n_features, s.n_classes)
-            for s in mymodels.SPECS] == [("torch", None, False, 5, 64, 10),
+            for s in specs] == [("torch", None, False, 5, 64, 10),
                                          ("torch", 0.2, True, 5, 64, 10),
                                          ("torch", 0.0, False, 5, 64, 10)]
     assert [r[1] for r in table_rows(out)] == ["none", "batch_norm_dropout", "dropout_schedule"]
@@ -507,14 +516,14 @@ def test_model_from_a_module_factory_gets_the_strategy_options(tmp_path, capsys,
 
 @torch_needed
 def test_a_model_factory_that_ignores_dropout_is_refused(tmp_path, capsys, monkeypatch):
-    (tmp_path / "plain.py").write_text(textwrap.dedent("""
+    (tmp_path / "compare_plain.py").write_text(textwrap.dedent("""
         import torch
 
         def factory(spec):
             return torch.nn.Linear(spec.n_features, spec.n_classes)
         """))
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "--model", "plain:factory", "--framework", "torch",
+    code, _, err = run_cli(capsys, "--model", "compare_plain:factory", "--framework", "torch",
                            "--strategies", "dropout", "--epochs", "1")
     assert_one_line_error(code, err, "strategy 'dropout'", "needs a dropout layer",
                           "torch.nn.Dropout(spec.dropout)")
@@ -523,14 +532,14 @@ def test_a_model_factory_that_ignores_dropout_is_refused(tmp_path, capsys, monke
 @torch_needed
 def test_a_model_factory_that_ignores_the_input_width_is_a_one_line_error(tmp_path, capsys,
                                                                           monkeypatch):
-    (tmp_path / "narrow.py").write_text(textwrap.dedent("""
+    (tmp_path / "compare_narrow.py").write_text(textwrap.dedent("""
         import torch
 
         def factory(spec):
             return torch.nn.Linear(784, spec.n_classes)  # written for MNIST, given digits
         """))
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "--model", "narrow:factory", "--framework", "torch",
+    code, _, err = run_cli(capsys, "--model", "compare_narrow:factory", "--framework", "torch",
                            "--strategies", "none", "--epochs", "1")
-    assert_one_line_error(code, err, "--model 'narrow:factory' (strategy 'none', torch)",
+    assert_one_line_error(code, err, "--model 'compare_narrow:factory' (strategy 'none', torch)",
                           "fails on a batch of 2 rows of 64 features: RuntimeError")

@@ -60,7 +60,7 @@ def test_keras_runs_the_model_options_early_stopping_and_dropout_schedule(tmp_pa
 
 
 def test_keras_model_factory_gets_the_spec_and_is_checked(tmp_path, capsys, monkeypatch):
-    (tmp_path / "kmodels.py").write_text(textwrap.dedent("""
+    (tmp_path / "compare_kmodels.py").write_text(textwrap.dedent("""
         import keras
 
         def factory(spec):
@@ -74,12 +74,13 @@ def test_keras_model_factory_gets_the_spec_and_is_checked(tmp_path, capsys, monk
             return factory(spec)
         """))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "--framework", "keras", "--model", "kmodels:factory",
+    code, out, err = run_cli(capsys, "--framework", "keras", "--model", "compare_kmodels:factory",
                              "--strategies", "none,dropout", "--epochs", "1")
     assert code == 0, err
     assert [r[1] for r in table_rows(out)] == ["none", "dropout"]
-    code, _, err = run_cli(capsys, "--framework", "keras", "--model", "kmodels:no_batch_norm",
-                           "--strategies", "batch_norm", "--epochs", "1")
+    code, _, err = run_cli(capsys, "--framework", "keras", "--model",
+                           "compare_kmodels:no_batch_norm", "--strategies", "batch_norm",
+                           "--epochs", "1")
     assert_one_line_error(code, err, "strategy 'batch_norm'", "no BatchNormalization layer")
 
 

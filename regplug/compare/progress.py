@@ -51,6 +51,7 @@ class Progress:
         self._done = 0
         self._logs: dict[str, float] = {}
         self._started = 0.0
+        self._open = False
 
     def start(self, framework: str, strategy: str, *, epochs: int) -> None:
         """A new strategy begins: a fresh line."""
@@ -70,6 +71,14 @@ class Progress:
         seconds = time.perf_counter() - self._started
         self._draw(f"  {summary}  {seconds:.1f}s" if summary else f"  {seconds:.1f}s", end="\n")
 
+    def close(self) -> None:
+        """End a line left open by a strategy that did not finish (an error, Ctrl-C), so the
+        message that follows starts on a line of its own."""
+        if self.enabled and self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+        self._open = False
+
     def _metrics(self) -> str:
         return "".join(f"  {label} {self._logs[key]:.4f}" for key, label in _SHOWN
                        if key in self._logs and math.isfinite(self._logs[key]))
@@ -87,3 +96,4 @@ class Progress:
             line = line[:max(columns - 2, 1)] + "…"
         self.stream.write(f"\r{line}\x1b[K{end}")
         self.stream.flush()
+        self._open = not end

@@ -121,6 +121,7 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
             staged.commit()
         return results
     finally:
+        progress.close()
         if staged is not None:
             staged.discard()
 
