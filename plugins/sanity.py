@@ -138,11 +138,21 @@ class OverfitBatch(Plugin):
         return f"OverfitBatch(steps={self.steps}, factor={self.factor:g})"
 
 
+# How the frameworks say that backward found nothing to differentiate (torch; TensorFlow).
+_NO_GRADIENT_ERRORS = ("does not require grad", "does not have a grad_fn",
+                       "No gradients provided")
+
+
 def _hints(report: TrialReport, initial: float, final: float) -> list[str]:
     """Likely causes, most specific first."""
     hints = []
     if report.error is not None:
         hints.append(f"training raised: {report.error}")
+        if any(marker in report.error for marker in _NO_GRADIENT_ERRORS):
+            hints.append("the loss does not depend on any trainable parameter: is the output "
+                         "detached from the parameters (detach(), no_grad, stop_gradient), or "
+                         "are they all frozen?")
+            return hints
         if not report.losses:  # the first forward pass or loss failed: nothing else was seen
             hints.append("the batch did not get through the model and the loss: check the "
                          "shapes and dtypes of x and y against the model's input and the loss")
