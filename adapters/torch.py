@@ -376,6 +376,7 @@ class TorchRegularizer:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self.run.exception = exc  # plugins see why training ended (nothing is restored then)
         self.close()
 
     def _check_open(self) -> None:

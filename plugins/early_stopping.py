@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,8 @@ from regplug.run import Run
 from regplug.validation import check_choice, check_int, check_real
 
 from ._tracker import MetricTracker
+
+log = logging.getLogger(__name__)
 
 CRITERIA: dict[str, str] = {
     "patience": "no improvement for `patience` epochs (Keras' rule)",
@@ -61,6 +64,13 @@ class EarlyStopping(Plugin):
         ``"loss"``).
     :param best_weights_on: ``"device"`` (default: one copy beside the model, reused at
         every improvement) or ``"host"`` (in host memory, for models that barely fit).
+    :param verbose: ``1`` prints when it stops and when it restores, as Keras' callback does.
+
+    The restore happens at the end of *each* training run: a Keras ``fit`` call, or a
+    PyTorch ``with attach(...)`` block. Fitting in chunks (``fit(epochs=2)``, then
+    ``fit(initial_epoch=2, ...)``) therefore rewinds to the best epoch between chunks; keep
+    one ``fit``, or pass ``restore_best_weights=False`` there. When training ends with an
+    exception (an error, Ctrl-C), nothing is restored: the weights stay as the error left them.
 
     After training, :attr:`stop_reason` says why it stopped (``None`` if it did not), and
     :attr:`best`, :attr:`best_epoch` what it kept.
@@ -81,9 +91,10 @@ class EarlyStopping(Plugin):
                  restore_best_weights: bool = True, start_from_epoch: int = 0,
                  check_finite: bool = True, stopping_threshold: float | None = None,
                  divergence_threshold: float | None = None, criterion: str = "patience",
-                 alpha: float | None = None, strip_length: int = 5, strips: int = 3,
-                 train_monitor: str = "loss", best_weights_on: str = "device") -> None:
-        owner = self.name
+                 alpha: float | None = None, strip_length: int | None = None,
+                 strips: int | None = None, train_monitor: str | None = None,
+                 best_weights_on: str = "device", verbose: int = 0) -> None:
+        owner = type(self).__name__
         self.tracker = MetricTracker(owner, monitor, mode, min_delta)
         self.monitor, self.mode, self.min_delta = monitor, self.tracker.mode, self.tracker.min_delta
         self.patience = check_int(owner, "patience", patience)
@@ -101,17 +112,35 @@ class EarlyStopping(Plugin):
                 f"{owner}: criterion={criterion!r} (Prechelt's) measures a validation *error*, "
                 f"but {monitor!r} is maximized (mode='max'); monitor a loss or error, or use "
                 "criterion='patience'")
-        if alpha is not None and self.criterion not in _DEFAULT_ALPHA:
-            raise ValueError(f"{owner}: argument 'alpha' applies to criterion 'gl' or 'pq', "
-                             f"not {self.criterion!r}")
+        # An argument the chosen criterion would ignore is refused: it was meant to matter.
+        for arg, given, used_by in (
+                ("alpha", alpha is not None, ("gl", "pq")),
+                ("patience", patience != 0, ("patience",)),
+                ("baseline", baseline is not None, ("patience",)),
+                ("strip_length", strip_length is not None, ("pq", "up")),
+                ("strips", strips is not None, ("up",)),
+                ("train_monitor", train_monitor is not None, ("pq",))):
+            if given and self.criterion not in used_by:
+                raise ValueError(
+                    f"{owner}: argument {arg!r} applies to criterion "
+                    f"{' or '.join(map(repr, used_by))}, not {self.criterion!r}")
         self.alpha = check_real(owner, "alpha", alpha if alpha is not None
                                 else _DEFAULT_ALPHA.get(self.criterion, 0.0))
-        self.strip_length = check_int(owner, "strip_length", strip_length, low=1)
-        self.strips = check_int(owner, "strips", strips, low=1)
+        self.strip_length = check_int(owner, "strip_length",
+                                      5 if strip_length is None else strip_length, low=1)
+        self.strips = check_int(owner, "strips", 3 if strips is None else strips, low=1)
+        train_monitor = "loss" if train_monitor is None else train_monitor
         if not isinstance(train_monitor, str) or not train_monitor:
             raise TypeError(f"{owner}: argument 'train_monitor' must be a metric name, "
                             f"got {train_monitor!r}")
         self.train_monitor = train_monitor
+        if (self.stopping_threshold is not None and self.divergence_threshold is not None
+                and not self.tracker.better(self.stopping_threshold, self.divergence_threshold)):
+            raise ValueError(
+                f"{owner}: stopping_threshold={self.stopping_threshold:g} must be better than "
+                f"divergence_threshold={self.divergence_threshold:g} in mode={self.mode!r}, "
+                "or every value would stop training at once")
+        self.verbose = check_int(owner, "verbose", verbose)
         self.best_weights_on = check_choice(owner, "best_weights_on", best_weights_on,
                                             ("device", "host"))
         self.requires = ("model_state",) if self.restore_best_weights else ()
@@ -155,34 +184,54 @@ class EarlyStopping(Plugin):
             self.stopped_epoch = epoch
             self.stop_reason = reason
             run.stop(reason, source=self.name)
+            self._say(f"Epoch {epoch + 1}: early stopping: {reason}")
 
     @hookimpl
     def on_train_end(self, run: Run) -> None:
-        if self.restore_best_weights and self.best_epoch is not None:
-            snapshot = self._best_snapshot(run)
-            if snapshot is not None:
-                run.model_state.restore(snapshot)
-                self.restored_epoch = self.best_epoch
         self._training = False
+        if not self.restore_best_weights or self.best_epoch is None:
+            return
+        if run.exception is not None:  # keep the weights the error left, for inspection
+            log.info("%s: training ended with %s; the best weights (epoch %d) are not "
+                     "restored", self.name, type(run.exception).__name__, self.best_epoch + 1)
+            return
+        snapshot = self._best_snapshot(run)
+        if snapshot is not None:
+            run.model_state.restore(snapshot)
+            self.restored_epoch = self.best_epoch
+            self._say(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(message)
+        log.info("%s: %s", self.name, message)
 
     # -- the decision ----------------------------------------------------------------------
     def _update(self, run: Run, epoch: int, current: float,
                 logs: Mapping[str, float]) -> str | None:
         """Record this epoch; return the reason to stop, or ``None``."""
         at = f"at epoch {epoch + 1}"
-        if not math.isfinite(current):
-            if self.check_finite:
-                return f"{self.monitor} is {current} {at}{self._best_text()}"
-            return None  # never the best; Prechelt's series skip it too
+        finite = math.isfinite(current)
+        if not finite and self.check_finite:
+            return f"{self.monitor} is {current} {at}{self._best_text()}"
         tracker = self.tracker
         self.wait += 1
-        improved = tracker.improves(current, self.best)
+        # A non-finite value (check_finite=False) is never an improvement, as in Keras; it
+        # counts toward patience, and Prechelt's series skip it.
+        improved = finite and tracker.improves(current, self.best)
         if improved:
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self._keep_weights(run)
             if self.baseline is None or tracker.improves(current, self.baseline):
                 self.wait = 0
+        if not finite:
+            if self.criterion == "patience" and self.wait >= self.patience and epoch > 0:
+                return (f"patience exhausted {at}: {self.monitor} did not improve for "
+                        f"{self.wait} epoch{'s' if self.wait != 1 else ''} (it is {current})"
+                        f"{self._best_text(';')}")
+            return None
         if self.stopping_threshold is not None and tracker.better(current,
                                                                   self.stopping_threshold):
             return (f"{self.monitor} = {current:.6g} reached the stopping threshold "
@@ -211,7 +260,7 @@ class EarlyStopping(Plugin):
         if self.criterion == "pq":
             train = logs.get(self.train_monitor)
             if train is None:
-                raise KeyError(f"{self.name}: criterion 'pq' needs the training error "
+                raise ValueError(f"{type(self).__name__}: criterion 'pq' needs the training error "
                                f"{self.train_monitor!r} in the logs of every epoch (set "
                                "train_monitor to a key that is there)")
             self._train.append(float(train))
@@ -254,14 +303,15 @@ class EarlyStopping(Plugin):
         if self._best_weights is not None and self._run is not None:
             weights = self._run.model_state.to_numpy(self._best_weights)
         return {"monitor": self.monitor, "criterion": self.criterion, "wait": self.wait,
-                "best": self.best, "best_epoch": self.best_epoch,
+                "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch,
                 "stopped_epoch": self.stopped_epoch, "stop_reason": self.stop_reason,
                 "val": list(self._val), "train": list(self._train), "rising": self._rising,
                 "best_weights": weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue a run from :meth:`state_dict` (before or after training begins)."""
-        for key, mine in (("monitor", self.monitor), ("criterion", self.criterion)):
+        for key, mine in (("monitor", self.monitor), ("mode", self.mode),
+                          ("criterion", self.criterion)):
             if state.get(key, mine) != mine:
                 raise ValueError(f"{self.name}: the checkpoint was written for {key}="
                                  f"{state[key]!r}, this plugin has {key}={mine!r}")
@@ -282,9 +332,19 @@ class EarlyStopping(Plugin):
         self._resumed = not self._training
 
     def __repr__(self) -> str:
-        args = [f"monitor={self.monitor!r}", f"patience={self.patience}"]
-        if self.criterion != "patience":
+        args = [f"monitor={self.monitor!r}"]
+        if self.criterion == "patience":
+            args.append(f"patience={self.patience}")
+        else:
             args.append(f"criterion={self.criterion!r}")
+            if self.criterion in _DEFAULT_ALPHA:
+                args.append(f"alpha={self.alpha:g}")
+        for arg in ("min_delta", "baseline", "stopping_threshold", "divergence_threshold"):
+            value = getattr(self, arg)
+            if value:
+                args.append(f"{arg}={value:g}")
+        if not self.restore_best_weights:
+            args.append("restore_best_weights=False")
         return f"EarlyStopping({', '.join(args)})"
 
 

@@ -40,7 +40,7 @@ class GeneralizationGap(Plugin):
     Adds ``gap`` (``val_loss − loss``) and ``pct_diff`` (``1 − val_acc / train_acc``, the
     comparison notebook's measure) to the epoch's logs — so they appear in Keras' History and
     ``run.history`` — and keeps one :class:`GapRecord` per epoch in :attr:`records`. When the
-    loss gap has grown for ``patience`` epochs in a row, it logs a warning (and, with
+    loss gap has been positive and grown for ``patience`` epochs in a row, it logs a warning (and, with
     ``stop=True``, votes to stop).
 
     :param patience: successive epochs of a widening gap that trigger the warning (``>= 1``).
@@ -62,14 +62,14 @@ class GeneralizationGap(Plugin):
     def __init__(self, *, patience: int = 3, stop: bool = False, loss: str = "loss",
                  val_loss: str = "val_loss", accuracy: str | None = None,
                  val_accuracy: str | None = None) -> None:
-        self.patience = check_int(self.name, "patience", patience, low=1)
+        self.patience = check_int(type(self).__name__, "patience", patience, low=1)
         if not isinstance(stop, bool):
-            raise TypeError(f"{self.name}: argument 'stop' must be True or False, got {stop!r}")
+            raise TypeError(f"{type(self).__name__}: argument 'stop' must be True or False, got {stop!r}")
         self.stop = stop
         for arg, value in (("loss", loss), ("val_loss", val_loss), ("accuracy", accuracy),
                            ("val_accuracy", val_accuracy)):
             if value is not None and (not isinstance(value, str) or not value):
-                raise TypeError(f"{self.name}: argument {arg!r} must be a log key, got {value!r}")
+                raise TypeError(f"{type(self).__name__}: argument {arg!r} must be a log key, got {value!r}")
         self.keys = {"loss": loss, "val_loss": val_loss, "accuracy": accuracy,
                      "val_accuracy": val_accuracy}
         self.records: list[GapRecord] = []
@@ -103,7 +103,9 @@ class GeneralizationGap(Plugin):
             logs.setdefault("pct_diff", pct)
         if gap is None or previous is None or not math.isfinite(gap):
             return
-        self.widening = self.widening + 1 if gap > previous else 0
+        # Only a positive gap (validation loss above training loss) that grows is overfitting;
+        # with dropout the gap often starts negative and rising towards 0 is no warning sign.
+        self.widening = self.widening + 1 if gap > previous and gap > 0 else 0
         if self.widening >= self.patience and self.widening % self.patience == 0:
             first = self.records[-1 - self.widening]
             message = (f"the generalization gap (val_loss − loss) widened for {self.widening} "
@@ -115,6 +117,9 @@ class GeneralizationGap(Plugin):
             log.warning("%s: %s", self.name, message)
             if self.stop:
                 run.stop(message, source=self.name)
+
+    def __repr__(self) -> str:
+        return f"GeneralizationGap(patience={self.patience}, stop={self.stop})"
 
     def history(self) -> list[dict[str, Any]]:
         """The records as plain dicts (e.g. for a DataFrame or a JSON report)."""
@@ -157,15 +162,20 @@ class NonFiniteGuard(Plugin):
             names = (monitors,) if isinstance(monitors, str) else (
                 tuple(monitors) if isinstance(monitors, Iterable) else ())
             if not names or not all(isinstance(m, str) and m for m in names):
-                raise ValueError(f"{self.name}: argument 'monitors' must be 'all' or log keys "
+                raise ValueError(f"{type(self).__name__}: argument 'monitors' must be 'all' or log keys "
                                  f"such as ('loss', 'val_loss'), got {monitors!r}")
             self.monitors = names
+        self._explicit = monitors != ("loss", "val_loss")
         self.stop_reason: str | None = None
 
     @property
-    def monitor(self) -> str | None:
-        """The first key watched (the adapters warn when it never appears in the logs)."""
-        return self.monitors[0] if self.monitors else None
+    def monitor(self) -> str | tuple[str, ...] | None:
+        """What must be in the logs (the adapters warn, listing the keys there are, when it
+        is not): every key given explicitly; by default only ``loss`` (``val_loss`` is
+        checked when present, as there may be no validation)."""
+        if self.monitors is None:
+            return None
+        return self.monitors if self._explicit else self.monitors[0]
 
     @hookimpl
     def on_train_begin(self, run: Run) -> None:
@@ -179,6 +189,10 @@ class NonFiniteGuard(Plugin):
             values = ", ".join(f"{k} is {float(logs[k])}" for k in bad)
             self.stop_reason = f"{values} at epoch {epoch + 1}"
             run.stop(self.stop_reason, source=self.name)
+
+    def __repr__(self) -> str:
+        shown = "'all'" if self.monitors is None else repr(self.monitors)
+        return f"NonFiniteGuard(monitors={shown})"
 
     def state_dict(self) -> dict[str, Any]:
         return {"stop_reason": self.stop_reason}

@@ -79,21 +79,22 @@ class OverfitBatch(Plugin):
     def __init__(self, x: Any, y: Any, *, steps: int = 100, factor: float = 10.0,
                  target_loss: float | None = None, noise: bool = False,
                  on_fail: str = "raise", verbose: bool = True, seed: int = 0) -> None:
+        owner = type(self).__name__
         if x is None or y is None:
-            raise TypeError(f"{self.name}: arguments 'x' and 'y' must be one batch of inputs "
+            raise TypeError(f"{owner}: arguments 'x' and 'y' must be one batch of inputs "
                             "and targets")
         self.x, self.y = x, y
-        self.steps = check_int(self.name, "steps", steps, low=1)
-        self.factor = check_real(self.name, "factor", factor, low=1.0, low_open=True)
+        self.steps = check_int(owner, "steps", steps, low=1)
+        self.factor = check_real(owner, "factor", factor, low=1.0, low_open=True)
         self.target_loss = None if target_loss is None else check_real(
-            self.name, "target_loss", target_loss, low=-math.inf)
+            owner, "target_loss", target_loss, low=-math.inf)
         for arg, value in (("noise", noise), ("verbose", verbose)):
             if not isinstance(value, bool):
-                raise TypeError(f"{self.name}: argument {arg!r} must be True or False, "
+                raise TypeError(f"{owner}: argument {arg!r} must be True or False, "
                                 f"got {value!r}")
         self.noise, self.verbose = noise, verbose
-        self.on_fail = check_choice(self.name, "on_fail", on_fail, ("raise", "warn"))
-        self.seed = check_int(self.name, "seed", seed)
+        self.on_fail = check_choice(owner, "on_fail", on_fail, ("raise", "warn"))
+        self.seed = check_int(owner, "seed", seed)
         self.verdicts: list[Verdict] = []
 
     @_first
@@ -105,11 +106,14 @@ class OverfitBatch(Plugin):
             shape = tuple(getattr(self.x, "shape", np.shape(self.x)))
             noise = np.random.default_rng(self.seed).standard_normal(shape).astype("float32")
             self.verdicts.append(self._check("noise", trial.train(noise, self.y, self.steps)))
+        failed = [v for v in self.verdicts if not v.passed]
         for verdict in self.verdicts:
-            (log.info if verdict.passed else log.warning)("%s", verdict)
+            # Each verdict shows once: printed (verbose), or raised, or else logged as a
+            # warning; the log always has it at INFO level.
             if self.verbose:
                 print(verdict, file=sys.stderr)
-        failed = [v for v in self.verdicts if not v.passed]
+            quiet = verdict.passed or self.verbose or self.on_fail == "raise"
+            (log.info if quiet else log.warning)("%s", verdict)
         if failed and self.on_fail == "raise":
             raise OverfitBatchError("; ".join(str(v) for v in failed))
 

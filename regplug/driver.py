@@ -52,6 +52,7 @@ class Driver:
             raise UsageError("regplug: training already began for this run; close it first")
         self.active = True
         self.run.stop_requests.clear()
+        self.run.exception = None
         self.hook.on_train_begin(run=self.run)
 
     def train_end(self) -> None:
@@ -155,16 +156,23 @@ class Driver:
 
 
 def check_monitors(plugins: Sequence[object], logs: dict[str, Any]) -> list[str]:
-    """Warn for each plugin whose ``monitor`` attribute names no key of ``logs``.
+    """Warn for each plugin whose ``monitor`` attribute (a key, or a tuple of keys) names
+    a key missing from ``logs``.
 
     Returns the labels of the plugins warned about. The message lists the available keys
     (and says when validation metrics are missing altogether).
     """
     warned = []
     for plugin in plugins:
-        monitor = getattr(plugin, "monitor", None)
-        if not isinstance(monitor, str) or monitor in logs:
+        monitors = getattr(plugin, "monitor", None)
+        if isinstance(monitors, str):
+            monitors = (monitors,)
+        if not isinstance(monitors, (tuple, list)):
             continue
+        missing = [m for m in monitors if isinstance(m, str) and m not in logs]
+        if not missing:
+            continue
+        monitor = missing[0]
         label = plugin_label(plugin)
         keys = ", ".join(sorted(logs)) or "(none)"
         close = difflib.get_close_matches(monitor, list(logs), n=1)

@@ -169,7 +169,10 @@ def on_epoch_end(run: Run, epoch: int, logs: dict[str, float]) -> None:
 def on_train_end(run: Run) -> None:
     """Training has finished, by exhausting its epochs or by a stop request.
 
-    :param run: the run; ``run.stop_requests`` says why it stopped, if it did.
+    :param run: the run; ``run.stop_requests`` says why it stopped, if it did, and
+        ``run.exception`` is the exception that ended it, if one did (PyTorch: leaving the
+        ``with`` block by an exception; Keras does not call this hook then). Leave the model
+        as the error left it in that case.
 
     PyTorch: ``reg.close()`` or leaving the ``with`` block. Keras: ``on_train_end`` of each
     ``fit``. Restore best weights and report here. Return values are ignored.

@@ -246,6 +246,8 @@ class Run:
     trial_provider: TrialTraining | None = None
     step: int = 0
     epoch: int = 0
+    #: The exception that ended training, when one did (set before ``on_train_end``).
+    exception: BaseException | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     stop_requests: list[StopRequest] = field(default_factory=list)
     _selected: dict[Selection, list[ParamHandle]] = field(default_factory=dict, repr=False)

@@ -147,10 +147,14 @@ def test_non_finite_metric_stops_with_a_reason_and_is_never_the_best(bad):
     assert stopper.best == 0.3 and loop.params["w"].item() == 1.0
 
 
-def test_check_finite_false_skips_non_finite_epochs():
-    stopper = EarlyStopping(patience=1, check_finite=False)
-    ran, loop = run_epochs(stopper, [0.5, math.nan, 0.4, 0.6])
+def test_check_finite_false_counts_non_finite_epochs_as_no_improvement_like_keras():
+    stopper = EarlyStopping(patience=2, check_finite=False)
+    ran, _ = run_epochs(stopper, [0.5, math.nan, 0.4, 0.6])
     assert ran == 4 and stopper.best == 0.4
+    stopper = EarlyStopping(patience=2, check_finite=False)
+    ran, loop = run_epochs(stopper, [0.5, math.nan, math.nan, math.nan, math.nan])
+    assert ran == 3 and "did not improve for 2 epochs (it is nan)" in stopper.stop_reason
+    assert loop.params["w"].item() == 0.0  # the last finite best
 
 
 def test_stopping_threshold_stops_once_the_metric_is_good_enough():
@@ -196,7 +200,7 @@ def test_pq_is_evaluated_only_at_strip_ends_and_uses_training_progress():
 
 def test_pq_without_the_training_error_in_the_logs_is_a_clear_error():
     stopper = EarlyStopping(criterion="pq", strip_length=1)
-    with pytest.raises(KeyError, match="criterion 'pq' needs the training error 'loss'"):
+    with pytest.raises(ValueError, match="criterion 'pq' needs the training error 'loss'"):
         run_epochs(stopper, [0.3, 0.2])
 
 
@@ -238,6 +242,37 @@ def test_state_dict_resumes_counting_and_keeps_the_best_weights():
     assert second.stopped_epoch == 4 and loop.params["w"].item() == 1.0
 
 
+def test_state_dict_refuses_a_checkpoint_of_another_mode():
+    state = EarlyStopping(monitor="score", mode="min").state_dict()
+    with pytest.raises(ValueError, match="written for mode='min'"):
+        EarlyStopping(monitor="score", mode="max").load_state_dict(state)
+
+
+def test_verbose_prints_the_stop_and_the_restore_like_keras(capsys):
+    run_epochs(EarlyStopping(patience=1, verbose=1), [0.5, 0.2, 0.3, 0.4])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Epoch 3: early stopping: patience exhausted at epoch 3")
+    assert out[1] == "Restoring model weights from the end of the best epoch: 2."
+
+
+def test_nothing_is_restored_when_training_ends_with_an_exception():
+    stopper = EarlyStopping(patience=5)
+    loop = NumpyLoop({"w": np.zeros((1, 1))}, [stopper])
+    loop.epoch_end({"val_loss": 0.1})
+    loop.params["w"][...] = 7.0
+    loop.run.exception = KeyboardInterrupt()
+    loop.close()
+    assert loop.params["w"].item() == 7.0 and stopper.restored_epoch is None
+
+
+def test_repr_shows_what_was_configured():
+    assert repr(EarlyStopping(patience=3, min_delta=0.01, restore_best_weights=False)) == (
+        "EarlyStopping(monitor='val_loss', patience=3, min_delta=0.01, "
+        "restore_best_weights=False)")
+    assert repr(EarlyStopping(criterion="gl", alpha=2)) == (
+        "EarlyStopping(monitor='val_loss', criterion='gl', alpha=2)")
+
+
 def test_state_dict_refuses_a_checkpoint_of_another_monitor():
     state = EarlyStopping(monitor="val_loss").state_dict()
     with pytest.raises(ValueError, match="written for monitor='val_loss'"):
@@ -267,7 +302,15 @@ def test_loaded_best_weights_of_another_model_are_refused_with_names():
     (dict(monitor=""), TypeError, "'monitor' must be a metric name"),
     (dict(criterion="plateau"), ValueError, "'criterion' must be one of 'patience', 'gl'"),
     (dict(criterion="gl", monitor="val_accuracy"), ValueError, "measures a validation"),
-    (dict(alpha=2.0), ValueError, "'alpha' applies to criterion 'gl' or 'pq'"),
+    (dict(alpha=2.0), ValueError, "'alpha' applies to criterion 'gl' or 'pq', not 'patience'"),
+    (dict(criterion="gl", patience=5), ValueError, "'patience' applies to criterion 'patience'"),
+    (dict(criterion="up", baseline=0.3), ValueError, "'baseline' applies to criterion"),
+    (dict(strips=2), ValueError, "'strips' applies to criterion 'up', not 'patience'"),
+    (dict(criterion="gl", strip_length=3), ValueError, "'strip_length' applies to criterion"),
+    (dict(criterion="up", train_monitor="loss"), ValueError, "'train_monitor' applies to"),
+    (dict(stopping_threshold=0.5, divergence_threshold=0.1), ValueError,
+     "stopping_threshold=0.5 must be better than divergence_threshold=0.1 in mode='min'"),
+    (dict(verbose=-1), ValueError, "'verbose' must be an integer >= 0"),
     (dict(criterion="up", strip_length=0), ValueError, "'strip_length' must be an integer >= 1"),
     (dict(baseline=math.nan), ValueError, "'baseline' must be a finite number"),
     (dict(restore_best_weights="yes"), TypeError, "'restore_best_weights' must be True or False"),
@@ -277,7 +320,7 @@ def test_loaded_best_weights_of_another_model_are_refused_with_names():
 def test_bad_arguments_raise_an_error_naming_plugin_and_argument(kwargs, error, match):
     with pytest.raises(error, match=match) as info:
         EarlyStopping(**kwargs)
-    assert str(info.value).startswith("early_stopping: ")
+    assert str(info.value).startswith("EarlyStopping: ")
 
 
 def test_a_mode_contradicting_the_metric_name_is_a_warning():

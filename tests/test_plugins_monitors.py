@@ -116,9 +116,9 @@ def test_guard_and_early_stopping_together_return_the_last_finite_best_weights()
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(patience=0), ValueError, "generalization_gap: argument 'patience' must be an integer >= 1"),
-    (dict(stop="yes"), TypeError, "generalization_gap: argument 'stop' must be True or False"),
-    (dict(val_loss=""), TypeError, "generalization_gap: argument 'val_loss' must be a log key"),
+    (dict(patience=0), ValueError, "GeneralizationGap: argument 'patience' must be an integer >= 1"),
+    (dict(stop="yes"), TypeError, "GeneralizationGap: argument 'stop' must be True or False"),
+    (dict(val_loss=""), TypeError, "GeneralizationGap: argument 'val_loss' must be a log key"),
 ])
 def test_gap_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -127,7 +127,7 @@ def test_gap_bad_arguments(kwargs, error, match):
 
 @pytest.mark.parametrize("monitors", [(), [""], 3])
 def test_guard_bad_arguments(monitors):
-    with pytest.raises((ValueError, TypeError), match="non_finite_guard: argument 'monitors'"):
+    with pytest.raises((ValueError, TypeError), match="NonFiniteGuard: argument 'monitors'"):
         NonFiniteGuard(monitors)
 
 
@@ -181,3 +181,26 @@ def test_in_keras_fit_the_gap_reaches_the_history():
         [1 - v / a for a, v in zip(history.history["accuracy"],
                                    history.history["val_accuracy"])])
     assert [r.epoch for r in gap.records] == [0, 1, 2]
+
+
+def test_a_negative_gap_growing_towards_zero_is_no_overfitting_warning():
+    gap = GeneralizationGap(patience=2)
+    feed([gap], [{"loss": 1.0, "val_loss": v} for v in (0.6, 0.7, 0.8, 0.9, 0.95)])
+    assert gap.warned_at == [] and gap.widening == 0
+
+
+def test_guard_warns_about_every_explicitly_given_key_the_logs_lack():
+    guard = NonFiniteGuard(("loss", "val_los"))
+    with pytest.warns(regplug.RegplugWarning, match="monitor 'val_los' is not in the logs.*"
+                                                     "Did you mean 'val_loss'"):
+        feed([guard], [{"loss": 0.3, "val_loss": 0.4}])
+
+
+def test_guard_by_default_does_not_ask_for_validation_metrics():
+    feed([NonFiniteGuard()], [{"loss": 0.3}])  # RegplugWarning is an error in the tests
+
+
+def test_monitor_reprs_show_their_arguments():
+    assert repr(GeneralizationGap(patience=2, stop=True)) == "GeneralizationGap(patience=2, stop=True)"
+    assert repr(NonFiniteGuard(["loss"])) == "NonFiniteGuard(monitors=('loss',))"
+    assert repr(NonFiniteGuard("all")) == "NonFiniteGuard(monitors='all')"
