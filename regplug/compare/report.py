@@ -36,6 +36,12 @@ def _cell(value: Any, fmt: str) -> str:
     return format(value, fmt)
 
 
+def _fact(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return ", ".join(str(v) for v in value.values())
+    return str(value)
+
+
 def write_report(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
                  figures: Sequence[tuple[str, str]], *, command: str) -> Path:
     """Write the page; ``figures`` are ``(file name, caption)`` pairs beside ``path``."""
@@ -47,8 +53,9 @@ def write_report(path: Path, results: Sequence[StrategyResult], settings: Mappin
         rows.append(f"<tr>{cells}<td class='desc'>{html.escape(result.description)}"
                     + (f" — stopped: {html.escape(result.stop_reason)}"
                        if result.stop_reason else "") + "</td></tr>")
-    facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
-                    for k, v in settings.items() if not isinstance(v, (list, dict)))
+    facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(_fact(v))}</li>"
+                    for k, v in settings.items()
+                    if k not in ("command", "strategies") and not k.startswith("train_"))
     figs = "".join(
         f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
         f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)

@@ -59,7 +59,8 @@ class TrainSettings:
 
     def describe(self) -> str:
         return (f"SGD(lr={self.learning_rate:g}, momentum={self.momentum:g}), batch "
-                f"{self.batch_size}, {self.epochs} epochs, seed {self.seed}")
+                f"{self.batch_size}, {self.epochs} epoch{'' if self.epochs == 1 else 's'}, "
+                f"seed {self.seed}")
 
 
 class FrameworkUnavailable(RegplugError, ImportError):
