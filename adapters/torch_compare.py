@@ -84,7 +84,7 @@ def build_mlp(hidden: Sequence[int], spec: ModelSpec) -> nn.Sequential:
       (1): ReLU()
       (2): Linear(in_features=50, out_features=250, bias=True)
       (3): ReLU()
-      (4): BatchNorm1d(250, eps=0.001, momentum=0.01, affine=True, track_running_stats=True)
+      (4): BatchNorm1d(250, eps=0.001, momentum=0.01, ...)
       (5): Dropout(p=0.2, inplace=False)
       (6): Linear(in_features=250, out_features=10, bias=True)
     )

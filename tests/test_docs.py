@@ -15,6 +15,7 @@ import pytest
 
 import regplug
 
+
 def _framework(module: str) -> str | None:
     """The framework an adapter module needs (``regplug.adapters.torch_ops`` → torch)."""
     prefix = "regplug.adapters."
@@ -25,8 +26,21 @@ def _framework(module: str) -> str | None:
     return None
 
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(regplug.__path__, "regplug.")
-                 if not m.name.endswith("__main__"))
+def _modules() -> list[str]:
+    """Every module of the installed package. regplug.plugins and regplug.adapters are
+    walked on their own: an editable install maps them from other folders, where walking
+    regplug.__path__ would not find them."""
+    import regplug.adapters
+    import regplug.plugins
+
+    found = {"regplug.plugins", "regplug.adapters"}
+    for package in (regplug, regplug.plugins, regplug.adapters):
+        found.update(m.name for m in pkgutil.walk_packages(package.__path__,
+                                                           f"{package.__name__}."))
+    return sorted(m for m in found if not m.endswith("__main__"))
+
+
+MODULES = _modules()
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
