@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 import regplug  # noqa: E402
 from regplug.adapters.keras import Regularize  # noqa: E402
-from regplug.plugins import L2, DecoupledWeightDecay, MaxNorm  # noqa: E402
+from regplug.plugins import L2, DecoupledWeightDecay, EarlyStopping, MaxNorm  # noqa: E402
 from regplug.schedules import LinearWarmup  # noqa: E402
 
 from _keras_models import (ProbeLog, SetRates, StopAt, data, dropout_model, fit,  # noqa: E402
@@ -132,7 +132,34 @@ def dropout_rates(strategy: tf.distribute.Strategy, out: Path) -> dict[str, Any]
     return {"zeros": probe.zeros}
 
 
-SCENARIOS = (keras_own_vs_plugins, one_device_vs_mirrored, stop_vote, dropout_rates)
+class ScriptedMetric(keras.callbacks.Callback):
+    """Puts a scripted ``val_score`` into each epoch's logs (before Regularize reads them)
+    and saves the weights every epoch ended with."""
+
+    def __init__(self, series: list[float], out: Path) -> None:
+        super().__init__()
+        self.series, self.out = series, out
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_score"] = self.series[epoch]
+        np.savez(self.out / f"epoch_{epoch}.npz", **weights(self.model))
+
+
+def early_stopping(strategy: tf.distribute.Strategy, out: Path) -> dict[str, Any]:
+    """Best weights kept and restored while the variables are mirrored (batch norm too)."""
+    with strategy.scope():
+        model = mlp(dropout=0.0)
+        model.compile(optimizer=sgd(), loss="mse")
+    stopper = EarlyStopping("val_score", mode="min", patience=2)
+    history = fit(model, X, Y, epochs=8, callbacks=[
+        ScriptedMetric([1.0, 0.5, 0.8, 0.9, 0.4, 0.3, 0.2, 0.1], out), Regularize([stopper])])
+    np.savez(out / "early_stopping_final.npz", **weights(model))
+    return {"epochs_run": len(history.history["loss"]), "best_epoch": stopper.best_epoch,
+            "restored_epoch": stopper.restored_epoch}
+
+
+SCENARIOS = (keras_own_vs_plugins, one_device_vs_mirrored, stop_vote, dropout_rates,
+             early_stopping)
 
 
 def main(out: Path) -> None:

@@ -93,3 +93,14 @@ def test_dropout_rates_set_by_a_plugin_act_on_every_replica(mirrored):
     # probe_0 sees drop_0's rate; probe_1 both: 1 - (1 - r0)(1 - r1).
     np.testing.assert_allclose(zeros["probe_0"], [0.0, 0.3, 0.6], atol=0.04)
     np.testing.assert_allclose(zeros["probe_1"], [0.5, 0.3, 1 - 0.4 * 0.8], atol=0.04)
+
+
+def test_early_stopping_restores_the_best_epoch_exactly_under_the_strategy(mirrored):
+    report, folder = mirrored
+    # val_score 1.0, 0.5, 0.8, 0.9: best at epoch 1, patience 2 stops after epoch 3.
+    assert report["early_stopping"] == {"epochs_run": 4, "best_epoch": 1, "restored_epoch": 1}
+    final, best = _weights(folder, "early_stopping_final"), _weights(folder, "epoch_1")
+    assert any("moving_mean" in name for name in final)
+    assert not all(np.array_equal(best[k], v) for k, v in _weights(folder, "epoch_3").items())
+    for name, value in best.items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)
