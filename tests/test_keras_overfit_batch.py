@@ -88,3 +88,15 @@ def test_a_frozen_model_fails_with_a_hint():
     check = OverfitBatch(XB, YB, steps=5, verbose=False, on_fail="warn")
     model.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[Regularize([check])])
     assert check.passed is False and "no trainable parameters" in str(check.verdicts[0])
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch",
+                    reason="Keras' torch backend allows only steps_per_execution=1")
+def test_works_with_steps_per_execution():
+    model = classifier()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), steps_per_execution=3,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    check = OverfitBatch(XB, YB, steps=40, verbose=False)
+    model.fit(X, Y, epochs=1, batch_size=16, verbose=0, callbacks=[Regularize([check])])
+    assert check.passed and check.verdicts[0].steps == 40
+    assert int(ops.convert_to_numpy(model.optimizer.iterations)) == 6  # the check left none
