@@ -50,6 +50,7 @@ from keras import ops
 
 from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments, row_batches,
                                  sample_chunks, warn_if_constant)
+from regplug.validation import check_bool
 
 from .keras_ops import all_layers
 
@@ -129,9 +130,7 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
     if is_dropout is not None and not callable(is_dropout):
         raise TypeError(f"{_OWNER}: argument 'is_dropout' must be a function of a layer, "
                         f"got {is_dropout!r}")
-    if not isinstance(compiled, bool):
-        raise TypeError(f"{_OWNER}: argument 'compiled' must be True or False, got "
-                        f"{compiled!r}")
+    check_bool(_OWNER, "compiled", compiled)
     select = is_dropout_layer if is_dropout is None else is_dropout
     leaves, rows = _input_leaves(x)
     if not model.built:

@@ -11,7 +11,7 @@ from regplug import functional as F
 from regplug.hookspecs import hookimpl
 from regplug.plugin import Plugin
 from regplug.run import Run
-from regplug.validation import check_choice, check_int, check_real
+from regplug.validation import check_bool, check_choice, check_int, check_real
 
 from ._tracker import MetricTracker
 
@@ -99,10 +99,10 @@ class EarlyStopping(Plugin):
         self.monitor, self.mode, self.min_delta = monitor, self.tracker.mode, self.tracker.min_delta
         self.patience = check_int(owner, "patience", patience)
         self.baseline = _optional_real(owner, "baseline", baseline)
-        self.restore_best_weights = _check_bool(owner, "restore_best_weights",
+        self.restore_best_weights = check_bool(owner, "restore_best_weights",
                                                 restore_best_weights)
         self.start_from_epoch = check_int(owner, "start_from_epoch", start_from_epoch)
-        self.check_finite = _check_bool(owner, "check_finite", check_finite)
+        self.check_finite = check_bool(owner, "check_finite", check_finite)
         self.stopping_threshold = _optional_real(owner, "stopping_threshold", stopping_threshold)
         self.divergence_threshold = _optional_real(owner, "divergence_threshold",
                                                    divergence_threshold)
@@ -353,8 +353,3 @@ def _optional_real(owner: str, arg: str, value: float | None) -> float | None:
         return None
     return check_real(owner, arg, value, low=-math.inf)
 
-
-def _check_bool(owner: str, arg: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}: argument {arg!r} must be True or False, got {value!r}")
-    return value

@@ -12,7 +12,7 @@ from regplug import functional as F
 from regplug.hookspecs import hookimpl
 from regplug.plugin import Plugin
 from regplug.run import Run
-from regplug.validation import check_int
+from regplug.validation import check_bool, check_int
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,13 @@ class GeneralizationGap(Plugin):
     def __init__(self, *, patience: int = 3, stop: bool = False, loss: str = "loss",
                  val_loss: str = "val_loss", accuracy: str | None = None,
                  val_accuracy: str | None = None) -> None:
-        self.patience = check_int(type(self).__name__, "patience", patience, low=1)
-        if not isinstance(stop, bool):
-            raise TypeError(f"{type(self).__name__}: argument 'stop' must be True or False, got {stop!r}")
-        self.stop = stop
+        owner = type(self).__name__
+        self.patience = check_int(owner, "patience", patience, low=1)
+        self.stop = check_bool(owner, "stop", stop)
         for arg, value in (("loss", loss), ("val_loss", val_loss), ("accuracy", accuracy),
                            ("val_accuracy", val_accuracy)):
             if value is not None and (not isinstance(value, str) or not value):
-                raise TypeError(f"{type(self).__name__}: argument {arg!r} must be a log key, got {value!r}")
+                raise TypeError(f"{owner}: argument {arg!r} must be a log key, got {value!r}")
         self.keys = {"loss": loss, "val_loss": val_loss, "accuracy": accuracy,
                      "val_accuracy": val_accuracy}
         self.records: list[GapRecord] = []
@@ -162,8 +161,8 @@ class NonFiniteGuard(Plugin):
             names = (monitors,) if isinstance(monitors, str) else (
                 tuple(monitors) if isinstance(monitors, Iterable) else ())
             if not names or not all(isinstance(m, str) and m for m in names):
-                raise ValueError(f"{type(self).__name__}: argument 'monitors' must be 'all' or log keys "
-                                 f"such as ('loss', 'val_loss'), got {monitors!r}")
+                raise ValueError(f"{type(self).__name__}: argument 'monitors' must be 'all' or "
+                                 f"log keys such as ('loss', 'val_loss'), got {monitors!r}")
             self.monitors = names
         self._explicit = monitors != ("loss", "val_loss")
         self.stop_reason: str | None = None

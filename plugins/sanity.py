@@ -15,7 +15,7 @@ from regplug.errors import RegplugError
 from regplug.hookspecs import PROJECT
 from regplug.plugin import Plugin
 from regplug.run import Run, TrialReport
-from regplug.validation import check_choice, check_int, check_real
+from regplug.validation import check_bool, check_choice, check_int, check_real
 
 log = logging.getLogger(__name__)
 _first = pluggy.HookimplMarker(PROJECT)(tryfirst=True)
@@ -88,11 +88,8 @@ class OverfitBatch(Plugin):
         self.factor = check_real(owner, "factor", factor, low=1.0, low_open=True)
         self.target_loss = None if target_loss is None else check_real(
             owner, "target_loss", target_loss, low=-math.inf)
-        for arg, value in (("noise", noise), ("verbose", verbose)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{owner}: argument {arg!r} must be True or False, "
-                                f"got {value!r}")
-        self.noise, self.verbose = noise, verbose
+        self.noise = check_bool(owner, "noise", noise)
+        self.verbose = check_bool(owner, "verbose", verbose)
         self.on_fail = check_choice(owner, "on_fail", on_fail, ("raise", "warn"))
         self.seed = check_int(owner, "seed", seed)
         self.verdicts: list[Verdict] = []

@@ -40,7 +40,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .errors import RegplugWarning
-from .validation import check_choice, check_int, check_real
+from .validation import check_bool, check_choice, check_int, check_real
 
 __all__ = ["MCPrediction", "MCAccumulator", "summarize", "normal_quantile", "INTERVALS",
            "DEFAULT_ROWS_PER_FORWARD", "check_mc_arguments", "sample_chunks", "row_batches",
@@ -314,9 +314,7 @@ def check_mc_arguments(owner: str, *, samples: object, level: object, interval: 
         check_int(owner, "samples_per_batch", samples_per_batch, low=1)
     if seed is not None:
         check_int(owner, "seed", seed, low=0)
-    if not isinstance(keep_samples, bool):
-        raise TypeError(f"{owner}: argument 'keep_samples' must be True or False, got "
-                        f"{keep_samples!r}")
+    check_bool(owner, "keep_samples", keep_samples)
 
 
 def sample_chunks(samples: int, rows: int, samples_per_batch: int | None = None) -> list[int]:

@@ -41,6 +41,13 @@ def check_int(owner: str, arg: str, value: object, *, low: int = 0) -> int:
     return int(value)
 
 
+def check_bool(owner: str, arg: str, value: object) -> bool:
+    """Return ``value`` after checking it is ``True`` or ``False`` (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: argument {arg!r} must be True or False, got {value!r}")
+    return value
+
+
 def check_choice(owner: str, arg: str, value: object, choices: tuple[str, ...]) -> str:
     """Return ``value`` after checking it is one of ``choices``."""
     if value not in choices:
