@@ -358,10 +358,11 @@ def test_rerun_into_the_same_out_replaces_the_earlier_result(tmp_path, capsys):
 
 @torch_needed
 def test_a_failure_while_training_leaves_no_result_behind(tmp_path, capsys, monkeypatch):
-    from regplug.adapters import torch_compare
+    from regplug.compare import get_runner
 
+    runner = get_runner("torch")
     calls = []
-    original = torch_compare.train_strategy
+    original = runner.train_strategy
 
     def fail_on_second(*args, **kwargs):
         calls.append(1)
@@ -369,7 +370,7 @@ def test_a_failure_while_training_leaves_no_result_behind(tmp_path, capsys, monk
             raise OSError("disk full (simulated)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(torch_compare, "train_strategy", fail_on_second)
+    monkeypatch.setattr(runner, "train_strategy", fail_on_second)
     out_dir = tmp_path / "run"
     code, _, err = run_cli(capsys, "--framework", "torch", "--strategies", "none,l2",
                            "--epochs", "1", "--out", str(out_dir))

@@ -17,7 +17,7 @@ import regplug
 
 
 def _framework(module: str) -> str | None:
-    """The framework an adapter module needs (``regplug.adapters.torch_ops`` → torch)."""
+    """The framework an adapter module needs (``regplug.adapters.torch.ops`` → torch)."""
     prefix = "regplug.adapters."
     if module.startswith(prefix):
         for framework in ("torch", "keras"):

@@ -9,7 +9,7 @@ from keras import ops
 
 import regplug
 from regplug import functional as F
-from regplug.adapters.keras_ops import KerasOps, discover_parameters
+from regplug.adapters.keras import KerasOps, discover_parameters
 from regplug.numpy_ops import NumpyOps
 from regplug.run import ParamHandle
 

@@ -14,9 +14,9 @@ import pytest
 from keras import ops
 
 from regplug import RegplugWarning
-from regplug.adapters import keras_uncertainty
+from regplug.adapters.keras import uncertainty as keras_uncertainty
 from regplug.adapters.keras import mc_predict
-from regplug.adapters.keras_uncertainty import is_dropout_layer
+from regplug.adapters.keras import is_dropout_layer
 
 from _keras_models import BACKEND, data, mlp
 

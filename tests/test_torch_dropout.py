@@ -151,22 +151,26 @@ ALL_TYPES = dict(plain=nn.Dropout(0.0), d1=nn.Dropout1d(0.0), d2=nn.Dropout2d(0.
                  feature_alpha=nn.FeatureAlphaDropout(0.0))
 
 
-def test_every_torch_dropout_type_is_scheduled_and_drops_its_own_unit():
+def test_every_bernoulli_dropout_type_is_scheduled_and_drops_its_own_unit():
     model = Branches(**{k: type(m)(0.0) for k, m in ALL_TYPES.items()})
     meters = {name: DropMeter(m) for name, m in model.drops.items()}
     train(model, [DropoutSchedule(LateDropout(0.4, cutoff=1, per="epoch"))], epochs=2, steps=2)
-    for name, meter in meters.items():
-        assert_follows(meter, [0.0, 0.0, 0.4, 0.4])  # whole channels for d1/d2/d3/feature_alpha
+    for name in ("plain", "d1", "d2", "d3"):
+        assert_follows(meters[name], [0.0, 0.0, 0.4, 0.4])  # whole channels for d1/d2/d3
     assert meters["d2"].units == BATCH * CHANNELS and meters["plain"].units == BATCH * CHANNELS * 8
+    # Alpha dropout's rate means another formula (regplug.conventions.OTHER_DROPOUT): it is
+    # never rescheduled, in torch as in Keras.
+    for name in ("alpha", "feature_alpha"):
+        assert_follows(meters[name], [0.0] * 4)
 
 
 def test_the_layers_argument_selects_by_type_and_the_others_keep_their_rate():
     model = Branches(plain=nn.Dropout(0.2), d1=nn.Dropout1d(0.0), d2=nn.Dropout2d(0.0),
-                     alpha=nn.AlphaDropout(0.0))
+                     d3=nn.Dropout3d(0.0))
     meters = {name: DropMeter(m) for name, m in model.drops.items()}
-    train(model, [DropoutSchedule(0.45, layers=["Dropout2d", "AlphaDropout"])], epochs=1,
+    train(model, [DropoutSchedule(0.45, layers=["Dropout2d", "Dropout3d"])], epochs=1,
           steps=2)
-    for name, rate in {"plain": 0.2, "d1": 0.0, "d2": 0.45, "alpha": 0.45}.items():
+    for name, rate in {"plain": 0.2, "d1": 0.0, "d2": 0.45, "d3": 0.45}.items():
         assert_follows(meters[name], [rate, rate])
 
 

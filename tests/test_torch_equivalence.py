@@ -194,7 +194,7 @@ def test_max_norm_bounds_every_units_incoming_weights():
 def test_max_norm_fused_kernel_equals_the_general_formula_bit_for_bit(max_norm):
     # float32 weights with a unit axis take one renorm_ kernel; a tensor bound takes the
     # general norm / where / mul path. Both must give the same bits (Keras' formula).
-    from regplug.adapters.torch_ops import TorchOps, discover_parameters
+    from regplug.adapters.torch import TorchOps, discover_parameters
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 3), nn.Flatten(),

@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from regplug import RegplugWarning  # noqa: E402
-from regplug.adapters import torch_uncertainty  # noqa: E402
+from regplug.adapters.torch import uncertainty as torch_uncertainty  # noqa: E402
 from regplug.adapters.torch import mc_predict  # noqa: E402
-from regplug.adapters.torch_uncertainty import is_dropout_module  # noqa: E402
+from regplug.adapters.torch import is_dropout_module  # noqa: E402
 
 
 def bn_dropout_mlp(p: float = 0.3, seed: int = 0) -> nn.Module:

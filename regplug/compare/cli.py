@@ -142,7 +142,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .output import StagedOutput
     from .progress import Progress
     from .results import format_table
-    from .runner import TrainSettings, load_runner, run_compare
+    from .frameworks import TrainSettings, get_runner
+    from .runner import run_compare
     from .strategies import load_strategies, select_strategies
 
     custom = load_strategies(args.config) if args.config else {}
@@ -153,7 +154,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
-    runners = {fw: load_runner(fw) for fw in frameworks}
+    runners = {fw: get_runner(fw) for fw in frameworks}
     defaults = TrainSettings()
     settings = TrainSettings(
         epochs=args.epochs, seed=args.seed,

@@ -1,87 +1,35 @@
 """Run a comparison: every strategy under every framework, then the table, files and figures.
 
-The frameworks' runners live with the adapters (``regplug.adapters.torch_compare``,
-``regplug.adapters.keras_compare``) and are imported only when their framework is asked
-for; each one offers ``describe()``, ``train_strategy(...)`` and ``mc_dropout(...)``.
+The frameworks' runners (:class:`~regplug.compare.frameworks.FrameworkRunner`) come from the
+registry in :mod:`regplug.compare.frameworks`, loaded only when their framework is asked for.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from .. import __version__
 from ..errors import RegplugError
 from .datasets import VALIDATION_FRACTION, Splits
+from .frameworks import EpochCallback, FrameworkRunner, TrainSettings, get_runner
 from .models import ModelChoice, ModelError
 from .output import StagedOutput
 from .progress import Progress
 from .results import StrategyResult, format_table, make_result, write_csv, write_json
 from .strategies import Strategy
 
-__all__ = ["TrainSettings", "FRAMEWORKS", "load_runner", "run_compare", "write_outputs",
-           "EpochCallback"]
+__all__ = ["TrainSettings", "run_compare", "write_outputs", "EpochCallback", "CompareError"]
 
 log = logging.getLogger(__name__)
 
-#: The frameworks ``--framework`` accepts, with what to install for each.
-FRAMEWORKS: dict[str, str] = {"torch": "pip install 'regplug[torch]'",
-                              "keras": "pip install 'regplug[keras]'"}
-
-#: Called by a runner after every epoch with the epoch index (from 0) and its logs.
-EpochCallback = Callable[[int, Mapping[str, float]], None]
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The hyper-parameters every strategy trains with, in every framework.
-
-    SGD with momentum (the same update in torch and Keras), mini-batches reshuffled every
-    epoch, cross-entropy on logits; weights initialised Glorot-uniform with zero biases in
-    both frameworks, from the same seed for every strategy.
-
-    >>> TrainSettings().describe()
-    'SGD(lr=0.05, momentum=0.9), batch 128, 30 epochs, seed 0'
-    """
-
-    epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    seed: int = 0
-
-    def describe(self) -> str:
-        return (f"SGD(lr={self.learning_rate:g}, momentum={self.momentum:g}), batch "
-                f"{self.batch_size}, {self.epochs} epoch{'' if self.epochs == 1 else 's'}, "
-                f"seed {self.seed}")
-
-
-class FrameworkUnavailable(RegplugError, ImportError):
-    """The framework a comparison asks for is not installed."""
-
-
 class CompareError(RegplugError, ValueError):
     """A strategy could not be trained (the message names the framework and strategy)."""
-
-
-def load_runner(framework: str) -> ModuleType:
-    """The runner module of ``framework``; a one-line error says what to install."""
-    if framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {framework!r}; choose from "
-                         f"{', '.join(FRAMEWORKS)} or both")
-    try:
-        return importlib.import_module(f"regplug.adapters.{framework}_compare")
-    except ImportError as err:
-        missing = getattr(err, "name", None) or str(err)
-        raise FrameworkUnavailable(f"--framework {framework} needs {missing!r}, which is not "
-                                   f"installed: {FRAMEWORKS[framework]}") from None
 
 
 def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], splits: Splits,
@@ -93,7 +41,7 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
     Frameworks are imported, and ``out`` is checked for writing, before any training, so
     a mistake costs no time. Files appear in ``out`` all at once, at the end.
     """
-    runners = {fw: load_runner(fw) for fw in frameworks}
+    runners = {fw: get_runner(fw) for fw in frameworks}
     progress = progress or Progress(enabled=False)
     staged = StagedOutput(out) if out is not None else None
     try:
@@ -127,7 +75,7 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
             staged.discard()
 
 
-def run_settings(runners: Mapping[str, ModuleType], strategies: Sequence[Strategy],
+def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[Strategy],
                  splits: Splits, model: ModelChoice, settings: TrainSettings,
                  command: str) -> dict[str, Any]:
     """What a reader of the results needs to know to reproduce them."""
@@ -146,7 +94,7 @@ def run_settings(runners: Mapping[str, ModuleType], strategies: Sequence[Strateg
 
 
 def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping[str, Any],
-                  runners: Mapping[str, ModuleType], settings: TrainSettings, *,
+                  runners: Mapping[str, FrameworkRunner], settings: TrainSettings, *,
                   command: str) -> None:
     """Figures, CSV, report and (last) results.json into ``folder``."""
     from . import plots

@@ -52,8 +52,6 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-import zlib
-
 import numpy as np
 import torch
 from torch import nn
@@ -65,113 +63,15 @@ from regplug.penalty import Penalty, unique_names
 from regplug.plugin import check_requirements
 from regplug.run import ParamHandle, Run, StopRequest
 
-from .torch_ops import (TorchModelState, TorchOps, _without_grad, discover_dropout,
-                        discover_parameters)
-from .torch_trial import TorchTrial
-from .torch_uncertainty import mc_predict
+from .discovery import discover_dropout, discover_parameters
+from .ops import TorchOps, without_grad
+from .state import TorchModelState, arrays_as
+from .trial import TorchTrial
+from .world import default_world
 
-__all__ = ["attach", "TorchRegularizer", "TorchWorld", "vote_device", "mc_predict"]
+__all__ = ["attach", "TorchRegularizer"]
 
 _ATTACHED = "_regplug_attached"
-
-
-def vote_device(backend: str, model_device: torch.device | None = None) -> torch.device:
-    """Where :class:`TorchWorld` all-reduces a vote, for a process group of ``backend``.
-
-    On the CPU whenever the group can reduce CPU tensors — ``gloo``, ``mpi``, ``ucc``, a
-    ``"cpu:gloo,cuda:nccl"`` pair, or ``init_process_group()`` without a backend (torch then
-    serves the CPU with gloo) — since the vote is a host value. Otherwise (``nccl``, which
-    reduces CUDA tensors only) on the model's device, or the current device of the
-    backend's device type when the model is elsewhere.
-
-    >>> vote_device("gloo", torch.device("cuda", 1)), vote_device("cpu:gloo,cuda:nccl")
-    (device(type='cpu'), device(type='cpu'))
-    >>> vote_device("nccl", torch.device("cuda", 1))
-    device(type='cuda', index=1)
-    """
-    import torch.distributed as dist
-
-    name = str(backend).lower()
-    if name == "undefined":  # init_process_group() without a backend
-        types = ["cpu"]
-    elif ":" in name:
-        types = [pair.split(":", 1)[0].strip() for pair in name.split(",")]
-    else:
-        known = getattr(dist.Backend, "backend_capability", {})
-        types = list(known.get(name, [model_device.type if model_device else "cpu"]))
-    if "cpu" in types:
-        return torch.device("cpu")
-    if model_device is not None and model_device.type in types:
-        return model_device
-    module = getattr(torch, types[0], None)
-    current = getattr(module, "current_device", None)
-    return torch.device(types[0], current()) if current else torch.device(types[0])
-
-
-class TorchWorld:
-    """The processes of a ``torch.distributed`` job, for decisions all of them must share.
-
-    :meth:`any` is a *collective* call: every rank must make it, equally often, or the
-    others wait in it (until the process group's ``timeout``; if a rank's process dies,
-    the others fail at once). The adapter makes it once in every ``reg.epoch_end``, so
-    every rank calls ``reg.epoch_end`` every epoch, each with its own metrics. The vote is
-    one integer all-reduced with ``MAX``, on the device :func:`vote_device` picks.
-
-    :param device: the model's device (where the vote goes if the backend cannot reduce
-        CPU tensors). ``attach`` builds this world by itself when ``torch.distributed`` is
-        initialised.
-
-    >>> import tempfile, torch.distributed as dist
-    >>> folder = tempfile.mkdtemp()
-    >>> dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0,
-    ...                         world_size=1)
-    >>> world = TorchWorld()
-    >>> world.rank, world.size, world.device, world.any(True), world.any(False)
-    (0, 1, device(type='cpu'), True, False)
-    >>> dist.destroy_process_group()
-    """
-
-    def __init__(self, device: torch.device | None = None) -> None:
-        import torch.distributed as dist
-
-        self._dist = dist
-        self.rank = dist.get_rank()
-        self.size = dist.get_world_size()
-        #: Where votes are all-reduced (see :func:`vote_device`).
-        self.device = vote_device(str(dist.get_backend()), device)
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any rank (a collective call)."""
-        vote = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
-        self._dist.all_reduce(vote, op=self._dist.ReduceOp.MAX)
-        return bool(vote.item())
-
-    def mean(self, keys: Sequence[str], values: Sequence[float]) -> list[float]:
-        """The mean over the ranks of each value (a collective call, in float64).
-
-        Refuses, on every rank alike, logs whose keys differ between ranks (their values
-        would be mixed up) with a :class:`~regplug.UsageError` naming the keys of this rank.
-        """
-        digest = zlib.crc32("\0".join(keys).encode())
-        check = torch.tensor([len(keys), -len(keys), digest, -digest], dtype=torch.int64,
-                             device=self.device)
-        self._dist.all_reduce(check, op=self._dist.ReduceOp.MAX)
-        if int(check[0]) != -int(check[1]) or int(check[2]) != -int(check[3]):
-            raise UsageError(
-                f"regplug: reg.epoch_end got different log keys on different ranks (rank "
-                f"{self.rank}: {', '.join(keys)}); pass the same metrics on every rank — they "
-                "are averaged over the ranks so that every rank decides alike")
-        total = torch.tensor(list(values), dtype=torch.float64, device=self.device)
-        self._dist.all_reduce(total, op=self._dist.ReduceOp.SUM)
-        return (total / self.size).tolist()
-
-
-def _default_world(device: torch.device) -> Any:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return TorchWorld(device)
-    return None
 
 
 class TorchRegularizer:
@@ -209,13 +109,13 @@ class TorchRegularizer:
                        state_provider=TorchModelState(model),
                        trial_provider=None if loss_fn is None else TorchTrial(
                            model, optimizer, loss_fn, self._paused))
-        world = world if world is not None else _default_world(device)
+        world = world if world is not None else default_world(device)
         if world is not None:
             self.run.world = world
         self.driver = Driver(self.run, self.manager, fused=fused)
         # What the optimizer hooks run, with autograd off (cheaper than a no_grad() block).
-        self._before_step = _without_grad(self.driver.before_step)
-        self._after_step = _without_grad(self.driver.after_step)
+        self._before_step = without_grad(self.driver.before_step)
+        self._after_step = without_grad(self.driver.after_step)
         self._group_of = {id(p): i for i, g in enumerate(optimizer.param_groups)
                           for p in g["params"]}
         self._lr_group_cache: dict[int, tuple[Sequence[ParamHandle], list[tuple[int, list]]]] = {}
@@ -424,7 +324,7 @@ class TorchRegularizer:
             "step": self.run.step, "epoch": self.run.epoch,
             "history": {k: list(v) for k, v in self.run.history.items()},
             "plugins": [{"name": getattr(p, "name", type(p).__name__),
-                         "state": _arrays_as(p.state_dict() if hasattr(p, "state_dict") else {},
+                         "state": arrays_as(p.state_dict() if hasattr(p, "state_dict") else {},
                                              np.ndarray, torch.from_numpy)}
                         for p in self.manager.plugins],
         }
@@ -437,22 +337,11 @@ class TorchRegularizer:
             raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
         for plugin, entry in zip(self.manager.plugins, state["plugins"]):
             if hasattr(plugin, "load_state_dict"):
-                plugin.load_state_dict(_arrays_as(entry["state"], torch.Tensor,
+                plugin.load_state_dict(arrays_as(entry["state"], torch.Tensor,
                                                   lambda t: t.detach().cpu().numpy()))
         self.run.step, self.run.epoch = int(state["step"]), int(state["epoch"])
         self.run.history = {k: list(v) for k, v in state["history"].items()}
         self.run.update_scalars()
-
-
-def _arrays_as(value: Any, kind: type, convert: Any) -> Any:
-    """``value`` with every ``kind`` inside dicts, lists and tuples passed through ``convert``."""
-    if isinstance(value, kind):
-        return convert(value)
-    if isinstance(value, dict):
-        return {k: _arrays_as(v, kind, convert) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_arrays_as(v, kind, convert) for v in value)
-    return value
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable[object], *,

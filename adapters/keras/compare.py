@@ -23,16 +23,17 @@ import numpy as np  # noqa: E402
 from regplug.compare.datasets import Splits  # noqa: E402
 from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec  # noqa: E402
 from regplug.compare.results import TrainOutcome, WeightArray  # noqa: E402
-from regplug.compare.runner import EpochCallback, TrainSettings  # noqa: E402
+from regplug.compare.frameworks import EpochCallback, TrainSettings  # noqa: E402
 from regplug.compare.strategies import Strategy  # noqa: E402
 from regplug.compare.toy import (TOY_DROPOUT, TOY_EPOCHS, TOY_HIDDEN,  # noqa: E402
                                  TOY_LEARNING_RATE, TOY_SAMPLES, RegressionToy)
 from regplug.uncertainty import MCPrediction  # noqa: E402
 
-from .keras import Regularize, mc_predict  # noqa: E402
-from .keras_ops import DROPOUT_TYPES, all_layers  # noqa: E402
+from .callback import Regularize  # noqa: E402
+from .discovery import SCHEDULABLE_DROPOUT_TYPES, all_layers  # noqa: E402
+from .uncertainty import mc_predict  # noqa: E402
 
-__all__ = ["describe", "build_mlp", "build_model", "compile_model", "train_strategy",
+__all__ = ["KerasRunner", "describe", "build_mlp", "build_model", "compile_model", "train_strategy",
            "mc_dropout"]
 
 _EVAL_ROWS = 8192
@@ -77,7 +78,7 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras
     except Exception as err:  # each backend raises its own error types for a bad input
         raise check.failed_forward(spec, err) from err
     layers = all_layers(model)
-    check.verify(spec, has_dropout=any(isinstance(l, DROPOUT_TYPES) for l in layers),
+    check.verify(spec, has_dropout=any(isinstance(l, SCHEDULABLE_DROPOUT_TYPES) for l in layers),
                  has_batch_norm=any(isinstance(l, keras.layers.BatchNormalization)
                                     for l in layers),
                  output_shape=tuple(out.shape))
@@ -163,3 +164,14 @@ def mc_dropout(toy: RegressionToy, *, seed: int = 0) -> MCPrediction:
     model.fit(np.tile(toy.x_train, (TOY_EPOCHS, 1)), np.tile(toy.y_train, (TOY_EPOCHS, 1)),
               batch_size=len(toy.x_train), epochs=1, shuffle=False, verbose=0)
     return mc_predict(model, toy.x_grid, samples=TOY_SAMPLES, seed=seed)
+
+
+class KerasRunner:
+    """The Keras runner of ``regplug compare``
+    (:class:`regplug.compare.frameworks.FrameworkRunner`), registered as entry point
+    ``keras`` of group ``regplug.frameworks``."""
+
+    name = "keras"
+    describe = staticmethod(describe)
+    train_strategy = staticmethod(train_strategy)
+    mc_dropout = staticmethod(mc_dropout)

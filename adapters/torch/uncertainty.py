@@ -39,7 +39,7 @@ from torch import nn
 from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments, row_batches,
                                  sample_chunks, warn_if_constant)
 
-from .torch_ops import _DROPOUT_TYPES
+from .discovery import DROPOUT_TYPES
 
 __all__ = ["mc_predict", "is_dropout_module"]
 
@@ -57,7 +57,7 @@ def is_dropout_module(module: nn.Module) -> bool:
     >>> is_dropout_module(nn.Dropout(0.1)), is_dropout_module(nn.LSTM(2, 2, dropout=0.0))
     (True, False)
     """
-    if isinstance(module, _DROPOUT_TYPES):
+    if isinstance(module, DROPOUT_TYPES):
         return True
     if isinstance(module, (nn.MultiheadAttention, nn.RNNBase)):
         return float(module.dropout) > 0.0

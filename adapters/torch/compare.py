@@ -21,16 +21,17 @@ from torch import nn
 from regplug.compare.datasets import Splits
 from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec
 from regplug.compare.results import TrainOutcome, WeightArray
-from regplug.compare.runner import EpochCallback, TrainSettings
+from regplug.compare.frameworks import EpochCallback, TrainSettings
 from regplug.compare.strategies import Strategy
 from regplug.compare.toy import (TOY_DROPOUT, TOY_EPOCHS, TOY_HIDDEN, TOY_LEARNING_RATE,
                                  TOY_SAMPLES, RegressionToy)
 from regplug.uncertainty import MCPrediction
 
-from .torch import attach, mc_predict
-from .torch_ops import _DROPOUT_TYPES
+from .discovery import SCHEDULABLE_DROPOUT_TYPES, is_batch_norm
+from .loop import attach
+from .uncertainty import mc_predict
 
-__all__ = ["describe", "build_mlp", "build_model", "make_optimizer", "train_strategy",
+__all__ = ["TorchRunner", "describe", "build_mlp", "build_model", "make_optimizer", "train_strategy",
            "mc_dropout"]
 
 _EVAL_ROWS = 8192
@@ -119,9 +120,8 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Mo
         raise check.failed_forward(spec, err) from err
     model.train()
     modules = list(model.modules())
-    check.verify(spec, has_dropout=any(isinstance(m, _DROPOUT_TYPES) for m in modules),
-                 has_batch_norm=any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                    for m in modules),
+    check.verify(spec, has_dropout=any(isinstance(m, SCHEDULABLE_DROPOUT_TYPES) for m in modules),
+                 has_batch_norm=any(is_batch_norm(m) for m in modules),
                  output_shape=tuple(out.shape) if isinstance(out, torch.Tensor)
                  else type(out).__name__)
     return model
@@ -239,3 +239,14 @@ def mc_dropout(toy: RegressionToy, *, seed: int = 0) -> MCPrediction:
             loss.backward()
             optimizer.step()
         return mc_predict(model, np.asarray(toy.x_grid), samples=TOY_SAMPLES, seed=seed)
+
+
+class TorchRunner:
+    """The PyTorch runner of ``regplug compare``
+    (:class:`regplug.compare.frameworks.FrameworkRunner`), registered as entry point
+    ``torch`` of group ``regplug.frameworks``."""
+
+    name = "torch"
+    describe = staticmethod(describe)
+    train_strategy = staticmethod(train_strategy)
+    mc_dropout = staticmethod(mc_dropout)

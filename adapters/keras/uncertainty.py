@@ -52,14 +52,12 @@ from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments
                                  sample_chunks, warn_if_constant)
 from regplug.validation import check_bool
 
-from .keras_ops import all_layers
+from . import _compat
+from .discovery import DROPOUT_TYPES, all_layers
 
 __all__ = ["mc_predict", "is_dropout_layer"]
 
 _OWNER = "mc_predict"
-
-_DROPOUT_LAYERS = tuple(t for t in (getattr(keras.layers, n, None) for n in (
-    "Dropout", "GaussianDropout", "AlphaDropout")) if isinstance(t, type))
 
 # Compiled forward functions, one per model (the last configuration it was sampled with).
 # The functions hold the model only through a weak reference, so the cache never keeps a
@@ -79,7 +77,7 @@ def is_dropout_layer(layer: Any) -> bool:
     >>> is_dropout_layer(keras.layers.Dropout(0.1)), is_dropout_layer(keras.layers.Dense(2))
     (True, False)
     """
-    if isinstance(layer, _DROPOUT_LAYERS):
+    if isinstance(layer, DROPOUT_TYPES):
         return True
     if isinstance(layer, keras.layers.RNN):
         return (float(getattr(layer, "dropout", 0.0) or 0.0) > 0.0
@@ -252,7 +250,7 @@ def _seeded_state(model: Any, base_seed: int) -> list[Any]:
     """The model's non-trainable values, with every seed-generator state set from
     ``base_seed`` (one independent 31-bit seed per generator)."""
     seed_ids = {id(sg.state) for layer in all_layers(model)
-                for sg in getattr(layer, "_seed_generators", ())}
+                for sg in _compat.layer_seed_generators(layer)}
     variables = model.non_trainable_variables
     positions = [i for i, v in enumerate(variables) if id(v) in seed_ids]
     seeds = np.random.SeedSequence(base_seed).generate_state(max(len(positions), 1))
@@ -272,7 +270,7 @@ def _torch_rng(seed: int | None, backend: str, model: Any) -> Iterator[None]:
         return
     import torch
 
-    from .torch_uncertainty import seeded_torch_rng
+    from ..torch.uncertainty import seeded_torch_rng
 
     values = [v.value for v in model.variables[:1]]
     device = values[0].device if values else torch.device("cpu")

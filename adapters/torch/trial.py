@@ -17,7 +17,8 @@ from torch import nn
 
 from regplug.run import TrialReport
 
-from .torch_ops import _DROPOUT_TYPES, TorchModelState, unwrap
+from .discovery import DROPOUT_TYPES, unwrap
+from .state import TorchModelState
 
 
 class TorchTrial:
@@ -80,7 +81,7 @@ def _to_device(value: Any, device: torch.device) -> Any:
 def _dropout_off(model: nn.Module) -> None:
     model.train()
     for module in model.modules():
-        if isinstance(module, _DROPOUT_TYPES):
+        if isinstance(module, DROPOUT_TYPES):
             module.eval()
 
 

@@ -17,7 +17,7 @@ from keras import ops
 
 from regplug.run import TrialReport
 
-from .keras_ops import DROPOUT_TYPES, all_layers
+from .discovery import DROPOUT_TYPES, all_layers
 
 
 class KerasTrial:

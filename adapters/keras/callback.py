@@ -1,0 +1,252 @@
+"""Wire regplug plugins into Keras 3 ``model.fit`` with one callback.
+
+The whole change to a Keras training script::
+
+    from regplug.adapters.keras import Regularize
+    from regplug.plugins import L2, MaxNorm
+
+    model.fit(x, y, epochs=10, callbacks=[Regularize([L2(1e-4), MaxNorm(3.0)])])
+
+The same plugin objects work in a PyTorch loop (:mod:`regplug.adapters.torch`). The
+callback's Python-side methods drive the run's epoch clock; penalties and updates are traced
+into the compiled train step by the attachment (:mod:`.patches`). How that works inside
+``fit`` on each backend, and why this way: ``docs/keras-internals.md``.
+
+If ``fit`` is interrupted by an exception, Keras does not call ``on_train_end``: the next
+``fit`` with a :class:`Regularize` callback cleans up the leftovers itself, and
+:func:`detach` does it by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+
+from regplug.driver import Driver
+from regplug.errors import UnsupportedPluginError, UsageError
+from regplug.manager import PluginManager, plugin_label
+from regplug.plugin import check_requirements
+from regplug.run import Run, StopRequest
+
+from .patches import ATTACHED, STEP_HOOKS, Attachment, step_is_eager
+
+__all__ = ["Regularize", "detach", "SUPPORTED_BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_BACKENDS: tuple[str, ...] = ("tensorflow", "torch", "jax")
+"""Keras backends the adapter serves (the test matrix runs each one that is installed)."""
+
+
+class Regularize(keras.callbacks.Callback):
+    """A Keras callback that applies regplug plugins during ``model.fit``.
+
+    :param plugins: plugin objects, e.g. ``[L2(1e-4), MaxNorm(3.0)]`` or
+        ``regplug.build_plugins(config)``: the same objects a PyTorch loop takes.
+    :param log_penalties: log each penalty under its own name (``l2_penalty``, and
+        ``val_l2_penalty`` in validation) — in the progress bar and ``History``.
+
+    One callback may serve several ``fit`` calls and several models one after the other:
+    each ``fit`` gets a fresh :class:`regplug.Run` (its ``step`` continues from the
+    optimizer's ``iterations``, like Keras' learning-rate schedules; ``epoch`` is Keras'
+    epoch index), and the model is left clean at the end of each ``fit``.
+
+    Backends: TensorFlow, torch and JAX. On JAX the strengths and dropout rates join the
+    model's non-trainable state during ``fit`` (the jitted step sees nothing else), the way
+    Keras carries seed-generator state: in ``model.variables``, not in ``model.weights``.
+
+    >>> import keras, numpy as np
+    >>> from regplug.plugins import L2
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> history = model.fit(np.ones((8, 3)), np.ones((8, 1)), epochs=2, verbose=0,
+    ...                     callbacks=[Regularize([L2(1e-3)])])
+    >>> sorted(history.history)
+    ['l2_penalty', 'loss']
+    """
+
+    def __init__(self, plugins: Iterable[object], *, log_penalties: bool = True) -> None:
+        super().__init__()
+        if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
+            raise TypeError("Regularize: 'plugins' must be a list of plugin objects, e.g. "
+                            f"Regularize([L2(1e-4)]); got {type(plugins).__name__}")
+        self.manager = PluginManager(plugins)
+        self.log_penalties = bool(log_penalties)
+        self.run: Run | None = None
+        self._driver: Driver | None = None
+        self._att: Attachment | None = None
+        self._epoch_start_step = 0
+        self._checked_traced = False
+
+    @property
+    def plugins(self) -> list[object]:
+        """The plugins, in registration order."""
+        return self.manager.plugins
+
+    # -- fit start ---------------------------------------------------------------------
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        model = self.model
+        backend = keras.backend.backend()
+        if backend not in SUPPORTED_BACKENDS:
+            raise UnsupportedPluginError(
+                f"Regularize: the Keras backend {backend!r} is not supported; regplug serves "
+                f"{', '.join(SUPPORTED_BACKENDS)}")
+        self._clear_leftovers(model)
+        self._check_capabilities(model)
+        att = Attachment(self, model)
+        self._check_optimizer(att)
+        run = att.build_run()
+        driver = Driver(run, self.manager, fused=False)
+        setattr(model, ATTACHED, att)
+        att.active = True
+        self._att, self.run, self._driver = att, run, driver
+        self._checked_traced = False
+        try:
+            driver.train_begin()
+            att.attach()
+        except BaseException:
+            driver.active = False
+            att.detach()
+            self._att = None
+            raise
+        log.debug("regplug: %d plugin(s) on %d parameters of %s (%s backend)",
+                  len(self.plugins), len(run.params), model.name, backend)
+
+    def _clear_leftovers(self, model: Any) -> None:
+        previous = getattr(model, ATTACHED, None)
+        if previous is None:
+            return
+        if previous.active and previous.fit_token is self.params:
+            raise UsageError(
+                "Regularize: this fit has two Regularize callbacks on the same model; pass "
+                "all plugins to one: Regularize([plugin_a, plugin_b, ...]) (two would "
+                "apply the penalties twice)")
+        log.warning("regplug: model %r still carries regplug patches from a fit that did not "
+                    "finish (an exception skips on_train_end); removing them", model.name)
+        previous.detach()
+
+    def _check_capabilities(self, model: Any) -> None:
+        compiled = None if step_is_eager(model) else (
+            f"model.fit runs a compiled train step on the {keras.backend.backend()} backend, "
+            f"where {', '.join(STEP_HOOKS)} run once, while the step is traced. Compile with "
+            "model.compile(..., run_eagerly=True) to use this plugin with Keras.")
+        check_requirements(self.plugins, {"eager_step": compiled, "dropout_layers": None,
+                                          "model_state": None, "batch_training": None},
+                           adapter="the Keras adapter")
+
+    def _check_optimizer(self, att: Attachment) -> None:
+        if not getattr(att.optimizer, "gradient_accumulation_steps", None):
+            return
+        step_plugins = [plugin_label(p) for p in self.plugins
+                        if any(callable(getattr(p, h, None))
+                               for h in ("on_before_step", "on_step"))]
+        if step_plugins:
+            raise UnsupportedPluginError(
+                f"{', '.join(step_plugins)}: act at every optimizer update, but this optimizer "
+                f"has gradient_accumulation_steps={att.optimizer.gradient_accumulation_steps} "
+                "and Keras calls its apply() for every micro-batch, updating only every n-th "
+                "time. Remove gradient_accumulation_steps or use a larger batch.")
+
+    # -- per epoch and per batch ----------------------------------------------------------
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        run, driver = self._live()
+        run.epoch = epoch
+        self._epoch_start_step = run.step
+        driver.epoch_begin()  # fires on_epoch_begin, brings the schedules to the clock
+        if self._att is not None and self._att.dirty:
+            self._att.retrace()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        # Only the *begin* hook: implementing on_train_batch_end would make Keras turn the
+        # logs into Python floats (a device sync) after every batch.
+        run, driver = self._live()
+        run.step = self._epoch_start_step + batch
+        driver.batch_begin()
+        att = self._att
+        if att is not None:
+            if att.dirty:
+                att.retrace()
+            if batch > 0 and not self._checked_traced:
+                self._check_traced(att)
+
+    def _check_traced(self, att: Attachment) -> None:
+        self._checked_traced = True
+        missing = []
+        if att.patched_loss and att.wants["on_loss"] and not att.loss_seen:
+            missing.append("compute_loss (so the penalties are not in the loss)")
+        if att.patched_apply and not att.apply_seen:
+            missing.append("optimizer.apply / apply_gradients (so on_before_step and on_step "
+                           "never ran)")
+        if missing:
+            raise UsageError(
+                f"Regularize: the model's train_step did not call {' nor '.join(missing)}. "
+                "A custom train_step must compute its loss with self.compute_loss(...) and "
+                "update with self.optimizer.apply(...) or apply_gradients(...) for regplug "
+                "to act inside it.")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        run, driver = self._live()
+        att = self._att
+        if att is not None and not self._checked_traced:
+            self._check_traced(att)
+        run.step = att.read_iterations() if att is not None else run.step
+        logs = logs if logs is not None else {}
+        clean: dict[str, float] = {}
+        for key, value in logs.items():
+            try:
+                clean[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        before = set(clean)
+        stop = driver.epoch_end(clean)
+        for key in clean.keys() - before:
+            logs[key] = clean[key]
+        if stop:
+            self.model.stop_training = True
+            log.info("regplug: stopping at epoch %d: %s", epoch,
+                     "; ".join(str(r) for r in run.stop_requests))
+
+    # -- fit end -------------------------------------------------------------------------
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        driver, att = self._driver, self._att
+        self._att = None
+        try:
+            if driver is not None:
+                driver.train_end()
+        finally:
+            if att is not None:
+                att.detach()
+
+    def _live(self) -> tuple[Run, Driver]:
+        if self.run is None or self._driver is None or not self._driver.active:
+            raise UsageError("Regularize: this callback is used outside model.fit (its "
+                             "on_train_begin has not run)")
+        return self.run, self._driver
+
+    # -- results ---------------------------------------------------------------------------
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """The epochs' logs of the last (or current) fit, as regplug recorded them."""
+        return self.run.history if self.run is not None else {}
+
+    @property
+    def stop_requests(self) -> list[StopRequest]:
+        """Why the last fit was asked to stop, with plugin, epoch and step of each vote."""
+        return list(self.run.stop_requests) if self.run is not None else []
+
+
+def detach(model: Any) -> bool:
+    """Remove regplug's patches from ``model`` after a ``fit`` that ended in an exception.
+
+    Keras skips ``on_train_end`` when ``fit`` raises, so the model may still carry the
+    wrapped ``compute_loss``/``optimizer.apply`` (the next ``fit`` with a
+    :class:`Regularize` callback removes them itself). Returns whether there was anything.
+    """
+    att = getattr(model, ATTACHED, None)
+    if att is None:
+        return False
+    att.detach()
+    return True

@@ -1,0 +1,167 @@
+"""Keras 3 side of the ops protocol: operations on ``keras.Variable``.
+
+Everything here is written with ``keras.ops`` so that it runs unchanged on every Keras
+backend and, above all, *inside* the train step Keras traces (``tf.function``, ``jax.jit``,
+``torch.compile``): values are read with ``variable.value`` (which, inside Keras' stateless
+scopes, is the traced current value) and written with ``variable.assign``. Nothing on the
+per-step path reads a value back to the host or branches in Python on a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from regplug.errors import UsageError
+from regplug.conventions import MAX_NORM_EPS
+from regplug.run import ParamHandle
+
+__all__ = ["KerasOps", "scale_for_replicas"]
+
+def scale_for_replicas(value: Any) -> Any:
+    """``value / replicas`` inside a ``tf.distribute`` strategy's replica context, else ``value``.
+
+    Under a strategy Keras divides each replica's loss by the number of replicas, because the
+    replicas' gradients are summed, and divides its own regularizers' terms the same way
+    (``TensorFlowTrainer`` does it for ``model.losses``); regplug's terms follow the same rule,
+    so each counts once. A no-op on one device and on the other backends.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return value
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        value = ops.multiply(value, ops.cast(1.0 / replicas, value.dtype))
+    return value
+
+
+def _value(p: ParamHandle) -> Any:
+    return p.tensor.value
+
+
+def _as(value: Any, dtype: Any) -> Any:
+    return ops.cast(value, dtype)
+
+
+class KerasOps:
+    """:class:`regplug.Ops` over ``keras.Variable`` with ``keras.ops``.
+
+    Gradients are reachable only while the adapter runs ``on_before_step`` inside the train
+    step (between the backward pass and the optimizer update): the adapter opens that
+    window with :meth:`gradient_window` and hands the possibly changed gradients on to the
+    optimizer.
+    """
+
+    framework = "keras"
+
+    def __init__(self) -> None:
+        self._grads: list[Any] | None = None
+        self._index: dict[int, int] = {}
+
+    # -- the gradient window (used by the adapter) --------------------------------------
+    def open_gradients(self, grads: Sequence[Any], variables: Sequence[Any]) -> None:
+        self._grads = list(grads)
+        self._index = {id(v): i for i, v in enumerate(variables)}
+
+    def close_gradients(self) -> list[Any]:
+        grads, self._grads, self._index = self._grads or [], None, {}
+        return grads
+
+    # -- values ----------------------------------------------------------------------------
+    # Each term is ``sum(square(x))`` of one variable, exactly as keras.regularizers.L2
+    # computes it, so gradients match Keras' own regularizers bit for bit.
+    def sum_squares(self, params: Sequence[ParamHandle]) -> Any:
+        return self._sum([ops.sum(ops.square(self._f32(p))) for p in params])
+
+    def sum_abs(self, params: Sequence[ParamHandle]) -> Any:
+        return self._sum([ops.sum(ops.absolute(self._f32(p))) for p in params])
+
+    @staticmethod
+    def _f32(p: ParamHandle) -> Any:
+        x = _value(p)
+        return x if keras.backend.standardize_dtype(x.dtype) == "float32" else _as(x, "float32")
+
+    @staticmethod
+    def _sum(terms: list[Any]) -> Any:
+        if not terms:
+            return ops.zeros((), dtype="float32")
+        if len(terms) == 1:
+            return terms[0]
+        return ops.sum(ops.stack(terms))
+
+    # -- gradients ---------------------------------------------------------------------
+    def _grad_slots(self, params: Sequence[ParamHandle]) -> list[tuple[int, ParamHandle]]:
+        if self._grads is None:
+            raise UsageError(
+                "regplug: gradients are only reachable from on_before_step (inside Keras' "
+                "train step, between the backward pass and the optimizer update)")
+        out = []
+        for p in params:
+            i = self._index.get(id(p.tensor))
+            if i is not None and self._grads[i] is not None:
+                out.append((i, p))
+        return out
+
+    def add_to_grad_(self, params: Sequence[ParamHandle], alpha: Any) -> None:
+        for i, p in self._grad_slots(params):
+            self._add_to_grad(i, alpha, lambda dtype: _as(_value(p), dtype))
+
+    def add_sign_to_grad_(self, params: Sequence[ParamHandle], alpha: Any) -> None:
+        for i, p in self._grad_slots(params):
+            self._add_to_grad(i, alpha, lambda dtype: ops.sign(_as(_value(p), dtype)))
+
+    def _add_to_grad(self, i: int, alpha: Any, term: Any) -> None:
+        grads: list[Any] = self._grads  # type: ignore[assignment]
+        g = ops.convert_to_tensor(grads[i])  # dense (TensorFlow may hand IndexedSlices)
+        # Under a tf.distribute strategy this is one replica's share of the gradient, and
+        # the optimizer sums the shares: the term is divided by the number of replicas so
+        # that it counts once (a no-op on one device and on the other backends).
+        grads[i] = g + scale_for_replicas(_as(alpha, g.dtype) * term(g.dtype))
+
+    # -- parameters ----------------------------------------------------------------------
+    def scale_(self, params: Sequence[ParamHandle], factor: Any) -> None:
+        for p in params:
+            x = _value(p)
+            p.tensor.assign(x * _as(factor, x.dtype))
+
+    def soft_threshold_(self, params: Sequence[ParamHandle], threshold: Any) -> None:
+        # x − clip(x, −t, t) is sign(x)·max(|x|−t, 0), and exactly 0 wherever |x| <= t.
+        for p in params:
+            x = _value(p)
+            t = _as(threshold, x.dtype)
+            p.tensor.assign(x - ops.minimum(ops.maximum(x, -t), t))
+
+    def clip_unit_norms_(self, params: Sequence[ParamHandle], max_norm: Any) -> None:
+        for p in params:
+            x = _value(p)
+            xf = _as(x, "float32")
+            if p.unit_axis is None:
+                norms = ops.sqrt(ops.sum(ops.square(xf)))
+            else:
+                axes = tuple(a for a in range(len(p.shape)) if a != p.unit_axis)
+                norms = ops.sqrt(ops.sum(ops.square(xf), axis=axes, keepdims=True))
+            m = _as(max_norm, "float32")
+            scale = ops.where(norms > m, m / (norms + MAX_NORM_EPS), ops.ones_like(norms))
+            p.tensor.assign(x * _as(scale, x.dtype))
+
+    # -- reporting (host reads: never on the per-step path) --------------------------------
+    def to_float(self, value: Any) -> float:
+        try:
+            return float(ops.convert_to_numpy(value))
+        except Exception as err:  # a symbolic tensor inside the traced step
+            raise UsageError(
+                "regplug: to_float() reads a value on the host; inside Keras' compiled train "
+                "step (on_loss, on_before_step, on_step) there is no value to read. Call it "
+                "from on_epoch_end or on_train_end, or train with run_eagerly=True") from err
+
+    def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
+        zeros = total = 0
+        for p in params:
+            array = ops.convert_to_numpy(p.tensor)
+            zeros += int((array == 0).sum())
+            total += int(array.size)
+        return zeros, total

@@ -1,0 +1,132 @@
+"""What a PyTorch model holds, as plugins see it: parameter handles with their kinds, and the
+dropout modules whose rate plugins may change.
+
+The rules (which names are biases, which dropout layers may be rescheduled, the kind of a tied
+parameter) are the core's (:mod:`regplug.conventions`); this module maps them onto torch's
+module types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from regplug.conventions import (DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name,
+                                 shared_kind)
+from regplug.run import DropoutHandle, ParamHandle
+
+from ._compat import compiled_original
+
+__all__ = ["unwrap", "param_kind", "unit_axis", "discover_parameters", "discover_dropout",
+           "BATCH_NORM_TYPES", "NORM_TYPES", "EMBEDDING_TYPES", "SCHEDULABLE_DROPOUT_TYPES",
+           "DROPOUT_TYPES", "is_batch_norm"]
+
+
+def _public(names: Iterable[str]) -> tuple[type[nn.Module], ...]:
+    # Some classes are recent (nn.RMSNorm): take those this torch has.
+    return tuple(t for t in (getattr(nn, n, None) for n in sorted(names))
+                 if isinstance(t, type) and issubclass(t, nn.Module))
+
+
+#: Batch normalization (also synchronised and lazy): its buffers are the running statistics.
+BATCH_NORM_TYPES = _public({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
+                            "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d"})
+#: Every normalization layer: all their parameters are of kind ``normalization``.
+NORM_TYPES = BATCH_NORM_TYPES + _public({
+    "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d", "LazyInstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm",
+    "LocalResponseNorm", "CrossMapLRN2d"})
+EMBEDDING_TYPES = _public({"Embedding", "EmbeddingBag"})
+_TRANSPOSED_CONV = _public({"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})
+#: Dropout modules handed to plugins (:data:`regplug.conventions.SCHEDULABLE_DROPOUT`).
+SCHEDULABLE_DROPOUT_TYPES = _public(SCHEDULABLE_DROPOUT)
+#: Every dropout module, alpha dropout included (:data:`regplug.conventions.DROPOUT_LAYERS`).
+DROPOUT_TYPES = _public(DROPOUT_LAYERS)
+
+
+def is_batch_norm(module: nn.Module) -> bool:
+    return isinstance(module, BATCH_NORM_TYPES)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP/DataParallel/``torch.compile`` wrappers (for naming)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+            continue
+        original = compiled_original(model)
+        if original is None:
+            return model
+        model = original
+
+
+def param_kind(module: nn.Module, attr: str) -> str:
+    """Kind of parameter ``attr`` of ``module``, from the module's type first."""
+    if isinstance(module, NORM_TYPES):
+        return "normalization"
+    if isinstance(module, EMBEDDING_TYPES):
+        return "embedding"
+    if is_bias_name(attr):
+        return "bias"  # also nn.MultiheadAttention's in_proj_bias, RNNs' bias_ih_l0
+    return "weight"
+
+
+def unit_axis(module: nn.Module, param: torch.Tensor) -> int | None:
+    """The axis indexing output units: 0 (torch's ``(out, in, …)`` layout, one row per token
+    for embeddings), 1 for transposed convolutions (``(in, out, …)``); ``None`` for vectors."""
+    if param.dim() <= 1:
+        return None
+    return 1 if isinstance(module, _TRANSPOSED_CONV) else 0
+
+
+def discover_parameters(model: nn.Module,
+                        parameters: torch.optim.Optimizer | Iterable[torch.Tensor]
+                        ) -> list[ParamHandle]:
+    """Handles for the parameters an optimizer updates, named and typed from the model.
+
+    :param parameters: the optimizer (its parameter groups), or the parameters themselves
+        (the union of several optimizers').
+
+    A tied (shared) parameter appears once, under its first name; its kind follows
+    :func:`regplug.conventions.shared_kind` over every module holding it, so it does not
+    depend on the order the modules were registered in. Parameters not in ``parameters``
+    (frozen out of the optimizer, or in another optimizer) are not handed to plugins.
+    """
+    if isinstance(parameters, torch.optim.Optimizer):
+        parameters = [p for group in parameters.param_groups for p in group["params"]]
+    wanted = {id(p) for p in parameters}
+    found: dict[int, tuple[str, torch.Tensor, list[tuple[nn.Module, str]]]] = {}
+    for module_name, module in unwrap(model).named_modules(remove_duplicate=False):
+        for attr, param in module.named_parameters(recurse=False):
+            if id(param) not in wanted:
+                continue
+            entry = found.get(id(param))
+            if entry is None:
+                name = f"{module_name}.{attr}" if module_name else attr
+                found[id(param)] = (name, param, [(module, attr)])
+            else:
+                entry[2].append((module, attr))
+    handles = []
+    for name, param, owners in found.values():
+        kinds = [param_kind(m, a) for m, a in owners]
+        kind = shared_kind(kinds)
+        module = owners[kinds.index(kind)][0]
+        handles.append(ParamHandle(name, kind, param, type(module).__name__,
+                                   unit_axis(module, param), tuple(param.shape)))
+    return handles
+
+
+def discover_dropout(model: nn.Module) -> list[DropoutHandle]:
+    """Handles of the dropout modules a plugin may reschedule. Their ``p`` is read at every
+    forward pass, so a new rate applies from the next batch (with ``torch.compile``, a change
+    triggers a recompile)."""
+    handles = []
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, SCHEDULABLE_DROPOUT_TYPES):
+            def apply(rate: float, module: nn.Module = module) -> None:
+                module.p = rate
+
+            handles.append(DropoutHandle(name, type(module).__name__, module.p, apply))
+    return handles

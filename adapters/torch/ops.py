@@ -1,0 +1,156 @@
+"""PyTorch side of the ops protocol: fused in-place operations on parameters and gradients.
+
+Everything here stays on the parameters' device and never reads a value back to the host
+on the per-step path (no ``.item()``, no Python branching on tensor values).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from regplug.conventions import MAX_NORM_EPS
+from regplug.run import ParamHandle
+
+from . import _compat
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def without_grad(method: _F) -> _F:
+    """Run ``method`` with autograd off, as ``@torch.no_grad()`` does, for less per call.
+
+    The decorator form of ``torch.no_grad()`` builds two context-manager objects at every
+    call, a noticeable share of a small model's step when several plugins act. This flips
+    the same thread-local switch directly, and leaves it alone when autograd is already off.
+    """
+    @functools.wraps(method)
+    def without_grad(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return method(*args, **kwargs)
+        _compat.set_grad_enabled(False)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _compat.set_grad_enabled(True)
+
+    return without_grad  # type: ignore[return-value]
+
+
+# The in-place ops below run with autograd off, so they change the parameters themselves,
+# as torch.optim does, rather than detached aliases: the same storage and version counter,
+# without one extra tensor object per parameter and step.
+def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    thetas, grads = [], []
+    for p in params:
+        grad = p.tensor.grad
+        if grad is None:
+            continue  # like torch's own weight_decay: no gradient this step, no update
+        if grad.is_sparse:
+            raise TypeError(f"regplug: parameter {p.name!r} has a sparse gradient; closed-form "
+                            "penalties need dense gradients (exclude it from the selection, "
+                            "or use fused=False)")
+        thetas.append(p.tensor)
+        grads.append(grad)
+    return thetas, grads
+
+
+def _foreach_add_scaled_(targets: list[torch.Tensor], terms: list[torch.Tensor],
+                         alpha: float | torch.Tensor) -> None:
+    """``targets += alpha · terms``. A tensor ``alpha`` (a strength a plugin computed on the
+    device) stays on the device: ``_foreach_add_``'s ``alpha=`` would read it to the host."""
+    if isinstance(alpha, torch.Tensor):
+        _compat.foreach_add_(targets, _compat.foreach_mul(terms, alpha))
+    else:
+        _compat.foreach_add_(targets, terms, alpha=alpha)
+
+
+def _tensors(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+    return [p.tensor for p in params]
+
+
+class TorchOps:
+    """:class:`regplug.Ops` with ``torch._foreach_*`` kernels."""
+
+    framework = "torch"
+
+    # Values are differentiable (used when a penalty goes through autograd) and computed in
+    # float32 with autocast off, whatever precision the forward pass runs in.
+    def sum_squares(self, params: Sequence[ParamHandle]) -> torch.Tensor:
+        return self._sum(params, lambda t: t.float().square().sum())
+
+    def sum_abs(self, params: Sequence[ParamHandle]) -> torch.Tensor:
+        return self._sum(params, lambda t: t.float().abs().sum())
+
+    @staticmethod
+    def _sum(params: Sequence[ParamHandle], term) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        if not params:
+            return torch.zeros((), dtype=torch.float32)
+        device = params[0].tensor.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return torch.stack([term(p.tensor).to(device) for p in params]).sum()
+
+    @without_grad
+    def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float | torch.Tensor) -> None:
+        thetas, grads = _grad_pairs(params)
+        if grads:
+            _foreach_add_scaled_(grads, thetas, alpha)
+
+    @without_grad
+    def add_sign_to_grad_(self, params: Sequence[ParamHandle],
+                          alpha: float | torch.Tensor) -> None:
+        thetas, grads = _grad_pairs(params)
+        if grads:
+            _foreach_add_scaled_(grads, _compat.foreach_sign(thetas), alpha)
+
+    @without_grad
+    def scale_(self, params: Sequence[ParamHandle], factor: float) -> None:
+        if params:
+            _compat.foreach_mul_(_tensors(params), factor)
+
+    @without_grad
+    def soft_threshold_(self, params: Sequence[ParamHandle], threshold: float) -> None:
+        # θ − clamp(θ, −t, t) is exactly sign(θ)·max(|θ|−t, 0), and exactly 0 (not a tiny
+        # residue) wherever |θ| <= t, because x − x == 0 in floating point.
+        if not params:
+            return
+        thetas = _tensors(params)
+        inside = _compat.foreach_clamp_max(thetas, threshold)
+        _compat.foreach_clamp_min_(inside, -threshold)
+        _compat.foreach_sub_(thetas, inside)
+
+    @without_grad
+    def clip_unit_norms_(self, params: Sequence[ParamHandle], max_norm: float) -> None:
+        fused = not isinstance(max_norm, torch.Tensor)
+        for p in params:
+            t = p.tensor
+            is_float32 = t.dtype == torch.float32
+            if fused and is_float32 and p.unit_axis is not None:
+                # One kernel for norm, factor and product: renorm_ scales each unit whose
+                # norm exceeds max_norm by max_norm / (norm + 1e-7), as the general path
+                # below does, with the same result bit for bit (tests compare the two).
+                t.renorm_(2, p.unit_axis, max_norm)
+                continue
+            # Norms in float32 whatever the parameter's precision; for a float32 parameter
+            # both conversions would return their input, so their dispatch is skipped.
+            t32 = t if is_float32 else t.float()
+            if p.unit_axis is None:
+                norms = torch.linalg.vector_norm(t32)
+            else:
+                dims = [d for d in range(t.dim()) if d != p.unit_axis]
+                norms = torch.linalg.vector_norm(t32, dim=dims, keepdim=True)
+            scale = torch.where(norms > max_norm, torch.div(max_norm, norms + MAX_NORM_EPS), 1.0)
+            t.mul_(scale if is_float32 else scale.to(t.dtype))
+
+    def to_float(self, value: object) -> float:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        return float(value)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
+        zeros = sum(int((p.tensor == 0).sum()) for p in params)
+        return zeros, sum(p.tensor.numel() for p in params)

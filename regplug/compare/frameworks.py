@@ -1,0 +1,152 @@
+"""The frameworks an application can train with: one protocol, one registry.
+
+``regplug compare`` (and any other application built on the same runners) never imports an
+adapter by name. A framework's runner implements :class:`FrameworkRunner` and is found by
+name in the registry: registered in code with :func:`register_runner`, or declared as an
+entry point of group ``regplug.frameworks`` — regplug declares its own two that way::
+
+    [project.entry-points."regplug.frameworks"]
+    torch = "regplug.adapters.torch.compare:TorchRunner"
+    keras = "regplug.adapters.keras.compare:KerasRunner"
+
+So the dependency points one way: the adapters' runners import this package (for the
+settings, strategies and result types), and this package loads them only through the
+registry, when their framework is asked for.
+
+>>> sorted(framework_names())
+['keras', 'torch']
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ..errors import RegplugError
+
+if TYPE_CHECKING:
+    from ..uncertainty import MCPrediction
+    from .datasets import Splits
+    from .models import ModelChoice
+    from .results import TrainOutcome
+    from .strategies import Strategy
+    from .toy import RegressionToy
+
+__all__ = ["TrainSettings", "EpochCallback", "FrameworkRunner", "FrameworkUnavailable",
+           "ENTRY_POINT_GROUP", "register_runner", "get_runner", "framework_names"]
+
+#: The entry-point group of framework runners.
+ENTRY_POINT_GROUP = "regplug.frameworks"
+
+#: What to install for a framework whose runner cannot be imported.
+INSTALL_HINTS: dict[str, str] = {"torch": "pip install 'regplug[torch]'",
+                                 "keras": "pip install 'regplug[keras]'"}
+
+#: Called by a runner after every epoch with the epoch index (from 0) and its logs.
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The hyper-parameters every strategy trains with, in every framework.
+
+    SGD with momentum (the same update in torch and Keras), mini-batches reshuffled every
+    epoch, cross-entropy on logits; weights initialised Glorot-uniform with zero biases in
+    both frameworks, from the same seed for every strategy.
+
+    >>> TrainSettings().describe()
+    'SGD(lr=0.05, momentum=0.9), batch 128, 30 epochs, seed 0'
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+
+    def describe(self) -> str:
+        return (f"SGD(lr={self.learning_rate:g}, momentum={self.momentum:g}), batch "
+                f"{self.batch_size}, {self.epochs} epoch{'' if self.epochs == 1 else 's'}, "
+                f"seed {self.seed}")
+
+
+@runtime_checkable
+class FrameworkRunner(Protocol):
+    """Trains the comparison's models in one framework."""
+
+    #: The name ``--framework`` uses (``"torch"``, ``"keras"``).
+    name: str
+
+    def describe(self) -> str:
+        """The framework and its version, for the results' settings (``"torch 2.13.0"``)."""
+
+    def train_strategy(self, splits: Splits, strategy: Strategy, plugins: list[object],
+                       model_choice: ModelChoice, settings: TrainSettings,
+                       on_epoch: EpochCallback | None = None) -> TrainOutcome:
+        """Train a fresh model under ``strategy`` (its model options and ``plugins``) on
+        ``splits`` with ``settings``; call ``on_epoch`` after every epoch."""
+
+    def mc_dropout(self, toy: RegressionToy, *, seed: int = 0) -> MCPrediction:
+        """Train the toy regression network with dropout; predict its grid with dropout on."""
+
+
+class FrameworkUnavailable(RegplugError, ImportError):
+    """The framework an application asks for is not installed (or not known)."""
+
+
+_registered: dict[str, Callable[[], FrameworkRunner]] = {}
+_loaded: dict[str, FrameworkRunner] = {}
+
+
+def register_runner(name: str, factory: Callable[[], FrameworkRunner]) -> None:
+    """Make ``factory()`` the runner of framework ``name`` (replacing an entry point's)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"register_runner: 'name' must be an identifier, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"register_runner: 'factory' must be callable, got "
+                        f"{type(factory).__name__}")
+    _registered[name] = factory
+    _loaded.pop(name, None)
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def framework_names() -> list[str]:
+    """Every framework with a runner, registered or declared (installed or not)."""
+    return list(dict.fromkeys([*_entry_points(), *_registered]))
+
+
+def get_runner(name: str) -> FrameworkRunner:
+    """The runner of framework ``name``; a one-line error says what to install."""
+    runner = _loaded.get(name)
+    if runner is not None:
+        return runner
+    factory = _registered.get(name)
+    if factory is None:
+        ep = _entry_points().get(name)
+        if ep is None:
+            known = framework_names()
+            close = difflib.get_close_matches(str(name), known, n=1)
+            raise FrameworkUnavailable(
+                f"unknown framework {name!r}; "
+                + (f"did you mean {close[0]!r}? " if close else "")
+                + f"choose from {', '.join(known) or '(none installed)'}")
+        try:
+            factory = ep.load()
+        except ImportError as err:
+            missing = getattr(err, "name", None) or str(err)
+            hint = INSTALL_HINTS.get(name, f"install the framework of entry point {ep.value}")
+            raise FrameworkUnavailable(f"--framework {name} needs {missing!r}, which is not "
+                                       f"installed: {hint}") from None
+    runner = factory()
+    if not isinstance(runner, FrameworkRunner):
+        raise TypeError(f"the runner of framework {name!r} ({type(runner).__name__}) does not "
+                        "implement regplug.compare.FrameworkRunner (name, describe, "
+                        "train_strategy, mc_dropout)")
+    _loaded[name] = runner
+    return runner
