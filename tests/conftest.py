@@ -1,10 +1,87 @@
-"""Shared fixtures. The tests import the *installed* regplug (pytest runs in importlib mode)."""
+"""Shared fixtures and the Keras backend of the session.
+
+The tests import the *installed* regplug (pytest runs in importlib mode). Each folder's own
+conftest.py holds what only that folder needs; the helper modules the tests import by plain
+name (``_torch_models``, ``_keras_models``, ...) are in tests/helpers/, on the pythonpath.
+
+Keras fixes its backend when it is first imported, so one pytest session runs one backend:
+``--keras-backend NAME``, else ``$KERAS_BACKEND``, else TensorFlow. ``pytest_configure`` below
+sets ``KERAS_BACKEND`` before any test module (or anything this file imports) imports Keras.
+The tests that must pass on every backend carry the ``keras_backends`` marker
+(tests/keras/conftest.py applies it); tox reruns them with
+``pytest -m keras_backends --keras-backend torch`` and ``... jax``. A backend that is not
+installed skips them (reported as skipped, not deselected).
+"""
 
 from __future__ import annotations
+
+import importlib.util
+import os
+import sys
 
 import pytest
 
 import regplug
+
+DEFAULT_KERAS_BACKEND = "tensorflow"
+_BACKEND = pytest.StashKey[tuple[str, bool]]()  # (requested backend, installed?)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--keras-backend", metavar="NAME", default=None,
+        help="Keras backend of this session: tensorflow, torch or jax (default: "
+             "$KERAS_BACKEND, else tensorflow). Tests marked keras_backends are skipped "
+             "when that backend is not installed.")
+
+
+def pytest_configure(config):
+    requested = (config.getoption("keras_backend") or os.environ.get("KERAS_BACKEND")
+                 or DEFAULT_KERAS_BACKEND)
+    installed = importlib.util.find_spec(requested) is not None
+    if "keras" in sys.modules:  # too late to choose: Keras has fixed its backend
+        current = sys.modules["keras"].backend.backend()
+        if current != requested:
+            raise pytest.UsageError(f"Keras was imported with backend {current!r} before "
+                                    f"tests/conftest.py could select {requested!r}")
+    if installed:
+        os.environ["KERAS_BACKEND"] = requested
+    else:
+        # Keras must still import (test modules import it at collection); the marked tests
+        # are skipped below, the others run on the default backend.
+        os.environ["KERAS_BACKEND"] = DEFAULT_KERAS_BACKEND
+    config.stash[_BACKEND] = (requested, installed)
+
+
+def pytest_report_header(config):
+    requested, installed = config.stash[_BACKEND]
+    if installed:
+        return f"keras backend: {requested}"
+    return (f"keras backend: {requested} requested but not installed: tests marked "
+            f"keras_backends are skipped, the others run on {DEFAULT_KERAS_BACKEND}")
+
+
+def pytest_runtest_setup(item):
+    requested, installed = item.config.stash[_BACKEND]
+    if not installed and item.get_closest_marker("keras_backends") is not None:
+        pytest.skip(f"Keras backend {requested!r}: {requested} is not installed")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A backend rerun (``--keras-backend``) narrowed by the caller's own paths or ``-k``
+    (``tox -e py -- tests/core``) may select no test marked keras_backends: that is not a
+    failure. Without such narrowing it is (exit code 5 stays): the marked tests went missing.
+    """
+    config = session.config
+    narrowed = (config.args_source == pytest.Config.ArgsSource.ARGS
+                or bool(config.getoption("keyword")))
+    if (exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and narrowed
+            and config.getoption("keras_backend")):
+        session.exitstatus = pytest.ExitCode.OK
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"no test for Keras backend {config.getoption('keras_backend')}"
+                                " among the selected ones: nothing to rerun")
 
 
 class Recorder(regplug.Plugin):

@@ -1,6 +1,6 @@
 """Keras ``model.fit`` under ``tf.distribute.MirroredStrategy`` on two logical CPU devices.
 
-Run by tests/test_keras_distributed.py as ``python _keras_distributed.py OUT_DIR`` in a fresh
+Run by tests/distributed/test_keras_mirrored.py as ``python _keras_distributed.py OUT_DIR`` in a fresh
 process (not a test module): the CPU must be split into two logical devices before
 TensorFlow initialises its devices, which in the test process has long happened. Each
 scenario writes the weights it ends with to ``OUT_DIR/<scenario>.npz`` and what else it

@@ -1,5 +1,5 @@
 """MC dropout for Keras models: regplug.adapters.keras.mc_predict, on the backend Keras was
-imported with (test_keras_backends.py-style reruns cover the others)."""
+imported with (tox reruns the tests marked keras_backends under the others)."""
 
 from __future__ import annotations
 

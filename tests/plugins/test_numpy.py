@@ -88,7 +88,7 @@ def test_default_selection_leaves_biases_and_normalization_untouched(plugin):
 def test_selection_by_kind_and_pattern():
     params = {"enc.weight": np.ones((2, 2)), "enc.bias": np.ones(2), "head.weight": np.ones((2, 2))}
     loop = NumpyLoop(params, [L2(1.0, kinds="all", exclude="head.*")])
-    assert [p.name for p in loop.run.parameters(loop.driver.manager.plugins[0].selection)] == \
+    assert [p.name for p in loop.run.parameters(loop.clock.manager.plugins[0].selection)] == \
         ["enc.weight", "enc.bias"]
     assert loop.penalty() == pytest.approx(6.0)
 

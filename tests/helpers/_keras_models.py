@@ -1,7 +1,7 @@
-"""Small Keras models, data and probes shared by the tests/test_keras_*.py modules.
+"""Small Keras models, data and probes shared by the Keras test modules (tests/keras/ and others).
 
 Everything is backend-neutral (``keras.ops``); the modules run under the backend Keras was
-imported with (tensorflow by default; test_keras_backends.py reruns them under the others).
+imported with (tensorflow by default; tox reruns the tests marked keras_backends under the others).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import regplug
 from regplug.builtins import BUILTIN_PLUGINS
 from regplug.registry import available_plugins
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ if keras.backend.backend() != "tensorflow" or importlib.util.find_spec("tensorfl
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).resolve().parent
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,8 @@ def mirrored(tmp_path_factory):
     """Runs every scenario once; returns (report, folder with the weights)."""
     out = tmp_path_factory.mktemp("mirrored")
     # From the output folder, not the repository root, whose source folders would shadow
-    # the installed regplug; the script's own folder (tests/) is first on its sys.path.
-    done = subprocess.run([sys.executable, str(HERE / "_keras_distributed.py"), str(out)],
+    # the installed regplug; the script's own folder (tests/helpers/) is first on its sys.path.
+    done = subprocess.run([sys.executable, str(HELPERS / "_keras_distributed.py"), str(out)],
                           cwd=out, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, KERAS_BACKEND="tensorflow",
                                    TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
@@ -60,7 +60,7 @@ def _assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], *, rtol: fl
 def test_l2_max_norm_and_decoupled_decay_give_keras_own_weights_under_the_strategy(mirrored):
     report, folder = mirrored
     # kernel_regularizer=L2 + kernel_constraint=MaxNorm + AdamW on one model, the plugins
-    # L2, MaxNorm, DecoupledWeightDecay + Adam on the other (see test_keras_equivalence.py
+    # L2, MaxNorm, DecoupledWeightDecay + Adam on the other (see keras/test_equivalence.py
     # for the same on one device). A penalty counted per replica would shrink more.
     _assert_same(_weights(folder, "keras_theirs"), _weights(folder, "keras_ours"),
                  rtol=1e-5, atol=1e-6)

@@ -131,7 +131,7 @@ def test_plugin_names_default_to_snake_case_and_can_be_overridden():
     assert renamed.name == "l2_encoder" and regplug.plugins.L2().name == "l2"
 
 
-def test_per_step_hooks_run_in_pluggys_order_with_tryfirst_and_trylast():
+def test_per_step_hooks_run_in_list_order_with_tryfirst_and_trylast():
     calls = []
 
     def make(label, **opts):
@@ -149,10 +149,10 @@ def test_per_step_hooks_run_in_pluggys_order_with_tryfirst_and_trylast():
 
     plugins = [make("a"), make("late", trylast=True), make("b"), make("early", tryfirst=True)]
     loop = NumpyLoop({"w": np.ones((1, 1))}, plugins)
-    loop.driver.manager.hook.on_step(run=loop.run, step=0)  # pluggy's own dispatch
+    loop.clock.manager.hook.on_step(run=loop.run, step=0)  # pluggy's own dispatch
     expected, calls[:] = list(calls), []
     loop.step({"w": np.zeros((1, 1))})
-    assert expected == ["early", "b", "a", "late"]
+    assert expected == ["early", "a", "b", "late"]
     assert calls == [f"{x}:before" for x in expected] + expected
 
 
@@ -198,3 +198,80 @@ def test_on_several_processes_plugins_see_the_logs_averaged_over_the_processes()
     loop.epoch_end({"val_loss": 0.7, "loss": 0.3})
     assert seen == [{"val_loss": pytest.approx(0.8), "loss": pytest.approx(0.4)}]
     assert loop.run.history["val_loss"] == [pytest.approx(0.8)]
+
+
+def test_every_hook_runs_the_plugins_in_the_order_they_were_listed():
+    calls: list[tuple[str, str]] = []
+
+    def make(label: str) -> regplug.Plugin:
+        class Listed(regplug.Plugin):
+            name = label
+
+            def on_train_begin(self, run):
+                calls.append(("train_begin", label))
+
+            def on_epoch_begin(self, run, epoch):
+                calls.append(("epoch_begin", label))
+
+            def on_batch_begin(self, run, step):
+                calls.append(("batch_begin", label))
+
+            def on_loss(self, run, loss):
+                calls.append(("loss", label))
+
+            def on_before_step(self, run, step):
+                calls.append(("before_step", label))
+
+            def on_step(self, run, step):
+                calls.append(("step", label))
+
+            def on_epoch_end(self, run, epoch, logs):
+                calls.append(("epoch_end", label))
+
+            def on_train_end(self, run):
+                calls.append(("train_end", label))
+        return Listed()
+
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [make("first"), make("second"), make("third")])
+    loop.step({"w": np.zeros((1, 1))})
+    loop.epoch_end({"loss": 1.0})
+    loop.close()
+    hooks = list(dict.fromkeys(hook for hook, _ in calls))
+    assert hooks == ["train_begin", "epoch_begin", "batch_begin", "loss", "before_step", "step",
+                     "epoch_end", "train_end"]
+    for hook in hooks:
+        assert [label for h, label in calls if h == hook] == ["first", "second", "third"], hook
+
+
+def test_a_plugin_reads_the_key_an_earlier_plugin_added_without_any_warning(recwarn):
+    # GeneralizationGap adds "gap" to the logs; EarlyStopping listed after it monitors it.
+    from regplug.plugins import EarlyStopping, GeneralizationGap
+
+    stopper = EarlyStopping(monitor="gap", patience=2, restore_best_weights=False)
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [GeneralizationGap(), stopper])
+    stopped = [loop.epoch_end({"loss": 1.0, "val_loss": 1.0 + gap}) for gap in (0.1, 0.3, 0.5)]
+    assert [w for w in recwarn if issubclass(w.category, regplug.RegplugWarning)] == []
+    assert stopped == [False, False, True]
+    assert loop.run.history["gap"] == pytest.approx([0.1, 0.3, 0.5])
+    assert "gap" in str(loop.run.stop_requests[0])
+
+
+def test_the_monitor_check_runs_after_the_plugins_and_still_names_a_missing_key():
+    from regplug.plugins import EarlyStopping
+
+    loop = NumpyLoop({"w": np.ones((1, 1))}, [EarlyStopping(monitor="val_los", mode="min")])
+    with pytest.warns(regplug.RegplugWarning, match="Did you mean 'val_loss'"):
+        loop.epoch_end({"loss": 1.0, "val_loss": 1.0})
+
+
+def test_the_old_capability_name_batch_training_still_works_with_a_deprecation_warning():
+    from regplug.plugin import check_requirements
+
+    class Old(regplug.Plugin):
+        requires = ("batch_training",)
+
+    with pytest.warns(DeprecationWarning, match="write requires = \\('trial_training',\\)"):
+        check_requirements([Old()], {"trial_training": None}, adapter="a test adapter")
+    with pytest.warns(DeprecationWarning), pytest.raises(
+            regplug.UnsupportedPluginError, match="requires 'trial_training'.*no loss"):
+        check_requirements([Old()], {"trial_training": "no loss"}, adapter="a test adapter")

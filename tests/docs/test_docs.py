@@ -41,7 +41,7 @@ def _modules() -> list[str]:
 
 
 MODULES = _modules()
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -20,7 +20,7 @@ from_wheel = pytest.mark.skipif(os.environ.get("REGPLUG_TESTING_WHEEL") != "1",
 
 @from_wheel
 def test_tests_run_against_the_installed_wheel_not_the_checkout():
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     installed = Path(regplug.__file__).resolve()
     assert installed.parent != checkout / "regplug", installed
     assert "site-packages" in installed.parts, installed

@@ -178,7 +178,7 @@ def test_without_a_loss_function_the_plugin_is_refused_with_the_remedy():
     model = dropout_mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(regplug.UnsupportedPluginError,
-                       match=r"overfit_batch.*requires 'batch_training'.*loss_fn=criterion"):
+                       match=r"overfit_batch.*requires 'trial_training'.*loss_fn=criterion"):
         attach(model, opt, [OverfitBatch(X, Y)])
 
 

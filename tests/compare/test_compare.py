@@ -1,7 +1,7 @@
 """`regplug compare`: strategies, config, data and model choices, table and files, bad input.
 
 The framework-free parts run everywhere; the training runs use PyTorch with a few epochs.
-Keras' side is in test_keras_compare.py.
+Keras' side is in compare/test_keras_compare.py.
 """
 
 from __future__ import annotations

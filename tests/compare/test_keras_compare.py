@@ -100,7 +100,8 @@ def test_torch_and_keras_runners_train_the_same_network_the_same_way():
     import keras
     import numpy as np
 
-    from regplug.adapters import keras_compare, torch_compare
+    from regplug.adapters.keras import compare as keras_compare
+    from regplug.adapters.torch import compare as torch_compare
     from regplug.compare import ModelSpec, TrainSettings
     from regplug.data import load_digits
 

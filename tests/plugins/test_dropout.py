@@ -12,7 +12,8 @@ import pytest
 import regplug
 from regplug import (Constant, Cosine, DropoutHandle, EarlyDropout, ExponentialRamp, LateDropout,
                      Linear, LinearWarmup, Piecewise, Step)
-from regplug.driver import Driver
+from regplug.clock import EpochClock, Wording
+from regplug.window import StepWindow
 from regplug.manager import PluginManager
 from regplug.plugins import DropoutSchedule
 from regplug.plugins.dropout import select_dropout_layers
@@ -205,19 +206,20 @@ def _train(plugin, layers: FakeLayers, *, epochs: int, steps: int, start_step: i
            start_epoch: int = 0) -> list[dict[str, float]]:
     """Drive the hooks as an adapter does; return the layers' rates at each batch."""
     run = numpy_run({"w": np.ones((2, 2))})
-    run.dropout_provider = layers.handles
+    run.dropout_layers_provider = layers.handles
     run.step, run.epoch = start_step, start_epoch
-    driver = Driver(run, PluginManager([plugin]))
-    driver.train_begin()
+    clock = EpochClock(run, PluginManager([plugin]), Wording(adapter="test"))
+    window = StepWindow(clock)
+    clock.train_begin()
     seen = []
     for _ in range(epochs):
         for _ in range(steps):
-            driver.batch_begin()
+            clock.batch_begin()
             seen.append(dict(layers.rates))  # what the forward pass of this batch uses
-            driver.before_step()
-            driver.after_step()
-        driver.epoch_end({})
-    driver.train_end()
+            window.before_step()
+            window.after_step()
+        clock.epoch_end({})
+    clock.train_end()
     return seen
 
 
@@ -309,9 +311,9 @@ def test_a_model_without_dropout_layers_is_warned_about():
 
 
 def test_an_adapter_without_dropout_handles_refuses_the_plugin():
-    run = numpy_run({"w": np.ones((2, 2))})  # no dropout_provider
+    run = numpy_run({"w": np.ones((2, 2))})  # no dropout_layers_provider
     with pytest.raises(regplug.UnsupportedPluginError, match="does not hand out dropout layers"):
-        Driver(run, PluginManager([DropoutSchedule(0.1)])).train_begin()
+        EpochClock(run, PluginManager([DropoutSchedule(0.1)]), Wording(adapter="test")).train_begin()
 
 
 def test_state_dict_holds_the_config_and_refuses_a_different_schedule():

@@ -29,7 +29,7 @@ import pytest
 
 import regplug
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "regplug-group-lasso"
 
 if (importlib.util.find_spec("regplug_group_lasso") is None

@@ -1,4 +1,4 @@
-"""Multi-process PyTorch jobs for tests/test_torch_distributed.py (not a test module).
+"""Multi-process PyTorch jobs for tests/distributed/test_torch_ddp.py (not a test module).
 
 :func:`launch` starts ``world_size`` Python processes running this file, as ``torchrun``
 would (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set), each joining a ``torch.distributed``
@@ -270,7 +270,7 @@ def launch(job: str, workdir: Path, *, world_size: int = 2, timeout: float = 90.
         for rank in range(world_size):
             log = open(workdir / f"rank{rank}.log", "w+")
             logs.append(log)
-            # Run from the work folder: the script's folder (tests/) goes first on sys.path,
+            # Run from the work folder: the script's folder (tests/helpers/) goes first on sys.path,
             # never the repository root, whose source folders would shadow the installed
             # regplug.
             procs.append(subprocess.Popen(
