@@ -74,7 +74,7 @@ class OverfitBatch(Plugin):
     Keras: the model's compiled loss is used (``model.train_on_batch``).
     """
 
-    requires = ("batch_training",)
+    requires = ("trial_training",)
 
     def __init__(self, x: Any, y: Any, *, steps: int = 100, factor: float = 10.0,
                  target_loss: float | None = None, noise: bool = False,

@@ -24,8 +24,11 @@ hook                    PyTorch loop (``attach``)       Keras ``model.fit`` (cal
                         ``with``
 ======================  ==============================  ======================================
 
-Several plugins implementing one hook are called in registration order, last registered
-first (pluggy's order; ``tryfirst``/``trylast`` adjust it). Results combine as each spec says.
+Several plugins implementing one hook are called in the order the user listed them, in every
+hook and every adapter, as Keras, Lightning and fastai call their callbacks — so a plugin can
+read what an earlier one added (``[GeneralizationGap(), EarlyStopping(monitor="gap")]``).
+``@hookimpl(tryfirst=True)``/``(trylast=True)`` move an implementation to the front or the
+back. Results combine as each spec says, in that order.
 Plugins act on the framework only through ``run`` (see :class:`regplug.Run`): its parameter
 handles, its ``ops``, and its ``stop`` requests.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
@@ -28,6 +28,34 @@ class _Pluggy(pluggy.PluginManager):
             # with or without the decorator (the decorator adds tryfirst/trylast/...).
             opts = {}
         return opts
+
+
+def _new_pluggy() -> _Pluggy:
+    pm = _Pluggy(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _pluggy_name(plugin: object) -> str:
+    return f"{plugin_label(plugin)}@{id(plugin):x}"
+
+
+def _direct_caller(caller: Any) -> Callable[..., list[Any]]:
+    impls = caller.get_hookimpls()
+    if any(impl.hookwrapper or impl.wrapper for impl in impls):
+        return caller  # type: ignore[no-any-return]
+    # pluggy keeps the implementations sorted for calling in reverse.
+    calls = [(impl.function, impl.argnames) for impl in reversed(impls)]
+
+    def call(**kwargs: Any) -> list[Any]:
+        results = []
+        for function, argnames in calls:
+            result = function(*[kwargs[arg] for arg in argnames])
+            if result is not None:
+                results.append(result)
+        return results
+
+    return call
 
 
 def validate_plugin(plugin: object) -> None:
@@ -74,9 +102,9 @@ class PluginManager:
     """
 
     def __init__(self, plugins: Iterable[object] = ()) -> None:
-        self._pm = _Pluggy(PROJECT)
-        self._pm.add_hookspecs(hookspecs)
+        self._pm = _new_pluggy()
         self._plugins: list[object] = []
+        self._callers: dict[str, Callable[..., list[Any]]] = {}
         if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable) or any(
                 callable(getattr(plugins, hook, None)) for hook in HOOK_NAMES):
             raise TypeError("plugins must be a list of plugin objects, e.g. [L2(l2=0.01)]; "
@@ -85,28 +113,58 @@ class PluginManager:
             self.register(plugin)
 
     def register(self, plugin: object) -> None:
+        """Add ``plugin`` after the others: its hooks run after theirs (list order)."""
         validate_plugin(plugin)
         if any(p is plugin for p in self._plugins):
             raise PluginValidationError(
                 f"{plugin_label(plugin)}: the same plugin object was given twice; "
                 "create two instances if you want it twice")
         try:
-            self._pm.register(plugin, name=f"{plugin_label(plugin)}@{id(plugin):x}")
-            self._pm.check_pending()
+            single = _new_pluggy()
+            single.register(plugin, name=_pluggy_name(plugin))
+            single.check_pending()
         except pluggy.PluginValidationError as err:
-            self._pm.unregister(plugin)
             raise PluginValidationError(f"{plugin_label(plugin)}: {err}") from None
         self._plugins.append(plugin)
+        # pluggy calls the implementations of a hook last registered first; registering the
+        # plugins in reverse makes that the order the user listed them in (tryfirst/trylast
+        # still move a plugin to the front or the back).
+        self._pm = _new_pluggy()
+        for each in reversed(self._plugins):
+            self._pm.register(each, name=_pluggy_name(each))
+        self._callers.clear()
 
     @property
     def plugins(self) -> list[object]:
-        """Registered plugins, in registration order."""
+        """Registered plugins, in the order they were listed (the order their hooks run)."""
         return list(self._plugins)
 
     @property
     def hook(self) -> Any:
-        """pluggy's hook relay: ``pm.hook.on_step(run=run, step=0)``."""
+        """pluggy's hook relay: ``pm.hook.on_step(run=run, step=0)`` (same order as
+        :meth:`caller`; adapters use :meth:`caller`)."""
         return self._pm.hook
+
+    def caller(self, hook_name: str) -> Callable[..., list[Any]]:
+        """A function calling every implementation of ``hook_name`` with keyword arguments
+        and returning the non-``None`` results — the one dispatch path of every adapter.
+
+        Same order and results as pluggy (list order, ``tryfirst``/``trylast`` honoured, each
+        implementation given the subset of arguments it takes), with less overhead per call:
+        pluggy spends several Python calls per hook call on tracing and wrapper support,
+        measurable at every optimizer step of a small model (see ``benchmarks/``). The call
+        list is built once per hook (plugins do not change during a run). A hook with wrapper
+        implementations goes through pluggy unchanged.
+
+        >>> import regplug
+        >>> pm = PluginManager([regplug.plugins.L2(1e-4)])
+        >>> pm.caller("on_step")(run=None, step=0)
+        []
+        """
+        call = self._callers.get(hook_name)
+        if call is None:
+            call = self._callers[hook_name] = _direct_caller(getattr(self._pm.hook, hook_name))
+        return call
 
     def implements(self, hook_name: str) -> bool:
         """Whether any registered plugin implements ``hook_name``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,10 +19,15 @@ CAPABILITIES: dict[str, str] = {
     "dropout_layers": "run.dropout_layers() hands out the model's dropout layers",
     "model_state": "run.model_state snapshots and restores the whole model state "
                    "(parameters and buffers)",
-    "batch_training": "run.trial_training trains the model on one fixed batch with every other "
+    "trial_training": "run.trial_training trains the model on one fixed batch with every other "
                       "plugin and dropout switched off, then restores model, optimizer and "
                       "random state exactly",
 }
+
+
+#: Capabilities renamed since 0.1.0, old name → new name (the old one still works, with a
+#: ``DeprecationWarning``). A capability is named after the ``Run`` attribute serving it.
+RENAMED_CAPABILITIES: dict[str, str] = {"batch_training": "trial_training"}
 
 
 def snake_case(name: str) -> str:
@@ -97,6 +103,12 @@ def check_requirements(plugins: Iterable[object], provided: Mapping[str, str | N
         needs = getattr(plugin, "requires", ()) or ()
         for need in (needs,) if isinstance(needs, str) else tuple(needs):
             label = plugin_label(plugin)
+            if need in RENAMED_CAPABILITIES:
+                new = RENAMED_CAPABILITIES[need]
+                warnings.warn(f"{label}: requires {need!r}, the old name of capability "
+                              f"{new!r} (the name of run.{new}); write requires = ({new!r},)",
+                              DeprecationWarning, stacklevel=2)
+                need = new
             if need not in CAPABILITIES:
                 raise UnsupportedPluginError(
                     f"{label}: requires {need!r}, a capability regplug does not know (known: "

@@ -241,9 +241,9 @@ class Run:
     framework: str = "numpy"
     world: World = field(default_factory=LocalWorld)
     scalar_factory: Callable[[Schedule], ScheduledValue] = ScheduledValue
-    dropout_provider: Callable[[], Sequence[DropoutHandle]] | None = None
-    state_provider: ModelState | None = None
-    trial_provider: TrialTraining | None = None
+    dropout_layers_provider: Callable[[], Sequence[DropoutHandle]] | None = None
+    model_state_provider: ModelState | None = None
+    trial_training_provider: TrialTraining | None = None
     step: int = 0
     epoch: int = 0
     #: The exception that ended training, when one did (set before ``on_train_end``).
@@ -305,11 +305,11 @@ class Run:
         :class:`~regplug.UnsupportedPluginError` where the adapter offers no dropout handles.
         """
         if self._dropout is None:
-            if self.dropout_provider is None:
+            if self.dropout_layers_provider is None:
                 raise UnsupportedPluginError(
                     f"regplug: the {self.framework} adapter does not hand out dropout layers, "
                     "so a plugin that schedules dropout rates cannot run here")
-            self._dropout = list(self.dropout_provider())
+            self._dropout = list(self.dropout_layers_provider())
         return list(self._dropout)
 
     # -- whole-model state --------------------------------------------------------------
@@ -320,20 +320,20 @@ class Run:
         Raises :class:`~regplug.UnsupportedPluginError` where the adapter offers none
         (plugins needing it declare ``requires = ("model_state",)`` to be refused early).
         """
-        if self.state_provider is None:
+        if self.model_state_provider is None:
             raise UnsupportedPluginError(
                 f"regplug: the {self.framework} adapter does not snapshot the model state, so "
                 "a plugin that keeps or restores weights cannot run here")
-        return self.state_provider
+        return self.model_state_provider
 
     @property
     def trial_training(self) -> TrialTraining:
         """Side-effect-free training on one batch: see :class:`TrialTraining`."""
-        if self.trial_provider is None:
+        if self.trial_training_provider is None:
             raise UnsupportedPluginError(
                 f"regplug: the {self.framework} adapter cannot train on a fixed batch here, so "
                 "a sanity check that trains cannot run")
-        return self.trial_provider
+        return self.trial_training_provider
 
     # -- metrics and stopping -----------------------------------------------------------
     def record(self, logs: dict[str, float]) -> None:

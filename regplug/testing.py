@@ -13,10 +13,11 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .driver import Driver
+from .clock import EpochClock, Wording
 from .manager import PluginManager
 from .numpy_ops import NumpyOps
 from .run import ParamHandle, Run, check_state_arrays
+from .window import StepWindow
 
 
 def _guess_kind(name: str) -> str:
@@ -71,7 +72,7 @@ def numpy_run(params: Mapping[str, np.ndarray], *, kinds: Mapping[str, str] | No
                                    "numpy", 0 if array.ndim > 1 else None, array.shape))
     return Run(params=handles, ops=NumpyOps(),
                learning_rate_groups=lambda ps: [(lr, list(ps))] if ps else [],
-               state_provider=NumpyModelState(params))
+               model_state_provider=NumpyModelState(params))
 
 
 class NumpyLoop:
@@ -88,27 +89,31 @@ class NumpyLoop:
         self.lr = lr
         self.run = numpy_run(self.params, kinds=kinds, lr=lr)
         self.ops: NumpyOps = self.run.ops  # type: ignore[assignment]
-        self.driver = Driver(self.run, PluginManager(plugins))
-        self.driver.train_begin()
+        self.clock = EpochClock(self.run, PluginManager(plugins), Wording(
+            adapter="NumpyLoop", step="NumpyLoop.step()", loss_call="on_loss",
+            loss_fix="", validation_hint="pass validation metrics to NumpyLoop.epoch_end"))
+        self.window = StepWindow(self.clock)
+        self.clock.train_begin()
 
     def penalty(self) -> float:
         """The sum of the penalties' values at the current parameters."""
-        return sum(float(p.value()) for p in self.driver.hook.on_loss(run=self.run, loss=0.0))
+        return sum(float(p.value())
+                   for p in self.clock.manager.caller("on_loss")(run=self.run, loss=0.0))
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
-        self.driver.batch_begin()
+        self.clock.batch_begin()
         self.ops.grads = {k: np.array(v, dtype=np.float64) for k, v in grads.items()}
-        leftover = self.driver.collect_penalties(loss=0.0)
+        leftover = self.window.collect_penalties(loss=0.0)
         if leftover:
             raise TypeError("NumpyLoop: penalties without add_grad need autograd: "
                             + ", ".join(p.name for p in leftover))
-        self.driver.before_step()
+        self.window.before_step()
         for name, grad in self.ops.grads.items():
             self.params[name] -= self.lr * grad
-        self.driver.after_step()
+        self.window.after_step()
 
     def epoch_end(self, logs: Mapping[str, float] | None = None) -> bool:
-        return self.driver.epoch_end(dict(logs or {}))
+        return self.clock.epoch_end(dict(logs or {}))
 
     def close(self) -> None:
-        self.driver.train_end()
+        self.clock.train_end()

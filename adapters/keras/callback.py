@@ -25,7 +25,7 @@ from typing import Any
 
 import keras
 
-from regplug.driver import Driver
+from regplug.clock import EpochClock, Wording
 from regplug.errors import UnsupportedPluginError, UsageError
 from regplug.manager import PluginManager, plugin_label
 from regplug.plugin import check_requirements
@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_BACKENDS: tuple[str, ...] = ("tensorflow", "torch", "jax")
 """Keras backends the adapter serves (the test matrix runs each one that is installed)."""
+
+#: How the Keras adapter's messages name the user's calls.
+KERAS_WORDING = Wording(
+    adapter="Regularize", step="the optimizer update", loss_call="model.compute_loss",
+    loss_fix="A custom train_step must compute its loss with self.compute_loss(...).",
+    validation_hint="pass validation_data (or validation_split) to fit",
+    close_hint="let the running fit finish first")
 
 
 class Regularize(keras.callbacks.Callback):
@@ -76,14 +83,14 @@ class Regularize(keras.callbacks.Callback):
         self.manager = PluginManager(plugins)
         self.log_penalties = bool(log_penalties)
         self.run: Run | None = None
-        self._driver: Driver | None = None
+        self._clock: EpochClock | None = None
         self._att: Attachment | None = None
         self._epoch_start_step = 0
         self._checked_traced = False
 
     @property
     def plugins(self) -> list[object]:
-        """The plugins, in registration order."""
+        """The plugins, in the order they were listed (the order their hooks run)."""
         return self.manager.plugins
 
     # -- fit start ---------------------------------------------------------------------
@@ -99,16 +106,16 @@ class Regularize(keras.callbacks.Callback):
         att = Attachment(self, model)
         self._check_optimizer(att)
         run = att.build_run()
-        driver = Driver(run, self.manager, fused=False)
+        clock = EpochClock(run, self.manager, KERAS_WORDING)
         setattr(model, ATTACHED, att)
         att.active = True
-        self._att, self.run, self._driver = att, run, driver
+        self._att, self.run, self._clock = att, run, clock
         self._checked_traced = False
         try:
-            driver.train_begin()
+            clock.train_begin()
             att.attach()
         except BaseException:
-            driver.active = False
+            clock.abandon()
             att.detach()
             self._att = None
             raise
@@ -134,7 +141,7 @@ class Regularize(keras.callbacks.Callback):
             f"where {', '.join(STEP_HOOKS)} run once, while the step is traced. Compile with "
             "model.compile(..., run_eagerly=True) to use this plugin with Keras.")
         check_requirements(self.plugins, {"eager_step": compiled, "dropout_layers": None,
-                                          "model_state": None, "batch_training": None},
+                                          "model_state": None, "trial_training": None},
                            adapter="the Keras adapter")
 
     def _check_optimizer(self, att: Attachment) -> None:
@@ -152,19 +159,19 @@ class Regularize(keras.callbacks.Callback):
 
     # -- per epoch and per batch ----------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        run, driver = self._live()
+        run, clock = self._live()
         run.epoch = epoch
         self._epoch_start_step = run.step
-        driver.epoch_begin()  # fires on_epoch_begin, brings the schedules to the clock
+        clock.epoch_begin()  # fires on_epoch_begin, brings the schedules to the clock
         if self._att is not None and self._att.dirty:
             self._att.retrace()
 
     def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         # Only the *begin* hook: implementing on_train_batch_end would make Keras turn the
         # logs into Python floats (a device sync) after every batch.
-        run, driver = self._live()
+        run, clock = self._live()
         run.step = self._epoch_start_step + batch
-        driver.batch_begin()
+        clock.batch_begin()
         att = self._att
         if att is not None:
             if att.dirty:
@@ -188,7 +195,7 @@ class Regularize(keras.callbacks.Callback):
                 "to act inside it.")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        run, driver = self._live()
+        run, clock = self._live()
         att = self._att
         if att is not None and not self._checked_traced:
             self._check_traced(att)
@@ -201,7 +208,7 @@ class Regularize(keras.callbacks.Callback):
             except (TypeError, ValueError):
                 continue
         before = set(clean)
-        stop = driver.epoch_end(clean)
+        stop = clock.epoch_end(clean)
         for key in clean.keys() - before:
             logs[key] = clean[key]
         if stop:
@@ -211,20 +218,20 @@ class Regularize(keras.callbacks.Callback):
 
     # -- fit end -------------------------------------------------------------------------
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        driver, att = self._driver, self._att
+        clock, att = self._clock, self._att
         self._att = None
         try:
-            if driver is not None:
-                driver.train_end()
+            if clock is not None:
+                clock.train_end()
         finally:
             if att is not None:
                 att.detach()
 
-    def _live(self) -> tuple[Run, Driver]:
-        if self.run is None or self._driver is None or not self._driver.active:
+    def _live(self) -> tuple[Run, EpochClock]:
+        if self.run is None or self._clock is None or not self._clock.active:
             raise UsageError("Regularize: this callback is used outside model.fit (its "
                              "on_train_begin has not run)")
-        return self.run, self._driver
+        return self.run, self._clock
 
     # -- results ---------------------------------------------------------------------------
     @property

@@ -110,9 +110,9 @@ class Attachment:
             device = str(getattr(params[0].tensor.value, "device", "cpu"))
         run = Run(params=params, ops=self.ops, learning_rate_groups=self.lr_groups,
                   device=device, framework="keras", scalar_factory=self.make_scalar,
-                  dropout_provider=self.dropout_handles,
-                  state_provider=KerasModelState(self.model, self.sync_jax),
-                  trial_provider=KerasTrial(self.model, self.sync_jax))
+                  dropout_layers_provider=self.dropout_handles,
+                  model_state_provider=KerasModelState(self.model, self.sync_jax),
+                  trial_training_provider=KerasTrial(self.model, self.sync_jax))
         run.step = self.read_iterations()
         self.run = run
         return run
@@ -187,7 +187,7 @@ class Attachment:
         if not self.wants["on_loss"] or not self.owner.log_penalties:
             return
         try:
-            found = self.manager.hook.on_loss(run=self.run, loss=None)
+            found = self.manager.caller("on_loss")(run=self.run, loss=None)
             names = unique_names(p.name for p in found if isinstance(p, Penalty))
         except Exception:  # a plugin that needs the real loss to say what it returns
             log.debug("regplug: could not list the penalties before training; they are "
@@ -222,7 +222,7 @@ class Attachment:
     def _traced_hook(self, name: str, **kwargs: Any) -> list[Any]:
         """Call hook ``name`` from inside the step, explaining errors raised while tracing."""
         try:
-            return getattr(self.manager.hook, name)(run=self.run, **kwargs)
+            return self.manager.caller(name)(run=self.run, **kwargs)
         except Exception as err:
             _hook_error(err, name, self.eager)
             raise

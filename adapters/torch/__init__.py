@@ -15,6 +15,7 @@
 One module per job; an adapter for a trainer built on torch is a thin event source over them:
 
 - :mod:`.loop` — :func:`attach` and :class:`TorchRegularizer`, the hand-written loop's events;
+- :mod:`.run` — :func:`build_run`, the :class:`regplug.Run` of a model and its optimizer;
 - :mod:`.ops` — :class:`TorchOps`, the fused in-place operations plugins call;
 - :mod:`.discovery` — parameter handles, their kinds, the dropout modules;
 - :mod:`.state` — :class:`TorchModelState`, snapshots of parameters and buffers;
@@ -30,6 +31,7 @@ from __future__ import annotations
 from .discovery import discover_dropout, discover_parameters, unwrap
 from .loop import TorchRegularizer, attach
 from .ops import TorchOps
+from .run import LearningRates, build_run
 from .state import TorchModelState
 from .trial import TorchTrial
 from .uncertainty import is_dropout_module, mc_predict
@@ -37,4 +39,4 @@ from .world import TorchWorld, vote_device
 
 __all__ = ["attach", "TorchRegularizer", "mc_predict", "is_dropout_module", "TorchOps",
            "TorchModelState", "TorchTrial", "TorchWorld", "vote_device", "discover_parameters",
-           "discover_dropout", "unwrap"]
+           "discover_dropout", "unwrap", "build_run", "LearningRates"]

@@ -47,7 +47,7 @@ alive without calling ``reg.epoch_end`` holds them until the process group's ``t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -56,22 +56,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from regplug.driver import Driver
+from regplug.clock import EpochClock, Wording
 from regplug.errors import UsageError
 from regplug.manager import PluginManager
 from regplug.penalty import Penalty, unique_names
 from regplug.plugin import check_requirements
-from regplug.run import ParamHandle, Run, StopRequest
+from regplug.run import StopRequest
+from regplug.window import StepWindow
 
-from .discovery import discover_dropout, discover_parameters
-from .ops import TorchOps, without_grad
-from .state import TorchModelState, arrays_as
+from .ops import without_grad
+from .run import build_run
+from .state import arrays_as
 from .trial import TorchTrial
-from .world import default_world
 
 __all__ = ["attach", "TorchRegularizer"]
 
 _ATTACHED = "_regplug_attached"
+
+#: How the PyTorch adapter's messages name the user's calls.
+TORCH_WORDING = Wording.for_torch()
 
 
 class TorchRegularizer:
@@ -99,26 +102,16 @@ class TorchRegularizer:
             "attach() was given no loss function: pass attach(model, optimizer, plugins, "
             "loss_fn=criterion), with criterion(outputs, targets) -> loss")
         check_requirements(self.manager.plugins, {"eager_step": None, "dropout_layers": None,
-                                                  "model_state": None, "batch_training": no_loss},
+                                                  "model_state": None, "trial_training": no_loss},
                            adapter="the PyTorch adapter")
-        params = discover_parameters(model, optimizer)
-        device = params[0].tensor.device if params else torch.device("cpu")
-        self.run = Run(params=params, ops=TorchOps(), learning_rate_groups=self._lr_groups,
-                       device=str(device), framework="torch",
-                       dropout_provider=lambda: discover_dropout(model),
-                       state_provider=TorchModelState(model),
-                       trial_provider=None if loss_fn is None else TorchTrial(
-                           model, optimizer, loss_fn, self._paused))
-        world = world if world is not None else default_world(device)
-        if world is not None:
-            self.run.world = world
-        self.driver = Driver(self.run, self.manager, fused=fused)
+        self.run = build_run(model, optimizer, world=world,
+                             trial=None if loss_fn is None else TorchTrial(
+                                 model, optimizer, loss_fn, self._paused))
+        self.clock = EpochClock(self.run, self.manager, TORCH_WORDING)
+        self.window = StepWindow(self.clock, fused=fused)
         # What the optimizer hooks run, with autograd off (cheaper than a no_grad() block).
-        self._before_step = without_grad(self.driver.before_step)
-        self._after_step = without_grad(self.driver.after_step)
-        self._group_of = {id(p): i for i, g in enumerate(optimizer.param_groups)
-                          for p in g["params"]}
-        self._lr_group_cache: dict[int, tuple[Sequence[ParamHandle], list[tuple[int, list]]]] = {}
+        self._before_step = without_grad(self.window.before_step)
+        self._after_step = without_grad(self.window.after_step)
         self._loss_terms: list[Penalty] = []
         self._backpropagated = True
         self._batch_open = False
@@ -130,7 +123,7 @@ class TorchRegularizer:
     def _open(self) -> None:
         self._install()
         try:
-            self.driver.train_begin()
+            self.clock.train_begin()
         except BaseException:
             self._detach()
             raise
@@ -174,7 +167,7 @@ class TorchRegularizer:
             self._install()
 
     def _new_window(self) -> None:
-        self.driver.reset_window()
+        self.window.reset()
         self._loss_terms = []
         self._backpropagated = True
         self._batch_open = False
@@ -186,7 +179,7 @@ class TorchRegularizer:
     def _open_batch(self) -> None:
         if not self._batch_open:
             self._batch_open = True
-            self.driver.batch_begin()
+            self.clock.batch_begin()
 
     def _on_before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._backpropagated:
@@ -201,21 +194,6 @@ class TorchRegularizer:
         self._after_step()
         self._loss_terms = []
         self._batch_open = False
-
-    def _lr_groups(self, params: Sequence[ParamHandle]) -> list[tuple[Any, list[ParamHandle]]]:
-        groups = self.optimizer.param_groups
-        if len(groups) == 1:  # the common case: one learning rate for everything
-            return [(groups[0]["lr"], params)] if params else []  # type: ignore[list-item]
-        cached = self._lr_group_cache.get(id(params))
-        if cached is None or cached[0] is not params:
-            if len(self._lr_group_cache) > 64:  # a plugin passing fresh lists every step
-                self._lr_group_cache.clear()
-            by_group: dict[int, list[ParamHandle]] = {}
-            for p in params:
-                by_group.setdefault(self._group_of[id(p.tensor)], []).append(p)
-            cached = (params, list(by_group.items()))
-            self._lr_group_cache[id(params)] = cached
-        return [(groups[i]["lr"], ps) for i, ps in cached[1]]
 
     # -- the three calls of the supported pattern ------------------------------------
     def loss(self, loss: torch.Tensor) -> torch.Tensor:
@@ -232,7 +210,7 @@ class TorchRegularizer:
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
         self._open_batch()
-        terms = self.driver.collect_penalties(loss)
+        terms = self.window.collect_penalties(loss)
         if not terms:
             return loss
         total = torch.stack([torch.as_tensor(t.value(), dtype=torch.float32,
@@ -259,7 +237,7 @@ class TorchRegularizer:
         clean = {k: float(v) for k, v in (logs or {}).items()}
         for name, value in self.penalties().items():
             clean.setdefault(name, float(value))
-        return self.driver.epoch_end(clean)
+        return self.clock.epoch_end(clean)
 
     def close(self) -> None:
         """Fire ``on_train_end`` and remove every hook regplug installed."""
@@ -267,7 +245,7 @@ class TorchRegularizer:
             return
         self._closed = True
         try:
-            self.driver.train_end()
+            self.clock.train_end()
         finally:
             self._detach()
 
@@ -287,7 +265,7 @@ class TorchRegularizer:
     def penalties(self) -> dict[str, torch.Tensor]:
         """Each penalty's value at the current weights (0-d float32 tensors on the model's
         device), for the penalties of the latest step; empty before the first step."""
-        penalties = self.driver.penalties
+        penalties = self.window.penalties
         with torch.no_grad():
             return {name: torch.as_tensor(p.value(), dtype=torch.float32)
                     for name, p in zip(unique_names(p.name for p in penalties), penalties)}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..driver import Driver
+from ..clock import EpochClock, Wording
 from ..hookspecs import implemented_hooks
 from ..manager import PluginManager
 from ..numpy_ops import NumpyOps
@@ -173,10 +173,10 @@ def final_penalty(plugins: Sequence[object], weights: Sequence[WeightArray], *, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # selection warnings were shown during training
         manager = PluginManager(penalizing)
-        Driver(run, manager).train_begin()
+        EpochClock(run, manager, Wording(adapter="regplug compare")).train_begin()
         run.step, run.epoch = max(steps - 1, 0), max(epochs - 1, 0)
         run.update_scalars()
-        terms = check_penalties(manager.hook.on_loss(run=run, loss=0.0))
+        terms = check_penalties(manager.caller("on_loss")(run=run, loss=0.0))
         return float(sum(float(t.value()) for t in terms))
 
 

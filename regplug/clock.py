@@ -1,0 +1,181 @@
+"""The epoch clock: when the run-, epoch- and batch-level hooks fire, shared by every adapter.
+
+An adapter observes its framework (a ``with`` block and module hooks in PyTorch, callback
+methods in Keras and in the trainers) and tells the clock what happened; the clock advances
+the run's epoch, calls the hooks in the order the plugins were listed, and decides — the same
+way in every framework — whether training stops. The per-step hooks belong to the step
+window (:mod:`regplug.window`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RegplugWarning, UsageError
+from .manager import PluginManager, plugin_label
+from .run import Run
+
+__all__ = ["Wording", "EpochClock", "check_monitors"]
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How an adapter's messages name what the user wrote: each adapter supplies its own,
+    so an error points at the line to change in *that* framework.
+
+    >>> Wording.for_torch().step
+    'optimizer.step()'
+    """
+
+    #: The adapter, as messages name it ("Regularize", "attach").
+    adapter: str
+    #: The call that performs an optimizer update.
+    step: str = "optimizer.step()"
+    #: The call that hands the loss to regplug, and the fix when it was missing.
+    loss_call: str = "reg.loss(loss)"
+    loss_fix: str = "Write `loss = reg.loss(loss)` before `loss.backward()` in every step."
+    #: Where validation metrics come from, for a monitor that finds none.
+    validation_hint: str = "pass validation metrics to reg.epoch_end"
+    #: How a run is ended before a new one begins.
+    close_hint: str = "close it first"
+
+    @classmethod
+    def for_torch(cls) -> Wording:
+        return cls(adapter="attach")
+
+
+class EpochClock:
+    """Fires ``on_train_begin``, ``on_epoch_begin``, ``on_batch_begin``, ``on_epoch_end`` and
+    ``on_train_end`` of ``manager``'s plugins on ``run`` at the right moments.
+
+    :param wording: how messages name the adapter's calls (:class:`Wording`).
+    """
+
+    def __init__(self, run: Run, manager: PluginManager, wording: Wording) -> None:
+        self.run = run
+        self.manager = manager
+        self.wording = wording
+        self._train_begin = manager.caller("on_train_begin")
+        self._epoch_begin = manager.caller("on_epoch_begin")
+        self._epoch_end = manager.caller("on_epoch_end")
+        self._train_end = manager.caller("on_train_end")
+        self._batch_begin = (manager.caller("on_batch_begin")
+                             if manager.implements("on_batch_begin") else None)
+        self._epoch_open = False
+        self._monitors_checked = False
+        #: Whether a run is between :meth:`train_begin` and :meth:`train_end`.
+        self.active = False
+
+    # -- run boundaries ----------------------------------------------------------------
+    def train_begin(self) -> None:
+        """Start the run and fire ``on_train_begin``. If a plugin raises there, the run is
+        not started (nothing to end) and the error propagates."""
+        if self.active:
+            raise UsageError(f"{self.wording.adapter}: training already began for this run; "
+                             f"{self.wording.close_hint}")
+        self.run.stop_requests.clear()
+        self.run.exception = None
+        self.active = True
+        try:
+            self._train_begin(run=self.run)
+        except BaseException:
+            self.active = False
+            raise
+
+    def abandon(self) -> None:
+        """End the run without ``on_train_end`` (the adapter could not finish starting it)."""
+        self.active = False
+        self._epoch_open = False
+
+    def train_end(self) -> None:
+        """Fire ``on_train_end`` once; later calls do nothing."""
+        if not self.active:
+            return
+        self.active = False
+        self._epoch_open = False
+        self._train_end(run=self.run)
+
+    # -- epochs and batches -------------------------------------------------------------
+    def epoch_begin(self) -> None:
+        """Open the epoch (``on_epoch_begin``) if it is not open yet; bring values to the clock."""
+        if not self._epoch_open:
+            self._epoch_open = True
+            self._epoch_begin(run=self.run, epoch=self.run.epoch)
+        self.run.update_scalars()
+
+    def batch_begin(self) -> None:
+        """A training batch is starting (before its forward pass)."""
+        self.epoch_begin()
+        if self._batch_begin is not None:
+            self._batch_begin(run=self.run, step=self.run.step)
+
+    @property
+    def epoch_open(self) -> bool:
+        return self._epoch_open
+
+    def epoch_end(self, logs: dict[str, float]) -> bool:
+        """Record the epoch, fire ``on_epoch_end``; return whether training should stop.
+
+        ``logs`` is updated in place with the keys plugins added. Monitors (a plugin's
+        ``monitor`` attribute) are checked against the logs *after* every plugin had its turn,
+        once per run, so a key one plugin adds for another (``GeneralizationGap``'s ``gap``)
+        counts.
+        """
+        run = self.run
+        if not self._epoch_open:
+            self._epoch_begin(run=run, epoch=run.epoch)
+        if run.world.size > 1 and logs and hasattr(run.world, "mean"):
+            # Every process decides on the same numbers, so stops, best epochs and restored
+            # weights agree across the replicas.
+            keys = sorted(logs)
+            logs.update(zip(keys, run.world.mean(keys, [logs[k] for k in keys])))
+        before = set(logs)
+        run.record(logs)
+        self._epoch_end(run=run, epoch=run.epoch, logs=logs)
+        run.record({k: v for k, v in logs.items() if k not in before})  # plugins' additions
+        if not self._monitors_checked:
+            self._monitors_checked = True
+            check_monitors(self.manager.plugins, logs, validation_hint=self.wording.validation_hint)
+        stop = run.world.any(run.should_stop)
+        if stop and not run.stop_requests:
+            run.stop("another process voted to stop", source=f"rank {run.world.rank}")
+        run.epoch += 1
+        self._epoch_open = False
+        return stop
+
+
+def check_monitors(plugins: Sequence[object], logs: dict[str, Any], *,
+                   validation_hint: str = "pass validation metrics to the adapter"
+                   ) -> list[str]:
+    """Warn for each plugin whose ``monitor`` attribute (a key, or a tuple of keys) names
+    a key missing from ``logs``.
+
+    Returns the labels of the plugins warned about. The message lists the available keys
+    (and says when validation metrics are missing altogether).
+    """
+    warned = []
+    for plugin in plugins:
+        monitors = getattr(plugin, "monitor", None)
+        if isinstance(monitors, str):
+            monitors = (monitors,)
+        if not isinstance(monitors, (tuple, list)):
+            continue
+        missing = [m for m in monitors if isinstance(m, str) and m not in logs]
+        if not missing:
+            continue
+        monitor = missing[0]
+        label = plugin_label(plugin)
+        keys = ", ".join(sorted(logs)) or "(none)"
+        close = difflib.get_close_matches(monitor, list(logs), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
+            hint += f" There are no validation metrics: {validation_hint}."
+        warnings.warn(f"{label}: monitor {monitor!r} is not in the logs of this epoch, so "
+                      f"the plugin cannot act on it. Available keys: {keys}.{hint}",
+                      RegplugWarning, stacklevel=4)
+        warned.append(label)
+    return warned

@@ -1,0 +1,101 @@
+"""The step window: from the first loss of an optimizer step to the update, shared by the
+PyTorch adapter and the trainers built on PyTorch.
+
+One window per optimizer update, however many micro-batches it accumulates: ``on_loss`` fires
+once, at the window's first loss; penalties that know their gradient are kept for the update,
+the others go into the loss; at the update ``on_before_step`` (after the fused gradients) and
+``on_step`` fire, and the clock's step advances. The usage checks that keep a penalty from
+silently going missing live here too, worded by the adapter (:class:`regplug.clock.Wording`).
+
+Keras traces the same three hooks into its compiled train step instead; it calls them through
+the same dispatch (:meth:`regplug.PluginManager.caller`), without a Python-side window.
+"""
+
+from __future__ import annotations
+
+from .clock import EpochClock
+from .errors import UsageError
+from .penalty import Penalty, check_penalties
+
+__all__ = ["StepWindow"]
+
+
+class StepWindow:
+    """The per-step hooks of ``clock``'s plugins, one window per optimizer update.
+
+    :param fused: apply penalties that know their gradient (``Penalty.add_grad``) as a fused
+        gradient update before the optimizer step; otherwise every penalty goes through the
+        loss (``Penalty.value``) and the framework's autograd.
+    """
+
+    def __init__(self, clock: EpochClock, *, fused: bool = True) -> None:
+        self.clock = clock
+        self.run = clock.run
+        self.fused = fused
+        manager = clock.manager
+        self._on_loss = manager.caller("on_loss")
+        self._on_before_step = manager.caller("on_before_step")
+        self._on_step = manager.caller("on_step")
+        self._wants_loss = manager.implements("on_loss")
+        self._loss_seen = False  # on_loss fired in this window
+        self._grad_penalties: list[Penalty] = []
+        #: Every penalty returned by the latest ``on_loss`` (for reporting their values).
+        self.penalties: list[Penalty] = []
+
+    @property
+    def loss_seen(self) -> bool:
+        """Whether this window's loss has been handed over (``on_loss`` fired)."""
+        return self._loss_seen
+
+    def collect_penalties(self, loss: object) -> list[Penalty]:
+        """Fire ``on_loss`` once per window; return the penalties to add to the loss.
+
+        Penalties applied through their gradient are kept for :meth:`before_step`; the
+        returned ones must be added to the loss by the adapter. Later calls in the same
+        window (gradient accumulation) return nothing.
+        """
+        if self._loss_seen:
+            return []
+        if not self.clock.epoch_open:
+            self.clock.batch_begin()
+        self._loss_seen = True
+        if not self._wants_loss:
+            return []
+        self.penalties = check_penalties(self._on_loss(run=self.run, loss=loss))
+        to_loss = []
+        self._grad_penalties = []
+        for penalty in self.penalties:
+            if self.fused and penalty.add_grad is not None:
+                self._grad_penalties.append(penalty)
+            else:
+                to_loss.append(penalty)
+        return to_loss
+
+    def before_step(self) -> None:
+        """Gradients are final; the optimizer is about to update."""
+        if self._wants_loss and not self._loss_seen:
+            wording = self.clock.wording
+            names = ", ".join(getattr(p, "name", type(p).__name__)
+                              for p in self.clock.manager.implementers("on_loss"))
+            raise UsageError(
+                f"regplug: {wording.step} was called but {wording.loss_call} was not called "
+                f"on a training loss (one that requires grad) since the previous step, so the "
+                f"penalties of {names} would be missing. {wording.loss_fix}")
+        for penalty in self._grad_penalties:
+            penalty.add_grad()  # type: ignore[misc]
+        self._on_before_step(run=self.run, step=self.run.step)
+
+    def after_step(self) -> None:
+        """The optimizer has updated the parameters."""
+        self.reset()
+        self.run.step += 1
+        self._on_step(run=self.run, step=self.run.step - 1)
+
+    def reset(self) -> None:
+        """Gradients were zeroed: the next loss opens a new window.
+
+        :meth:`after_step` does this; adapters also call it when gradients are reset without
+        a step (e.g. ``GradScaler`` skipped a step with non-finite gradients).
+        """
+        self._loss_seen = False
+        self._grad_penalties = []
