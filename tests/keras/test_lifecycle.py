@@ -71,7 +71,7 @@ def test_model_is_plain_keras_again_after_fit():
         {"dropout": [0.3]})])])
     assert "compute_loss" not in vars(model) and "apply" not in vars(model.optimizer)
     assert "call" not in vars(model.layers[2]) and model.layers[2].rate == 0.2
-    assert not hasattr(model, "_regplug_attachment")
+    assert not detach(model)  # nothing of regplug left to remove
     assert list(model.metrics_names) == names_before and model.losses == []
     assert model.train_function is None  # the next fit/evaluate retraces, unpatched
     y_pred = model(X, training=False)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from regplug.adapters.keras import Regularize
+from regplug.adapters.keras import Regularize, detach
 from regplug.plugins import L2, OverfitBatch, OverfitBatchError
 
 from _keras_models import weights
@@ -59,7 +59,7 @@ def test_lr_zero_fails_before_the_first_step_with_the_numbers():
                   callbacks=[Regularize([OverfitBatch(XB, YB, steps=10, verbose=False)])])
     for a, b in zip(before, weights(model)):
         np.testing.assert_array_equal(a, b)
-    assert not hasattr(model, "_regplug_attachment")
+    assert not detach(model)  # nothing of regplug left to remove
 
 
 def test_a_detached_output_fails_with_a_hint():

@@ -84,7 +84,7 @@ def test_ramps_end_exactly_at_their_end_value():
 @pytest.mark.parametrize("schedule", [s for s, _ in FORMULAS], ids=IDS)
 def test_to_config_round_trips_through_json_and_as_schedule(schedule):
     config = json.loads(json.dumps(schedule.to_config()))
-    assert config["schedule"] in regplug.schedules._BY_NAME
+    assert isinstance(config["schedule"], str)  # a registered name: as_schedule takes it
     rebuilt = as_schedule(config, owner="test", arg="x")
     assert rebuilt == schedule and type(rebuilt) is type(schedule)
     assert rebuilt.to_config() == config

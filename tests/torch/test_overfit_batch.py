@@ -138,7 +138,7 @@ def test_a_broken_setup_fails_before_training_with_a_useful_message(broken, hint
     message = str(info.value)
     assert message.startswith("overfit_batch (data): FAILED: loss ")
     assert hint in message
-    assert getattr(opt, "_regplug_attached", None) is None  # nothing left attached
+    attach(model, opt, []).close()  # nothing left attached: regplug attaches again
 
 
 def test_labels_that_do_not_fit_the_loss_are_named_as_the_cause_without_misleading_hints():
