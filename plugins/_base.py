@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from regplug.penalty import Penalty
 from regplug.plugin import Plugin
 from regplug.run import ParamHandle, Run, ScheduledValue
 from regplug.schedules import Schedule, as_schedule
 from regplug.selection import Selection
+
+if TYPE_CHECKING:
+    from regplug.schedules import Constant
 
 Strength = float | Schedule | dict[str, Any]
 
@@ -90,7 +93,8 @@ class ParameterPlugin(ConfiguredPlugin):
     def _args(self) -> str:
         parts = []
         for arg, schedule in self._schedules.items():
-            shown = schedule.value if type(schedule).__name__ == "Constant" else schedule
+            shown = (cast("Constant", schedule).value if type(schedule).__name__ == "Constant"
+                     else schedule)
             parts.append(f"{arg}={shown!r}")
         if self.selection != Selection():
             parts.append(self.selection.describe())

@@ -24,7 +24,8 @@ _HIGHER_IS_BETTER = ("acc", "accuracy", "auc", "precision", "recall", "f1", "f1_
 def infer_mode(monitor: str) -> str | None:
     """``"min"`` or ``"max"`` from the metric's name, ``None`` when the name does not tell.
 
-    >>> infer_mode("val_loss"), infer_mode("val_accuracy"), infer_mode("sparse_categorical_accuracy")
+    >>> (infer_mode("val_loss"), infer_mode("val_accuracy"),
+    ...  infer_mode("sparse_categorical_accuracy"))
     ('min', 'max', 'max')
     >>> infer_mode("throughput") is None
     True

@@ -18,7 +18,8 @@ class MaxNorm(ParameterPlugin):
     weights. Units within the bound are left untouched. Often paired with dropout
     (Srivastava et al., 2014, used 3–4).
 
-    :param max_value: the bound, ``> 0`` or a schedule (default 2.0, as ``keras.constraints.MaxNorm``).
+    :param max_value: the bound, ``> 0`` or a schedule (default 2.0, as
+        ``keras.constraints.MaxNorm``).
     :param kinds, include, exclude: parameter selection, as for :class:`~regplug.plugins.L2`.
 
     >>> import numpy as np

@@ -40,8 +40,8 @@ class GeneralizationGap(Plugin):
     Adds ``gap`` (``val_loss − loss``) and ``pct_diff`` (``1 − val_acc / train_acc``, the
     comparison notebook's measure) to the epoch's logs — so they appear in Keras' History and
     ``run.history`` — and keeps one :class:`GapRecord` per epoch in :attr:`records`. When the
-    loss gap has been positive and grown for ``patience`` epochs in a row, it logs a warning (and, with
-    ``stop=True``, votes to stop).
+    loss gap has been positive and grown for ``patience`` epochs in a row, it logs a warning
+    (and, with ``stop=True``, votes to stop).
 
     :param patience: successive epochs of a widening gap that trigger the warning (``>= 1``).
     :param stop: also stop training at that point (default: only warn).

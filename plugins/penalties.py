@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-
 from regplug.hookspecs import hookimpl
 from regplug.penalty import Penalty
 from regplug.run import Run

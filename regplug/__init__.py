@@ -11,8 +11,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .errors import (PluginLoadError, PluginValidationError, RegplugError, RegplugWarning,
-                     UnknownPluginError, UnsupportedPluginError, UsageError)
+from .errors import (
+    PluginLoadError,
+    PluginValidationError,
+    RegplugError,
+    RegplugWarning,
+    UnknownPluginError,
+    UnsupportedPluginError,
+    UsageError,
+)
 from .hookspecs import HOOK_NAMES, hookimpl, hookspec
 from .manager import PluginManager
 from .ops import Ops
@@ -20,8 +27,18 @@ from .penalty import Penalty
 from .plugin import CAPABILITIES, Plugin
 from .registry import available_plugins, build_plugins, create_plugin, load_config
 from .run import DropoutHandle, LocalWorld, ParamHandle, Run, ScheduledValue, StopRequest
-from .schedules import (Constant, Cosine, EarlyDropout, ExponentialRamp, LateDropout, Linear,
-                        LinearWarmup, Piecewise, Schedule, Step)
+from .schedules import (
+    Constant,
+    Cosine,
+    EarlyDropout,
+    ExponentialRamp,
+    LateDropout,
+    Linear,
+    LinearWarmup,
+    Piecewise,
+    Schedule,
+    Step,
+)
 from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
 from .uncertainty import MCPrediction
 

@@ -42,7 +42,8 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     x = (bunch.data / 16.0).astype(np.float32)
     y = bunch.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(len(x) * test_fraction))
+    # int(): with NumPy < 2, round() of a NumPy float (test_fraction may be one) is a float
+    n_test = int(round(len(x) * test_fraction))  # noqa: RUF046
     test, train = order[:n_test], order[n_test:]
     return Dataset("digits", x[train], y[train], x[test], y[test])
 

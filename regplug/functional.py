@@ -6,6 +6,8 @@ directly. Conventions follow Keras so numbers carry over: ``l2_penalty`` has no 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -20,30 +22,34 @@ def l2_penalty(weights: list[ArrayLike], l2: float) -> float:
     return l2 * float(sum(np.square(np.asarray(w, dtype=np.float64)).sum() for w in weights))
 
 
-def soft_threshold(x: ArrayLike, threshold: float) -> NDArray:
+def soft_threshold(x: ArrayLike, threshold: float) -> NDArray[Any]:
     """``sign(x) · max(|x| − t, 0)``: the proximal operator of ``t·|x|``; gives exact zeros.
 
     >>> soft_threshold(np.array([-2.0, -0.5, 0.0, 0.3, 1.5]), 1.0).tolist()
     [-1.0, 0.0, 0.0, 0.0, 0.5]
     """
     x = np.asarray(x)
-    return (np.sign(x) * np.maximum(np.abs(x) - threshold, 0.0)).astype(x.dtype) + 0.0
+    out: NDArray[Any] = (np.sign(x) * np.maximum(np.abs(x) - threshold, 0.0)).astype(x.dtype)
+    return out + 0.0
 
 
-def max_norm_scale(norms: ArrayLike, max_norm: float, eps: float = 1e-7) -> NDArray:
+def max_norm_scale(norms: ArrayLike, max_norm: float, eps: float = 1e-7) -> NDArray[Any]:
     """Factor that brings each unit's norm to at most ``max_norm``; 1 where already within."""
     norms = np.asarray(norms)
-    return np.where(norms > max_norm, max_norm / (norms + eps), 1.0).astype(norms.dtype)
+    scale: NDArray[Any] = np.where(norms > max_norm, max_norm / (norms + eps), 1.0)
+    return scale.astype(norms.dtype)
 
 
-def clip_unit_norms(w: ArrayLike, max_norm: float, unit_axis: int | None) -> NDArray:
+def clip_unit_norms(w: ArrayLike, max_norm: float, unit_axis: int | None) -> NDArray[Any]:
     """Rescale each unit (an index along ``unit_axis``) to L2 norm ``<= max_norm``."""
     w = np.asarray(w)
     if unit_axis is None:
-        return w * max_norm_scale(np.sqrt(np.sum(w * w)), max_norm)
-    axes = tuple(a for a in range(w.ndim) if a != unit_axis % w.ndim)
-    norms = np.sqrt(np.sum(w * w, axis=axes, keepdims=True))
-    return w * max_norm_scale(norms, max_norm)
+        norms = np.sqrt(np.sum(w * w))
+    else:
+        axes = tuple(a for a in range(w.ndim) if a != unit_axis % w.ndim)
+        norms = np.sqrt(np.sum(w * w, axis=axes, keepdims=True))
+    clipped: NDArray[Any] = w * max_norm_scale(norms, max_norm)
+    return clipped
 
 
 def decoupled_decay_factor(learning_rate: float, weight_decay: float) -> float:

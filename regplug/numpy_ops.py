@@ -27,10 +27,12 @@ class NumpyOps:
 
     # The reference sums in float64: adapters' float32 results are compared against it.
     def sum_squares(self, params: Sequence[ParamHandle]) -> np.float64:
-        return np.float64(F.l2_penalty([p.tensor for p in params], 1.0))
+        total: np.float64 = np.float64(F.l2_penalty([p.tensor for p in params], 1.0))
+        return total
 
     def sum_abs(self, params: Sequence[ParamHandle]) -> np.float64:
-        return np.float64(F.l1_penalty([p.tensor for p in params], 1.0))
+        total: np.float64 = np.float64(F.l1_penalty([p.tensor for p in params], 1.0))
+        return total
 
     def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float) -> None:
         for theta, grad in self._with_grad(params):

@@ -12,12 +12,17 @@ import difflib
 import importlib
 import inspect
 import os
-import tomllib
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 from .builtins import BUILTIN_PLUGINS
 from .errors import PluginLoadError, UnknownPluginError

@@ -397,13 +397,14 @@ def as_schedule(value: float | Schedule | Mapping[str, Any], *, owner: str, arg:
     >>> as_schedule(Linear(0.0, 1.0, span=10, per="step"), owner="DropoutSchedule", arg="rate",
     ...             high=1.0, high_open=True)
     Traceback (most recent call last):
-    ValueError: DropoutSchedule: argument 'rate' must be a finite number in [0, 1), got 1.0 (a value of the schedule Linear(start=0.0, end=1.0, span=10, per='step'))
+    ValueError: DropoutSchedule: argument 'rate' must be a finite number in [0, 1), got 1.0 (a value
+    of the schedule Linear(start=0.0, end=1.0, span=10, per='step'))
     """
     if isinstance(value, Mapping):
         spec = dict(value)
         name = spec.pop("schedule", None)
         check_choice(owner, f"{arg}.schedule", name, tuple(_BY_NAME))
-        factory = _BY_NAME[name]  # type: ignore[index]
+        factory = _BY_NAME[name]
         try:
             inspect.signature(factory).bind(**spec)
         except TypeError as err:

@@ -60,8 +60,8 @@ def numpy_run(params: Mapping[str, np.ndarray], *, kinds: Mapping[str, str] | No
     """A :class:`Run` over NumPy arrays (changed in place by the plugins).
 
     Kinds come from ``kinds`` where given, else from the name's last part (``bias``,
-    ``embedding*``; ``gamma``/``beta`` count as normalization; the rest are weights). The unit axis is
-    0, as in PyTorch's ``(out, in)`` layout.
+    ``embedding*``; ``gamma``/``beta`` count as normalization; the rest are weights). The unit
+    axis is 0, as in PyTorch's ``(out, in)`` layout.
     """
     kinds = dict(kinds or {})
     handles = []

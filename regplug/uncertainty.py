@@ -286,7 +286,8 @@ class MCAccumulator:
         if self.stores:
             return summarize(self.samples(), level=self.level, interval=self.interval,
                              keep_samples=self.keep_samples)
-        assert self._mean is not None and self._m2 is not None
+        assert self._mean is not None
+        assert self._m2 is not None
         std = np.sqrt(self._m2 / self.count)
         lower, upper = _interval(self._mean, std, None, self.level, self.interval)
         return MCPrediction(mean=self._mean, std=std, lower=lower, upper=upper,

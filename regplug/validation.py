@@ -53,7 +53,7 @@ def check_choice(owner: str, arg: str, value: object, choices: tuple[str, ...]) 
     if value not in choices:
         raise ValueError(f"{owner}: argument {arg!r} must be one of "
                          f"{', '.join(map(repr, choices))}; got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _describe_range(low: float, high: float, low_open: bool, high_open: bool) -> str:

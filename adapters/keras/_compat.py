@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "optimizer_variables", "add_metric",
-           "remove_metric", "add_state_slot", "remove_state_slots", "layer_seed_generators",
-           "spatial_noise_shape"]
+__all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "optimizer_variables",
+           "add_metric", "remove_metric", "add_state_slot", "remove_state_slots",
+           "layer_seed_generators", "spatial_noise_shape"]
 
 
 def stateless_scope() -> Any:

@@ -13,25 +13,31 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
-import time  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
-from typing import Any  # noqa: E402
+import time
+from collections.abc import Mapping
+from typing import Any
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from regplug.compare.datasets import Splits  # noqa: E402
-from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec  # noqa: E402
-from regplug.compare.results import TrainOutcome, WeightArray  # noqa: E402
-from regplug.compare.frameworks import EpochCallback, TrainSettings  # noqa: E402
-from regplug.compare.strategies import Strategy  # noqa: E402
-from regplug.compare.toy import (TOY_DROPOUT, TOY_EPOCHS, TOY_HIDDEN,  # noqa: E402
-                                 TOY_LEARNING_RATE, TOY_SAMPLES, RegressionToy)
-from regplug.uncertainty import MCPrediction  # noqa: E402
+from regplug.compare.datasets import Splits
+from regplug.compare.frameworks import EpochCallback, TrainSettings
+from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec
+from regplug.compare.results import TrainOutcome, WeightArray
+from regplug.compare.strategies import Strategy
+from regplug.compare.toy import (
+    TOY_DROPOUT,
+    TOY_EPOCHS,
+    TOY_HIDDEN,
+    TOY_LEARNING_RATE,
+    TOY_SAMPLES,
+    RegressionToy,
+)
+from regplug.uncertainty import MCPrediction
 
-from .callback import Regularize  # noqa: E402
-from .discovery import SCHEDULABLE_DROPOUT_TYPES, all_layers  # noqa: E402
-from .uncertainty import mc_predict  # noqa: E402
+from .callback import Regularize
+from .discovery import SCHEDULABLE_DROPOUT_TYPES, all_layers
+from .uncertainty import mc_predict
 
 __all__ = ["KerasRunner", "describe", "build_mlp", "build_model", "compile_model", "train_strategy",
            "mc_dropout"]
@@ -78,9 +84,10 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras
     except Exception as err:  # each backend raises its own error types for a bad input
         raise check.failed_forward(spec, err) from err
     layers = all_layers(model)
-    check.verify(spec, has_dropout=any(isinstance(l, SCHEDULABLE_DROPOUT_TYPES) for l in layers),
-                 has_batch_norm=any(isinstance(l, keras.layers.BatchNormalization)
-                                    for l in layers),
+    check.verify(spec,
+                 has_dropout=any(isinstance(layer, SCHEDULABLE_DROPOUT_TYPES) for layer in layers),
+                 has_batch_norm=any(isinstance(layer, keras.layers.BatchNormalization)
+                                    for layer in layers),
                  output_shape=tuple(out.shape))
     return model
 

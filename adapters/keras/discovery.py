@@ -13,8 +13,7 @@ from typing import Any
 
 import keras
 
-from regplug.conventions import (DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name,
-                                 shared_kind)
+from regplug.conventions import DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name, shared_kind
 from regplug.run import ParamHandle
 
 from . import _compat
@@ -24,7 +23,7 @@ __all__ = ["param_kind", "unit_axis", "all_layers", "discover_parameters", "NORM
            "KERAS_DROPOUT_CALLS"]
 
 
-def _layer_types(names: Iterable[str]) -> tuple[type, ...]:
+def _layer_types(names: Iterable[str]) -> tuple[type[Any], ...]:
     # Some layer classes are recent (RMSNormalization); take those this Keras has.
     return tuple(t for t in (getattr(keras.layers, n, None) for n in sorted(names))
                  if isinstance(t, type))

@@ -15,8 +15,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from regplug.errors import UsageError
 from regplug.conventions import MAX_NORM_EPS
+from regplug.errors import UsageError
 from regplug.run import ParamHandle
 
 __all__ = ["KerasOps", "scale_for_replicas"]
@@ -108,11 +108,11 @@ class KerasOps:
 
     def add_to_grad_(self, params: Sequence[ParamHandle], alpha: Any) -> None:
         for i, p in self._grad_slots(params):
-            self._add_to_grad(i, alpha, lambda dtype: _as(_value(p), dtype))
+            self._add_to_grad(i, alpha, lambda dtype, p=p: _as(_value(p), dtype))
 
     def add_sign_to_grad_(self, params: Sequence[ParamHandle], alpha: Any) -> None:
         for i, p in self._grad_slots(params):
-            self._add_to_grad(i, alpha, lambda dtype: ops.sign(_as(_value(p), dtype)))
+            self._add_to_grad(i, alpha, lambda dtype, p=p: ops.sign(_as(_value(p), dtype)))
 
     def _add_to_grad(self, i: int, alpha: Any, term: Any) -> None:
         grads: list[Any] = self._grads  # type: ignore[assignment]

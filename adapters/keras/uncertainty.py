@@ -48,8 +48,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments, row_batches,
-                                 sample_chunks, warn_if_constant)
+from regplug.uncertainty import (
+    MCAccumulator,
+    MCPrediction,
+    check_mc_arguments,
+    row_batches,
+    sample_chunks,
+    warn_if_constant,
+)
 from regplug.validation import check_bool
 
 from . import _compat
@@ -170,7 +176,7 @@ def _input_leaves(x: Any) -> tuple[list[Any], int]:
     """The tensors of ``x`` (floating NumPy arrays cast to floatx) and their row count."""
     try:
         flat = keras.tree.flatten(x)
-    except Exception:  # noqa: BLE001 - anything keras.tree cannot walk is reported below
+    except Exception:  # anything keras.tree cannot walk is reported below
         flat = []
     leaves = []
     for value in flat:
@@ -223,7 +229,10 @@ def _forward(model: Any, originals: list[tuple[Any, Any]], compiled: bool
     model_ref = weakref.ref(model)
 
     def forward(trainable: list[Any], state: list[Any], x: Any) -> tuple[Any, list[Any]]:
-        return model_ref().stateless_call(trainable, state, x, training=False)
+        model = model_ref()
+        assert model is not None  # called only while the model is being sampled
+        result: tuple[Any, list[Any]] = model.stateless_call(trainable, state, x, training=False)
+        return result
 
     if not compiled:
         return forward
@@ -289,4 +298,5 @@ def _to_numpy(y: Any, copies: int, rows: int) -> np.ndarray:
                          f"{copies * rows} rows in, output shape {out.shape}")
     if out.dtype.kind != "f" or out.dtype.itemsize < 2:
         out = out.astype(np.float32)
-    return out.reshape(copies, rows, *out.shape[1:])
+    samples: np.ndarray = out.reshape(copies, rows, *out.shape[1:])
+    return samples

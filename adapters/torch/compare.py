@@ -13,28 +13,36 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from regplug.compare.datasets import Splits
+from regplug.compare.frameworks import EpochCallback, TrainSettings
 from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec
 from regplug.compare.results import TrainOutcome, WeightArray
-from regplug.compare.frameworks import EpochCallback, TrainSettings
 from regplug.compare.strategies import Strategy
-from regplug.compare.toy import (TOY_DROPOUT, TOY_EPOCHS, TOY_HIDDEN, TOY_LEARNING_RATE,
-                                 TOY_SAMPLES, RegressionToy)
+from regplug.compare.toy import (
+    TOY_DROPOUT,
+    TOY_EPOCHS,
+    TOY_HIDDEN,
+    TOY_LEARNING_RATE,
+    TOY_SAMPLES,
+    RegressionToy,
+)
 from regplug.uncertainty import MCPrediction
 
 from .discovery import SCHEDULABLE_DROPOUT_TYPES, is_batch_norm
 from .loop import attach
 from .uncertainty import mc_predict
 
-__all__ = ["TorchRunner", "describe", "build_mlp", "build_model", "make_optimizer", "train_strategy",
-           "mc_dropout"]
+__all__ = ["TorchRunner", "describe", "build_mlp", "build_model", "make_optimizer",
+           "train_strategy", "mc_dropout"]
 
 _EVAL_ROWS = 8192
+_M = TypeVar("_M", bound=nn.Module)
 #: Below this many parameters a model trains on one CPU thread: its matrix products are
 #: too small for intra-op threads to pay off, and on a busy machine threads waiting on each
 #: other made the default run's torch half several times slower (measured: 2 s vs 20 s
@@ -67,7 +75,7 @@ def describe() -> str:
     return f"torch {torch.__version__}"
 
 
-def _glorot(model: nn.Module) -> nn.Module:
+def _glorot(model: _M) -> _M:
     for module in model.modules():
         if isinstance(module, nn.Linear):
             nn.init.xavier_uniform_(module.weight)

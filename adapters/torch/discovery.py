@@ -9,12 +9,12 @@ module types.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from regplug.conventions import (DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name,
-                                 shared_kind)
+from regplug.conventions import DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name, shared_kind
 from regplug.run import DropoutHandle, ParamHandle
 
 from ._compat import compiled_original
@@ -125,8 +125,10 @@ def discover_dropout(model: nn.Module) -> list[DropoutHandle]:
     handles = []
     for name, module in unwrap(model).named_modules():
         if isinstance(module, SCHEDULABLE_DROPOUT_TYPES):
-            def apply(rate: float, module: nn.Module = module) -> None:
+            # A dropout module's p is a float; torch types module attributes Tensor | Module.
+            def apply(rate: float, module: Any = module) -> None:
                 module.p = rate
 
-            handles.append(DropoutHandle(name, type(module).__name__, module.p, apply))
+            handles.append(DropoutHandle(name, type(module).__name__, cast(float, module.p),
+                                         apply))
     return handles

@@ -58,7 +58,8 @@ def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list
     return thetas, grads
 
 
-def _foreach_add_scaled_(targets: list[torch.Tensor], terms: list[torch.Tensor],
+def _foreach_add_scaled_(targets: list[torch.Tensor],
+                         terms: list[torch.Tensor] | tuple[torch.Tensor, ...],
                          alpha: float | torch.Tensor) -> None:
     """``targets += alpha · terms``. A tensor ``alpha`` (a strength a plugin computed on the
     device) stays on the device: ``_foreach_add_``'s ``alpha=`` would read it to the host."""

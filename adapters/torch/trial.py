@@ -38,7 +38,7 @@ class TorchTrial:
 
     def train(self, x: Any, y: Any, steps: int) -> TrialReport:
         model, opt = self.model, self.optimizer
-        params = {name: p for name, p in unwrap(model).named_parameters()}
+        params = dict(unwrap(model).named_parameters())
         device = next(iter(params.values())).device if params else torch.device("cpu")
         x, y = _to_device(x, device), _to_device(y, device)
         got_grad: set[str] = set()

@@ -36,8 +36,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from regplug.uncertainty import (MCAccumulator, MCPrediction, check_mc_arguments, row_batches,
-                                 sample_chunks, warn_if_constant)
+from regplug.uncertainty import (
+    MCAccumulator,
+    MCPrediction,
+    check_mc_arguments,
+    row_batches,
+    sample_chunks,
+    warn_if_constant,
+)
 
 from .discovery import DROPOUT_TYPES
 
@@ -205,7 +211,8 @@ def _to_numpy(out: Any, copies: int, rows: int) -> np.ndarray:
     out = out.detach().reshape(copies, rows, *out.shape[1:])
     if out.dtype not in (torch.float16, torch.float32, torch.float64):
         out = out.float()  # bfloat16 has no NumPy dtype; integer outputs are averaged as reals
-    return out.cpu().numpy()
+    array: np.ndarray = out.cpu().numpy()
+    return array
 
 
 @contextlib.contextmanager

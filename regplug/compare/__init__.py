@@ -15,14 +15,25 @@ when their framework is asked for.
 from __future__ import annotations
 
 from .datasets import Splits, resolve_data, split_validation
+from .frameworks import (
+    FrameworkRunner,
+    FrameworkUnavailable,
+    TrainSettings,
+    framework_names,
+    get_runner,
+    register_runner,
+)
 from .models import BUILTIN_MODELS, ModelChoice, ModelSpec, resolve_model
 from .progress import Progress
 from .results import StrategyResult, TrainOutcome, WeightArray, format_table
-from .frameworks import (FrameworkRunner, FrameworkUnavailable, TrainSettings,
-                         framework_names, get_runner, register_runner)
 from .runner import run_compare
-from .strategies import (BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, Strategy, load_strategies,
-                         select_strategies)
+from .strategies import (
+    BUILTIN_STRATEGIES,
+    DEFAULT_STRATEGIES,
+    Strategy,
+    load_strategies,
+    select_strategies,
+)
 
 __all__ = [
     "Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strategies",

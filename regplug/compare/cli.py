@@ -138,11 +138,11 @@ def _list(custom: dict[str, Any]) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Resolve everything a mistake could be in, then train, print and write."""
     from .datasets import resolve_data, split_validation
+    from .frameworks import TrainSettings, get_runner
     from .models import resolve_model
     from .output import StagedOutput
     from .progress import Progress
     from .results import format_table
-    from .frameworks import TrainSettings, get_runner
     from .runner import run_compare
     from .strategies import load_strategies, select_strategies
 

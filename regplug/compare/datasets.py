@@ -60,7 +60,8 @@ def split_validation(data: Dataset, *, fraction: float = VALIDATION_FRACTION,
     if n < 2:
         raise ValueError(f"data {data.name!r}: {n} training row(s); at least 2 are needed to "
                          "hold out a validation set")
-    n_val = min(max(1, int(round(n * fraction))), n - 1)
+    # int(): with NumPy < 2, round() of a NumPy float (fraction may be one) is a float
+    n_val = min(max(1, int(round(n * fraction))), n - 1)  # noqa: RUF046
     order = np.random.default_rng(seed).permutation(n)
     val, train = order[:n_val], order[n_val:]
     return Splits(data.name, data.x_train[train], data.y_train[train], data.x_train[val],

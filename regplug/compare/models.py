@@ -87,7 +87,8 @@ def resolve_model(text: str | None) -> ModelChoice:
     (50, 250)
     >>> resolve_model("cnn")
     Traceback (most recent call last):
-    regplug.compare.models.ModelError: unknown model 'cnn'; built-in models: mlp, wide_mlp, linear, or give module:factory
+    regplug.compare.models.ModelError: unknown model 'cnn'; built-in models: mlp, wide_mlp, linear,
+    or give module:factory
     """
     if text is None:
         return BUILTIN_MODELS["mlp"]
@@ -113,7 +114,9 @@ class FactoryCheck:
     >>> check.verify(ModelSpec("torch", 4, 3, dropout=0.2), has_dropout=False,
     ...              has_batch_norm=False, output_shape=(2, 3))
     Traceback (most recent call last):
-    regplug.compare.models.ModelError: --model 'm:f' (strategy 'dropout', torch): the strategy needs a dropout layer (spec.dropout=0.2) but the model has none; add torch.nn.Dropout(spec.dropout) where it should act
+    regplug.compare.models.ModelError: --model 'm:f' (strategy 'dropout', torch): the strategy needs
+    a dropout layer (spec.dropout=0.2) but the model has none; add torch.nn.Dropout(spec.dropout)
+    where it should act
     """
 
     where: str

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
 
 from ..errors import RegplugError
 from ..registry import build_plugins
@@ -149,7 +154,8 @@ def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
     """One strategy from a config table; every mistake is a :class:`StrategyError`.
 
     >>> strategy_from_table({"name": "wd", "plugins": [{"name": "l2", "l2": 0.01}]}, where="x")
-    Strategy(name='wd', plugins=({'name': 'l2', 'l2': 0.01},), dropout=None, batch_norm=False, description='', builtin=False)
+    Strategy(name='wd', plugins=({'name': 'l2', 'l2': 0.01},), dropout=None, batch_norm=False,
+             description='', builtin=False)
     """
     if not isinstance(table, Mapping):
         raise StrategyError(f"{where}: expected a table with a 'name' and 'plugins', got "
@@ -254,7 +260,9 @@ def select_strategies(selection: str | Iterable[str] | None,
     ['none', 'l2']
     >>> select_strategies("l3")
     Traceback (most recent call last):
-    regplug.compare.strategies.StrategyError: unknown strategy 'l3' (did you mean 'l2'?); valid: none, l2, l1, dropout, batch_norm, batch_norm_dropout, early_stopping, decoupled_weight_decay, proximal_l1, dropout_schedule, max_norm, elastic_net, default, all
+    regplug.compare.strategies.StrategyError: unknown strategy 'l3' (did you mean 'l2'?); valid:
+    none, l2, l1, dropout, batch_norm, batch_norm_dropout, early_stopping, decoupled_weight_decay,
+    proximal_l1, dropout_schedule, max_norm, elastic_net, default, all
     """
     import difflib
 
