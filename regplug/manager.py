@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -26,7 +26,7 @@ class _Pluggy(pluggy.PluginManager):
         if opts is None and name in HOOK_NAMES and callable(getattr(plugin, name, None)):
             # Plain methods named after a hook count as implementations, so a plugin works
             # with or without the decorator (the decorator adds tryfirst/trylast/...).
-            opts = {}
+            opts = cast("pluggy.HookimplOpts", {})
         return opts
 
 
@@ -84,7 +84,7 @@ def validate_plugin(plugin: object) -> None:
                 f"hooks are {', '.join(HOOK_NAMES)}")
     for attr in implemented:
         spec_args = set(inspect.signature(getattr(hookspecs, attr)).parameters)
-        got = [a for a in inspect.signature(getattr(plugin, attr)).parameters]
+        got = list(inspect.signature(getattr(plugin, attr)).parameters)
         extra = [a for a in got if a not in spec_args]
         if extra:
             raise PluginValidationError(

@@ -78,8 +78,8 @@ class DropoutHandle:
     the framework's compiled step from the next batch on: a module attribute read at every
     forward pass in PyTorch, a non-trainable variable read inside the traced train step in
     Keras (also for layers built with rate 0). Set :attr:`rate` from the Python-side hooks
-    (``on_train_begin``, ``on_epoch_begin``, ``on_batch_begin``, ``on_epoch_end``); inside Keras' traced hooks
-    a Python assignment would happen once, at trace time.
+    (``on_train_begin``, ``on_epoch_begin``, ``on_batch_begin``, ``on_epoch_end``); inside
+    Keras' traced hooks a Python assignment would happen once, at trace time.
 
     :param name: the layer's qualified name (``"dropout_1"``, ``"encoder.drop"``).
     :param layer_type: class name of the layer, e.g. ``"Dropout"``.
@@ -358,7 +358,7 @@ def kinds_summary(params: Iterable[ParamHandle]) -> dict[str, int]:
     return out
 
 
-def check_state_arrays(where: str, arrays: Mapping[str, object],
+def check_state_arrays(where: str, arrays: Mapping[str, Any],
                        shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Refuse saved arrays that do not match the model's state (names and shapes)."""
     missing = [k for k in shapes if k not in arrays]

@@ -17,12 +17,18 @@ import keras
 from keras import ops
 
 from regplug.errors import UsageError
+from regplug.manager import PluginManager
 from regplug.penalty import Penalty, check_penalties, unique_names
 from regplug.run import DropoutHandle, ParamHandle, Run
 from regplug.schedules import Schedule
 
 from . import _compat
-from .discovery import KERAS_DROPOUT_CALLS, SCHEDULABLE_DROPOUT_TYPES, all_layers, discover_parameters
+from .discovery import (
+    KERAS_DROPOUT_CALLS,
+    SCHEDULABLE_DROPOUT_TYPES,
+    all_layers,
+    discover_parameters,
+)
 from .dropout import rate_reading_call
 from .ops import KerasOps, scale_for_replicas
 from .scalars import KerasScheduledValue
@@ -76,7 +82,7 @@ class Attachment:
     def __init__(self, owner: Any, model: Any) -> None:
         self.owner = owner
         self.model = model
-        self.manager = owner.manager
+        self.manager: PluginManager = owner.manager
         self.backend = keras.backend.backend()
         self.jax = self.backend == "jax"
         if model.optimizer is None:
@@ -258,7 +264,9 @@ class Attachment:
 
         def apply(grads: Any, trainable_variables: Any = None) -> Any:
             self.apply_seen = True
-            step = self.run.step if self.eager else self.trace_step
+            step = self.trace_step
+            if self.eager and self.run is not None:
+                step = self.run.step
             variables = (list(trainable_variables) if trainable_variables is not None
                          else _compat.optimizer_variables(optimizer))
             if self.jax and self.jax_values:

@@ -84,7 +84,8 @@ class TorchRegularizer:
                  plugins: Iterable[object], *, fused: bool = True, world: Any = None,
                  loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> None:
         if not isinstance(model, nn.Module):
-            raise TypeError(f"attach: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+            raise TypeError("attach: 'model' must be a torch.nn.Module, got "
+                            f"{type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError("attach: 'optimizer' must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
