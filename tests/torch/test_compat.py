@@ -14,7 +14,6 @@ import threading
 import tokenize
 from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
