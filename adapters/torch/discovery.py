@@ -57,7 +57,7 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
             continue
         original = compiled_original(model)
-        if original is None:
+        if original is None or original is model:  # never loop on a self-reference
             return model
         model = original
 
