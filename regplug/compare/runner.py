@@ -59,10 +59,7 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
                                        f"{err}") from err
                 result = make_result(framework, strategy.name, strategy.describe(), outcome,
                                      strategy.build_plugins())
-                progress.finish(f"acc_train {result.acc_train:.4f}  acc_test "
-                                f"{result.acc_test:.4f}"
-                                + (f"  stopped at epoch {result.epochs}"
-                                   if result.stop_reason else ""))
+                progress.finish(result)
                 results.append(result)
         if staged is not None:
             info = run_settings(runners, strategies, splits, model, settings, command)

@@ -19,7 +19,7 @@ import pytest
 
 from _compare_cli import TABLE_COLUMNS, assert_one_line_error, run_cli, table_rows
 
-from regplug.compare import (BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, Progress, load_strategies,
+from regplug.compare import (BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, load_strategies,
                              select_strategies)
 from regplug.compare.results import (StrategyResult, WeightArray, final_penalty, format_table,
                                      zero_fraction)
@@ -181,35 +181,6 @@ def test_table_has_one_row_per_run_with_nan_for_an_undefined_gap():
     assert lines[1].split() == ["torch", "none", "1.0000", "0.9000", "0.1000", "3", "0.0%",
                                 "0.0000"]
     assert lines[2].split()[4] == "nan" and lines[2].split()[6] == "25.0%"
-
-
-def test_progress_is_silent_off_a_terminal_and_draws_one_line_per_strategy_on_one(tmp_path):
-    import io
-
-    quiet = io.StringIO()
-    bar = Progress(quiet)  # StringIO is not a terminal
-    bar.start("torch", "l2", epochs=2)
-    bar.epoch(0, {"loss": 1.0})
-    bar.finish("done")
-    assert quiet.getvalue() == ""
-
-    shown = io.StringIO()
-    bar = Progress(shown, enabled=True)
-    for name in ("none", "l2"):
-        bar.start("torch", name, epochs=2)
-        bar.epoch(0, {"loss": 0.75, "val_loss": 0.5, "val_accuracy": 0.9})
-        bar.epoch(1, {"loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.95})
-        bar.finish("acc_test 0.9500")
-    lines = shown.getvalue().split("\n")
-    assert len(lines) == 3 and lines[2] == ""  # one finished line per strategy
-    *updates, final = lines[1].split("\r")
-    assert "l2" in updates[-1] and "2/2" in updates[-1] and "val_loss 0.4000" in updates[-1]
-    assert "l2" in final and "2/2" in final and "acc_test 0.9500" in final
-
-    bar.start("torch", "dropout", epochs=2)  # interrupted: close() ends its line
-    bar.close()
-    bar.close()
-    assert shown.getvalue().endswith("0/2\x1b[K\n")
 
 
 # -- bad input on the command line ----------------------------------------------------------
