@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -12,8 +13,9 @@ from typing import Any
 
 from . import __version__
 from .compare.cli import add_compare_parser
-from .errors import PluginLoadError, RegplugError
+from .errors import PluginLoadError, PluginValidationError, RegplugError
 from .hookspecs import implemented_hooks
+from .manager import validate_plugin_class
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
 
 
@@ -38,6 +40,11 @@ def plugin_listing() -> list[dict[str, Any]]:
         else:
             if callable(factory):
                 hooks = implemented_hooks(factory)
+                if inspect.isclass(factory):
+                    try:  # what registering an instance would refuse, listed now
+                        validate_plugin_class(factory)
+                    except PluginValidationError as err:
+                        error = f"{type(err).__name__}: {err}"
             else:
                 error = (f"TypeError: {info.target} is a {type(factory).__name__}, not a plugin "
                          "class or factory")

@@ -70,6 +70,34 @@ def validate_plugin(plugin: object) -> None:
         raise PluginValidationError(
             f"{label}: register an instance, not the class (write {plugin.__name__}(...))")
     owner = plugin if inspect.ismodule(plugin) else type(plugin)
+    for attr in _hook_methods(owner, label):
+        _check_hook_arguments(label, attr, list(inspect.signature(
+            getattr(plugin, attr)).parameters))
+
+
+def validate_plugin_class(cls: type) -> None:
+    """The checks of :func:`validate_plugin` on a plugin *class*, without instantiating it
+    (what ``regplug plugins`` runs on each discovered factory).
+
+    >>> class Typo:
+    ...     def on_los(self, run, loss): ...
+    >>> validate_plugin_class(Typo)
+    Traceback (most recent call last):
+    regplug.errors.PluginValidationError: Typo: method 'on_los' is not a regplug hook; did you
+    mean 'on_loss'? hooks are ...
+    """
+    label = getattr(cls, "name", None)
+    label = label if isinstance(label, str) else cls.__name__
+    for attr in _hook_methods(cls, label):
+        params = list(inspect.signature(getattr(cls, attr)).parameters)
+        if not isinstance(inspect.getattr_static(cls, attr), (staticmethod, classmethod)):
+            params = params[1:]  # self, bound when an instance is registered
+        _check_hook_arguments(label, attr, params)
+
+
+def _hook_methods(owner: object, label: str) -> list[str]:
+    """The hook names ``owner`` implements; a misspelled or unknown ``on_*``/``@hookimpl``
+    method is a :class:`PluginValidationError`."""
     implemented = []
     for attr in dir(owner):
         member = getattr(owner, attr, None)
@@ -82,14 +110,16 @@ def validate_plugin(plugin: object) -> None:
             raise PluginValidationError(
                 f"{label}: method {attr!r} is not a regplug hook; {hint}"
                 f"hooks are {', '.join(HOOK_NAMES)}")
-    for attr in implemented:
-        spec_args = set(inspect.signature(getattr(hookspecs, attr)).parameters)
-        got = list(inspect.signature(getattr(plugin, attr)).parameters)
-        extra = [a for a in got if a not in spec_args]
-        if extra:
-            raise PluginValidationError(
-                f"{label}: hook {attr}() takes argument(s) {extra} that regplug does not "
-                f"provide; {attr} can take any of {sorted(spec_args)}")
+    return implemented
+
+
+def _check_hook_arguments(label: str, attr: str, got: list[str]) -> None:
+    spec_args = set(inspect.signature(getattr(hookspecs, attr)).parameters)
+    extra = [a for a in got if a not in spec_args]
+    if extra:
+        raise PluginValidationError(
+            f"{label}: hook {attr}() takes argument(s) {extra} that regplug does not "
+            f"provide; {attr} can take any of {sorted(spec_args)}")
 
 
 class PluginManager:

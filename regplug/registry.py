@@ -8,15 +8,19 @@ the CLI or code names it. ``REGPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` skips discovery 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
 import os
+import signal
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -44,14 +48,55 @@ class PluginInfo:
         """Import and return the factory (usually a class)."""
         module_name, _, attr = self.target.partition(":")
         try:
-            obj = importlib.import_module(module_name)
-            for part in attr.split(".") if attr else ():
-                obj = getattr(obj, part)
-        except Exception as err:  # a broken third-party package must not take others down
+            with _user_interrupts_marked() as user_interrupted:
+                obj = importlib.import_module(module_name)
+                for part in attr.split(".") if attr else ():
+                    obj = getattr(obj, part)
+        except (Exception, SystemExit, KeyboardInterrupt) as err:
+            # A broken third-party package must not take the others down — not even one that
+            # calls sys.exit() or raises KeyboardInterrupt while being imported. The user's
+            # own Ctrl-C during the import still interrupts (see _user_interrupts_marked).
+            if isinstance(err, KeyboardInterrupt) and user_interrupted:
+                raise
             raise PluginLoadError(
                 f"plugin {self.name!r} from {self.distribution} failed to load "
                 f"({self.target}): {type(err).__name__}: {err}") from err
         return obj
+
+
+@contextlib.contextmanager
+def _user_interrupts_marked() -> Iterator[list[bool]]:
+    """Tell the user's Ctrl-C apart from a ``KeyboardInterrupt`` that imported code raises.
+
+    Yields a list that is non-empty once a SIGINT arrived during the block. In the main
+    thread (the only one Python delivers signals to) the current SIGINT handler is wrapped
+    for the duration: it records the signal, then does what it did before (by default,
+    raise ``KeyboardInterrupt``). In any other thread a ``KeyboardInterrupt`` can only come
+    from the imported code itself, so nothing needs marking.
+    """
+    marked: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield marked
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        marked.append(True)
+        if callable(previous):
+            return previous(signum, frame)
+        if previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+        return None  # SIG_IGN: the user's Ctrl-C was ignored before, and stays ignored
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except (ValueError, TypeError, OSError):  # no signal support here: nothing to tell apart
+        yield marked
+        return
+    try:
+        yield marked
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def autoload_disabled() -> bool:
