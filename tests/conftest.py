@@ -21,7 +21,13 @@ import sys
 
 import pytest
 
-import regplug
+# One OpenMP thread unless the caller chose otherwise, set before anything imports torch:
+# with TensorFlow and PyTorch in one process on a small machine their thread pools spin
+# against each other, and PyTorch's CPU ops ran 50x slower (a 60-step MLP test: 0.2 s
+# alone, 15 s beside the Keras tests). Subprocesses (the DDP ranks) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import regplug  # noqa: E402  (imports no framework)
 
 DEFAULT_KERAS_BACKEND = "tensorflow"
 _BACKEND = pytest.StashKey[tuple[str, bool]]()  # (requested backend, installed?)
