@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from .errors import RegplugWarning, UsageError
 from .manager import PluginManager, plugin_label
 from .run import Run
 
-__all__ = ["Wording", "EpochClock", "check_monitors"]
+__all__ = ["Wording", "EpochClock", "check_logs", "check_monitors"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,13 @@ class Wording:
     validation_hint: str = "pass validation metrics to reg.epoch_end"
     #: How a run is ended before a new one begins.
     close_hint: str = "close it first"
+    #: The call that hands an epoch's metrics to regplug, for messages about bad logs
+    #: (empty: "<adapter>'s epoch logs").
+    logs_call: str = ""
 
     @classmethod
     def for_torch(cls) -> Wording:
-        return cls(adapter="attach")
+        return cls(adapter="attach", logs_call="reg.epoch_end")
 
 
 class EpochClock:
@@ -126,6 +131,8 @@ class EpochClock:
         counts.
         """
         run = self.run
+        where = self.wording.logs_call or f"{self.wording.adapter}'s epoch logs"
+        logs.update(check_logs(logs, where=where))  # before any hook: a bad log changes nothing
         if not self._epoch_open:
             self._epoch_begin(run=run, epoch=run.epoch)
         if run.world.size > 1 and logs and hasattr(run.world, "mean"):
@@ -146,6 +153,53 @@ class EpochClock:
         run.epoch += 1
         self._epoch_open = False
         return stop
+
+
+def check_logs(logs: object, *, where: str) -> dict[str, float]:
+    """An epoch's metrics as floats, or an error naming the key, the value and what is allowed.
+
+    Keys must be non-empty strings; values real numbers (finite or not: NaN and inf are for
+    the plugins to judge) given as a Python number, a NumPy scalar or a 0-d array/tensor —
+    anything ``float()`` converts, except ``bool`` (a flag, not a metric), strings and
+    ``None``. The one check of every adapter's logs.
+
+    >>> check_logs({"val_loss": np.float32(0.5), "loss": float("nan")}, where="reg.epoch_end")
+    {'val_loss': 0.5, 'loss': nan}
+    >>> check_logs({"val_loss": "abc"}, where="reg.epoch_end")
+    Traceback (most recent call last):
+    TypeError: reg.epoch_end: logs['val_loss'] must be a real number (a float, an int, a NumPy
+    scalar or a 0-d tensor; NaN and inf are allowed), got 'abc' of type str
+    """
+    if not isinstance(logs, Mapping):
+        raise TypeError(f"{where}: 'logs' must be a mapping of metric names to values, e.g. "
+                        f"{{'val_loss': 0.31}}; got {type(logs).__name__}")
+    allowed = "a real number (a float, an int, a NumPy scalar or a 0-d tensor; NaN and inf " \
+              "are allowed)"
+    clean: dict[str, float] = {}
+    for key, value in logs.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{where}: every key of logs must be a non-empty metric name "
+                            f"(a str), got {key!r} of type {type(key).__name__} (value "
+                            f"{value!r})")
+        shape = _shape(value)
+        if isinstance(value, (bool, np.bool_, str, bytes)) or value is None or shape:
+            got = (f"an array of shape {shape}; reduce it to one number first" if shape else
+                   f"{value!r} of type {type(value).__name__}")
+            raise TypeError(f"{where}: logs[{key!r}] must be {allowed}, got {got}")
+        try:
+            clean[key] = float(value)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise TypeError(f"{where}: logs[{key!r}] must be {allowed}, got {value!r} of type "
+                            f"{type(value).__name__} ({err})") from None
+    return clean
+
+
+def _shape(value: object) -> tuple[int, ...]:
+    """The shape of an array-like value, ``()`` for scalars and anything without one."""
+    try:
+        return tuple(getattr(value, "shape", ()) or ())
+    except (TypeError, ValueError):  # an unknown shape: let float() decide
+        return ()
 
 
 def check_monitors(plugins: Sequence[object], logs: dict[str, Any], *,

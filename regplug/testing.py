@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .clock import EpochClock, Wording
+from .clock import EpochClock, Wording, check_logs
 from .manager import PluginManager
 from .numpy_ops import NumpyOps
 from .run import ParamHandle, Run, check_state_arrays
@@ -91,7 +91,8 @@ class NumpyLoop:
         self.ops: NumpyOps = self.run.ops  # type: ignore[assignment]
         self.clock = EpochClock(self.run, PluginManager(plugins), Wording(
             adapter="NumpyLoop", step="NumpyLoop.step()", loss_call="on_loss",
-            loss_fix="", validation_hint="pass validation metrics to NumpyLoop.epoch_end"))
+            loss_fix="", validation_hint="pass validation metrics to NumpyLoop.epoch_end",
+            logs_call="NumpyLoop.epoch_end"))
         self.window = StepWindow(self.clock)
         self.clock.train_begin()
 
@@ -113,7 +114,8 @@ class NumpyLoop:
         self.window.after_step()
 
     def epoch_end(self, logs: Mapping[str, float] | None = None) -> bool:
-        return self.clock.epoch_end(dict(logs or {}))
+        return self.clock.epoch_end(check_logs({} if logs is None else logs,
+                                               where="NumpyLoop.epoch_end"))
 
     def close(self) -> None:
         self.clock.train_end()

@@ -47,7 +47,7 @@ alive without calling ``reg.epoch_end`` holds them until the process group's ``t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from regplug.clock import EpochClock, Wording
+from regplug.clock import EpochClock, Wording, check_logs
 from regplug.errors import UsageError
 from regplug.manager import PluginManager
 from regplug.penalty import Penalty, unique_names
@@ -64,14 +64,39 @@ from regplug.plugin import check_requirements
 from regplug.run import StopRequest
 from regplug.window import StepWindow
 
-from .ops import without_grad
+from .ops import TorchOps, without_grad
 from .run import build_run
 from .state import arrays_as
 from .trial import TorchTrial
 
-__all__ = ["attach", "TorchRegularizer"]
+__all__ = ["attach", "TorchRegularizer", "hookable_optimizer"]
 
 _ATTACHED = "_regplug_attached"
+
+# Where a closure evaluation stands (TorchRegularizer._evaluation).
+_OUTSIDE, _EVALUATING, _LOSS_GIVEN = 0, 1, 2
+
+
+def hookable_optimizer(optimizer: object) -> torch.optim.Optimizer:
+    """The ``torch.optim.Optimizer`` whose step hooks regplug can use.
+
+    Trainers' wrappers that hold the real optimizer as ``.optimizer`` (accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``) are unwrapped: their
+    ``step()``/``zero_grad()`` call the real optimizer's, where regplug's hooks sit.
+    Anything else without torch's step-hook machinery is refused, naming its type.
+    """
+    seen = optimizer
+    inner = getattr(optimizer, "optimizer", None)
+    while isinstance(inner, torch.optim.Optimizer) and inner is not optimizer:
+        optimizer, inner = inner, getattr(inner, "optimizer", None)
+    # A wrapper may subclass Optimizer without running its __init__ (accelerate's does):
+    # then torch's hook registries are missing, so look for them rather than at the type.
+    if not (isinstance(optimizer, torch.optim.Optimizer)
+            and "_optimizer_step_pre_hooks" in vars(optimizer)):
+        raise TypeError(f"attach: 'optimizer' must be a torch.optim.Optimizer (or a wrapper "
+                        f"holding one as .optimizer, as accelerate's and Lightning's do), got "
+                        f"{type(seen).__name__}, which has no optimizer step hooks to attach to")
+    return optimizer
 
 #: How the PyTorch adapter's messages name the user's calls.
 TORCH_WORDING = Wording.for_torch()
@@ -86,9 +111,7 @@ class TorchRegularizer:
         if not isinstance(model, nn.Module):
             raise TypeError("attach: 'model' must be a torch.nn.Module, got "
                             f"{type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError("attach: 'optimizer' must be a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
+        optimizer = hookable_optimizer(optimizer)
         if getattr(optimizer, _ATTACHED, None) is not None:
             raise UsageError("attach: this optimizer already has regplug attached; close the "
                              "previous attachment first (penalties would apply twice)")
@@ -113,9 +136,16 @@ class TorchRegularizer:
         # What the optimizer hooks run, with autograd off (cheaper than a no_grad() block).
         self._before_step = without_grad(self.window.before_step)
         self._after_step = without_grad(self.window.after_step)
+        self._add_penalty_grads = without_grad(self.window.add_penalty_grads)
+        self._penalty_values = without_grad(self.window.penalty_values)
         self._loss_terms: list[Penalty] = []
         self._backpropagated = True
         self._batch_open = False
+        self._ops = self.run.ops if isinstance(self.run.ops, TorchOps) else None
+        # optimizer.step(closure): the closure's evaluations in this step (None: no closure),
+        # and where the evaluation running now stands (_OUTSIDE, _EVALUATING, _LOSS_GIVEN).
+        self._closure_calls: int | None = None
+        self._evaluation = _OUTSIDE
         self._handles: list[Any] = []
         self._closed = False
         self._open()
@@ -145,7 +175,10 @@ class TorchRegularizer:
         original = self.optimizer.zero_grad
 
         def zero_grad(*args: Any, **kwargs: Any) -> None:
-            self._new_window()
+            # Inside a closure after its loss was handed over (Lightning zeroes the gradients
+            # between the forward and the backward pass), the window stays open.
+            if self._evaluation != _LOSS_GIVEN:
+                self._new_window()
             original(*args, **kwargs)
 
         self.optimizer.zero_grad = zero_grad  # type: ignore[method-assign]
@@ -182,17 +215,90 @@ class TorchRegularizer:
             self._batch_open = True
             self.clock.batch_begin()
 
-    def _on_before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _check_backpropagated(self) -> None:
         if not self._backpropagated:
             names = ", ".join(p.name for p in self._loss_terms)
             raise UsageError(
                 f"regplug: optimizer.step() was called, but the loss returned by reg.loss() "
                 f"was not backpropagated, so the penalties {names} would be missing. Call "
                 "backward() on the tensor reg.loss() returns, not on the original loss.")
+
+    def _set_in_update(self, value: bool) -> None:
+        if self._ops is not None:
+            self._ops.in_update = value
+
+    def _on_before_step(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                        ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        # args = (optimizer, closure?) as step() was called; a closure may come by keyword.
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:
+            # The optimizer evaluates the closure inside step(), before updating (LBFGS
+            # several times): the plugins run after its backward pass, in _evaluate.
+            self._closure_calls = 0
+            wrapped = self._wrap_closure(closure)
+            if len(args) > 1:
+                return (args[0], wrapped, *args[2:]), kwargs
+            return args, {**kwargs, "closure": wrapped}
+        self._check_backpropagated()
+        self._set_in_update(True)
         self._before_step()  # autograd off once for every plugin's in-place op
+        return None
+
+    def _wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
+        def closure_with_plugins() -> Any:
+            return self._evaluate(closure)
+
+        return closure_with_plugins
+
+    def _evaluate(self, closure: Callable[[], Any]) -> Any:
+        """One evaluation of ``optimizer.step(closure)``'s closure, with regplug's part.
+
+        Each evaluation that calls ``reg.loss`` opens a fresh window, so it gets the
+        penalties at its own parameters (LBFGS evaluates several points per step) and
+        returns the penalized objective: the closure's value plus the values of the
+        penalties applied through their gradient. After the first evaluation's backward
+        pass comes ``on_before_step``, once per step, as without a closure; a loss handed
+        over before ``step`` (a closure that only runs hooks) counts for that step.
+        """
+        self._evaluation = _EVALUATING
+        try:
+            result = closure()
+        finally:
+            given = self._evaluation == _LOSS_GIVEN
+            self._evaluation = _OUTSIDE
+        self._check_backpropagated()
+        if given and isinstance(result, (torch.Tensor, float)):
+            result = self._with_fused_values(result)
+        first = self._closure_calls == 0
+        self._closure_calls = (self._closure_calls or 0) + 1
+        self._set_in_update(True)
+        if first:
+            self._before_step()
+        else:
+            self._add_penalty_grads()
+        return result
+
+    def _with_fused_values(self, result: torch.Tensor | float) -> torch.Tensor | float:
+        values = self._penalty_values()
+        if not values:
+            return result
+        total = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in values]).sum()
+        if isinstance(result, torch.Tensor):
+            return result.detach() + total.to(device=result.device, dtype=result.dtype)
+        return result + float(total)  # the closure already returned a host number
 
     def _on_after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._after_step()
+        calls, self._closure_calls = self._closure_calls, None
+        if calls == 0:
+            self._set_in_update(False)
+            raise UsageError(
+                f"regplug: {type(optimizer).__name__}.step(closure) returned without calling "
+                "the closure, so on_before_step and the penalties' gradients never ran; call "
+                "step() without a closure after backward()")
+        try:
+            self._after_step()
+        finally:
+            self._set_in_update(False)
         self._loss_terms = []
         self._batch_open = False
 
@@ -211,6 +317,12 @@ class TorchRegularizer:
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
         self._open_batch()
+        if self._evaluation == _EVALUATING:
+            # A closure evaluation: a fresh window for the objective at these parameters.
+            self._evaluation = _LOSS_GIVEN
+            self.window.reset()
+            self._loss_terms = []
+            self._backpropagated = True
         terms = self.window.collect_penalties(loss)
         if not terms:
             return loss
@@ -225,6 +337,19 @@ class TorchRegularizer:
     def _mark_backpropagated(self, grad: torch.Tensor) -> None:
         self._backpropagated = True
 
+    def add_penalty_grads(self) -> None:
+        """Add the fused penalties' gradients now rather than inside ``optimizer.step()``.
+
+        Call it between ``backward()`` and ``torch.nn.utils.clip_grad_norm_`` (with
+        ``GradScaler``: after ``scaler.unscale_(optimizer)``) so that clipping sees the
+        penalty's gradient, as with the penalty written in the loss; the step then adds
+        nothing more. Without it, fused penalties join inside ``optimizer.step()``, after
+        clipping, like ``torch.optim``'s own ``weight_decay``.
+        """
+        self._check_open()
+        self._check_backpropagated()
+        self._add_penalty_grads()
+
     def epoch_end(self, logs: dict[str, float] | None = None) -> bool:
         """Fire ``on_epoch_end`` with ``logs`` (plus each penalty's value); True = stop.
 
@@ -232,10 +357,7 @@ class TorchRegularizer:
         early stopping and gap monitors can see them. Values may be floats or 0-d tensors.
         """
         self._check_open()
-        if logs is not None and not isinstance(logs, Mapping):
-            raise TypeError("reg.epoch_end: 'logs' must be a mapping of metric names to values, "
-                            f"e.g. {{'val_loss': 0.31}}; got {type(logs).__name__}")
-        clean = {k: float(v) for k, v in (logs or {}).items()}
+        clean = check_logs({} if logs is None else logs, where="reg.epoch_end")
         for name, value in self.penalties().items():
             clean.setdefault(name, float(value))
         return self.clock.epoch_end(clean)
