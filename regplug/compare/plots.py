@@ -6,7 +6,8 @@ the backend or the global state of a program or notebook that calls this.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,15 +16,23 @@ import numpy as np
 if TYPE_CHECKING:
     from ..uncertainty import MCPrediction
     from .results import StrategyResult
+    from .strategies import Strategy
     from .toy import RegressionToy
 
-__all__ = ["plot_loss_curves", "plot_weight_histograms", "plot_uncertainty",
-           "HISTOGRAM_STRATEGIES"]
+__all__ = ["plot_loss_curves", "plot_weight_histograms", "plot_uncertainty", "draw_loss_curves",
+           "draw_weight_histograms", "draw_uncertainty", "weight_strategies",
+           "weight_histogram_caption", "uncertainty_by_region", "uncertainty_caption",
+           "WEIGHT_HOOKS", "MAX_WEIGHT_PANELS"]
 
-#: The strategies whose weights the histogram overlays (the lecture's figure shows the first
-#: three; proximal L1 adds the spike of exact zeros), with their colours.
-HISTOGRAM_STRATEGIES: dict[str, str] = {"none": "#9d8ec7", "l2": "#1f77b4", "l1": "#d62728",
-                                        "proximal_l1": "#2ca02c"}
+#: A strategy whose plugins implement one of these hooks penalizes or changes the weights
+#: (a penalty in the loss; decoupled decay before the update; a proximal step or a norm
+#: constraint after it), so its weights belong in the histograms.
+WEIGHT_HOOKS = ("on_loss", "on_before_step", "on_step")
+#: At most this many strategies per framework in the histograms (one panel each).
+MAX_WEIGHT_PANELS = 8
+#: Panel colours, one per strategy shown, in order (matplotlib's tab10 without grey).
+_COLOURS = ("#9d8ec7", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#8c564b", "#e377c2",
+            "#17becf", "#bcbd22")
 
 
 def _figure(width: float, height: float) -> Any:
@@ -43,11 +52,18 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: str) -> Path:
+    """:func:`draw_loss_curves`, saved as a PNG at ``path``."""
+    return _save(draw_loss_curves(results, title=title), path)
+
+
+def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
     """One panel per strategy: training vs validation cross-entropy per epoch.
 
     The data term alone (penalties left out), so that panels compare, on a log scale; the
-    gap between the curves is the overfitting the strategy leaves. A dotted line marks where
-    early stopping stopped.
+    gap between the curves is the overfitting the strategy leaves. A dotted line marks the
+    last epoch of a run that a plugin stopped early, a dashed one, labelled ``restored:
+    epoch k``, the epoch whose weights early stopping put back (the weights the table's
+    accuracies are of). Returns the matplotlib figure.
     """
     n = len(results)
     cols = min(n, 5)
@@ -61,7 +77,15 @@ def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: st
         ax.plot(epochs, train, color="#1f77b4", label="train")
         ax.plot(epochs[:len(val)], val, color="#ff7f0e", label="validation")
         if result.stop_reason:
-            ax.axvline(len(train), color="grey", linestyle=":", linewidth=1)
+            ax.axvline(len(train), color="grey", linestyle=":", linewidth=1,
+                       label=f"stopped: epoch {len(train)}")
+        restored = result.restored_epoch
+        if restored is not None:
+            label = f"restored: epoch {restored + 1}"
+            ax.axvline(restored + 1, color="#2ca02c", linestyle="--", linewidth=1.2,
+                       label=label)
+            ax.text(restored + 1, 0.97, f" {label}", transform=ax.get_xaxis_transform(),
+                    va="top", ha="left", fontsize=7, color="#2ca02c")
         ax.set_title(f"{result.strategy}\nacc test {result.acc_test:.3f}", fontsize=9)
         ax.set_yscale("log")  # the gap is a ratio; late epochs stay readable
         ax.grid(alpha=0.3, which="both")
@@ -73,50 +97,171 @@ def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: st
     for ax in axes[::cols]:
         ax.set_ylabel("cross-entropy")
     fig.suptitle(title)
-    return _save(fig, path)
+    return fig
 
 
-def plot_weight_histograms(by_framework: dict[str, list[StrategyResult]], path: Path) -> Path:
-    """The weights of none / L2 / L1 (and proximal L1) overlaid, one panel per framework.
+def weight_strategies(strategies: Sequence[Strategy], *, limit: int = MAX_WEIGHT_PANELS
+                      ) -> tuple[list[str], list[str]]:
+    """The strategies whose weights the histograms show, and those left out for room.
+
+    Shown: the first strategy without plugins or model options (the unregularized
+    reference, ``none``), then every strategy with a plugin implementing one of
+    :data:`WEIGHT_HOOKS` — built-in, from ``--config`` or third-party alike — in the order
+    given, at most ``limit`` in all.
+
+    >>> from regplug.compare import BUILTIN_STRATEGIES as B
+    >>> weight_strategies([B[n] for n in ("none", "l2", "dropout", "early_stopping", "max_norm")])
+    (['none', 'l2', 'max_norm'], [])
+    """
+    from ..hookspecs import implemented_hooks
+
+    chosen: list[str] = []
+    reference = False
+    for strategy in strategies:
+        plugins = strategy.build_plugins()
+        if not plugins and strategy.model_options(plugins) == (None, False):
+            if not reference:
+                chosen.append(strategy.name)
+            reference = True
+        elif any(h in WEIGHT_HOOKS for p in plugins for h in implemented_hooks(p)):
+            chosen.append(strategy.name)
+    return chosen[:limit], chosen[limit:]
+
+
+def weight_histogram_caption(shown: Sequence[str], left_out: Sequence[str]) -> str:
+    """The histograms' caption: which strategies they show, and which they leave out.
+
+    >>> weight_histogram_caption(["none", "l2"], ["l1"])
+    'Weights after training, one panel per strategy: none, l2 (the strategies that penalize or change the weights, and the unregularized reference; left out for room: l1). Log counts; the black bar at 0 counts the weights that are exactly 0; the grey outline is the first strategy shown, for reference.'
+    """  # noqa: E501
+    left = f"; left out for room: {', '.join(left_out)}" if left_out else ""
+    return (f"Weights after training, one panel per strategy: {', '.join(shown)} (the "
+            f"strategies that penalize or change the weights, and the unregularized "
+            f"reference{left}). Log counts; the black bar at 0 counts the weights that are "
+            f"exactly 0; the grey outline is the first strategy shown, for reference.")
+
+
+def plot_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]], path: Path, *,
+                           shown: Sequence[str]) -> Path:
+    """:func:`draw_weight_histograms`, saved as a PNG at ``path``."""
+    return _save(draw_weight_histograms(by_framework, shown=shown), path)
+
+
+def draw_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]], *,
+                           shown: Sequence[str]) -> Any:
+    """The weights of each strategy in ``shown``: small multiples, a row per framework.
 
     The lecture's figure of regularization's effect on weights: without regularization they
-    spread out; L2 pulls them toward zero; L1 piles them up at zero; proximal L1 makes
-    many of them exactly zero (the bin at 0, drawn on a log scale so the tails stay visible).
+    spread out; L2 pulls them toward zero; L1 piles them up near zero; proximal L1 makes
+    many of them exactly zero. Each panel holds one strategy (a filled histogram of its
+    non-zero weights in its own colour, and a black bar at 0 with the count of exact zeros)
+    over the outline of the first strategy shown (the reference), on shared log-scaled axes.
+    Returns the matplotlib figure.
     """
-    panels = {fw: [r for r in rs if r.strategy in HISTOGRAM_STRATEGIES]
+    panels = {fw: [r for name in shown for r in rs if r.strategy == name]
               for fw, rs in by_framework.items()}
     panels = {fw: rs for fw, rs in panels.items() if rs}
     if not panels:
-        raise ValueError("no strategy among none, l1, l2, proximal_l1 ran: nothing to plot")
-    fig = _figure(6.0 * len(panels), 4.2)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
-    for ax, (framework, results) in zip(axes, panels.items()):
-        values = np.concatenate([r.weight_values() for r in results])
-        span = float(np.abs(values).max()) if values.size else 1.0
-        bins = np.linspace(-span, span, 82) if span > 0 else np.linspace(-1.0, 1.0, 82)
-        for result in sorted(results, key=lambda r: list(HISTOGRAM_STRATEGIES).index(r.strategy)):
+        raise ValueError(f"none of the strategies {', '.join(shown) or '(none)'} ran: "
+                         "nothing to plot")
+    cols = max(len(rs) for rs in panels.values())
+    fig = _figure(2.6 * cols + 0.4, 2.5 * len(panels) + 0.4)
+    grid = fig.subplots(len(panels), cols, sharex=True, sharey=True, squeeze=False)
+    colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(shown)}
+    values = [r.weight_values() for rs in panels.values() for r in rs]
+    span = max((float(np.abs(v).max()) for v in values if v.size), default=0.0) or 1.0
+    bins = np.linspace(-span, span, 82)
+    width = bins[1] - bins[0]
+    for row, (framework, results) in zip(grid, panels.items()):
+        reference = results[0].weight_values()
+        for ax, result in zip(row, results):
             w = result.weight_values()
-            ax.hist(w, bins=bins, histtype="stepfilled", alpha=0.35,
-                    color=HISTOGRAM_STRATEGIES[result.strategy], edgecolor="none")
-            ax.hist(w, bins=bins, histtype="step", linewidth=1.2,
-                    color=HISTOGRAM_STRATEGIES[result.strategy],
-                    label=f"{result.strategy} ({result.zero_fraction:.0%} exactly 0)")
-        ax.set_yscale("log")
+            nonzero = w[w != 0]
+            zeros = int(w.size - nonzero.size)
+            if result is not results[0]:
+                ax.hist(reference[reference != 0], bins=bins, histtype="step",
+                        color="grey", linewidth=1.0, linestyle="--",
+                        label=f"{results[0].strategy} (reference)")
+            ax.hist(nonzero, bins=bins, histtype="stepfilled", alpha=0.55,
+                    color=colours[result.strategy], edgecolor=colours[result.strategy],
+                    linewidth=1.2, label=result.strategy)
+            if zeros:
+                ax.bar(0.0, zeros, width=width, color="black",
+                       label=f"exactly 0: {zeros} ({result.zero_fraction:.0%})")
+            ax.set_yscale("log")
+            ax.set_title(f"{framework}: {result.strategy}", fontsize=9)
+            ax.legend(fontsize=7, loc="upper right")
+            ax.grid(alpha=0.3)
+        for ax in row[len(results):]:
+            ax.set_visible(False)
+        row[0].set_ylabel("count (log scale)")
+    for ax in grid[-1]:
         ax.set_xlabel("weight value")
-        ax.set_ylabel("count (log scale)")
-        ax.set_title(f"{framework}: weights after training")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
+    fig.suptitle("Weights after training")
+    return fig
+
+
+def uncertainty_by_region(toy: RegressionToy, prediction: MCPrediction) -> dict[str, float]:
+    """The mean standard deviation of the predictions where the training data lie
+    (``data``), in the gap between their two intervals (``gap``) and beyond them
+    (``beyond``): what the uncertainty figure's caption states."""
+    from .toy import TOY_INTERVALS
+
+    x, std = toy.x_grid.ravel(), np.asarray(prediction.std, dtype=np.float64).ravel()
+    (a, b), (c, d) = TOY_INTERVALS
+    regions = {"data": ((x >= a) & (x <= b)) | ((x >= c) & (x <= d)),
+               "gap": (x > b) & (x < c), "beyond": (x < a) | (x > d)}
+    return {name: float(std[mask].mean()) for name, mask in regions.items()}
+
+
+def _compare(value: float, reference: float) -> str:
+    ratio = value / reference if reference > 0 else math.inf
+    if ratio > 1.1:
+        return f"{ratio:.1f}× as wide as"
+    if ratio < 0.9:
+        return f"narrower than ({ratio:.2f}×)"
+    return "about as wide as"
+
+
+def uncertainty_caption(spread: Mapping[str, float], *, samples: int) -> str:
+    """The uncertainty figure's caption, from the measured ``spread``
+    (:func:`uncertainty_by_region`), so that it says what the figure shows.
+
+    >>> print(uncertainty_caption({"data": 0.14, "gap": 0.12, "beyond": 0.18}, samples=200))
+    A network trained with dropout, predicting with dropout on (200 samples). Mean standard deviation of its predictions: 0.140 where the training data lie, 0.120 in the gap between them (shaded), 0.180 beyond them. Beyond the data the band is 1.3× as wide as at the data; in the gap it is narrower than (0.86×) at the data: MC dropout does not mark every region without data as uncertain.
+    """  # noqa: E501
+    data, gap, beyond = spread["data"], spread["gap"], spread["beyond"]
+    text = (f"A network trained with dropout, predicting with dropout on ({samples} samples). "
+            f"Mean standard deviation of its predictions: {data:.3f} where the training data "
+            f"lie, {gap:.3f} in the gap between them (shaded), {beyond:.3f} beyond them. "
+            f"Beyond the data the band is {_compare(beyond, data)} at the data; in the gap "
+            f"it is {_compare(gap, data)} at the data")
+    if gap <= 1.1 * data or beyond <= 1.1 * data:
+        return text + ": MC dropout does not mark every region without data as uncertain."
+    return text + "."
 
 
 def plot_uncertainty(toy: RegressionToy, prediction: MCPrediction, path: Path, *,
                      title: str) -> Path:
-    """MC-dropout prediction on the 1-D toy: the data, the mean, and mean ± 1 and 2 std."""
-    fig = _figure(7.0, 4.2)
-    ax = fig.subplots()
+    """:func:`draw_uncertainty`, saved as a PNG at ``path``."""
+    return _save(draw_uncertainty(toy, prediction, title=title), path)
+
+
+def draw_uncertainty(toy: RegressionToy, prediction: MCPrediction, *, title: str) -> Any:
+    """MC-dropout prediction on the 1-D toy: the data, the mean, and mean ± 1 and 2 std
+    (top), and the standard deviation itself with its mean per region (bottom); the gap
+    between the training intervals is shaded in both. Returns the matplotlib figure."""
+    from .toy import TOY_INTERVALS
+
+    fig = _figure(7.0, 5.6)
+    ax, low = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     x = toy.x_grid.ravel()
     mean, std = prediction.mean.ravel(), prediction.std.ravel()
+    (a, b), (c, d) = TOY_INTERVALS
+    for axis in (ax, low):
+        axis.axvspan(b, c, color="#bbbbbb", alpha=0.3, linewidth=0,
+                     label="gap in the training data" if axis is ax else None)
+        axis.grid(alpha=0.3)
     ax.fill_between(x, mean - 2 * std, mean + 2 * std, color="#9467bd", alpha=0.18,
                     linewidth=0, label="mean ± 2 std")
     ax.fill_between(x, mean - std, mean + std, color="#9467bd", alpha=0.3, linewidth=0,
@@ -124,9 +269,19 @@ def plot_uncertainty(toy: RegressionToy, prediction: MCPrediction, path: Path, *
     ax.plot(x, mean, color="#d62728", linewidth=1.8, label=f"mean of {prediction.T} samples")
     ax.scatter(toy.x_train.ravel(), toy.y_train.ravel(), s=10, color="black", zorder=3,
                label="training data")
-    ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    low.plot(x, std, color="#9467bd", linewidth=1.5, label="std")
+    spread = uncertainty_by_region(toy, prediction)
+    x0, x1 = float(x.min()), float(x.max())
+    for name, spans in (("data", ((a, b), (c, d))), ("gap", ((b, c),)),
+                        ("beyond", ((x0, a), (d, x1)))):
+        for lo, hi in spans:
+            low.hlines(spread[name], lo, hi, colors="black", linewidth=1.2, linestyles="--")
+        low.text(float(np.mean(spans[0])), spread[name], f"{name} {spread[name]:.3f}",
+                 ha="center", va="bottom", fontsize=7)
+    low.set_xlabel("x")
+    low.set_ylabel("std")
+    low.set_ylim(bottom=0)
+    return fig

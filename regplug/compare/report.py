@@ -23,6 +23,7 @@ table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size
 th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 td.desc { text-align: left; color: #555; }
+th:last-child { text-align: left; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 14px; }
@@ -69,7 +70,7 @@ def write_report(path: Path, results: Sequence[StrategyResult], settings: Mappin
 <code>epochs</code>: epochs run (early stopping may end a run sooner); <code>zeros</code>:
 share of weight-matrix entries that are exactly 0; <code>penalty</code>: the strategy's
 penalty terms at the final weights.</p>
-<table><thead><tr>{head}<th>strategy</th></tr></thead><tbody>
+<table><thead><tr>{head}<th>description</th></tr></thead><tbody>
 {chr(10).join(rows)}
 </tbody></table>
 {figs}

@@ -89,6 +89,8 @@ class StrategyResult:
     stop_reason: str | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     weights: list[WeightArray] = field(default_factory=list, repr=False)
+    #: The epoch (from 0) whose weights early stopping put back at the end, else ``None``.
+    restored_epoch: int | None = None
 
     def row(self) -> dict[str, Any]:
         """The table's columns, plus description, time and stop reason (CSV and JSON)."""

@@ -49,8 +49,9 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
         for framework, runner in runners.items():
             for strategy in strategies:
                 progress.start(framework, strategy.name, epochs=settings.epochs)
+                plugins = strategy.build_plugins()
                 try:
-                    outcome = runner.train_strategy(splits, strategy, strategy.build_plugins(),
+                    outcome = runner.train_strategy(splits, strategy, plugins,
                                                     model, settings, on_epoch=progress.epoch)
                 except ModelError:
                     raise  # names the model, the strategy and the framework already
@@ -59,17 +60,29 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
                                        f"{err}") from err
                 result = make_result(framework, strategy.name, strategy.describe(), outcome,
                                      strategy.build_plugins())
+                result.restored_epoch = restored_epoch(plugins)
                 progress.finish(result)
                 results.append(result)
         if staged is not None:
             info = run_settings(runners, strategies, splits, model, settings, command)
-            write_outputs(staged.path, results, info, runners, settings, command=command)
+            write_outputs(staged.path, results, info, runners, settings, command=command,
+                          strategies=strategies)
             staged.commit()
         return results
     finally:
         progress.close()
         if staged is not None:
             staged.discard()
+
+
+def restored_epoch(plugins: Sequence[object]) -> int | None:
+    """The epoch (from 0) whose weights a plugin put back at the end of training — the
+    ``restored_epoch`` of :class:`regplug.plugins.EarlyStopping` — else ``None``."""
+    for plugin in plugins:
+        epoch = getattr(plugin, "restored_epoch", None)
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            return epoch
+    return None
 
 
 def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[Strategy],
@@ -92,8 +105,12 @@ def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[St
 
 def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping[str, Any],
                   runners: Mapping[str, FrameworkRunner], settings: TrainSettings, *,
-                  command: str) -> None:
-    """Figures, CSV, report and (last) results.json into ``folder``."""
+                  command: str, strategies: Sequence[Strategy] = ()) -> None:
+    """Figures, CSV, report and (last) results.json into ``folder``.
+
+    ``strategies`` decide which results the weight histograms show
+    (:func:`~regplug.compare.plots.weight_strategies`); without them, every result's.
+    """
     from . import plots
     from .report import write_report
     from .toy import TOY_DROPOUT, regression_toy
@@ -107,27 +124,36 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
         plots.plot_loss_curves(rows, folder / name,
                                title=f"{framework}: training vs validation cross-entropy")
         figures.append((name, f"{framework}: training (blue) and validation (orange) "
-                              "cross-entropy per epoch, one panel per strategy"))
-    if any(r.strategy in plots.HISTOGRAM_STRATEGIES for r in results):
-        plots.plot_weight_histograms(by_framework, folder / "weight_histograms.png")
-        figures.append(("weight_histograms.png",
-                        "Weights after training without regularization, with L2, with L1 and "
-                        "with proximal L1 (log counts; the bin at 0 holds the exact zeros)"))
+                              "cross-entropy per epoch, one panel per strategy; a dotted line "
+                              "marks where a run stopped early, a dashed one the epoch whose "
+                              "weights early stopping restored"))
+    if strategies:
+        shown, left_out = plots.weight_strategies(strategies)
     else:
-        log.info("no strategy among %s ran: no weight histogram",
-                 ", ".join(plots.HISTOGRAM_STRATEGIES))
+        names = list(dict.fromkeys(r.strategy for r in results))
+        shown, left_out = names[:plots.MAX_WEIGHT_PANELS], names[plots.MAX_WEIGHT_PANELS:]
+    if shown:
+        plots.plot_weight_histograms(by_framework, folder / "weight_histograms.png", shown=shown)
+        figures.append(("weight_histograms.png",
+                        plots.weight_histogram_caption(shown, left_out)))
+    else:
+        log.info("no strategy penalizes or changes the weights: no weight histogram")
     framework, runner = next(iter(runners.items()))
     toy = regression_toy(settings.seed)
     start = time.perf_counter()
     prediction = runner.mc_dropout(toy, seed=settings.seed)
     log.info("MC-dropout toy trained and sampled in %.1fs", time.perf_counter() - start)
+    spread = plots.uncertainty_by_region(toy, prediction)
     plots.plot_uncertainty(toy, prediction, folder / "uncertainty_mc_dropout.png",
                            title=f"MC dropout ({framework}, rate {TOY_DROPOUT:g}): "
                                  f"{prediction.T} stochastic predictions")
     figures.append(("uncertainty_mc_dropout.png",
-                    "A network trained with dropout, predicting with dropout on: the spread "
-                    "of its predictions grows away from the training data"))
+                    plots.uncertainty_caption(spread, samples=prediction.T)))
     write_csv(folder / "results.csv", results)
     write_report(folder / "report.html", results, info, figures, command=command)
     write_json(folder / "results.json", results, info,
-               extra={"table": format_table(results), "figures": [n for n, _ in figures]})
+               extra={"table": format_table(results), "figures": [n for n, _ in figures],
+                      "captions": dict(figures),
+                      "uncertainty": {"framework": framework, "mean_std": spread},
+                      "restored_epochs": {f"{r.framework}/{r.strategy}": r.restored_epoch
+                                          for r in results if r.restored_epoch is not None}})

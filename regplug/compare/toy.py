@@ -2,7 +2,9 @@
 
 Noisy samples of a smooth curve on two intervals with a gap between them; predictions are
 drawn on a grid that also covers the gap and both sides beyond the data, where a network
-trained with dropout should be visibly less certain.
+trained with dropout might be expected to be less certain. Beyond the data it is; in the
+gap it is not (:func:`regplug.compare.plots.uncertainty_by_region` measures it, and the
+figure's caption says what it measured).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["RegressionToy", "regression_toy", "TOY_HIDDEN", "TOY_DROPOUT", "TOY_EPOCHS",
-           "TOY_SAMPLES", "TOY_LEARNING_RATE"]
+           "TOY_SAMPLES", "TOY_LEARNING_RATE", "TOY_INTERVALS", "TOY_GRID"]
 
 #: The toy network: 1 → 128 → 128 → 1, ReLU, dropout after each hidden layer; full-batch
 #: Adam. Frameworks' runners build it from these numbers so both draw the same figure.
@@ -21,6 +23,9 @@ TOY_DROPOUT = 0.2
 TOY_EPOCHS = 400
 TOY_LEARNING_RATE = 0.01
 TOY_SAMPLES = 200
+#: Where the training points lie (two intervals with a gap between them), and the grid.
+TOY_INTERVALS = ((-3.0, -1.0), (0.5, 2.5))
+TOY_GRID = (-5.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,9 @@ def regression_toy(seed: int = 0, n: int = 60) -> RegressionToy:
     """
     rng = np.random.default_rng(seed)
     half = n // 2
-    x = np.concatenate([rng.uniform(-3.0, -1.0, half), rng.uniform(0.5, 2.5, n - half)])
+    (a, b), (c, d) = TOY_INTERVALS
+    x = np.concatenate([rng.uniform(a, b, half), rng.uniform(c, d, n - half)])
     y = np.sin(x) + x / 4 + rng.normal(0.0, 0.1, n)
-    grid = np.linspace(-5.0, 5.0, 400)
+    grid = np.linspace(*TOY_GRID, 400)
     return RegressionToy(x.astype(np.float32)[:, None], y.astype(np.float32)[:, None],
                          grid.astype(np.float32)[:, None])
