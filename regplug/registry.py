@@ -14,22 +14,16 @@ import importlib
 import inspect
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, before it joined the standard library
-    import tomli as tomllib
-
 from .builtins import BUILTIN_PLUGINS
-from .errors import PluginLoadError, UnknownPluginError
+from .configfile import ConfigError, ConfigTypeError, describe_value, read_toml
+from .errors import PluginLoadError, RegplugError, UnknownPluginError
 
 ENTRY_POINT_GROUP = "regplug"
 DISABLE_AUTOLOAD_ENV = "REGPLUG_DISABLE_PLUGIN_AUTOLOAD"
@@ -167,37 +161,70 @@ def _accepted_arguments(factory: Any) -> str:
 PluginSpec = str | Mapping[str, Any] | tuple[str, Mapping[str, Any]]
 
 
-def build_plugins(config: Iterable[PluginSpec] | Mapping[str, Any]) -> list[Any]:
+def build_plugins(config: Iterable[PluginSpec] | Mapping[str, Any], *,
+                  where: str = "plugin config") -> list[Any]:
     """Build plugins from a plain config, in order.
 
     Accepts a list whose items are a name (``"l2"``), a mapping with a ``name`` key and the
     keyword arguments (``{"name": "l2", "l2": 1e-4}``) or a ``(name, kwargs)`` pair; or a
-    mapping with a ``plugins`` list (what :func:`load_config` reads from TOML).
+    mapping with a ``plugins`` list (what :func:`load_config` reads from TOML). A config
+    that is none of these is a :class:`~regplug.configfile.ConfigError` naming ``where`` and
+    the key path (``plugins[1]``); so is a plugin's refusal of its arguments, after
+    ``where`` (a :class:`~regplug.configfile.ConfigTypeError` where the plugin raised a
+    ``TypeError``). Unknown and broken plugins raise their own :class:`RegplugError`.
 
     >>> build_plugins([{"name": "l2", "l2": 1e-4}, ("max_norm", {"max_value": 3.0})])
     [L2(l2=0.0001), MaxNorm(max_value=3.0)]
+    >>> build_plugins("l2")
+    Traceback (most recent call last):
+    regplug.configfile.ConfigTypeError: plugin config: plugins: expected a list of plugins, got
+    the string 'l2'; for one plugin write ['l2']
     """
+    prefix = "plugins"  # the key path of the list, in a table or given alone
     if isinstance(config, Mapping):
         if "plugins" not in config:
-            raise ValueError("plugin config: expected a list of plugins or a mapping with a "
-                             f"'plugins' list; got keys {sorted(config)}")
+            raise ConfigError(f"{where}: expected a list of plugins or a table with a 'plugins' "
+                              f"list; got keys {sorted(map(str, config))}")
         config = config["plugins"]
         if isinstance(config, Mapping):
-            raise ValueError("plugin config: 'plugins' must be a list; in TOML write each plugin "
-                             "as [[plugins]] (an array of tables), not [plugins]")
+            raise ConfigTypeError(
+                f"{where}: 'plugins' must be a list; in TOML write each plugin as [[plugins]] "
+                "(an array of tables), not [plugins]")
+    at = f"{where}: {prefix}"
+    if isinstance(config, (str, bytes)):
+        raise ConfigTypeError(f"{at}: expected a list of plugins, got {describe_value(config)}; "
+                              f"for one plugin write [{config!r}]")
+    if not isinstance(config, Iterable):
+        raise ConfigTypeError(f"{at}: expected a list of plugin tables, got "
+                              f"{describe_value(config)}")
     built = []
     for index, item in enumerate(config):
+        entry = f"{prefix}[{index}]"
         if isinstance(item, str):
             name, kwargs = item, {}
-        elif isinstance(item, tuple) and len(item) == 2:
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping):
             name, kwargs = item[0], dict(item[1])
         elif isinstance(item, Mapping) and isinstance(item.get("name"), str):
             kwargs = dict(item)
             name = kwargs.pop("name")
         else:
-            raise ValueError(f"plugin config entry {index}: expected a name, a (name, kwargs) "
-                             f"pair or a table with a 'name' key; got {item!r}")
-        built.append(create_plugin(name, **kwargs))
+            raise ConfigTypeError(
+                f"{where}: {entry}: expected a plugin name, a (name, kwargs) pair or a table "
+                f"with a 'name' key (a string); got {describe_value(item)}")
+        bad_keys = [k for k in kwargs if not isinstance(k, str) or not k.isidentifier()]
+        if not isinstance(name, str) or bad_keys:
+            raise ConfigTypeError(
+                f"{where}: {entry}: plugin names and argument names must be strings (argument "
+                f"names Python identifiers); got name {describe_value(name)}"
+                + (f", arguments {bad_keys!r}" if bad_keys else ""))
+        try:
+            built.append(create_plugin(name, **kwargs))
+        except RegplugError:
+            raise  # unknown or broken plugins already say which and why
+        except TypeError as err:  # the plugin's own message names it and the argument
+            raise ConfigTypeError(f"{where}: {err}") from err
+        except (ValueError, KeyError, ArithmeticError) as err:
+            raise ConfigError(f"{where}: {err}") from err
     return built
 
 
@@ -211,13 +238,9 @@ def load_config(path: str | os.PathLike[str]) -> list[Any]:
         [[plugins]]
         name = "max_norm"
         max_value = 3.0
+
+    Every mistake — the file, its encoding, its TOML, its nesting, the plugins — is a
+    :class:`~regplug.configfile.ConfigError` (a ``ValueError``) naming the file.
     """
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as err:
-        raise ValueError(f"plugin config {str(path)!r} cannot be read: {err.strerror}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"plugin config {str(path)!r} is not valid TOML: {err}") from None
-    return build_plugins(data)
+    label = f"plugin config {str(path)!r}"
+    return build_plugins(read_toml(path, what="plugin config"), where=label)

@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # the same parser, before it joined the standard library
-    import tomli as tomllib
-
-from ..errors import RegplugError
+from ..configfile import ConfigError, describe_value, read_toml
 from ..registry import build_plugins
 
 __all__ = ["Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strategies",
@@ -31,8 +25,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 _KEYS = ("name", "description", "dropout", "batch_norm", "plugins")
 
 
-class StrategyError(RegplugError, ValueError):
-    """A strategy name, selection or config that cannot be used."""
+class StrategyError(ConfigError):
+    """A strategy name, selection or config that cannot be used (a ``ValueError``)."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +58,13 @@ class Strategy:
 
     def build_plugins(self) -> list[Any]:
         """Fresh plugin objects (plugins keep state during a run, so every run builds its own)."""
+        where = f"strategy {self.name!r}"
         try:
-            return build_plugins([dict(p) for p in self.plugins])
+            return build_plugins([dict(p) for p in self.plugins], where=where)
+        except ConfigError as err:
+            raise StrategyError(str(err)) from None
         except (TypeError, ValueError, KeyError) as err:
-            raise StrategyError(f"strategy {self.name!r}: {err}") from None
+            raise StrategyError(f"{where}: {err}") from None
 
     def model_options(self, plugins: Sequence[object] | None = None) -> tuple[float | None, bool]:
         """``(dropout rate or None, batch_norm)`` for the model factory.
@@ -160,7 +157,8 @@ def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
     if not isinstance(table, Mapping):
         raise StrategyError(f"{where}: expected a table with a 'name' and 'plugins', got "
                             f"{table!r}")
-    unknown = sorted(set(table) - set(_KEYS))
+    at = where  # the key path, for the messages about one key
+    unknown = sorted(set(table) - set(_KEYS), key=str)
     if unknown:
         raise StrategyError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; a "
                             f"strategy has {', '.join(_KEYS)}")
@@ -175,7 +173,7 @@ def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
     dropout = table.get("dropout")
     if dropout is not None:
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not math.isfinite(dropout) or not 0.0 <= dropout < 1.0:
+                or not 0.0 <= dropout < 1.0 or not math.isfinite(dropout):
             raise StrategyError(f"{where}: 'dropout' must be a rate in [0, 1), got {dropout!r}")
         dropout = float(dropout)
     batch_norm = table.get("batch_norm", False)
@@ -186,15 +184,17 @@ def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
         raise StrategyError(f"{where}: 'description' must be a string, got {description!r}")
     plugins = table.get("plugins", [])
     if isinstance(plugins, Mapping) or not isinstance(plugins, list):
-        raise StrategyError(f"{where}: 'plugins' must be a list of tables, e.g. plugins = "
+        raise StrategyError(f"{at}.plugins: expected a list of plugin tables, got "
+                            f"{describe_value(plugins)}; write plugins = "
                             "[{name = \"l2\", l2 = 1e-4}], or [[strategies.plugins]] blocks")
     specs = []
     for index, spec in enumerate(plugins):
         if isinstance(spec, str):
             spec = {"name": spec}
         if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-            raise StrategyError(f"{where}: plugin {index + 1} must be a table with a 'name' "
-                                f"key (a registry name, see `regplug plugins`), got {spec!r}")
+            raise StrategyError(f"{at}.plugins[{index}]: expected a table with a 'name' key "
+                                "(a registry name, see `regplug plugins`), got "
+                                f"{describe_value(spec)}")
         specs.append(dict(spec))
     strategy = Strategy(name, tuple(specs), dropout, batch_norm, description)
     strategy.build_plugins()  # unknown plugins and bad arguments fail now, not mid-run
@@ -218,31 +218,28 @@ def load_strategies(path: str | Path) -> dict[str, Strategy]:
         name = "group_lasso"          # a third-party plugin, by its entry-point name
         strength = 1e-3
     """
-    path = Path(path)
+    label = f"config {str(path)!r}"
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as err:
-        raise StrategyError(f"config {str(path)!r} cannot be read: "
-                            f"{err.strerror or err}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise StrategyError(f"config {str(path)!r} is not valid TOML: {err}") from None
+        data = read_toml(path)
+    except ConfigError as err:
+        raise StrategyError(str(err)) from None
     tables = data.get("strategies")
     others = sorted(set(data) - {"strategies"})
     if tables is None or others:
         raise StrategyError(
-            f"config {str(path)!r}: expected [[strategies]] tables (each with a name and "
+            f"{label}: expected [[strategies]] tables (each with a name and "
             f"plugins); found {', '.join(map(repr, sorted(data))) or 'nothing'}")
-    if isinstance(tables, Mapping) or not isinstance(tables, list) or not tables:
-        raise StrategyError(f"config {str(path)!r}: write each strategy as a [[strategies]] "
+    if isinstance(tables, Mapping):
+        raise StrategyError(f"{label}: write each strategy as a [[strategies]] "
                             "block (an array of tables), not [strategies]")
+    if not isinstance(tables, list) or not tables:
+        raise StrategyError(f"{label}: strategies: expected a list of strategy tables "
+                            f"([[strategies]] blocks), got {describe_value(tables)}")
     found: dict[str, Strategy] = {}
     for index, table in enumerate(tables):
-        strategy = strategy_from_table(table, where=f"config {str(path)!r}, strategy "
-                                                    f"{index + 1}")
+        strategy = strategy_from_table(table, where=f"{label}: strategies[{index}]")
         if strategy.name in found:
-            raise StrategyError(f"config {str(path)!r}: strategy {strategy.name!r} is defined "
-                                "twice")
+            raise StrategyError(f"{label}: strategy {strategy.name!r} is defined twice")
         found[strategy.name] = strategy
     return found
 

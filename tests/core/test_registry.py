@@ -118,7 +118,7 @@ def test_build_plugins_accepts_names_tables_and_pairs():
 
 
 def test_build_plugins_rejects_entries_it_cannot_read():
-    with pytest.raises(ValueError, match="entry 1: expected a name"):
+    with pytest.raises(ValueError, match=r"plugin config: plugins\[1\]: expected a plugin name"):
         regplug.build_plugins(["l2", {"l2": 0.1}])
     with pytest.raises(ValueError, match="'plugins' list"):
         regplug.build_plugins({"plugin": []})
