@@ -253,8 +253,8 @@ def _hand_written_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torc
                        ) -> Step:
     """The same five regularizers written inline, with the kernels regplug uses.
 
-    The order is regplug's: pluggy calls the last registered plugin first, so L2 enters the
-    gradient before L1, and max-norm clips before the proximal step.
+    The order is regplug's: plugins run in list order, so L1 enters the gradient before L2,
+    and the proximal step comes before max-norm clips.
     """
     optimizer = _sgd(model)
     criterion = nn.CrossEntropyLoss()
@@ -268,17 +268,17 @@ def _hand_written_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torc
         lr = optimizer.param_groups[0]["lr"]
         with torch.no_grad():
             grads = [w.grad for w in weights]
-            torch._foreach_add_(grads, weights, alpha=2.0 * _L2)               # L2
             torch._foreach_add_(grads, torch._foreach_sign(weights), alpha=_L1)  # L1
+            torch._foreach_add_(grads, weights, alpha=2.0 * _L2)               # L2
             torch._foreach_mul_(weights, 1.0 - lr * _WEIGHT_DECAY)         # decoupled decay
         optimizer.step()
         with torch.no_grad():
-            for w in weights:                                              # max-norm per unit
-                w.renorm_(2, 0, _MAX_NORM)  # = w·min(1, c/(‖w_i‖+1e-7)) per row, one kernel
             threshold = lr * _PROXIMAL_L1                                  # proximal L1
             inside = torch._foreach_clamp_max(weights, threshold)
             torch._foreach_clamp_min_(inside, -threshold)
             torch._foreach_sub_(weights, inside)
+            for w in weights:                                              # max-norm per unit
+                w.renorm_(2, 0, _MAX_NORM)  # = w·min(1, c/(‖w_i‖+1e-7)) per row, one kernel
 
     return step
 

@@ -38,6 +38,7 @@ class StepWindow:
         self._on_step = manager.caller("on_step")
         self._wants_loss = manager.implements("on_loss")
         self._loss_seen = False  # on_loss fired in this window
+        self._grads_added = False  # the kept penalties' gradients are in
         self._grad_penalties: list[Penalty] = []
         #: Every penalty returned by the latest ``on_loss`` (for reporting their values).
         self.penalties: list[Penalty] = []
@@ -71,8 +72,8 @@ class StepWindow:
                 to_loss.append(penalty)
         return to_loss
 
-    def before_step(self) -> None:
-        """Gradients are final; the optimizer is about to update."""
+    def check_loss(self) -> None:
+        """Refuse an update whose window never saw a loss (its penalties would be missing)."""
         if self._wants_loss and not self._loss_seen:
             wording = self.clock.wording
             names = ", ".join(getattr(p, "name", type(p).__name__)
@@ -81,8 +82,29 @@ class StepWindow:
                 f"regplug: {wording.step} was called but {wording.loss_call} was not called "
                 f"on a training loss (one that requires grad) since the previous step, so the "
                 f"penalties of {names} would be missing. {wording.loss_fix}")
+
+    def add_penalty_grads(self) -> None:
+        """Add the gradients of the penalties kept for the update, once per window.
+
+        :meth:`before_step` calls it; an adapter calls it earlier where something between
+        the backward pass and the update reads the gradients (gradient clipping), so that it
+        sees them with the penalty's gradient, as with the penalty written in the loss.
+        """
+        self.check_loss()
+        if self._grads_added:
+            return
+        self._grads_added = True
         for penalty in self._grad_penalties:
             penalty.add_grad()  # type: ignore[misc]
+
+    def penalty_values(self) -> list[object]:
+        """The values of the penalties kept for the update (not in the loss), at the current
+        parameters: what an objective re-evaluated by the optimizer (a closure) adds."""
+        return [penalty.value() for penalty in self._grad_penalties]
+
+    def before_step(self) -> None:
+        """Gradients are final; the optimizer is about to update."""
+        self.add_penalty_grads()
         self._on_before_step(run=self.run, step=self.run.step)
 
     def after_step(self) -> None:
@@ -98,4 +120,5 @@ class StepWindow:
         a step (e.g. ``GradScaler`` skipped a step with non-finite gradients).
         """
         self._loss_seen = False
+        self._grads_added = False
         self._grad_penalties = []

@@ -47,7 +47,7 @@ def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list
     thetas, grads = [], []
     for p in params:
         grad = p.tensor.grad
-        if grad is None:
+        if grad is None or _frozen(p.tensor):
             continue  # like torch's own weight_decay: no gradient this step, no update
         if grad.is_sparse:
             raise TypeError(f"regplug: parameter {p.name!r} has a sparse gradient; closed-form "
@@ -69,14 +69,42 @@ def _foreach_add_scaled_(targets: list[torch.Tensor],
         _compat.foreach_add_(targets, terms, alpha=alpha)
 
 
-def _tensors(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
-    return [p.tensor for p in params]
+def _frozen(t: torch.Tensor) -> bool:
+    """A parameter switched off with ``requires_grad_(False)`` (a plain tensor handed to the
+    ops, e.g. a copy, is never frozen)."""
+    return not t.requires_grad and isinstance(t, torch.nn.Parameter)
+
+
+def _trainable(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+    """The tensors of ``params`` that are not frozen."""
+    return [t for t in (p.tensor for p in params) if not _frozen(t)]
+
+
+def _updated(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+    """The tensors of ``params`` the optimizer updates in this step: torch.optim's rule, a
+    parameter that is frozen or got no gradient since the last ``zero_grad`` is left alone."""
+    return [t for t in (p.tensor for p in params) if t.grad is not None and not _frozen(t)]
 
 
 class TorchOps:
-    """:class:`regplug.Ops` with ``torch._foreach_*`` kernels."""
+    """:class:`regplug.Ops` with ``torch._foreach_*`` kernels.
+
+    torch's own semantics for what changes a parameter: the in-place operations never touch
+    a frozen parameter (``requires_grad=False``, even when it is in the optimizer), and while
+    :attr:`in_update` is set (the adapter sets it from the gradients being final to the end
+    of ``on_step``) also leave out every parameter without a gradient in this step, as
+    ``torch.optim`` does (``AdamW`` neither decays nor updates it). Penalty values leave
+    frozen parameters out too.
+    """
 
     framework = "torch"
+
+    def __init__(self) -> None:
+        #: Inside an optimizer update: parameters without a gradient are left alone.
+        self.in_update = False
+
+    def _targets(self, params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+        return _updated(params) if self.in_update else _trainable(params)
 
     # Values are differentiable (used when a penalty goes through autograd) and computed in
     # float32 with autocast off, whatever precision the forward pass runs in.
@@ -88,11 +116,13 @@ class TorchOps:
 
     @staticmethod
     def _sum(params: Sequence[ParamHandle], term) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        if not params:
-            return torch.zeros((), dtype=torch.float32)
-        device = params[0].tensor.device
+        tensors = _trainable(params)
+        if not tensors:
+            device = params[0].tensor.device if params else None
+            return torch.zeros((), dtype=torch.float32, device=device)
+        device = tensors[0].device
         with torch.autocast(device_type=device.type, enabled=False):
-            return torch.stack([term(p.tensor).to(device) for p in params]).sum()
+            return torch.stack([term(t).to(device) for t in tensors]).sum()
 
     @without_grad
     def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float | torch.Tensor) -> None:
@@ -109,16 +139,17 @@ class TorchOps:
 
     @without_grad
     def scale_(self, params: Sequence[ParamHandle], factor: float) -> None:
-        if params:
-            _compat.foreach_mul_(_tensors(params), factor)
+        tensors = self._targets(params)
+        if tensors:
+            _compat.foreach_mul_(tensors, factor)
 
     @without_grad
     def soft_threshold_(self, params: Sequence[ParamHandle], threshold: float) -> None:
         # θ − clamp(θ, −t, t) is exactly sign(θ)·max(|θ|−t, 0), and exactly 0 (not a tiny
         # residue) wherever |θ| <= t, because x − x == 0 in floating point.
-        if not params:
+        thetas = self._targets(params)
+        if not thetas:
             return
-        thetas = _tensors(params)
         inside = _compat.foreach_clamp_max(thetas, threshold)
         _compat.foreach_clamp_min_(inside, -threshold)
         _compat.foreach_sub_(thetas, inside)
@@ -128,6 +159,8 @@ class TorchOps:
         fused = not isinstance(max_norm, torch.Tensor)
         for p in params:
             t = p.tensor
+            if _frozen(t) or (self.in_update and t.grad is None):
+                continue  # left alone, as by torch.optim (see the class docstring)
             is_float32 = t.dtype == torch.float32
             if fused and is_float32 and p.unit_axis is not None:
                 # One kernel for norm, factor and product: renorm_ scales each unit whose
