@@ -41,6 +41,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: ``--seed``'s range: what NumPy's legacy global seed (Keras' ``set_random_seed``), torch's
+#: ``manual_seed`` and NumPy's generators all accept.
+SEED_MAX = 2**32 - 1
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer from 0 to {SEED_MAX} (2**32 - 1, the seeds NumPy, torch and "
+            f"Keras all accept), got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -87,14 +104,15 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--lr", type=_positive_float, default=defaults.learning_rate,
                    help=f"SGD learning rate (default {defaults.learning_rate:g}; momentum "
                         f"{defaults.momentum:g})")
-    p.add_argument("--seed", type=int, default=defaults.seed,
+    p.add_argument("--seed", type=_seed, default=defaults.seed,
                    help="random seed: data split, initial weights, shuffling, dropout "
                         f"(default {defaults.seed}); the same seed gives the same table")
     p.add_argument("--out", metavar="DIR",
                    help="write results.csv, results.json, figures (PNG) and report.html to "
                         "DIR, all at once when the run has finished")
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress bars (they are drawn only on a terminal anyway)")
+                   help="no progress (a bar on a terminal, else one line per finished "
+                        "strategy)")
     p.add_argument("--list", action="store_true",
                    help="list the strategies and models available by name, and exit")
     p.set_defaults(func=cmd_compare)
@@ -102,7 +120,7 @@ def add_compare_parser(sub: Any) -> None:
     d = sub.add_parser("demo", help="deprecated: use 'regplug compare --framework torch'")
     d.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
                    help=f"epochs per strategy (default {defaults.epochs})")
-    d.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default 0)")
+    d.add_argument("--seed", type=_seed, default=defaults.seed, help="random seed (default 0)")
     d.set_defaults(func=cmd_demo)
 
 
@@ -140,12 +158,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .datasets import resolve_data, split_validation
     from .frameworks import TrainSettings, get_runner
     from .models import resolve_model
-    from .output import StagedOutput
+    from .output import StagedOutput, exit_cleanly_on_sigterm
     from .progress import Progress
     from .results import format_table
     from .runner import run_compare
     from .strategies import load_strategies, select_strategies
 
+    # Everything a mistake could be in is checked before a framework is imported (seconds).
     custom = load_strategies(args.config) if args.config else {}
     if args.list:
         return _list(custom)
@@ -154,18 +173,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
+    if args.data in (None, "digits"):
+        try:
+            data = resolve_data(args.data, seed=args.seed)
+        except ImportError as err:  # the default data set comes with scikit-learn
+            raise ImportError(f"the digits data set needs scikit-learn ({err.name or err}): "
+                              "pip install 'regplug[data]'") from None
+    else:
+        data = resolve_data(args.data, seed=args.seed)
+    splits = split_validation(data, seed=args.seed)
     runners = {fw: get_runner(fw) for fw in frameworks}
     defaults = TrainSettings()
     settings = TrainSettings(
         epochs=args.epochs, seed=args.seed,
         batch_size=args.batch_size or defaults.batch_size,
         learning_rate=args.lr or defaults.learning_rate)
-    try:
-        data = resolve_data(args.data, seed=args.seed)
-    except ImportError as err:  # the default data set comes with scikit-learn
-        raise ImportError(f"the digits data set needs scikit-learn ({err.name or err}): pip "
-                          "install 'regplug[data]'") from None
-    splits = split_validation(data, seed=args.seed)
     command = "regplug compare " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
 
     print(f"data:       {splits.describe()}")
@@ -177,10 +199,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"  {strategy.name:<24}{strategy.describe()}")
     sys.stdout.flush()
     start = time.perf_counter()
-    results = run_compare(frameworks=frameworks, strategies=strategies, splits=splits,
-                          model=model, settings=settings, out=args.out,
-                          progress=Progress(enabled=False if args.quiet else None),
-                          command=command)
+    with exit_cleanly_on_sigterm():  # SIGTERM unwinds like Ctrl-C: no staging folder left
+        results = run_compare(frameworks=frameworks, strategies=strategies, splits=splits,
+                              model=model, settings=settings, out=args.out,
+                              progress=Progress(enabled=False if args.quiet else None),
+                              command=command)
     total = time.perf_counter() - start
     print()
     print(format_table(results))
