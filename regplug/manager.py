@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import pluggy
@@ -120,6 +121,60 @@ def _check_hook_arguments(label: str, attr: str, got: list[str]) -> None:
         raise PluginValidationError(
             f"{label}: hook {attr}() takes argument(s) {extra} that regplug does not "
             f"provide; {attr} can take any of {sorted(spec_args)}")
+
+
+def load_plugin_states(plugins: Sequence[object], states: Sequence[Mapping[str, Any]], *,
+                       where: str) -> None:
+    """Give each plugin its state from a checkpoint: all of them, or none.
+
+    Every plugin's current state is kept (a deep copy of its ``state_dict()``) before the
+    first is loaded; if any ``load_state_dict`` raises, the plugins loaded so far — and the
+    one that failed part-way — get their kept state back, and a ``ValueError`` names the
+    plugin, its position and the cause. ``where`` names the call in messages.
+
+    >>> from regplug.plugins import EarlyStopping
+    >>> first, second = EarlyStopping(), EarlyStopping()
+    >>> state = {**first.state_dict(), "wait": 3}
+    >>> load_plugin_states([first, second], [state, {"wait": "x"}], where="load")
+    Traceback (most recent call last):
+    ValueError: load: the state of plugin 2 ('early_stopping') cannot be loaded, so no plugin's
+    state was changed: ValueError: invalid literal for int() with base 10: 'x'
+    >>> first.wait
+    0
+    """
+    if len(states) != len(plugins):
+        raise ValueError(f"{where}: the checkpoint holds {len(states)} plugin states, this run "
+                         f"has {len(plugins)} plugins")
+    kept = [copy.deepcopy(p.state_dict()) if callable(getattr(p, "state_dict", None)) else None
+            for p in plugins]
+    for index, (plugin, state) in enumerate(zip(plugins, states)):
+        load = getattr(plugin, "load_state_dict", None)
+        if not callable(load):
+            continue
+        try:
+            load(state)
+        except Exception as err:
+            failed = _put_back(plugins[:index + 1], kept)
+            raise ValueError(
+                f"{where}: the state of plugin {index + 1} ({plugin_label(plugin)!r}) cannot be "
+                f"loaded, so no plugin's state was changed"
+                + (f" (except {', '.join(failed)}, whose earlier state could not be put back)"
+                   if failed else "")
+                + f": {type(err).__name__}: {err}") from err
+
+
+def _put_back(plugins: Sequence[object], kept: Sequence[Any]) -> list[str]:
+    """Load each plugin's kept state again; the labels of those that refused it."""
+    failed = []
+    for plugin, state in zip(plugins, kept):
+        load = getattr(plugin, "load_state_dict", None)
+        if state is None or not callable(load):
+            continue
+        try:
+            load(state)
+        except Exception:  # reported by label: the original error is the one to show
+            failed.append(plugin_label(plugin))
+    return failed
 
 
 class PluginManager:

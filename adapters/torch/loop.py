@@ -58,7 +58,7 @@ from torch import nn
 
 from regplug.clock import EpochClock, Wording, check_logs
 from regplug.errors import UsageError
-from regplug.manager import PluginManager
+from regplug.manager import PluginManager, load_plugin_states
 from regplug.penalty import Penalty, unique_names
 from regplug.plugin import check_requirements
 from regplug.run import StopRequest
@@ -431,17 +431,28 @@ class TorchRegularizer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`: the same plugins, in the same order."""
-        saved = [entry["name"] for entry in state["plugins"]]
+        """Resume from :meth:`state_dict`: the same plugins, in the same order.
+
+        All or nothing: the checkpoint's layout is checked first, and if any plugin refuses
+        its state, every plugin and the run's clock and history stay as they were.
+        """
+        where = "reg.load_state_dict"
+        try:
+            entries = list(state["plugins"])
+            saved = [entry["name"] for entry in entries]
+            step, epoch = int(state["step"]), int(state["epoch"])
+            history = {str(k): [float(x) for x in v] for k, v in state["history"].items()}
+            states = [arrays_as(entry["state"], torch.Tensor,
+                                lambda t: t.detach().cpu().numpy()) for entry in entries]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{where}: not a checkpoint written by reg.state_dict() "
+                             f"({type(err).__name__}: {err}); nothing was loaded") from None
         current = [getattr(p, "name", type(p).__name__) for p in self.manager.plugins]
         if saved != current:
             raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
-        for plugin, entry in zip(self.manager.plugins, state["plugins"]):
-            if hasattr(plugin, "load_state_dict"):
-                plugin.load_state_dict(arrays_as(entry["state"], torch.Tensor,
-                                                  lambda t: t.detach().cpu().numpy()))
-        self.run.step, self.run.epoch = int(state["step"]), int(state["epoch"])
-        self.run.history = {k: list(v) for k, v in state["history"].items()}
+        load_plugin_states(self.manager.plugins, states, where=where)
+        self.run.step, self.run.epoch = step, epoch
+        self.run.history = history
         self.run.update_scalars()
 
 
