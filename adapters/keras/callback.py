@@ -20,13 +20,17 @@ If ``fit`` is interrupted by an exception, Keras does not call ``on_train_end``:
 from __future__ import annotations
 
 import logging
+import math
+import re
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import keras
+import numpy as np
 
 from regplug.clock import EpochClock, Wording
-from regplug.errors import UnsupportedPluginError, UsageError
+from regplug.errors import RegplugWarning, UnsupportedPluginError, UsageError
 from regplug.manager import PluginManager, plugin_label
 from regplug.plugin import check_requirements
 from regplug.run import Run, StopRequest
@@ -87,6 +91,8 @@ class Regularize(keras.callbacks.Callback):
         self._att: Attachment | None = None
         self._epoch_start_step = 0
         self._checked_traced = False
+        self._arrays_run: Run | None = None  # the fit _arrays_reported belongs to
+        self._arrays_reported: set[str] = set()
 
     @property
     def plugins(self) -> list[object]:
@@ -202,19 +208,58 @@ class Regularize(keras.callbacks.Callback):
         run.step = att.read_iterations() if att is not None else run.step
         logs = logs if logs is not None else {}
         clean: dict[str, float] = {}
+        arrays: dict[str, tuple[int, ...]] = {}
         for key, value in logs.items():
-            try:
-                clean[key] = float(value)
-            except (TypeError, ValueError):
-                continue
+            number = log_number(value)
+            if number is not None:
+                clean[key] = number
+            elif (shape := _array_shape(value)) is not None:
+                arrays[key] = shape
         before = set(clean)
-        stop = clock.epoch_end(clean)
+        reported = self._report_arrays(run, arrays)
+        if reported:
+            with warnings.catch_warnings():
+                # Already explained with the shape; "not in the logs" would mislead.
+                for key in reported:
+                    warnings.filterwarnings("ignore", category=RegplugWarning,
+                                            message=f".*monitor {re.escape(repr(key))} is not")
+                stop = clock.epoch_end(clean)
+        else:
+            stop = clock.epoch_end(clean)
         for key in clean.keys() - before:
             logs[key] = clean[key]
         if stop:
             self.model.stop_training = True
             log.info("regplug: stopping at epoch %d: %s", epoch,
                      "; ".join(str(r) for r in run.stop_requests))
+
+    def _report_arrays(self, run: Run, arrays: dict[str, tuple[int, ...]]) -> list[str]:
+        """Warn (once per fit) for each monitored key whose value is not one number."""
+        if not arrays:
+            return []
+        if self._arrays_run is not run:
+            self._arrays_run, self._arrays_reported = run, set()
+        reported = []
+        for plugin in self.plugins:
+            monitors = getattr(plugin, "monitor", None)
+            if isinstance(monitors, str):
+                monitors = (monitors,)
+            if not isinstance(monitors, (tuple, list)):
+                continue
+            for key in monitors:
+                if key not in arrays:
+                    continue
+                reported.append(key)
+                if key in self._arrays_reported:
+                    continue
+                self._arrays_reported.add(key)
+                warnings.warn(
+                    f"{plugin_label(plugin)}: monitor {key!r} is logged as an array of shape "
+                    f"{arrays[key]}, not as one number, so the plugin cannot act on it. "
+                    "Monitor a metric that logs one number (e.g. "
+                    "F1Score(average='macro') rather than average=None).",
+                    RegplugWarning, stacklevel=2)
+        return reported
 
     # -- fit end -------------------------------------------------------------------------
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -243,6 +288,45 @@ class Regularize(keras.callbacks.Callback):
     def stop_requests(self) -> list[StopRequest]:
         """Why the last fit was asked to stop, with plugin, epoch and step of each vote."""
         return list(self.run.stop_requests) if self.run is not None else []
+
+
+def log_number(value: Any) -> float | None:
+    """A log value as the one number it holds, or ``None`` when it holds no single number.
+
+    Keras hands callbacks its logs with every value it could turn into a float already
+    turned, and the rest as it found them: a metric whose result has shape ``(1,)``
+    (``F1Score(average=None)`` on one class) stays an array, and Keras' own
+    ``EarlyStopping`` compares it as its one element. So does regplug:
+
+    >>> import numpy as np
+    >>> log_number(np.array([0.25], dtype="float32")), log_number(3)
+    (0.25, 3.0)
+    >>> log_number(np.array([0.25, 0.5])) is None, log_number("abc") is None
+    (True, True)
+    """
+    if keras.ops.is_tensor(value):
+        value = keras.ops.convert_to_numpy(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    shape = _array_shape(value)
+    if shape is None or math.prod(shape) != 1:
+        return None
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        return None
+    return float(array.reshape(()))
+
+
+def _array_shape(value: Any) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    if shape is None or not hasattr(value, "dtype"):
+        return None
+    try:
+        return tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        return None
 
 
 def detach(model: Any) -> bool:

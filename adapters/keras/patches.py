@@ -67,6 +67,27 @@ def _hook_error(err: BaseException, hook: str, eager: bool) -> None:
                  "with run_eagerly=True to debug).")
 
 
+class PenaltyTracker(keras.metrics.Mean):
+    """The mean of one penalty over the epoch's batches, as logged (``l2_penalty``).
+
+    Fed by the wrapped ``compute_loss`` alone (:meth:`record`), inside the step. A custom
+    ``train_step`` written as the Keras guides show updates *every* metric in
+    ``self.metrics`` with ``update_state(y, y_pred)`` (JAX: ``stateless_update_state(vars,
+    y, y_pred)``), which would average the targets weighted by the predictions into the
+    penalty's log. The tracker holds the penalty, not a function of ``(y, y_pred)``, so it
+    ignores those calls; refusing them would break the guide's loop for a metric the user
+    never added.
+    """
+
+    def record(self, value: Any) -> None:
+        """Add one step's penalty value (called by regplug only)."""
+        super().update_state(value)
+
+    def update_state(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored: see the class docstring."""
+        return None
+
+
 class _StateSlot:
     """Holds a variable where Keras looks for seed-generator state (``Layer.variables``)."""
 
@@ -205,7 +226,7 @@ class Attachment:
                 log.warning("regplug: a metric named %r already exists; the penalty of that "
                             "name is not logged separately", name)
                 continue
-            tracker = keras.metrics.Mean(name=name)
+            tracker = PenaltyTracker(name=name)
             self.trackers[name] = tracker
             _compat.add_metric(self.model, tracker)
 
@@ -245,7 +266,7 @@ class Attachment:
             value = ops.cast(penalty.value(), "float32")
             tracker = self.trackers.get(name)
             if tracker is not None:
-                tracker.update_state(value)
+                tracker.record(value)
             total = value if total is None else total + value
         if total is None:
             return loss
