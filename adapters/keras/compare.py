@@ -83,6 +83,10 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras
                                                training=False))
     except Exception as err:  # each backend raises its own error types for a bad input
         raise check.failed_forward(spec, err) from err
+    if not model.trainable_weights:  # known after the trial batch built the layers
+        raise check.nothing_to_train(
+            f"{len(model.weights)} weights, none trainable: trainable=False on the model or "
+            "every layer" if model.weights else "it has no weights")
     layers = all_layers(model)
     check.verify(spec,
                  has_dropout=any(isinstance(layer, SCHEDULABLE_DROPOUT_TYPES) for layer in layers),

@@ -120,6 +120,10 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Mo
                          "torch.nn.Module", "torch.nn.Dropout", "BatchNorm")
     if not isinstance(model, nn.Module):
         raise check.wrong_type(model)
+    params = list(model.parameters())
+    if not any(p.requires_grad for p in params):
+        raise check.nothing_to_train(f"{len(params)} parameters, all requires_grad=False"
+                                     if params else "it has no parameters")
     model.eval()
     try:
         with torch.no_grad():

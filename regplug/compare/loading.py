@@ -55,7 +55,11 @@ def load_reference(text: str, *, option: str) -> Callable[..., Any]:
     except ModuleNotFoundError as err:
         missing = err.name or ""
         if not (module_name == missing or module_name.startswith(missing + ".")):
-            raise  # the module exists but imports something missing: a bug to show in full
+            # the module exists but imports something that is not installed
+            raise BadReferenceError(
+                f"{option} {text!r}: importing {module_name!r} failed: it imports "
+                f"{missing or str(err)!r}, which is not installed (pip install it, or fix "
+                "the import; -v shows where)") from err
         raise BadReferenceError(f"{option} {text!r}: no module named {module_name!r} (looked in "
                               "the current directory and the Python path)") from None
     except FileNotFoundError:

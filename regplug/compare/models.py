@@ -130,6 +130,18 @@ class FactoryCheck:
         return ModelError(f"{self.where}: the model fails on a batch of 2 rows of "
                           f"{spec.n_features} features: {type(err).__name__}: {first}")
 
+    def nothing_to_train(self, detail: str) -> ModelError:
+        """The model has no trainable parameter (all frozen, or none at all).
+
+        >>> check = FactoryCheck("--model 'm:f' (strategy 'l2', torch)", "torch.nn.Module",
+        ...                      "torch.nn.Dropout", "BatchNorm")
+        >>> print(check.nothing_to_train("3 parameters, all requires_grad=False"))
+        --model 'm:f' (strategy 'l2', torch): the model has nothing to train (3 parameters,
+        all requires_grad=False); unfreeze at least one parameter
+        """
+        return ModelError(f"{self.where}: the model has nothing to train ({detail}); "
+                          "unfreeze at least one parameter")
+
     def wrong_type(self, model: object) -> ModelError:
         return ModelError(f"{self.where}: the factory returned a {type(model).__name__}; "
                           f"return a {self.model_type}")

@@ -198,13 +198,32 @@ def make_result(framework: str, strategy_name: str, description: str, outcome: T
 
 
 def write_csv(path: Path, results: Sequence[StrategyResult]) -> None:
-    """One line per row: the table's columns, then time, stop reason and description."""
+    """One line per row: the table's columns, then time, stop reason and description.
+
+    Text cells go through :func:`csv_text` (no formula injection); ``results.json`` keeps
+    the exact text.
+    """
     with path.open("w", newline="", encoding="utf-8") as fh:
         rows = [r.row() for r in results]
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["framework"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _plain(v) for k, v in row.items()})
+            writer.writerow({k: csv_text(v) if isinstance(v, str) else _plain(v)
+                             for k, v in row.items()})
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading
+    single quote (the OWASP rule); any other text is unchanged.
+
+    >>> print(csv_text("=1+2"), csv_text("-x"), csv_text("L2, 1e-4"))
+    '=1+2 '-x L2, 1e-4
+    """
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def write_json(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
