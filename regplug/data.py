@@ -48,36 +48,66 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     return Dataset("digits", x[train], y[train], x[test], y[test])
 
 
+#: The most classes a data set may have: labels are integers in ``[0, MAX_CLASSES)``. A label
+#: of a million would otherwise build a million-logit model (and a billion, fail to allocate).
+MAX_CLASSES = 10_000
+#: The largest feature magnitude accepted: features are trained as float32, so anything
+#: beyond float32's range would silently become infinite.
+MAX_FEATURE = float(np.finfo(np.float32).max)
+
+# What a damaged .npz raises while opening or reading a member varies with the damage: a
+# truncated or corrupt zip (BadZipFile, EOFError), compressed stream (zlib.error) or .npy
+# header (tokenize.TokenError, SyntaxError, ValueError), or a header promising a huge array
+# (MemoryError). Any of them means the same to the user: the file cannot be read.
+_UNREADABLE = (Exception,)
+
+
 def load_npz(path: str | Path) -> Dataset:
-    """An MNIST-style ``.npz`` with ``x_train, y_train, x_test, y_test`` (Keras' mnist.npz)."""
+    """An MNIST-style ``.npz`` with ``x_train, y_train, x_test, y_test`` (Keras' mnist.npz),
+    checked as :func:`from_arrays` says; every problem is one :class:`ValueError` naming the
+    file."""
     path = Path(path)
+    shown = f"data file {str(path)!r}"
     if not path.exists():
-        raise ValueError(f"data file {str(path)!r} does not exist")
+        raise ValueError(f"{shown} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{shown} is a directory, not an .npz file")
     try:
         archive = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"data file {str(path)!r} cannot be read as .npz: {err}") from None
+    except _UNREADABLE as err:
+        raise ValueError(f"{shown} cannot be read as .npz: {_first_line(err)}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"data file {str(path)!r} holds a single array, not an .npz archive "
+        raise ValueError(f"{shown} holds a single array, not an .npz archive "
                          f"with {', '.join(NPZ_KEYS)}")
     with archive:
         missing = [k for k in NPZ_KEYS if k not in archive.files]
         if missing:
-            raise ValueError(f"data file {str(path)!r} lacks {missing}; it has {archive.files}")
+            raise ValueError(f"{shown} lacks {missing}; it has {archive.files}")
         try:
             arrays = {k: archive[k] for k in NPZ_KEYS}
-        except (OSError, ValueError) as err:  # object arrays need pickle; truncated files
-            raise ValueError(f"data file {str(path)!r} cannot be read: {err}") from None
-    return from_arrays(path.stem, arrays, source=f"data file {str(path)!r}", pixels=True)
+        except _UNREADABLE as err:  # object arrays need pickle; truncated files
+            raise ValueError(f"{shown} cannot be read (truncated or damaged?): "
+                             f"{_first_line(err)}") from None
+    return from_arrays(path.stem, arrays, source=shown, pixels=True)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def from_arrays(name: str, arrays: Mapping[str, ArrayLike], *, source: str = "data",
                 pixels: bool = False) -> Dataset:
-    """A :class:`Dataset` from the four arrays, checked: rows of x and y agree, train and
-    test rows have the same number of features, labels are integers ``>= 0``.
+    """A :class:`Dataset` from the four arrays, checked before any training:
+
+    - each ``x`` has at least one row and one feature, numeric (not complex), finite and
+      within float32's range (:data:`MAX_FEATURE`); train and test have the same features;
+    - each ``y`` has one label per row of its ``x`` (a column vector is accepted), and the
+      labels are integers (integer-valued floats too) in ``[0, MAX_CLASSES)`` — 10,000
+      classes at most; the number of classes is the largest label + 1.
 
     Images are flattened to rows. With ``pixels``, features above 1 are taken as 0–255
     pixel values and scaled to [0, 1]; otherwise they are kept as given (as float32).
+    Every refusal is one :class:`ValueError` naming ``source`` and the array.
 
     >>> d = from_arrays("tiny", {"x_train": np.ones((4, 2, 2)), "y_train": [0, 1, 1, 0],
     ...                          "x_test": np.ones((2, 2, 2)), "y_test": [1, 0]})
@@ -89,31 +119,68 @@ def from_arrays(name: str, arrays: Mapping[str, ArrayLike], *, source: str = "da
         raise ValueError(f"{source} lacks {missing}; it has {sorted(arrays)}")
     xs, ys = {}, {}
     for split in ("train", "test"):
-        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
-        if x.ndim == 0 or len(x) == 0:
-            raise ValueError(f"{source}: x_{split} is empty")
-        if len(x) != len(y):
-            raise ValueError(f"{source}: x_{split} has {len(x)} rows but "
-                             f"y_{split} has {len(y)}")
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise ValueError(f"{source}: y_{split} must hold one integer label per row, got "
-                             f"shape {y.shape} (one-hot labels: take their argmax)")
-        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)
-                or (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
-            raise ValueError(f"{source}: y_{split} must hold integer class labels, got "
-                             f"dtype {y.dtype}")
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise ValueError(f"{source}: x_{split} must be numeric, got dtype {x.dtype}")
-        if y.min() < 0:
-            raise ValueError(f"{source}: y_{split} has negative labels (min {y.min()})")
-        xs[split], ys[split] = x.reshape(len(x), -1), y.astype(np.int64)
+        try:
+            x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
+        except (ValueError, TypeError) as err:  # ragged nested lists
+            raise ValueError(f"{source}: x_{split}/y_{split} is not an array: "
+                             f"{_first_line(err)}") from None
+        xs[split] = _features(x, f"{source}: x_{split}")
+        ys[split] = _labels(y, f"{source}: y_{split}")
+        if len(xs[split]) != len(ys[split]):
+            raise ValueError(f"{source}: x_{split} has {len(xs[split])} rows but "
+                             f"y_{split} has {len(ys[split])}")
     if xs["train"].shape[1] != xs["test"].shape[1]:
         raise ValueError(f"{source}: train rows have {xs['train'].shape[1]} "
                          f"features, test rows {xs['test'].shape[1]}")
-    if not (np.isfinite(xs["train"]).all() and np.isfinite(xs["test"]).all()):
-        raise ValueError(f"{source}: the features hold NaN or infinite values")
     scale = 255.0 if pixels and xs["train"].max() > 1.0 else 1.0
     return Dataset(name, (xs["train"] / scale).astype(np.float32), ys["train"],
                    (xs["test"] / scale).astype(np.float32), ys["test"])
+
+
+def _features(x: np.ndarray, where: str) -> np.ndarray:
+    """``x`` as float64 rows, or a ValueError saying what is wrong with it."""
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"{where} is empty (it needs at least one row)")
+    if (not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_) \
+            or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{where} must be numeric, got dtype {x.dtype}")
+    rows = x.reshape(len(x), -1).astype(np.float64)
+    if rows.shape[1] == 0:
+        raise ValueError(f"{where} has 0 features per row (shape {x.shape}); at least 1 "
+                         "is needed")
+    finite = np.isfinite(rows)
+    if not finite.all():
+        bad = rows[~finite][0].item()
+        raise ValueError(f"{where} holds NaN or infinite values ({int((~finite).sum())} of "
+                         f"them, e.g. {bad}); replace or drop those rows")
+    largest = float(np.abs(rows).max())
+    if largest > MAX_FEATURE:
+        raise ValueError(f"{where} has values beyond float32's range (largest |x| = "
+                         f"{largest:.3g}, limit {MAX_FEATURE:.3g}); scale the features")
+    return rows
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """``y`` as int64 labels in ``[0, MAX_CLASSES)``, or a ValueError saying what is wrong."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{where} must hold one integer label per row, got "
+                         f"shape {y.shape} (one-hot labels: take their argmax)")
+    if np.issubdtype(y.dtype, np.bool_):
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating):
+        integral = np.isfinite(y) & (np.mod(y, 1) == 0) if len(y) else np.ones(0, bool)
+        if not integral.all():
+            raise ValueError(f"{where} must hold integer class labels; it holds "
+                             f"{y[~integral][0].item()!r} (dtype {y.dtype})")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where} must hold integer class labels, got dtype {y.dtype}")
+    if len(y):
+        low, high = y.min(), y.max()
+        if low < 0 or high >= MAX_CLASSES:
+            bad = (low if low < 0 else high).item()
+            raise ValueError(f"{where} has the label {bad!r}; labels must be integers from 0 "
+                             f"to {MAX_CLASSES - 1} (at most {MAX_CLASSES:,} classes, one per "
+                             "label value)")
+    return y.astype(np.int64)
