@@ -3,16 +3,18 @@ that keep plugin state loadable with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from regplug.run import check_state_arrays
+from regplug.run import Run, check_state_arrays
 
 from .discovery import unwrap
 
-__all__ = ["TorchModelState", "arrays_as"]
+__all__ = ["TorchModelState", "arrays_as", "run_state_dict", "load_run_state"]
 
 
 class TorchModelState:
@@ -72,3 +74,35 @@ def arrays_as(value: Any, kind: type, convert: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(arrays_as(v, kind, convert) for v in value)
     return value
+
+
+def run_state_dict(run: Run, plugins: Sequence[object]) -> dict[str, Any]:
+    """The run's clock and history and every plugin's state, for a torch checkpoint.
+
+    NumPy arrays in plugins' states (e.g. early stopping's best weights) are stored as CPU
+    tensors, so ``torch.load(path)`` reads the checkpoint with its default
+    ``weights_only=True``; :func:`load_run_state` turns them back into arrays.
+    """
+    return {
+        "step": run.step, "epoch": run.epoch,
+        "history": {k: list(v) for k, v in run.history.items()},
+        "plugins": [{"name": getattr(p, "name", type(p).__name__),
+                     "state": arrays_as(p.state_dict() if hasattr(p, "state_dict") else {},
+                                        np.ndarray, torch.from_numpy)}
+                    for p in plugins],
+    }
+
+
+def load_run_state(run: Run, plugins: Sequence[object], state: dict[str, Any]) -> None:
+    """Resume from :func:`run_state_dict`: the same plugins, in the same order."""
+    saved = [entry["name"] for entry in state["plugins"]]
+    current = [getattr(p, "name", type(p).__name__) for p in plugins]
+    if saved != current:
+        raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
+    for plugin, entry in zip(plugins, state["plugins"]):
+        if hasattr(plugin, "load_state_dict"):
+            plugin.load_state_dict(arrays_as(entry["state"], torch.Tensor,
+                                              lambda t: t.detach().cpu().numpy()))
+    run.step, run.epoch = int(state["step"]), int(state["epoch"])
+    run.history = {k: list(v) for k, v in state["history"].items()}
+    run.update_scalars()

@@ -1,0 +1,390 @@
+"""regplug in PyTorch Lightning: one callback, :class:`Regularize`.
+
+::
+
+    trainer = Trainer(max_epochs=50,
+                      callbacks=[Regularize([L2(1e-4), EarlyStopping(patience=3)])])
+    trainer.fit(model, train_loader, val_loader)
+
+A thin event source over the PyTorch building blocks (:func:`regplug.adapters.torch.build_run`,
+:class:`regplug.clock.EpochClock`, :class:`regplug.window.StepWindow`): it holds no
+regularization logic, it tells the clock and the window what Lightning did.
+
+Which Lightning event drives which regplug event, and why:
+
+=============================================  ==============================================
+Lightning                                      regplug
+=============================================  ==============================================
+``on_train_start``                             the run is built over the optimizer's
+                                               parameters; ``on_train_begin``; a checkpoint's
+                                               regplug state is applied
+``on_train_batch_start`` (first micro-batch    ``on_epoch_begin`` (first batch of an epoch),
+after an optimizer step)                       ``on_batch_begin``
+``on_before_backward``                         the step window's loss: ``on_loss`` once per
+                                               optimizer step, however many micro-batches
+``on_before_optimizer_step``                   penalties' gradients join, then
+                                               ``on_before_step``
+the optimizer's own step post-hook             ``on_step``; the window closes
+(``register_step_post_hook``)
+``on_train_epoch_end``                         ``on_epoch_end`` with ``trainer.callback_metrics``
+                                               (validation has run by then) and the penalties'
+                                               values; a stop sets ``trainer.should_stop``
+``on_train_end`` / ``on_exception``            ``on_train_end`` (EarlyStopping restores the best
+                                               weights; after an exception nothing is
+                                               restored)
+``state_dict`` / ``load_state_dict``           the run's clock, history and plugin states ride
+                                               in Lightning's checkpoints
+=============================================  ==============================================
+
+- **Automatic optimization**: Lightning calls ``optimizer.step(closure)`` and runs the forward
+  and backward passes inside it, so torch's step pre-hook would come before the loss. Lightning
+  calls ``on_before_optimizer_step`` after the closure (after ``GradScaler`` unscaled the
+  gradients) and *before* it clips them (``gradient_clip_val``): a penalty's gradient added
+  there is clipped with the data gradient, exactly as the penalty written in
+  ``training_step``. Penalties with a closed-form gradient (L1, L2, elastic net) are one fused
+  ``grad += c·θ``; any other penalty (a third-party one, or every penalty with
+  ``fused=False``) is differentiated by autograd there and its gradient added, the same
+  numbers as the penalty in the loss (no loss scaling is involved: the gradients are unscaled
+  by then). Lightning has no callback hook after the update itself (``on_train_batch_end``
+  comes once per batch, also for micro-batches that did not step, and once for several
+  manual steps), so ``on_step`` rides on torch's public step post-hook of the optimizer.
+- **Gradient accumulation** (``accumulate_grad_batches=k``): Lightning divides each micro-batch
+  loss by ``k``; the penalty enters once per optimizer step at full strength — what the
+  penalty added to each micro-batch's ``training_step`` loss sums to.
+- **Manual optimization**: call ``self.manual_backward(loss)`` (it fires
+  ``on_before_backward``) and ``opt.step()`` on the optimizers from ``self.optimizers()``;
+  an update without a loss handed over is refused before the parameters change.
+- **Several optimizers** (manual optimization): one run per optimizer. A :class:`Regularize`
+  serves one optimizer, ``Regularize(plugins, optimizer=i)`` (index into
+  ``configure_optimizers``' optimizers); give each optimizer its own callback and plugins.
+  Each of that optimizer's steps is one step window; the others' steps do not touch its
+  parameters. Several optimizers without ``optimizer=`` are refused at fit start.
+- **Epoch logs** are ``trainer.callback_metrics`` at ``on_train_epoch_end``, which Lightning
+  calls after the epoch's validation (the same moment Lightning's own ``EarlyStopping``
+  checks by default). Log validation metrics in ``validation_step`` (``self.log("val_loss",
+  loss)``); metrics a LightningModule logs in its own ``on_train_epoch_end`` come after the
+  callbacks and are not seen. Each penalty's value at the epoch's end weights is logged
+  through Lightning (``pl_module.log("l2_penalty", ...)``, so loggers and ``callback_metrics``
+  have it) and is in the epoch's logs.
+- **Stopping** sets ``trainer.should_stop``. Under DDP the decision is collective (the logs are
+  averaged over the processes and any process's vote stops all), as in
+  :func:`~regplug.adapters.torch.attach`.
+- **Checkpoints**: the callback's ``state_dict`` holds the run's clock, history and every
+  plugin's state (e.g. early stopping's best weights, as CPU tensors); resuming with
+  ``trainer.fit(..., ckpt_path=...)`` continues as if never interrupted.
+- **Closure optimizers** that evaluate the closure several times per step (LBFGS) are refused:
+  regplug cannot add the penalty to the objective Lightning's closure returns.
+
+Works with ``lightning.pytorch`` and, where only that is installed, ``pytorch_lightning``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from regplug.clock import EpochClock, Wording
+from regplug.errors import UsageError
+from regplug.manager import PluginManager
+from regplug.penalty import Penalty, unique_names
+from regplug.plugin import check_requirements
+from regplug.run import Run, StopRequest
+from regplug.validation import check_bool
+from regplug.window import StepWindow
+
+from .torch import build_run
+from .torch.ops import TorchOps, without_grad
+from .torch.state import load_run_state, run_state_dict
+
+__all__ = ["Regularize", "LIGHTNING_WORDING"]
+
+
+def _lightning() -> Any:
+    """``lightning.pytorch``, else ``pytorch_lightning``: whichever is installed."""
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("regplug.adapters.lightning needs Lightning: pip install "
+                      "'regplug[lightning]' (or pytorch_lightning)")
+
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback, LightningModule, Trainer
+else:
+    _pl = _lightning()
+    Callback, LightningModule, Trainer = _pl.Callback, _pl.LightningModule, _pl.Trainer
+
+#: How this adapter's messages name the user's calls.
+LIGHTNING_WORDING = Wording(
+    adapter="Regularize",
+    step="optimizer.step()",
+    loss_call="self.manual_backward(loss)",
+    loss_fix="In manual optimization call self.manual_backward(loss), not loss.backward(), "
+             "before opt.step(): Lightning's on_before_backward is where regplug sees the loss.",
+    validation_hint="log them in validation_step with self.log('val_loss', loss)",
+    close_hint="one Regularize serves one fit at a time",
+    logs_call="Regularize (trainer.callback_metrics)",
+)
+
+
+class Regularize(Callback):
+    """regplug plugins in a Lightning ``Trainer``: ``callbacks=[Regularize([...])]``.
+
+    :param plugins: plugin objects, e.g. ``[L2(1e-4), EarlyStopping(patience=3)]``.
+    :param fused: apply closed-form penalties as a fused gradient update (default); with
+        ``False`` every penalty is differentiated by autograd (same result, slower).
+    :param optimizer: which of the LightningModule's optimizers this callback serves (an
+        index into those ``configure_optimizers`` returns); needed when there are several.
+
+    >>> from regplug.plugins import L2
+    >>> Regularize([L2(1e-4)])
+    Regularize([L2(l2=0.0001)])
+    """
+
+    def __init__(self, plugins: Iterable[object], *, fused: bool = True,
+                 optimizer: int | None = None) -> None:
+        super().__init__()
+        self.manager = PluginManager(plugins)
+        self.fused = check_bool("Regularize", "fused", fused)
+        if optimizer is not None and (isinstance(optimizer, bool)
+                                      or not isinstance(optimizer, int) or optimizer < 0):
+            raise TypeError(f"Regularize: 'optimizer' must be None or the index (an int >= 0) "
+                            f"of one of the LightningModule's optimizers, got {optimizer!r}")
+        self.optimizer_index = optimizer
+        check_requirements(self.manager.plugins, {
+            "eager_step": None, "dropout_layers": None, "model_state": None,
+            "trial_training": "the Lightning callback has no loss function of its own; run "
+                              "the check in a plain loop with regplug.adapters.torch.attach"},
+            adapter="the Lightning adapter")
+        self.run: Run | None = None
+        self.clock: EpochClock | None = None
+        self.window: StepWindow | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._ops: TorchOps | None = None
+        self._hook: Any = None
+        self._pending: dict[str, Any] | None = None  # a checkpoint's state, before the run
+        self._loss_terms: list[Penalty] = []  # this window's penalties that go via autograd
+        self._batch_open = False
+        self._stepping = False  # between on_before_optimizer_step and the update
+
+    def __repr__(self) -> str:
+        plugins = ", ".join(repr(p) for p in self.manager.plugins)
+        extra = "" if self.optimizer_index is None else f", optimizer={self.optimizer_index}"
+        return f"Regularize([{plugins}]{extra})"
+
+    @property
+    def state_key(self) -> str:
+        if self.optimizer_index is None:
+            return type(self).__qualname__
+        return self._generate_state_key(optimizer=self.optimizer_index)
+
+    # -- the fit -------------------------------------------------------------------------
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        optimizer = self._pick_optimizer(trainer)
+        run = build_run(pl_module, optimizer)
+        self.run, self._optimizer = run, optimizer
+        self._ops = run.ops if isinstance(run.ops, TorchOps) else None
+        self.clock = EpochClock(run, self.manager, LIGHTNING_WORDING)
+        self.window = StepWindow(self.clock, fused=self.fused)
+        self._loss_terms, self._batch_open, self._stepping = [], False, False
+        self._hook = optimizer.register_step_post_hook(self._after_update)
+        try:
+            self.clock.train_begin()
+        except BaseException:
+            self._detach()
+            raise
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            load_run_state(run, self.manager.plugins, state)
+
+    def _pick_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
+        optimizers = list(trainer.optimizers)
+        index = self.optimizer_index
+        if not optimizers:
+            raise UsageError("Regularize: the LightningModule has no optimizer "
+                             "(configure_optimizers returned none), so there is nothing to "
+                             "regularize")
+        if index is None:
+            if len(optimizers) > 1:
+                raise UsageError(
+                    f"Regularize: the LightningModule has {len(optimizers)} optimizers; a "
+                    f"Regularize serves one. Pass Regularize(plugins, optimizer=i) with i in "
+                    f"0..{len(optimizers) - 1}, one callback per optimizer to regularize")
+            index = 0
+        if index >= len(optimizers):
+            raise UsageError(f"Regularize: optimizer={index}, but the LightningModule has "
+                             f"{len(optimizers)} optimizer(s) (indices 0..{len(optimizers) - 1})")
+        optimizer = optimizers[index]
+        while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer,
+                                                                           "optimizer"):
+            optimizer = optimizer.optimizer  # a LightningOptimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise UsageError(f"Regularize: optimizer {index} is a {type(optimizer).__name__}, "
+                             f"not a torch.optim.Optimizer")
+        return optimizer
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if not self._batch_open and self.clock is not None:
+            self._batch_open = True
+            self.clock.batch_begin()
+
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
+                           loss: torch.Tensor) -> None:
+        window = self.window
+        if window is None or window.loss_seen or not getattr(loss, "requires_grad", False):
+            return
+        self._loss_terms = window.collect_penalties(loss)
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
+                                 optimizer: Any) -> None:
+        if self.window is None or optimizer is not self._optimizer:
+            return
+        if self._stepping:
+            raise UsageError(
+                f"Regularize: {type(optimizer).__name__} evaluated Lightning's closure more "
+                "than once in one step (as LBFGS does); regplug cannot add its penalties to "
+                "the objective the closure returns. Write the penalty into training_step, "
+                "or use regplug.adapters.torch.attach in a plain loop.")
+        self.window.check_loss()
+        self._stepping = True
+        if self._loss_terms:
+            self._add_autograd_grads(self._loss_terms)
+            self._loss_terms = []
+        self._set_in_update(True)
+        without_grad(self.window.before_step)()
+
+    def _add_autograd_grads(self, terms: list[Penalty]) -> None:
+        """Add the gradients of penalties without a closed form, as if they were in the loss."""
+        assert self.run is not None
+        params = [p.tensor for p in self.run.params if p.tensor.requires_grad]
+        with torch.enable_grad():
+            total = torch.stack([torch.as_tensor(t.value(), dtype=torch.float32)
+                                 for t in terms]).sum()
+            if not total.requires_grad:
+                return
+            grads = torch.autograd.grad(total, params, allow_unused=True)
+        with torch.no_grad():
+            for param, grad in zip(params, grads):
+                if grad is None:
+                    continue
+                if param.grad is None:
+                    param.grad = grad.to(param.dtype)
+                else:
+                    param.grad.add_(grad)
+
+    def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        window = self.window
+        if window is None:
+            return
+        if not self._stepping:
+            raise UsageError(
+                "Regularize: the optimizer stepped without Lightning's on_before_optimizer_step "
+                "(the raw optimizer's step() was called), so its penalties and on_before_step "
+                "plugins were skipped for this update; call opt.step() on the optimizers from "
+                "self.optimizers()")
+        try:
+            without_grad(window.after_step)()
+        finally:
+            self._end_update()
+
+    def _end_update(self) -> None:
+        self._stepping = False
+        self._set_in_update(False)
+        self._batch_open = False
+        self._loss_terms = []
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if self._stepping and self.window is not None:
+            # on_before_optimizer_step without an update: GradScaler skipped a step with
+            # non-finite gradients. The next micro-batch opens a new window.
+            self.window.reset()
+            self._end_update()
+
+    def _set_in_update(self, value: bool) -> None:
+        if self._ops is not None:
+            self._ops.in_update = value
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.clock is None or not self.clock.active:
+            return
+        penalties = self.penalties()
+        for name, value in penalties.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True,
+                          sync_dist=trainer.world_size > 1)
+        logs: dict[str, Any] = {**trainer.callback_metrics, **penalties}
+        if self.clock.epoch_end(logs):
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._end(None)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
+                     exception: BaseException) -> None:
+        self._end(exception)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._detach()
+
+    def _end(self, exception: BaseException | None) -> None:
+        try:
+            if self.clock is not None and self.clock.active:
+                assert self.run is not None
+                self.run.exception = exception
+                self.clock.train_end()
+        finally:
+            self._detach()
+
+    def _detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._set_in_update(False)
+        self._stepping = False
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The run's clock and history and every plugin's state (Lightning stores it in its
+        checkpoints)."""
+        if self.run is None:
+            return dict(self._pending or {})
+        return run_state_dict(self.run, self.manager.plugins)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from a checkpoint; applied when the fit starts (Lightning loads callback
+        states before it)."""
+        if not state_dict:
+            return
+        if self.run is not None and self.clock is not None and self.clock.active:
+            load_run_state(self.run, self.manager.plugins, state_dict)
+        else:
+            self._pending = dict(state_dict)
+
+    # -- reading results -------------------------------------------------------------------
+    def penalties(self) -> dict[str, torch.Tensor]:
+        """Each penalty's value at the current weights (0-d float32 tensors), for the
+        penalties of the latest step; empty before the first step."""
+        penalties = self.window.penalties if self.window is not None else []
+        with torch.no_grad():
+            return {name: torch.as_tensor(p.value(), dtype=torch.float32)
+                    for name, p in zip(unique_names(p.name for p in penalties), penalties)}
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """Per-epoch logs (the trainer's metrics and each penalty's value)."""
+        return self.run.history if self.run is not None else {}
+
+    @property
+    def stop_requests(self) -> list[StopRequest]:
+        """Why training was asked to stop, with the plugin, epoch and step of each vote."""
+        return list(self.run.stop_requests) if self.run is not None else []
+
+    @property
+    def should_stop(self) -> bool:
+        return self.run.should_stop if self.run is not None else False
