@@ -11,6 +11,8 @@ import re
 import warnings
 from collections.abc import Mapping
 
+import numpy as np
+
 from regplug.errors import RegplugWarning
 from regplug.validation import check_choice, check_real
 
@@ -39,12 +41,31 @@ def infer_mode(monitor: str) -> str | None:
     return None
 
 
+def improves_like_keras(value: float, reference: float, min_delta: float, mode: str) -> bool:
+    """Keras' improvement test (``MonitorCallback._is_improvement``), to the last bit.
+
+    Keras shifts the value by ``min_delta`` in Python floats (float64), then compares with
+    ``ops.less``/``ops.greater``, which turn both sides into float32 tensors on the
+    TensorFlow, JAX and torch backends. So a tie in float32 is no improvement, although the
+    float64 numbers differ: ``0.4 - 0.1 > 0.3`` is true in float64, false here.
+
+    >>> improves_like_keras(0.4, 0.3, 0.1, "max"), 0.4 - 0.1 > 0.3
+    (False, True)
+    >>> improves_like_keras(0.19, 0.3, 0.1, "min"), improves_like_keras(0.2, 0.3, 0.1, "min")
+    (True, False)
+    """
+    with np.errstate(over="ignore"):  # beyond float32's range is ±inf, as in Keras
+        if mode == "min":
+            return bool(np.float32(value + min_delta) < np.float32(reference))
+        return bool(np.float32(value - min_delta) > np.float32(reference))
+
+
 class MetricTracker:
     """One monitored metric: direction, ``min_delta`` and the improvement test.
 
     The rule is Keras': a value improves on a reference when it is better by more than
-    ``min_delta`` (``value < reference − min_delta`` in ``min`` mode); any value improves on
-    no reference at all.
+    ``min_delta`` (``value + min_delta < reference`` in ``min`` mode, compared in float32 as
+    Keras does: :func:`improves_like_keras`); any value improves on no reference at all.
 
     :param owner: plugin name, for messages.
     :param monitor: the key in the epoch's logs, e.g. ``"val_loss"``.
@@ -82,12 +103,11 @@ class MetricTracker:
         self.min_delta = check_real(owner, "min_delta", min_delta)
 
     def improves(self, value: float, reference: float | None) -> bool:
-        """Whether ``value`` is better than ``reference`` by more than ``min_delta``."""
+        """Whether ``value`` is better than ``reference`` by more than ``min_delta``, decided
+        in float32 as Keras decides (:func:`improves_like_keras`)."""
         if reference is None:
             return True
-        if self.mode == "min":
-            return value + self.min_delta < reference
-        return value - self.min_delta > reference
+        return improves_like_keras(value, reference, self.min_delta, self.mode)
 
     def better(self, value: float, reference: float) -> bool:
         """Whether ``value`` is strictly better than ``reference`` (no ``min_delta``)."""
