@@ -91,6 +91,10 @@ class DropoutSchedule(ConfiguredPlugin):
     """
 
     requires = ("dropout_layers",)
+    #: Hooks an instance implements depending on its configuration (see ``__init__``), and
+    #: on what: ``regplug plugins`` lists them as "on_epoch_begin or on_batch_begin (...)".
+    configured_hooks = ("on_epoch_begin", "on_batch_begin")
+    configured_hooks_note = "from the schedule's per"
 
     def __init__(self, rate: Rate, *, layers: str | Iterable[str] | None = None,
                  include: str | Iterable[str] | None = None,

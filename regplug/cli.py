@@ -14,9 +14,32 @@ from typing import Any
 from . import __version__
 from .compare.cli import add_compare_parser
 from .errors import PluginLoadError, PluginValidationError, RegplugError
-from .hookspecs import implemented_hooks
+from .hookspecs import HOOK_NAMES, implemented_hooks
 from .manager import validate_plugin_class
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
+
+
+def listed_hooks(factory: object) -> tuple[str, ...]:
+    """The hooks a plugin class can fire, in clock order, as ``regplug plugins`` shows them.
+
+    A class whose instances choose hooks by their configuration names them in
+    ``configured_hooks`` (and why in ``configured_hooks_note``); they are listed as one
+    entry, "on_epoch_begin or on_batch_begin (from the schedule's per)".
+
+    >>> from regplug.plugins import DropoutSchedule
+    >>> listed_hooks(DropoutSchedule)
+    ('on_train_begin', "on_epoch_begin or on_batch_begin (from the schedule's per)",
+     'on_train_end')
+    """
+    hooks = list(implemented_hooks(factory))
+    configured = [h for h in getattr(factory, "configured_hooks", ()) or ()
+                  if h in HOOK_NAMES and h not in hooks]
+    if configured:
+        note = getattr(factory, "configured_hooks_note", "")
+        first = HOOK_NAMES.index(configured[0])
+        at = sum(HOOK_NAMES.index(h) < first for h in hooks)
+        hooks.insert(at, " or ".join(configured) + (f" ({note})" if note else ""))
+    return tuple(hooks)
 
 
 def plugin_listing() -> list[dict[str, Any]]:
@@ -39,7 +62,7 @@ def plugin_listing() -> list[dict[str, Any]]:
             error = f"{type(cause).__name__}: {cause}"
         else:
             if callable(factory):
-                hooks = implemented_hooks(factory)
+                hooks = listed_hooks(factory)
                 if inspect.isclass(factory):
                     try:  # what registering an instance would refuse, listed now
                         validate_plugin_class(factory)

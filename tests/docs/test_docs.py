@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import regplug
-
 
 def _framework(module: str) -> str | None:
     """The framework an adapter module needs (``regplug.adapters.torch.ops`` → torch)."""
@@ -59,6 +57,9 @@ def _python_blocks():
 
 @pytest.mark.parametrize("index", range(len(_python_blocks())))
 def test_readme_python_examples_run(index, tmp_path, monkeypatch):
+    """Each block runs alone, in a fresh namespace, as a reader pastes it: no `regplug` or
+    other name handed in. A block using a class an earlier block defines says so in its
+    first line ("# uses ShrinkHead, ...") and runs after that block."""
     code = _python_blocks()[index]
     if "torch" in code:
         pytest.importorskip("torch")
@@ -68,11 +69,36 @@ def test_readme_python_examples_run(index, tmp_path, monkeypatch):
     if "regularization.toml" in code:
         toml = re.search(r"```toml\n# regularization.toml\n(.*?)```", README.read_text(), re.S)
         (tmp_path / "regularization.toml").write_text(toml.group(1))
-    namespace = {"regplug": regplug}
-    for previous in _python_blocks()[:index]:  # later blocks build on the plugin defined earlier
-        if "class " in previous and "regplug.Plugin" in previous:
-            exec(compile(previous, "README.md", "exec"), namespace)
+    namespace: dict[str, object] = {"__name__": "__readme__"}
+    for previous in _python_blocks()[:index]:
+        for name in re.findall(r"^class (\w+)", previous, re.M):
+            if re.search(rf"\b{name}\b", code):
+                assert code.startswith(f"# uses {name}"), (
+                    f"this README block uses {name} from an earlier block without saying so")
+                exec(compile(previous, "README.md", "exec"), namespace)
     exec(compile(code, "README.md", "exec"), namespace)
+
+
+def test_readme_blocks_import_what_they_use():
+    """The newcomer's NameError: a block writing `regplug.X` must import regplug itself."""
+    for code in _python_blocks():
+        body = "\n".join(line for line in code.splitlines()
+                         if not re.match(r"\s*(from|import) ", line))
+        if re.search(r"(?<![\w.])regplug\.\w", body):
+            assert re.search(r"^import regplug\b", code, re.M), code
+
+
+def test_the_readme_plugin_table_lists_the_hooks_regplug_plugins_lists():
+    from regplug.cli import plugin_listing
+
+    listing = {r["name"]: ", ".join(r["hooks"]) for r in plugin_listing() if r["builtin"]}
+    table = {}
+    for line in README.read_text().splitlines():
+        match = re.match(r"\| `(\w+)` \| .*? \| (`on_.*?) \| ", line)
+        if match:
+            table[match.group(1)] = match.group(2).replace("`", "")
+    assert table == {name: hooks for name, hooks in listing.items() if name in table}
+    assert set(listing) - set(table) == {"overfit_batch"} or set(table) == set(listing)
 
 
 # -- the plugin-author guide -----------------------------------------------------------------
