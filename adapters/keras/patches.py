@@ -85,7 +85,6 @@ class PenaltyTracker(keras.metrics.Mean):
 
     def update_state(self, *args: Any, **kwargs: Any) -> None:
         """Ignored: see the class docstring."""
-        return None
 
 
 class _StateSlot:
@@ -127,6 +126,7 @@ class Attachment:
         self.dirty = False                   # the traced step predates a patch
         self.patched_loss = False
         self.patched_apply = False
+        self.patched_step = False            # JAX: train_step (see patch_jax_step)
         self.run: Run | None = None
 
     # -- the Run ---------------------------------------------------------------------
@@ -314,6 +314,44 @@ class Attachment:
 
         optimizer.apply = apply
         self.patched_apply = True
+        if self.jax:
+            self.patch_jax_step()
+
+    def patch_jax_step(self) -> None:
+        """JAX: give ``apply`` the traced values of regplug's variables in any train step.
+
+        During a JAX ``fit`` Keras frees the variables' own values (the jitted step gets
+        them as ``state``), so a strength read outside a ``StatelessScope`` that maps it has
+        no value at all. ``stateless_apply`` maps only the weights and the optimizer's
+        variables. The built-in step calls ``compute_loss`` first, in a scope that maps
+        the model's non-trainable state, strengths included (``add_penalties`` keeps
+        them); a custom step such as the JAX guide's lower-level one computes its own loss
+        and never calls it. Every JAX train step gets ``state`` — ``(trainable,
+        non_trainable, optimizer, metrics)`` in the order of the model's lists — so the
+        wrapped ``train_step`` takes the values from there.
+        """
+        model = self.model
+        original = model.train_step
+
+        def train_step(state: Any, data: Any) -> Any:
+            if self.state_vars and self.live():
+                self.jax_values = self.traced_state(state)
+            return original(state, data)
+
+        model.train_step = train_step
+        self.patched_step = True
+
+    def traced_state(self, state: Any) -> dict[int, Any]:
+        """The traced values of regplug's variables in a JAX train step's ``state``."""
+        try:
+            non_trainable = list(state[1])
+        except (TypeError, IndexError):
+            return dict(self.jax_values)
+        variables = self.model.non_trainable_variables
+        if len(variables) != len(non_trainable):
+            return dict(self.jax_values)
+        ours = {id(v) for v in self.state_vars}
+        return {id(v): value for v, value in zip(variables, non_trainable) if id(v) in ours}
 
     # -- attach / detach ---------------------------------------------------------------
     def attach(self) -> None:
@@ -340,6 +378,8 @@ class Attachment:
             del model.compute_loss
         if self.patched_apply and "apply" in vars(self.optimizer):
             del self.optimizer.apply
+        if self.patched_step and "train_step" in vars(model):
+            del model.train_step
         for layer, _ in self.dropout:
             if "call" in vars(layer):
                 del layer.call

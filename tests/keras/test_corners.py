@@ -9,8 +9,9 @@ import pytest
 from _keras_models import BACKEND, assert_same_weights, data
 
 import regplug
+from regplug import Linear
 from regplug.adapters.keras import Regularize
-from regplug.plugins import L2, EarlyStopping
+from regplug.plugins import L2, DecoupledWeightDecay, EarlyStopping
 
 X, Y = data(64)
 LABELS = (X[:, :1] > 0).astype("float32")  # one binary class
@@ -171,3 +172,50 @@ def test_the_guides_custom_train_step_logs_the_penalty_and_trains_as_the_built_i
     np.testing.assert_allclose(logged[1]["l2_penalty"], logged[0]["l2_penalty"], rtol=1e-5)
     np.testing.assert_allclose(logged[1]["mae"], logged[0]["mae"], rtol=1e-5)
     assert_same_weights(builtin, guide, rtol=1e-5, atol=1e-6)
+
+
+class LowLevelJaxModel(keras.Model):
+    """The JAX guide's lower-level model: its own loss and loss tracker, no compute_loss;
+    the update through ``self.optimizer.stateless_apply``."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.loss_fn = keras.losses.MeanSquaredError()
+
+    def compute_loss_and_updates(self, trainable, non_trainable, x, y, sample_weight,
+                                 training=False):  # type: ignore[no-untyped-def]
+        y_pred, non_trainable = self.stateless_call(trainable, non_trainable, x,
+                                                    training=training)
+        return self.loss_fn(y, y_pred, sample_weight=sample_weight), (y_pred, non_trainable)
+
+    def train_step(self, state, data):  # type: ignore[no-untyped-def]
+        import jax
+
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        grad_fn = jax.value_and_grad(self.compute_loss_and_updates, has_aux=True)
+        (loss, (_, non_trainable)), grads = grad_fn(trainable, non_trainable, x, y,
+                                                    sample_weight, training=True)
+        trainable, optimizer_vars = self.optimizer.stateless_apply(optimizer_vars, grads,
+                                                                   trainable)
+        metrics_vars = self.loss_tracker.stateless_update_state(
+            metrics_vars[:len(self.loss_tracker.variables)], loss, sample_weight=sample_weight)
+        logs = {"loss": self.loss_tracker.stateless_result(metrics_vars)}
+        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    @property
+    def metrics(self):  # type: ignore[no-untyped-def]
+        return [self.loss_tracker]
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the guide's stateless train_step is JAX's")
+def test_decoupled_weight_decay_in_the_jax_guides_low_level_train_step():
+    # A weight decay scheduled per epoch: each epoch's value must reach the traced step.
+    decay = Linear(start=0.5, end=0.1, span=2, per="epoch")
+    builtin, low = _functional(), _functional(LowLevelJaxModel)
+    low.compile(optimizer=keras.optimizers.SGD(0.05))  # no loss: the model has its own
+    for model in (builtin, low):
+        model.fit(X, Y, epochs=3, batch_size=16, shuffle=False, verbose=0,
+                  callbacks=[Regularize([DecoupledWeightDecay(decay)])])
+    assert_same_weights(builtin, low, rtol=1e-5, atol=1e-6)
