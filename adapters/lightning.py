@@ -81,7 +81,7 @@ Works with ``lightning.pytorch`` and, where only that is installed, ``pytorch_li
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -118,6 +118,10 @@ if TYPE_CHECKING:
 else:
     _pl = _lightning()
     Callback, LightningModule, Trainer = _pl.Callback, _pl.LightningModule, _pl.Trainer
+
+def _nothing() -> None:
+    return None
+
 
 #: How this adapter's messages name the user's calls.
 LIGHTNING_WORDING = Wording(
@@ -171,6 +175,8 @@ class Regularize(Callback):
         self._loss_terms: list[Penalty] = []  # this window's penalties that go via autograd
         self._batch_open = False
         self._stepping = False  # between on_before_optimizer_step and the update
+        self._before_step: Callable[[], None] = _nothing
+        self._after_step: Callable[[], None] = _nothing
 
     def __repr__(self) -> str:
         plugins = ", ".join(repr(p) for p in self.manager.plugins)
@@ -191,6 +197,9 @@ class Regularize(Callback):
         self._ops = run.ops if isinstance(run.ops, TorchOps) else None
         self.clock = EpochClock(run, self.manager, LIGHTNING_WORDING)
         self.window = StepWindow(self.clock, fused=self.fused)
+        # What the update hooks run, with autograd off (cheaper than a no_grad() block).
+        self._before_step = without_grad(self.window.before_step)
+        self._after_step = without_grad(self.window.after_step)
         self._loss_terms, self._batch_open, self._stepping = [], False, False
         self._hook = optimizer.register_step_post_hook(self._after_update)
         try:
@@ -257,7 +266,7 @@ class Regularize(Callback):
             self._add_autograd_grads(self._loss_terms)
             self._loss_terms = []
         self._set_in_update(True)
-        without_grad(self.window.before_step)()
+        self._before_step()
 
     def _add_autograd_grads(self, terms: list[Penalty]) -> None:
         """Add the gradients of penalties without a closed form, as if they were in the loss."""
@@ -289,7 +298,7 @@ class Regularize(Callback):
                 "plugins were skipped for this update; call opt.step() on the optimizers from "
                 "self.optimizers()")
         try:
-            without_grad(window.after_step)()
+            self._after_step()
         finally:
             self._end_update()
 

@@ -25,7 +25,7 @@ from . import Result, result
 
 #: Benchmark modules, each with ``run(quick: bool) -> list[dict]``; optional ones are skipped
 #: with a one-line note when they (or their framework) cannot be imported.
-MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras")
+MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras", "benchmarks.bench_lightning")
 
 _COLUMNS = ("benchmark", "regplug", "baseline(s)", "ratio", "target", "result")
 
