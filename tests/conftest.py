@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import regplug  # noqa: E402  (imports no framework)
 
 DEFAULT_KERAS_BACKEND = "tensorflow"
+KERAS_TESTS = Path(__file__).parent / "keras"  # the modules marked keras_backends
 _BACKEND = pytest.StashKey[tuple[str, bool]]()  # (requested backend, installed?)
 
 
@@ -74,63 +76,24 @@ def pytest_runtest_setup(item):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """A backend rerun (``--keras-backend``) narrowed by the caller's own paths or ``-k``
-    (``tox -e py -- tests/core``) may select no test marked keras_backends: that is not a
-    failure. Without such narrowing it is (exit code 5 stays): the marked tests went missing.
-    """
+    """A backend rerun (``--keras-backend``) that selects no test is a failure (exit code 5
+    stays: the marked tests went missing), unless the caller narrowed it away from them
+    with ``-k`` (``tox -e py -- -k manager``) or with paths outside tests/keras/
+    (``pytest -m keras_backends --keras-backend jax tests/core``)."""
     config = session.config
-    narrowed = (config.args_source == pytest.Config.ArgsSource.ARGS
-                or bool(config.getoption("keyword")))
-    if (exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and narrowed
-            and config.getoption("keras_backend")):
+    backend = config.getoption("keras_backend")
+    if exitstatus != pytest.ExitCode.NO_TESTS_COLLECTED or not backend:
+        return
+    here = config.invocation_params.dir
+    keras_tests = KERAS_TESTS.resolve()
+
+    def covers_keras_tests(arg: str) -> bool:
+        path = (here / arg.split("::")[0]).resolve()
+        return path == keras_tests or path in keras_tests.parents or keras_tests in path.parents
+
+    if config.getoption("keyword") or not any(covers_keras_tests(a) for a in config.args):
         session.exitstatus = pytest.ExitCode.OK
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"no test for Keras backend {config.getoption('keras_backend')}"
-                                " among the selected ones: nothing to rerun")
-
-
-class Recorder(regplug.Plugin):
-    """Records every hook call as (hook, epoch, step) tuples."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, int, int]] = []
-
-    def _log(self, hook: str, run: regplug.Run) -> None:
-        self.events.append((hook, run.epoch, run.step))
-
-    @regplug.hookimpl
-    def on_train_begin(self, run):
-        self._log("train_begin", run)
-
-    @regplug.hookimpl
-    def on_epoch_begin(self, run, epoch):
-        self._log("epoch_begin", run)
-
-    @regplug.hookimpl
-    def on_loss(self, run, loss):
-        self._log("loss", run)
-
-    @regplug.hookimpl
-    def on_before_step(self, run, step):
-        self._log("before_step", run)
-
-    @regplug.hookimpl
-    def on_step(self, run, step):
-        self._log("step", run)
-
-    @regplug.hookimpl
-    def on_epoch_end(self, run, epoch, logs):
-        self._log("epoch_end", run)
-
-    @regplug.hookimpl
-    def on_train_end(self, run):
-        self._log("train_end", run)
-
-    def names(self) -> list[str]:
-        return [e[0] for e in self.events]
-
-
-@pytest.fixture
-def recorder() -> Recorder:
-    return Recorder()
+            reporter.write_line(f"no test for Keras backend {backend} among the selected "
+                                "ones: nothing to rerun")
