@@ -57,6 +57,10 @@ class ParameterPlugin(ConfiguredPlugin):
     object can serve several runs (and several models) one after the other.
     """
 
+    #: Also at the same time: ``_bind`` rebinds to whichever run calls, so two concurrent
+    #: runs may share one object (see :func:`regplug.clock.is_stateful`).
+    shareable = True
+
     def __init__(self, *, kinds: str | Iterable[str] | None = None,
                  include: str | Iterable[str] | None = None,
                  exclude: str | Iterable[str] | None = None) -> None:

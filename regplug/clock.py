@@ -10,7 +10,9 @@ window (:mod:`regplug.window`).
 from __future__ import annotations
 
 import difflib
+import threading
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from .errors import RegplugWarning, UsageError
 from .manager import PluginManager, plugin_label
 from .run import Run
 
-__all__ = ["Wording", "EpochClock", "check_logs", "check_monitors"]
+__all__ = ["Wording", "EpochClock", "check_logs", "check_monitors", "is_stateful"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class EpochClock:
         if self.active:
             raise UsageError(f"{self.wording.adapter}: training already began for this run; "
                              f"{self.wording.close_hint}")
+        _bind(self)  # refuses a stateful plugin another running run holds
         self.run.stop_requests.clear()
         self.run.exception = None
         self.active = True
@@ -89,12 +92,14 @@ class EpochClock:
             self._train_begin(run=self.run)
         except BaseException:
             self.active = False
+            _unbind(self)
             raise
 
     def abandon(self) -> None:
         """End the run without ``on_train_end`` (the adapter could not finish starting it)."""
         self.active = False
         self._epoch_open = False
+        _unbind(self)
 
     def train_end(self) -> None:
         """Fire ``on_train_end`` once; later calls do nothing."""
@@ -102,7 +107,10 @@ class EpochClock:
             return
         self.active = False
         self._epoch_open = False
-        self._train_end(run=self.run)
+        try:
+            self._train_end(run=self.run)
+        finally:
+            _unbind(self)
 
     # -- epochs and batches -------------------------------------------------------------
     def epoch_begin(self) -> None:
@@ -153,6 +161,66 @@ class EpochClock:
         run.epoch += 1
         self._epoch_open = False
         return stop
+
+
+# -- one run per stateful plugin ---------------------------------------------------------------
+# A plugin that keeps state (early stopping's best weights and counters, a monitor's records)
+# serves one run at a time: shared by two concurrent runs, each would overwrite the other's
+# state and, at the end, restore one model with the other's weights. Every clock binds its
+# plugins at train_begin and unbinds them at train_end/abandon, or when it is garbage-
+# collected without either (a run dropped without closing it). Keys are the plugins' ids,
+# valid while the registry holds the plugin; one lock makes check-and-bind atomic across
+# threads.
+_BOUND: dict[int, tuple[object, weakref.ref[EpochClock]]] = {}
+_BOUND_LOCK = threading.RLock()  # re-entrant: a weakref callback may run inside
+
+
+def is_stateful(plugin: object) -> bool:
+    """Whether ``plugin`` holds something of the run it serves (best weights, counters,
+    records, the run's dropout layers), so that a second concurrent run would disturb it.
+
+    Every plugin does, unless it declares ``shareable = True``: it keeps nothing of a run
+    between calls, or re-derives it for whichever run calls (the built-in parameter plugins —
+    ``L1``, ``L2``, ``ElasticNet``, ``DecoupledWeightDecay``, ``ProximalL1``, ``MaxNorm`` —
+    rebind to the calling run). A checkpoint state is no guide: ``DropoutSchedule`` stores
+    only its config, yet holds the layers of the run it schedules.
+
+    >>> from regplug.plugins import L2, DropoutSchedule, EarlyStopping
+    >>> is_stateful(L2(0.1)), is_stateful(EarlyStopping()), is_stateful(DropoutSchedule(0.1))
+    (False, True, True)
+    """
+    return getattr(plugin, "shareable", False) is not True
+
+
+def _bind(clock: EpochClock) -> None:
+    stateful = [p for p in clock.manager.plugins if is_stateful(p)]
+    with _BOUND_LOCK:
+        for plugin in stateful:
+            entry = _BOUND.get(id(plugin))
+            owner = entry[1]() if entry is not None else None
+            if owner is not None and owner is not clock and owner.active:
+                raise UsageError(
+                    f"{plugin_label(plugin)}: this plugin object is already in use by another "
+                    f"run that has not ended ({owner.wording.adapter}); a plugin that keeps "
+                    "state (best weights, counters, records) serves one run at a time, or the "
+                    "runs would overwrite each other's state. Create one instance per run, "
+                    f"e.g. build the plugin list inside the function that starts each run; "
+                    f"{clock.wording.close_hint} if that run is over.")
+        ref = weakref.ref(clock, _forget_dead_clock)
+        for plugin in stateful:
+            _BOUND[id(plugin)] = (plugin, ref)
+
+
+def _unbind(clock: EpochClock) -> None:
+    with _BOUND_LOCK:
+        for key in [k for k, (_, ref) in _BOUND.items() if ref() is clock]:
+            del _BOUND[key]
+
+
+def _forget_dead_clock(ref: weakref.ref[EpochClock]) -> None:
+    with _BOUND_LOCK:
+        for key in [k for k, (_, r) in _BOUND.items() if r is ref]:
+            del _BOUND[key]
 
 
 def check_logs(logs: object, *, where: str) -> dict[str, float]:
