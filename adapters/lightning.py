@@ -187,7 +187,9 @@ class Regularize(Callback):
     def state_key(self) -> str:
         if self.optimizer_index is None:
             return type(self).__qualname__
-        return self._generate_state_key(optimizer=self.optimizer_index)
+        # Lightning's own format for a callback's key with arguments, written out (its helper
+        # for it is private).
+        return f"{type(self).__qualname__}{{'optimizer': {self.optimizer_index}}}"
 
     # -- the fit -------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
