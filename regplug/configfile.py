@@ -64,7 +64,7 @@ def read_toml(path: str | os.PathLike[str], *, what: str = "config") -> dict[str
                           f"0x{raw[err.start]:02x} at line {line}, column {column}; save it "
                           "as UTF-8") from None
     try:
-        data = tomllib.loads(text)
+        data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{label} is not valid TOML: {err}") from None
     except RecursionError:

@@ -145,8 +145,8 @@ def load_plugin_states(plugins: Sequence[object], states: Sequence[Mapping[str, 
     if len(states) != len(plugins):
         raise ValueError(f"{where}: the checkpoint holds {len(states)} plugin states, this run "
                          f"has {len(plugins)} plugins")
-    kept = [copy.deepcopy(p.state_dict()) if callable(getattr(p, "state_dict", None)) else None
-            for p in plugins]
+    getters = [getattr(p, "state_dict", None) for p in plugins]
+    kept = [copy.deepcopy(get()) if callable(get) else None for get in getters]
     for index, (plugin, state) in enumerate(zip(plugins, states)):
         load = getattr(plugin, "load_state_dict", None)
         if not callable(load):

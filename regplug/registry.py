@@ -41,6 +41,7 @@ class PluginInfo:
     def load(self) -> Any:
         """Import and return the factory (usually a class)."""
         module_name, _, attr = self.target.partition(":")
+        user_interrupted: list[bool] = []
         try:
             with _user_interrupts_marked() as user_interrupted:
                 obj = importlib.import_module(module_name)
