@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _compare_cli import table_rows
 
 from regplug import cli
 
@@ -45,8 +46,8 @@ def test_demo_is_a_deprecated_alias_of_compare_on_torch(capsys):
     assert cli.main(["demo", "--epochs", "1", "--seed", "3"]) == 0
     captured = capsys.readouterr()
     assert "'demo' is deprecated" in captured.err and "compare --framework torch" in captured.err
-    rows = [l.split() for l in captured.out.splitlines() if l.startswith("torch ")]
-    assert [r[1] for r in rows] == list(DEFAULT_STRATEGIES)
+    assert [row[1] for row in table_rows(captured.out)] == list(DEFAULT_STRATEGIES)
+    assert all(row[0] == "torch" for row in table_rows(captured.out))
     assert "seed 3" in captured.out
 
 
