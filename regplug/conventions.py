@@ -6,7 +6,9 @@ Adapters translate these into their framework's types; none of them restates a r
 * the epsilon of the max-norm projection (:data:`MAX_NORM_EPS`),
 * which layers count as dropout, and which of those a plugin may reschedule
   (:data:`SCHEDULABLE_DROPOUT`, :data:`OTHER_DROPOUT`),
-* how one parameter shared by several layers gets its kind (:func:`shared_kind`).
+* how one parameter shared by several layers gets its kind (:func:`shared_kind`),
+* how a parameter is named for plugins, the same way in every framework
+  (:func:`param_name`).
 
 >>> is_bias_name("bias"), is_bias_name("in_proj_bias"), is_bias_name("bias_ih_l0")
 (True, True, True)
@@ -16,10 +18,10 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = ["MAX_NORM_EPS", "SCHEDULABLE_DROPOUT", "OTHER_DROPOUT", "DROPOUT_LAYERS",
-           "is_bias_name", "shared_kind"]
+           "is_bias_name", "shared_kind", "param_name"]
 
 #: Added to each unit's norm before dividing, in every max-norm projection (``max_norm /
 #: (norm + eps)``), as Keras' ``MaxNorm`` constraint and ``torch.renorm`` do.
@@ -76,3 +78,26 @@ def shared_kind(kinds: Iterable[str]) -> str:
         if kind in found:
             return kind
     raise ValueError("shared_kind: no kinds given")
+
+
+def param_name(layers: Sequence[str], leaf: str) -> str:
+    """The name plugins see for a parameter, the same way in every framework.
+
+    ``layers`` are the names of the layers (modules) leading from the model down to the one
+    holding the parameter, the model itself excluded; ``leaf`` is the parameter's own name.
+    They are joined with dots, PyTorch's way::
+
+        PyTorch  model.head = nn.Linear(...)         head.weight, head.bias
+        Keras    Dense(..., name="head") in a model  head.kernel, head.bias
+
+    PyTorch's ``named_parameters()`` names are already of this form (module attributes).
+    In Keras the layers are named by their ``name`` and nested layers (a model inside a
+    ``Sequential``, a sublayer of a subclassed model or layer) add theirs, whatever the
+    model is called and whenever the layer was built. Keras' own ``variable.path``
+    (``"sequential/head/kernel"``) depends on both, so a pattern written for one model
+    need not match the next; selections also match it (``ParamHandle.native_name``).
+
+    >>> param_name(["encoder", "0"], "weight"), param_name([], "scale")
+    ('encoder.0.weight', 'scale')
+    """
+    return ".".join([*layers, leaf])

@@ -20,7 +20,9 @@ from .validation import check_real
 class ParamHandle:
     """One trainable parameter, as plugins see it.
 
-    :param name: qualified name (``"encoder.0.weight"`` in PyTorch, the variable path in Keras).
+    :param name: the framework-neutral name, dotted from the model down
+        (:func:`regplug.conventions.param_name`): ``"encoder.0.weight"`` in PyTorch,
+        ``"head.kernel"`` in Keras.
     :param kind: ``weight``, ``bias``, ``normalization`` or ``embedding``, decided by the
         adapter from the type of the layer that owns it (see :data:`regplug.PARAM_KINDS`).
     :param tensor: the framework object (``torch.nn.Parameter``, ``keras.Variable``,
@@ -28,6 +30,8 @@ class ParamHandle:
     :param layer_type: class name of the owning layer, e.g. ``"Linear"`` or ``"Dense"``.
     :param unit_axis: the axis that indexes output units (0 for a PyTorch ``Linear`` weight,
         the last axis for a Keras ``Dense`` kernel), ``None`` for vectors and scalars.
+    :param native_name: the framework's own name, where it differs (Keras' variable path,
+        ``"sequential/head/kernel"``); defaults to ``name``. Selections match either.
     """
 
     name: str
@@ -36,6 +40,11 @@ class ParamHandle:
     layer_type: str
     unit_axis: int | None
     shape: tuple[int, ...]
+    native_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.native_name:
+            object.__setattr__(self, "native_name", self.name)
 
     @property
     def size(self) -> int:

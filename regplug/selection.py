@@ -42,9 +42,15 @@ def _patterns(owner: str, arg: str, value: str | Iterable[str] | None) -> tuple[
 class Selection:
     """Parameters of the given kinds whose name matches ``include`` and not ``exclude``.
 
-    Patterns use shell-style globs matched against the full parameter name (``"0.weight"``,
-    ``"encoder.layers.3.linear1.weight"`` in PyTorch; ``"dense_1/kernel"`` in Keras).
-    An empty ``include`` means every name.
+    Patterns use shell-style globs matched against the full parameter name, which is
+    framework-neutral (:func:`regplug.conventions.param_name`): the names of the layers from
+    the model down, then the parameter's own, joined by dots — ``"0.weight"``,
+    ``"encoder.layers.3.linear1.weight"`` in PyTorch, ``"head.kernel"`` for a Keras
+    ``Dense(name="head")``. So ``include="head.*"`` selects the same layer in both. A
+    pattern also matches the framework's own name (``ParamHandle.native_name``: Keras'
+    variable path, ``"sequential/dense_1/kernel"``), so patterns written for it keep
+    working; a parameter is excluded when either name matches ``exclude``. An empty
+    ``include`` means every name.
 
     >>> Selection.build("L2", kinds="all", exclude="head.*").kinds
     ('weight', 'bias', 'normalization', 'embedding')
@@ -77,9 +83,10 @@ class Selection:
     def matches(self, handle: ParamHandle) -> bool:
         if handle.kind not in self.kinds:
             return False
-        if self.include and not any(fnmatch.fnmatchcase(handle.name, p) for p in self.include):
+        names = _names(handle)
+        if self.include and not _any_match(names, self.include):
             return False
-        return not any(fnmatch.fnmatchcase(handle.name, p) for p in self.exclude)
+        return not _any_match(names, self.exclude)
 
     def describe(self) -> str:
         parts = [f"kinds={list(self.kinds)}"]
@@ -88,3 +95,12 @@ class Selection:
         if self.exclude:
             parts.append(f"exclude={list(self.exclude)}")
         return ", ".join(parts)
+
+
+def _names(handle: ParamHandle) -> tuple[str, ...]:
+    native = getattr(handle, "native_name", "") or handle.name
+    return (handle.name,) if native == handle.name else (handle.name, native)
+
+
+def _any_match(names: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for name in names for p in patterns)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "optimizer_variables",
+__all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "child_layers",
+           "optimizer_variables",
            "add_metric", "remove_metric", "add_state_slot", "remove_state_slots",
            "layer_seed_generators", "spatial_noise_shape"]
 
@@ -51,6 +52,16 @@ def flatten_layers(model: Any) -> list[Any]:
         out.append(layer)
         todo.extend(getattr(layer, "layers", []))
     return out
+
+
+def child_layers(layer: Any) -> list[Any]:
+    """The layers ``layer`` holds directly (as attributes or in lists), in tracking order."""
+    # Layer._flatten_layers(include_self=False, recursive=False): the first level of the walk
+    # flatten_layers uses; the public `Model.layers` exists on models only.
+    flatten = getattr(layer, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=False, recursive=False))
+    return list(getattr(layer, "layers", []))
 
 
 def optimizer_variables(optimizer: Any) -> list[Any]:

@@ -150,7 +150,8 @@ def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
     run = regularize.run
     assert run is not None  # fit ran, so the callback built its run
     weights = [WeightArray(h.name, h.kind, h.layer_type, h.unit_axis,
-                           np.array(keras.ops.convert_to_numpy(h.tensor), copy=True))
+                           np.array(keras.ops.convert_to_numpy(h.tensor), copy=True),
+                           native_name=h.native_name)
                for h in run.params]
     return TrainOutcome(
         history={k: [float(v) for v in values] for k, values in fitted.history.items()},

@@ -13,12 +13,19 @@ from typing import Any
 
 import keras
 
-from regplug.conventions import DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name, shared_kind
+from regplug.conventions import (
+    DROPOUT_LAYERS,
+    SCHEDULABLE_DROPOUT,
+    is_bias_name,
+    param_name,
+    shared_kind,
+)
 from regplug.run import ParamHandle
 
 from . import _compat
 
-__all__ = ["param_kind", "unit_axis", "all_layers", "discover_parameters", "NORM_TYPES",
+__all__ = ["param_kind", "unit_axis", "all_layers", "layer_paths", "discover_parameters",
+           "NORM_TYPES",
            "BATCH_NORM_TYPES", "EMBEDDING_TYPES", "SCHEDULABLE_DROPOUT_TYPES", "DROPOUT_TYPES",
            "KERAS_DROPOUT_CALLS"]
 
@@ -75,14 +82,39 @@ def all_layers(model: Any) -> list[Any]:
     return _compat.flatten_layers(model)
 
 
+def layer_paths(model: Any) -> dict[int, tuple[str, ...]]:
+    """The names leading from ``model`` to each layer nested in it, keyed by ``id(layer)``.
+
+    ``()`` for the model itself; a layer reached along several paths (shared) keeps the
+    first, walking the layers as Keras tracks them (attribute order), parents first — the
+    order of PyTorch's ``named_modules``.
+    """
+    paths: dict[int, tuple[str, ...]] = {}
+    stack: list[tuple[Any, tuple[str, ...]]] = [(model, ())]
+    while stack:
+        layer, path = stack.pop()
+        if id(layer) in paths:
+            continue
+        paths[id(layer)] = path
+        children = _compat.child_layers(layer)
+        stack.extend((child, (*path, child.name)) for child in reversed(children))
+    return paths
+
+
 def discover_parameters(model: Any) -> list[ParamHandle]:
     """Handles for the model's trainable variables, named by path and typed by owning layer.
 
-    A variable belongs to the innermost layer holding it. A variable shared by several
-    layers appears once, under its first path; its kind follows
-    :func:`regplug.conventions.shared_kind` over every innermost layer holding it. Frozen
-    variables (``trainable = False``) are not handed to plugins, as the optimizer does not
-    update them either. The order is that of ``model.trainable_variables``.
+    A variable belongs to the innermost layer holding it. Its name is framework-neutral
+    (:func:`regplug.conventions.param_name`): the layer names from the model down to that
+    layer, then the variable's own name, joined by dots (``"head.kernel"``, ``"block.proj
+    .bias"``), whatever the model is called; Keras' ``variable.path`` is kept as
+    ``native_name``. A variable shared by several layers appears once, under its first
+    path; its kind follows :func:`regplug.conventions.shared_kind` over every innermost
+    layer holding it. Two variables that would get the same name (sibling layers given the
+    same name by hand) keep it for the first; the next ones are named by their
+    ``variable.path``. Frozen variables (``trainable = False``) are not handed to plugins,
+    as the optimizer does not update them either. The order is that of
+    ``model.trainable_variables``.
     """
     trainable = list(model.trainable_variables)
     wanted = {id(v) for v in trainable}
@@ -95,7 +127,9 @@ def discover_parameters(model: Any) -> list[ParamHandle]:
             held -= {id(v) for v in sub.trainable_variables}
         for key in held:
             owners.setdefault(key, []).append(layer)
-    handles, seen = [], set()
+    paths = layer_paths(model)
+    order = {key: i for i, key in enumerate(paths)}
+    handles, seen, names = [], set(), set()
     for v in trainable:
         if id(v) in seen:
             continue
@@ -104,6 +138,12 @@ def discover_parameters(model: Any) -> list[ParamHandle]:
         kinds = [param_kind(layer, v) for layer in layers]
         kind = shared_kind(kinds)
         layer = layers[kinds.index(kind)]
-        handles.append(ParamHandle(v.path, kind, v, type(layer).__name__,
-                                   unit_axis(layer, v), tuple(int(d) for d in v.shape)))
+        first = min(layers, key=lambda holder: order.get(id(holder), len(order)))
+        name = param_name(paths.get(id(first), ()), v.name)
+        if name in names:
+            name = v.path
+        names.add(name)
+        handles.append(ParamHandle(name, kind, v, type(layer).__name__,
+                                   unit_axis(layer, v), tuple(int(d) for d in v.shape),
+                                   native_name=v.path))
     return handles

@@ -14,7 +14,13 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from regplug.conventions import DROPOUT_LAYERS, SCHEDULABLE_DROPOUT, is_bias_name, shared_kind
+from regplug.conventions import (
+    DROPOUT_LAYERS,
+    SCHEDULABLE_DROPOUT,
+    is_bias_name,
+    param_name,
+    shared_kind,
+)
 from regplug.run import DropoutHandle, ParamHandle
 
 from ._compat import compiled_original
@@ -89,7 +95,10 @@ def discover_parameters(model: nn.Module,
     :param parameters: the optimizer (its parameter groups), or the parameters themselves
         (the union of several optimizers').
 
-    A tied (shared) parameter appears once, under its first name; its kind follows
+    Names are those of ``named_parameters()`` (:func:`regplug.conventions.param_name`:
+    module attributes from the model down, then the parameter's, joined by dots), inside
+    any DDP/``torch.compile`` wrapper. A tied (shared) parameter appears once, under its
+    first name; its kind follows
     :func:`regplug.conventions.shared_kind` over every module holding it, so it does not
     depend on the order the modules were registered in. Parameters not in ``parameters``
     (frozen out of the optimizer, or in another optimizer) are not handed to plugins.
@@ -104,8 +113,8 @@ def discover_parameters(model: nn.Module,
                 continue
             entry = found.get(id(param))
             if entry is None:
-                name = f"{module_name}.{attr}" if module_name else attr
-                found[id(param)] = (name, param, [(module, attr)])
+                path = module_name.split(".") if module_name else []
+                found[id(param)] = (param_name(path, attr), param, [(module, attr)])
             else:
                 entry[2].append((module, attr))
     handles = []

@@ -33,8 +33,9 @@ __all__ = ["WeightArray", "TrainOutcome", "StrategyResult", "COLUMNS", "format_t
 class WeightArray:
     """One trainable parameter at the end of training, as a NumPy array.
 
-    ``kind``, ``layer_type`` and ``unit_axis`` are those the framework's adapter gave the
-    parameter (see :class:`regplug.ParamHandle`), so plugin selections mean the same here.
+    ``name``, ``kind``, ``layer_type``, ``unit_axis`` and ``native_name`` are those the
+    framework's adapter gave the parameter (see :class:`regplug.ParamHandle`), so plugin
+    selections mean the same here.
     """
 
     name: str
@@ -42,6 +43,7 @@ class WeightArray:
     layer_type: str
     unit_axis: int | None
     array: np.ndarray
+    native_name: str = ""
 
 
 @dataclass(eq=False)
@@ -169,7 +171,8 @@ def final_penalty(plugins: Sequence[object], weights: Sequence[WeightArray], *, 
     if not penalizing:
         return 0.0
     handles = [ParamHandle(w.name, w.kind, np.array(w.array, dtype=np.float64), w.layer_type,
-                           w.unit_axis, tuple(w.array.shape)) for w in weights]
+                           w.unit_axis, tuple(w.array.shape), native_name=w.native_name)
+               for w in weights]
     run = Run(params=handles, ops=NumpyOps(), learning_rate_groups=lambda ps: [(0.0, list(ps))],
               framework="numpy")
     with warnings.catch_warnings():

@@ -239,4 +239,5 @@ def test_keras_ops_divides_by_norm_plus_max_norm_eps(unit_axis):
 
 def test_conventions_exports_what_it_documents():
     assert set(conventions.__all__) == {"MAX_NORM_EPS", "SCHEDULABLE_DROPOUT", "OTHER_DROPOUT",
-                                        "DROPOUT_LAYERS", "is_bias_name", "shared_kind"}
+                                        "DROPOUT_LAYERS", "is_bias_name", "shared_kind",
+                                        "param_name"}

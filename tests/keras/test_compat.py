@@ -106,6 +106,16 @@ def test_flatten_layers_of_a_plain_layer_is_the_layer_then_its_sublayers():
     assert layers[0] is inner and any(layer is inner.dense for layer in layers)
 
 
+def test_child_layers_are_the_directly_held_layers_of_a_model_and_of_a_custom_layer():
+    model = _model()
+    inner = model.get_layer("inner")
+    children = _compat.child_layers(model)
+    assert any(layer is inner for layer in children)
+    assert not any(layer is inner.dense for layer in children)  # a grandchild
+    assert [layer for layer in _compat.child_layers(inner)] == [inner.dense]
+    assert _compat.child_layers(inner.dense) == []
+
+
 # -- optimizer_variables --------------------------------------------------------------------
 def test_optimizer_variables_after_build_are_the_built_variables_in_order():
     model = _model()

@@ -14,7 +14,7 @@ VOCAB, DIM = 7, 4
 
 
 def _by_path(handles):  # type: ignore[no-untyped-def]
-    return {h.name: h for h in handles}
+    return {h.native_name: h for h in handles}
 
 
 def test_kinds_and_unit_axes_come_from_layer_types():
@@ -26,7 +26,7 @@ def test_kinds_and_unit_axes_come_from_layer_types():
         keras.layers.Dense(5, name="dense"),
     ], name="m")
     handles = discover_parameters(model)
-    kinds = {h.name: h.kind for h in handles}
+    kinds = {h.native_name: h.kind for h in handles}
     assert kinds == {"m/emb/embeddings": "embedding", "m/bn/gamma": "normalization",
                      "m/bn/beta": "normalization", "m/dense/kernel": "weight",
                      "m/dense/bias": "bias"}
@@ -39,7 +39,7 @@ def test_kinds_and_unit_axes_come_from_layer_types():
     # the moving statistics are not trainable: not handed out
     assert not any("moving" in h.name for h in handles)
     # the order is that of model.trainable_variables
-    assert [h.name for h in handles] == [v.path for v in model.trainable_variables]
+    assert [h.native_name for h in handles] == [v.path for v in model.trainable_variables]
 
 
 class _TiedHead(keras.layers.Layer):
@@ -89,7 +89,8 @@ def test_a_variable_shared_by_an_embedding_and_a_custom_layer_is_one_embedding_h
     assert len(tied) == 1
     assert tied[0].kind == "embedding" and tied[0].layer_type == "Embedding"
     assert tied[0].unit_axis == 0
-    assert {h.name.rsplit("/", 1)[-1]: h.kind for h in handles if h.tensor is not table} == {
+    assert {h.native_name.rsplit("/", 1)[-1]: h.kind for h in handles
+            if h.tensor is not table} == {
         "kernel": "weight", "bias": "bias"}
     assert len(handles) == len({id(h.tensor) for h in handles}) == 3
 
@@ -119,7 +120,8 @@ def test_frozen_layers_are_not_handed_out():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="frozen"),
                               keras.layers.Dense(2, name="free")], name="m")
     model.get_layer("frozen").trainable = False
-    assert [h.name for h in discover_parameters(model)] == ["m/free/kernel", "m/free/bias"]
+    assert [h.native_name for h in discover_parameters(model)] == ["m/free/kernel",
+                                                                   "m/free/bias"]
 
 
 def test_a_variable_held_directly_by_the_model_is_typed_by_its_name():
@@ -134,6 +136,7 @@ def test_a_variable_held_directly_by_the_model_is_typed_by_its_name():
 
     model = WithScale()
     model(np.zeros((1, 3), "float32"))
-    kinds = {h.name.rsplit("/", 1)[-1]: (h.kind, h.layer_type) for h in discover_parameters(model)}
+    kinds = {h.native_name.rsplit("/", 1)[-1]: (h.kind, h.layer_type)
+             for h in discover_parameters(model)}
     assert kinds == {"kernel": ("weight", "Dense"), "bias": ("bias", "Dense"),
                      "scale_bias": ("bias", "WithScale")}

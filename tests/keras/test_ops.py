@@ -99,7 +99,8 @@ def test_parameters_are_named_by_path_and_typed_by_their_layer():
     model = keras.Model([inp, ids], out)
     frozen.trainable = False
 
-    table = {h.name: (h.kind, h.layer_type, h.unit_axis) for h in discover_parameters(model)}
+    table = {h.native_name: (h.kind, h.layer_type, h.unit_axis)
+             for h in discover_parameters(model)}
     assert table == {
         "conv/kernel": ("weight", "Conv2D", 3), "conv/bias": ("bias", "Conv2D", None),
         "deconv/kernel": ("weight", "Conv2DTranspose", 2),
