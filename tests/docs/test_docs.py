@@ -18,7 +18,7 @@ def _framework(module: str) -> str | None:
     """The framework an adapter module needs (``regplug.adapters.torch.ops`` → torch)."""
     prefix = "regplug.adapters."
     if module.startswith(prefix):
-        for framework in ("torch", "keras", "lightning"):
+        for framework in ("torch", "keras", "lightning", "transformers"):
             if module[len(prefix):].startswith(framework):
                 return framework
     return None
@@ -67,6 +67,8 @@ def test_readme_python_examples_run(index, tmp_path, monkeypatch):
         pytest.importorskip("keras")
     if "lightning" in code:
         pytest.importorskip("lightning")
+    if "transformers" in code:
+        pytest.importorskip("transformers")
     monkeypatch.chdir(tmp_path)
     if "regularization.toml" in code:
         toml = re.search(r"```toml\n# regularization.toml\n(.*?)```", README.read_text(), re.S)

@@ -1,0 +1,338 @@
+"""regplug in the Hugging Face ``Trainer``: one callback, :class:`Regularize`.
+
+::
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                      callbacks=[Regularize([DecoupledWeightDecay(0.01),
+                                             EarlyStopping(monitor="eval_loss", patience=3)])])
+    trainer.train()
+
+A thin event source over the PyTorch building blocks (:func:`regplug.adapters.torch.build_run`,
+:class:`regplug.clock.EpochClock`, :class:`regplug.window.StepWindow`): it holds no
+regularization logic, it tells the clock and the window what the Trainer did.
+
+Which ``TrainerCallback`` event drives which regplug event:
+
+=============================================  ==============================================
+Trainer                                        regplug
+=============================================  ==============================================
+``on_train_begin``                             the run is built over the parameters of the
+                                               optimizer inside accelerate's
+                                               ``AcceleratedOptimizer``; ``on_train_begin``
+``on_step_begin`` (first micro-batch of each   ``on_epoch_begin`` (first batch of an epoch),
+optimizer step)                                ``on_batch_begin``
+``on_pre_optimizer_step`` (after the Trainer   ``on_loss`` (``loss=None``: a callback never
+clipped the gradients)                         sees the loss), the penalties' gradients join,
+                                               ``on_before_step``
+``on_optimizer_step``                          ``on_step``; the window closes (a step the
+                                               fp16 ``GradScaler`` skipped closes it without)
+``on_evaluate`` during training                ``on_epoch_end`` with the evaluation metrics
+                                               (``eval_loss`` … and ``val_loss`` …), the
+                                               training logs since the previous one and the
+                                               penalties' values; a stop sets
+                                               ``control.should_training_stop``
+``on_epoch_end`` with ``eval_strategy="no"``   ``on_epoch_end`` (no evaluation will come)
+``on_train_end``                               ``on_train_end``: EarlyStopping restores the
+                                               best weights
+=============================================  ==============================================
+
+- **A regplug epoch is one evaluation**: with ``eval_strategy="epoch"`` the Trainer's epoch;
+  with ``"steps"`` each ``eval_steps`` (as for HF's own ``EarlyStoppingCallback``, patience
+  counts evaluations); with ``"no"`` each Trainer epoch, with no validation metrics. An
+  evaluation with no optimizer step since the previous one (``eval_on_start``) is not an
+  epoch.
+- **Epoch logs** are the metrics of the evaluation as the Trainer names them (``eval_loss``,
+  ``eval_accuracy`` from ``compute_metrics``, …), each also under its ``val_`` name
+  (``val_loss``, ``val_accuracy``) unless that key exists — so ``EarlyStopping()`` (which
+  monitors ``val_loss``) and ``EarlyStopping(monitor="eval_loss")`` watch the same number, and
+  one plugin list serves every adapter — plus the training ``loss``, ``grad_norm`` and
+  ``learning_rate`` the Trainer logged since the previous evaluation (``logging_strategy`` =
+  ``eval_strategy`` makes them the period's) and each penalty's value.
+- **Where the penalty goes**: the Trainer clips the gradients (``max_grad_norm``, default 1.0)
+  *before* ``on_pre_optimizer_step``, the first moment a callback sees the final gradients.
+  So the callback's penalties join the clipped data gradient, as ``torch.optim``'s own
+  ``weight_decay`` does: ``L2(λ)`` gives ``Trainer(optim="sgd", weight_decay=2λ)``'s weights on
+  the same parameters, not those of ``λ·Σθ²`` added to the loss (whose gradient the Trainer
+  would clip too). Penalties with a closed-form gradient (L1, L2, elastic net) join as one
+  fused ``grad += c·θ`` (skipping parameters without a gradient this step, as torch's
+  ``weight_decay``); any other penalty (a third-party one without ``add_grad``, or every
+  penalty with ``fused=False``) is differentiated by autograd there — never skipped.
+  **The penalty in the loss, exactly:** ``max_grad_norm=0`` (no clipping), or keep clipping
+  and mix :class:`PenaltiesBeforeClipping` into the Trainer class (the gradients join after
+  the last micro-batch's backward pass, before the Trainer clips).
+- **Update plugins** do not touch gradients, so clipping does not concern them:
+  ``DecoupledWeightDecay`` acts before the optimizer step, ``ProximalL1`` and ``MaxNorm`` after
+  it. ``DecoupledWeightDecay(wd, kinds=["weight", "embedding"])`` gives
+  ``Trainer(weight_decay=wd)``'s weights (the Trainer decays every parameter except biases and
+  LayerNorm parameters: weights and embeddings in regplug's kinds; regplug's default selects
+  weights only, leaving embeddings undecayed).
+- **Gradient accumulation** (``gradient_accumulation_steps=k``): one window per optimizer
+  step; each penalty enters once per step at full strength.
+- **Stopping** sets ``control.should_training_stop`` (the Trainer ends the epoch's loop there).
+  ``on_train_end`` fires after the Trainer's ``load_best_model_at_end``, so regplug's
+  restoration is the one that stays. A ``train()`` that raised never gets ``on_train_end``:
+  the next ``train()`` starts a new run (nothing is restored).
+- Plugin state does not ride in the Trainer's checkpoints (``trainer_state.json`` holds JSON,
+  not weights): ``resume_from_checkpoint`` starts regplug's run afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from regplug.clock import EpochClock, Wording
+from regplug.errors import UsageError
+from regplug.manager import PluginManager
+from regplug.penalty import unique_names
+from regplug.plugin import check_requirements
+from regplug.run import Run, StopRequest
+from regplug.validation import check_bool
+from regplug.window import StepWindow
+
+from .torch import build_run
+from .torch.grads import add_autograd_grads
+from .torch.loop import hookable_optimizer
+from .torch.ops import TorchOps, without_grad
+
+try:
+    import transformers
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError("regplug.adapters.transformers needs the Hugging Face Trainer: pip install "
+                      "'regplug[transformers]' (transformers and accelerate)") from err
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+else:
+    TrainerCallback, TrainerControl = transformers.TrainerCallback, transformers.TrainerControl
+    TrainerState, TrainingArguments = transformers.TrainerState, transformers.TrainingArguments
+
+__all__ = ["Regularize", "PenaltiesBeforeClipping", "TRANSFORMERS_WORDING"]
+
+#: Training logs of the Trainer passed on to the plugins (by their Trainer names).
+TRAIN_LOG_KEYS = ("loss", "grad_norm", "learning_rate")
+
+#: How this adapter's messages name the user's calls.
+TRANSFORMERS_WORDING = Wording(
+    adapter="Regularize",
+    step="the Trainer's optimizer step",
+    loss_call="the Trainer's training step",
+    loss_fix="Let the Trainer run the optimizer step (regplug's callback hands the penalties "
+             "to it in on_pre_optimizer_step).",
+    validation_hint="pass an eval_dataset to the Trainer and set eval_strategy='epoch' (the "
+                    "logs are the evaluation's metrics: 'eval_loss', also as 'val_loss')",
+    close_hint="one Regularize serves one train() at a time",
+    logs_call="Regularize (the Trainer's evaluation metrics)",
+)
+
+
+class Regularize(TrainerCallback):
+    """regplug plugins in a Hugging Face ``Trainer``: ``callbacks=[Regularize([...])]``.
+
+    :param plugins: plugin objects, e.g. ``[DecoupledWeightDecay(0.01), EarlyStopping()]``.
+    :param fused: apply closed-form penalties as a fused gradient update (default); with
+        ``False`` every penalty is differentiated by autograd (same result, slower).
+
+    >>> from regplug.plugins import L2
+    >>> Regularize([L2(1e-4)])
+    Regularize([L2(l2=0.0001)])
+    """
+
+    def __init__(self, plugins: Iterable[object], *, fused: bool = True) -> None:
+        self.manager = PluginManager(plugins)
+        self.fused = check_bool("Regularize", "fused", fused)
+        check_requirements(self.manager.plugins, {
+            "eager_step": None, "dropout_layers": None, "model_state": None,
+            "trial_training": "the Trainer callback has no loss function of its own; run the "
+                              "check in a plain loop with regplug.adapters.torch.attach"},
+            adapter="the Hugging Face Trainer adapter")
+        self.run: Run | None = None
+        self.clock: EpochClock | None = None
+        self.window: StepWindow | None = None
+        self._ops: TorchOps | None = None
+        self._accelerated: Any = None  # the Trainer's AcceleratedOptimizer
+        self._batch_open = False
+        self._grads_in = False  # this window's penalties' gradients have joined
+        self._steps_at_epoch_end = 0
+        self._train_logs: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"Regularize([{', '.join(repr(p) for p in self.manager.plugins)}])"
+
+    # -- the run -------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: Any) -> None:
+        if self.clock is not None and self.clock.active:
+            self.clock.abandon()  # the previous train() raised: no on_train_end came
+        model, accelerated = kwargs.get("model"), kwargs.get("optimizer")
+        if not isinstance(model, torch.nn.Module) or accelerated is None:
+            raise UsageError("Regularize: the Trainer gave its callbacks no model or optimizer "
+                             "at train begin; regplug needs both (a Trainer subclass must keep "
+                             "Trainer.train's callback calls)")
+        optimizer = hookable_optimizer(accelerated)  # the torch optimizer inside accelerate's
+        run = build_run(model, optimizer)
+        self.run, self._accelerated = run, accelerated
+        self._ops = run.ops if isinstance(run.ops, TorchOps) else None
+        self.clock = EpochClock(run, self.manager, TRANSFORMERS_WORDING)
+        self.window = StepWindow(self.clock, fused=self.fused)
+        self._before_step = without_grad(self.window.before_step)
+        self._after_step = without_grad(self.window.after_step)
+        self._add_fused_grads = without_grad(self.window.add_penalty_grads)
+        self._batch_open = self._grads_in = False
+        self._steps_at_epoch_end, self._train_logs = 0, {}
+        self.clock.train_begin()
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState,
+                      control: TrainerControl, **kwargs: Any) -> None:
+        if self.clock is not None and self.clock.active and not self._batch_open:
+            self._batch_open = True
+            self.clock.batch_begin()
+
+    def add_penalty_grads(self) -> None:
+        """Add this step's penalties' gradients now (once per optimizer step): fire
+        ``on_loss`` and add the fused penalties' gradients and the autograd ones'.
+
+        :class:`PenaltiesBeforeClipping` calls it after the last micro-batch's backward pass;
+        otherwise ``on_pre_optimizer_step`` does.
+        """
+        window = self.window
+        if window is None or self.clock is None or not self.clock.active or self._grads_in:
+            return
+        self._grads_in = True
+        terms = window.collect_penalties(None)  # those without a closed form (or fused=False)
+        if terms:
+            assert self.run is not None
+            add_autograd_grads(self.run.params, terms)
+        self._add_fused_grads()
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                              control: TrainerControl, **kwargs: Any) -> None:
+        if self.window is None or self.clock is None or not self.clock.active:
+            return
+        self.add_penalty_grads()
+        self._set_in_update(True)
+        self._before_step()
+
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                          control: TrainerControl, **kwargs: Any) -> None:
+        window = self.window
+        if window is None or self.clock is None or not self.clock.active:
+            return
+        try:
+            if getattr(self._accelerated, "step_was_skipped", False):
+                window.reset()  # GradScaler found inf/NaN gradients: no update happened
+            else:
+                self._after_step()
+        finally:
+            self._set_in_update(False)
+            self._batch_open = self._grads_in = False
+
+    def _set_in_update(self, value: bool) -> None:
+        if self._ops is not None:
+            self._ops.in_update = value
+
+    # -- epochs --------------------------------------------------------------------------
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if self.clock is None or not self.clock.active or not logs or "loss" not in logs:
+            return
+        self._train_logs.update({k: logs[k] for k in TRAIN_LOG_KEYS if k in logs})
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._epoch_end(control, metrics or {})
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: Any) -> None:
+        strategy = getattr(args, "eval_strategy", getattr(args, "evaluation_strategy", "no"))
+        if strategy == "no":  # no evaluation will come: the Trainer's epoch is regplug's
+            self._epoch_end(control, {})
+
+    def _epoch_end(self, control: TrainerControl, metrics: dict[str, Any]) -> None:
+        run, clock = self.run, self.clock
+        if run is None or clock is None or not clock.active:
+            return  # trainer.evaluate() outside train()
+        if run.step == self._steps_at_epoch_end:
+            return  # no training since the previous epoch's end (eval_on_start)
+        self._steps_at_epoch_end = run.step
+        logs: dict[str, Any] = {k: v for k, v in metrics.items() if k != "epoch"}
+        for key in list(logs):
+            if key.startswith("eval_"):
+                logs.setdefault("val_" + key[len("eval_"):], logs[key])
+        for key, value in {**self._train_logs, **self.penalties()}.items():
+            logs.setdefault(key, value)
+        self._train_logs = {}
+        if clock.epoch_end(logs):
+            control.should_training_stop = True
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: Any) -> None:
+        try:
+            if self.clock is not None and self.clock.active:
+                self.clock.train_end()
+        finally:
+            self._set_in_update(False)
+
+    # -- reading results -------------------------------------------------------------------
+    def penalties(self) -> dict[str, torch.Tensor]:
+        """Each penalty's value at the current weights (0-d float32 tensors), for the
+        penalties of the latest step; empty before the first step."""
+        penalties = self.window.penalties if self.window is not None else []
+        with torch.no_grad():
+            return {name: torch.as_tensor(p.value(), dtype=torch.float32)
+                    for name, p in zip(unique_names(p.name for p in penalties), penalties)}
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """Per-epoch logs (the evaluation metrics, training logs and penalties' values)."""
+        return self.run.history if self.run is not None else {}
+
+    @property
+    def stop_requests(self) -> list[StopRequest]:
+        """Why training was asked to stop, with the plugin, epoch and step of each vote."""
+        return list(self.run.stop_requests) if self.run is not None else []
+
+    @property
+    def should_stop(self) -> bool:
+        return self.run.should_stop if self.run is not None else False
+
+
+class PenaltiesBeforeClipping:
+    """Mix into a ``Trainer`` class so that the penalties of its :class:`Regularize`
+    callbacks join the gradients *before* the Trainer clips them: the weights of the
+    penalty added to the loss in ``compute_loss``, with ``max_grad_norm`` as it is.
+
+    ::
+
+        class RegularizedTrainer(PenaltiesBeforeClipping, Trainer):
+            pass
+
+        trainer = RegularizedTrainer(model=model, args=args, train_dataset=train,
+                                     callbacks=[Regularize([L2(1e-4)])])
+
+    After the backward pass of the last micro-batch of each optimizer step (accelerate's
+    ``sync_gradients``), :meth:`training_step` adds the penalties' gradients (once per step,
+    at full strength); ``on_pre_optimizer_step`` then adds nothing more. Not with fp16 mixed
+    precision: the gradients are still multiplied by the ``GradScaler``'s scale there (use
+    bf16, or the callback alone).
+    """
+
+    accelerator: Any
+    callback_handler: Any
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        loss: torch.Tensor = super().training_step(*args, **kwargs)  # type: ignore[misc]
+        if self.accelerator.sync_gradients:
+            callbacks = [cb for cb in self.callback_handler.callbacks
+                         if isinstance(cb, Regularize)]
+            if callbacks and getattr(self.accelerator, "scaler", None) is not None:
+                raise UsageError(
+                    "PenaltiesBeforeClipping: with fp16 mixed precision the gradients are "
+                    "still scaled by the GradScaler after backward, so a penalty's gradient "
+                    "cannot join them exactly before clipping; train in bf16, or use the "
+                    "plain Trainer (the penalties then join after clipping)")
+            for callback in callbacks:
+                callback.add_penalty_grads()
+        return loss
