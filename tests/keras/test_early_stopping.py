@@ -109,3 +109,36 @@ def _NoRestore(stopper):
                 stopper.restore_best_weights = True
 
     return Interrupted([stopper])
+
+
+class _Score(keras.callbacks.Callback):
+    """Logs a made-up ``score`` per epoch (listed before Regularize, so plugins see it)."""
+
+    def __init__(self, series):
+        super().__init__()
+        self.series = series
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = self.series[epoch]
+
+
+@pytest.mark.parametrize("on", ["device", "host"])
+def test_restoring_a_middle_epoch_leaves_a_working_model_with_that_epochs_weights_exactly(on):
+    # On JAX, Variable.assign keeps the array it is given and fit's train step donates
+    # (deletes) the model's buffers: a snapshot sharing them broke the restored model.
+    probe = Snapshots()
+    stopper = EarlyStopping(monitor="score", mode="min", patience=2, best_weights_on=on)
+    model = mlp(dropout=0.0)
+    model.compile(optimizer=sgd(0.05), loss="mse")
+    history = fit(model, X, Y, epochs=7,
+                  callbacks=[probe, _Score([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8]),
+                             Regularize([stopper])])
+    assert len(history.history["loss"]) == 5 and stopper.restored_epoch == 2
+    for name, a, b in zip([w.path for w in model.weights], weights(model), probe.by_epoch[2]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert not np.array_equal(weights(model)[0], probe.by_epoch[4][0])
+    prediction = model.predict(X, verbose=0)
+    assert prediction.shape == (len(X), 1) and np.isfinite(prediction).all()
+    assert np.isfinite(model.evaluate(X, Y, verbose=0))
+    fit(model, X, Y, epochs=1)  # trains on from the restored weights
+    assert all(np.isfinite(w).all() for w in weights(model))
