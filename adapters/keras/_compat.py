@@ -8,13 +8,17 @@ by name. Everything else in :mod:`regplug.adapters.keras` uses public API only.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 __all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "child_layers",
            "optimizer_variables",
            "add_metric", "remove_metric", "add_state_slot", "remove_state_slots",
-           "layer_seed_generators", "spatial_noise_shape"]
+           "layer_seed_generators", "spatial_noise_shape", "running_fit_frame",
+           "restore_purged_jax_state"]
 
 
 def stateless_scope() -> Any:
@@ -111,3 +115,65 @@ def spatial_noise_shape(layer: Any) -> Callable[[Any], Any] | None:
     # SpatialDropout{1,2,3}D._get_noise_shape(inputs): computed per call from the inputs'
     # shape and data format.
     return getattr(layer, "_get_noise_shape", None)
+
+
+def running_fit_frame(model: Any) -> FrameType | None:
+    """The frame of ``model.fit`` running on this thread (the innermost one), or ``None``.
+
+    Called from a callback's ``on_train_begin``. The frame stays on the stack exactly as
+    long as that ``fit`` runs, however it ends: an exception that skips ``on_train_end``
+    (Keras' fit has no try/finally around its callbacks) takes it off the stack too.
+    """
+    # Trainer.fit (keras/src/backend/<backend>/trainer.py, wrapped by
+    # traceback_utils.filter_traceback) is a Python method that calls
+    # `callbacks.on_train_begin()` from its own body, with `self` the model; a subclass
+    # overriding `fit` calls it through super(), so the innermost `fit` frame of the model
+    # is Keras' own.
+    codes = set()
+    for klass in type(model).__mro__:
+        fit = vars(klass).get("fit")
+        code = getattr(inspect.unwrap(fit), "__code__", None) if callable(fit) else None
+        if code is not None:
+            codes.add(code)
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in codes and frame.f_locals.get("self") is model:
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def restore_purged_jax_state(model: Any, fit_frame: FrameType | None) -> int:
+    """When a JAX ``fit`` is ending by an exception (or has ended), give back to the model's
+    variables the values that fit took out of them; returns how many variables were empty.
+
+    JAX's fit takes the state out of the variables at each epoch's first step and writes
+    it back at the epoch's end or in its ``finally``. An exception raised while the step is
+    traced (a plugin's ``on_loss``, a loss function) comes before anything was written back,
+    so the variables stay empty: Keras would then compute with freshly initialised weights,
+    or fail. The values are still in the ``state`` the dead fit frame held (the failed step
+    never ran, so nothing was donated).
+    """
+    # JAXTrainer._get_jax_state(..., purge_model_variables=True) sets `variable._value =
+    # None` for every variable of the groups it returns; JAXTrainer.fit keeps the returned
+    # tuple (trainable, non_trainable, optimizer, metrics variables, in those orders) in
+    # its local `state`, rebinding it to each step's outputs.
+    groups = [list(model.trainable_variables), list(model.non_trainable_variables),
+              list(model.optimizer.variables) if model.optimizer is not None else [],
+              list(model.metrics_variables)]
+    empty = sum(v._value is None for group in groups for v in group)
+    if not empty or fit_frame is None:
+        return empty
+    state = fit_frame.f_locals.get("state")
+    if not isinstance(state, tuple) or len(state) != len(groups):
+        return empty
+    for group, values in zip(groups, state):
+        if not isinstance(values, (list, tuple)) or len(values) != len(group):
+            continue
+        for variable, value in zip(group, values):
+            if variable._value is None:
+                # Variable._direct_assign: what jax_state_sync's assign ends in; called
+                # directly because this may run inside the step's StatelessScope, where
+                # assign() would only record an update.
+                variable._direct_assign(value)
+    return empty

@@ -12,9 +12,10 @@ callback's Python-side methods drive the run's epoch clock; penalties and update
 into the compiled train step by the attachment (:mod:`.patches`). How that works inside
 ``fit`` on each backend, and why this way: ``docs/keras-internals.md``.
 
-If ``fit`` is interrupted by an exception, Keras does not call ``on_train_end``: the next
-``fit`` with a :class:`Regularize` callback cleans up the leftovers itself, and
-:func:`detach` does it by hand.
+If ``fit`` is interrupted by an exception (Ctrl-C included), Keras does not call
+``on_train_end``. The patches then act as the originals at once, and the model's next
+``fit``/``evaluate``/``predict``/``save``/... call removes them before doing its work
+(:func:`detach` does it by hand); the plugins' run ends without ``on_train_end``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +38,9 @@ from regplug.plugin import check_requirements
 from regplug.run import Run, StopRequest
 
 from .patches import ATTACHED, STEP_HOOKS, Attachment, step_is_eager
+
+#: Held while a fit checks and claims its callback and model (two threads' fits at once).
+_CLAIM = threading.Lock()
 
 __all__ = ["Regularize", "detach", "SUPPORTED_BACKENDS"]
 
@@ -107,15 +112,19 @@ class Regularize(keras.callbacks.Callback):
             raise UnsupportedPluginError(
                 f"Regularize: the Keras backend {backend!r} is not supported; regplug serves "
                 f"{', '.join(SUPPORTED_BACKENDS)}")
-        self._clear_leftovers(model)
-        self._check_capabilities(model)
-        att = Attachment(self, model)
-        self._check_optimizer(att)
-        run = att.build_run()
-        clock = EpochClock(run, self.manager, KERAS_WORDING)
-        setattr(model, ATTACHED, att)
-        att.active = True
-        self._att, self.run, self._clock = att, run, clock
+        with _CLAIM:  # check and claim the callback and the model in one go
+            self._refuse_if_busy()
+            self._clear_leftovers(model)
+            self._check_capabilities(model)
+            att = Attachment(self, model)
+            self._check_optimizer(att)
+            run = att.build_run()
+            clock = EpochClock(run, self.manager, KERAS_WORDING)
+            setattr(model, ATTACHED, att)
+            att.active = True
+            att.on_release = self._released
+            att.bind_fit()  # the fit's frame; guards on the model's entry points
+            self._att, self.run, self._clock = att, run, clock
         self._checked_traced = False
         try:
             clock.train_begin()
@@ -128,6 +137,34 @@ class Regularize(keras.callbacks.Callback):
         log.debug("regplug: %d plugin(s) on %d parameters of %s (%s backend)",
                   len(self.plugins), len(run.params), model.name, backend)
 
+    def set_model(self, model: Any) -> None:
+        # Keras calls this when a fit builds its callback list, before on_train_begin: a
+        # second fit using this callback while another runs is refused before it changes
+        # anything (self.model included). Keras' own calls inside the running fit pass.
+        att = self._att
+        if not (att is not None and model is att.model and att.in_own_fit()):
+            self._refuse_if_busy()
+        super().set_model(model)
+
+    def _refuse_if_busy(self) -> None:
+        att = self._att
+        if att is None:
+            return
+        if att.fit_running():
+            raise UsageError(
+                f"Regularize: this callback is already in use by a running fit of model "
+                f"{att.model.name!r}; one Regularize per fit: give each fit that runs at the "
+                "same time its own Regularize([...]) with its own plugin objects")
+        if att.stale():  # its fit ended without on_train_end: clean up now
+            att.release("this callback's next fit")
+
+    def _released(self, att: Attachment) -> None:
+        """A stale attachment of this callback was removed: end its run without hooks."""
+        if self._att is att:
+            self._att = None
+            if self._clock is not None:
+                self._clock.abandon()
+
     def _clear_leftovers(self, model: Any) -> None:
         previous = getattr(model, ATTACHED, None)
         if previous is None:
@@ -137,9 +174,12 @@ class Regularize(keras.callbacks.Callback):
                 "Regularize: this fit has two Regularize callbacks on the same model; pass "
                 "all plugins to one: Regularize([plugin_a, plugin_b, ...]) (two would "
                 "apply the penalties twice)")
-        log.warning("regplug: model %r still carries regplug patches from a fit that did not "
-                    "finish (an exception skips on_train_end); removing them", model.name)
-        previous.detach()
+        if previous.fit_running():
+            raise UsageError(
+                f"Regularize: model {model.name!r} is already being trained by a running fit "
+                "with another Regularize callback; one Regularize per fit, and one fit of a "
+                "model at a time")
+        previous.release("this fit")
 
     def _check_capabilities(self, model: Any) -> None:
         compiled = None if step_is_eager(model) else (
@@ -333,11 +373,12 @@ def detach(model: Any) -> bool:
     """Remove regplug's patches from ``model`` after a ``fit`` that ended in an exception.
 
     Keras skips ``on_train_end`` when ``fit`` raises, so the model may still carry the
-    wrapped ``compute_loss``/``optimizer.apply`` (the next ``fit`` with a
-    :class:`Regularize` callback removes them itself). Returns whether there was anything.
+    wrapped ``compute_loss``/``optimizer.apply``. They act as the originals already, and
+    the model's next ``fit``, ``evaluate``, ``predict``, ``save``... removes them itself;
+    this does it now. Returns whether there was anything.
     """
     att = getattr(model, ATTACHED, None)
     if att is None:
         return False
-    att.detach()
+    att.release()
     return True

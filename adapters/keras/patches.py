@@ -8,9 +8,12 @@ each is needed and which Keras code paths it relies on: ``docs/keras-internals.m
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 import keras
@@ -35,13 +38,44 @@ from .scalars import KerasScheduledValue
 from .state import KerasModelState
 from .trial import KerasTrial
 
-__all__ = ["Attachment", "step_is_eager", "innermost_optimizer", "ATTACHED", "STEP_HOOKS"]
+__all__ = ["Attachment", "step_is_eager", "innermost_optimizer", "ATTACHED", "STEP_HOOKS",
+           "GUARDED_ENTRY_POINTS"]
 
 log = logging.getLogger(__name__)
 
 #: The model attribute holding the live attachment (removed with it).
 ATTACHED = "_regplug_attachment"
 STEP_HOOKS = ("on_loss", "on_before_step", "on_step")
+#: The model's methods that first remove the patches of a fit that ended without
+#: ``on_train_end`` (an exception, Ctrl-C): see :meth:`Attachment.guard_entry_points`.
+GUARDED_ENTRY_POINTS = ("fit", "evaluate", "predict", "train_on_batch", "test_on_batch",
+                        "predict_on_batch", "save", "save_weights", "export")
+_MISSING = object()
+
+
+def _frame_running(frame: FrameType) -> bool:
+    """Whether ``frame`` is still executing: on this thread's call stack or another's."""
+    current: FrameType | None = sys._getframe(1)
+    while current is not None:  # the common case (a call from inside that fit): cheap
+        if current is frame:
+            return True
+        current = current.f_back
+    for top in sys._current_frames().values():
+        current = top
+        while current is not None:
+            if current is frame:
+                return True
+            current = current.f_back
+    return False
+
+
+def _on_this_thread(frame: FrameType) -> bool:
+    current: FrameType | None = sys._getframe(1)
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
 
 
 def innermost_optimizer(optimizer: Any) -> Any:
@@ -128,6 +162,16 @@ class Attachment:
         self.patched_apply = False
         self.patched_step = False            # JAX: train_step (see patch_jax_step)
         self.run: Run | None = None
+        # The frame of the fit this attachment serves (see bind_fit), the guards on the
+        # model's entry points, and who to tell when a stale attachment is removed.
+        self.fit_frame: FrameType | None = None
+        self.guards: list[tuple[str, Any, Any]] = []
+        self.on_release: Callable[[Attachment], None] | None = None
+        self._compiling: Callable[[], bool] | None = None
+        if self.backend == "torch":  # torch.compile traces the patches: no stack walks there
+            import torch
+
+            self._compiling = torch.compiler.is_compiling
 
     # -- the Run ---------------------------------------------------------------------
     def build_run(self) -> Run:
@@ -198,7 +242,15 @@ class Attachment:
         if seed is None:  # built with rate=0: Keras made no generator
             seed = keras.random.SeedGenerator(layer.seed)
             self.add_state(seed.state)
-        layer.call = rate_reading_call(layer, rate, seed)
+        reading = rate_reading_call(layer, rate, seed)
+        keras_call = layer.call
+
+        def call(inputs: Any, training: bool | None = False) -> Any:
+            if self.live():
+                return reading(inputs, training=training)
+            return keras_call(inputs, training=training)  # its fit is gone: Keras' own
+
+        layer.call = call
         self.dirty = True
 
         def set_rate(value: float) -> None:
@@ -241,6 +293,8 @@ class Attachment:
                 loss = original(x, y, y_pred, sample_weight, training=training)
             else:
                 loss = original(x, y, y_pred, sample_weight)
+            if not self.live():  # its fit is gone: act as the original
+                return loss
             return self.add_penalties(loss)
 
         model.compute_loss = compute_loss
@@ -250,8 +304,13 @@ class Attachment:
         """Call hook ``name`` from inside the step, explaining errors raised while tracing."""
         try:
             return self.manager.caller(name)(run=self.run, **kwargs)
-        except Exception as err:
-            _hook_error(err, name, self.eager)
+        except BaseException as err:
+            if isinstance(err, Exception):
+                _hook_error(err, name, self.eager)
+            if self.jax and self.fit_frame is not None:
+                # JAX's fit took the state out of the variables for this step and puts it
+                # back only after a step ran: the error would leave them empty.
+                _compat.restore_purged_jax_state(self.model, self.fit_frame)
             raise
 
     def add_penalties(self, loss: Any) -> Any:
@@ -284,6 +343,8 @@ class Attachment:
         original = optimizer.apply
 
         def apply(grads: Any, trainable_variables: Any = None) -> Any:
+            if not self.live():  # its fit is gone: act as the original
+                return original(grads, trainable_variables)
             self.apply_seen = True
             step = self.trace_step
             if self.eager and self.run is not None:
@@ -353,6 +414,92 @@ class Attachment:
         ours = {id(v) for v in self.state_vars}
         return {id(v): value for v, value in zip(variables, non_trainable) if id(v) in ours}
 
+    # -- the fit it belongs to -------------------------------------------------------
+    # Keras' fit has no try/finally around its callbacks: when a callback or a traced step
+    # raises (Ctrl-C included), on_train_end never runs and nothing tells regplug. So the
+    # attachment remembers the frame of the fit it serves. While that frame runs, the
+    # patches act; once it is gone they act as the originals (`live`), and the first call
+    # of one of the model's entry points (GUARDED_ENTRY_POINTS) removes them all (`release`)
+    # before doing its work. Keras' own calls from inside the running fit (validation's
+    # self.evaluate, ModelCheckpoint's save) find the frame running and pass through.
+    def bind_fit(self) -> None:
+        """Remember the running ``fit`` and guard the model's entry points."""
+        self.fit_frame = _compat.running_fit_frame(self.model)
+        if self.fit_frame is None:  # callbacks driven by hand, not by model.fit
+            log.debug("regplug: no running fit of %r found; its patches stay until "
+                      "on_train_end or detach()", self.model.name)
+            return
+        self.guard_entry_points()
+
+    def fit_running(self) -> bool:
+        """Whether the fit this attachment serves is known and still running (any thread)."""
+        frame = self.fit_frame
+        return self.active and frame is not None and _frame_running(frame)
+
+    def in_own_fit(self) -> bool:
+        """Whether the caller runs inside the fit this attachment serves (same thread)."""
+        frame = self.fit_frame
+        return self.active and frame is not None and _on_this_thread(frame)
+
+    def live(self) -> bool:
+        """Whether the patches act (called by each patch, also while the step is traced)."""
+        if not self.active:
+            return False
+        if self._compiling is not None and self._compiling():
+            return True  # only a running fit compiles the patched step
+        return self.fit_frame is None or _frame_running(self.fit_frame)
+
+    def stale(self) -> bool:
+        """Active, but its fit ended without on_train_end."""
+        return self.active and self.fit_frame is not None and not self.fit_running()
+
+    def release(self, reason: str | None = None) -> None:
+        """Remove the patches of a fit that did not finish; tell the callback."""
+        if reason is not None:
+            log.warning("regplug: model %r still carries regplug patches from a fit that did "
+                        "not finish (an exception or Ctrl-C skips on_train_end); removing "
+                        "them before %s", self.model.name, reason)
+        notify = self.on_release
+        if self.jax and self.fit_frame is not None and not self.fit_running():
+            # before the trackers and state slots leave the model's variable lists
+            _compat.restore_purged_jax_state(self.model, self.fit_frame)
+        try:
+            self.detach()
+        finally:
+            if notify is not None:
+                notify(self)
+
+    def guard_entry_points(self) -> None:
+        model = self.model
+        for name in GUARDED_ENTRY_POINTS:
+            inner = getattr(model, name, None)
+            if not callable(inner):
+                continue
+            previous = vars(model).get(name, _MISSING)
+            guard = self._guard(name, inner)
+            setattr(model, name, guard)
+            self.guards.append((name, guard, previous))
+
+    def _guard(self, name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(inner)
+        def guard(*args: Any, **kwargs: Any) -> Any:
+            if self.stale():
+                self.release(f"model.{name}()")
+            return inner(*args, **kwargs)
+
+        return guard
+
+    def _remove_guards(self) -> None:
+        model = self.model
+        for name, guard, previous in reversed(self.guards):
+            if vars(model).get(name) is not guard:
+                continue  # replaced by someone else since: theirs stays
+            if previous is _MISSING:
+                delattr(model, name)
+            else:
+                setattr(model, name, previous)
+        self.guards = []
+
     # -- attach / detach ---------------------------------------------------------------
     def attach(self) -> None:
         """Install the patches and retrace; called after the plugins' on_train_begin."""
@@ -390,7 +537,9 @@ class Attachment:
         # The traced functions contain the patches: make later fit/evaluate retrace.
         model.train_function = None
         model.test_function = None
+        self._remove_guards()
         if getattr(model, ATTACHED, None) is self:
             delattr(model, ATTACHED)
         self.active = False
+        self.fit_frame = None  # holds fit's locals (the data) alive otherwise
         self.dropout, self.trackers, self.state_vars, self.jax_values = [], {}, [], {}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 from keras import ops
 
 import regplug.adapters.keras
@@ -300,3 +301,83 @@ def test_adapter_modules_other_than_compat_use_no_private_keras_api():
     offences = [f"{path}:{number}: {line}"
                 for source in sources for path, number, line in _private_uses(source)]
     assert not offences, "private Keras API outside _compat.py:\n" + "\n".join(offences)
+
+
+# -- running_fit_frame ----------------------------------------------------------------------
+class _FrameAtTrainBegin(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frame = None
+        self.train_end_called = False
+
+    def on_train_begin(self, logs=None):  # type: ignore[no-untyped-def]
+        self.frame = _compat.running_fit_frame(self.model)
+
+    def on_train_end(self, logs=None):  # type: ignore[no-untyped-def]
+        self.train_end_called = True
+
+
+class _Raises(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):  # type: ignore[no-untyped-def]
+        raise RuntimeError("raised in on_epoch_end")
+
+
+def _compiled(model: keras.Model, loss="mse") -> keras.Model:  # type: ignore[no-untyped-def]
+    model.compile(optimizer="sgd", loss=loss)
+    return model
+
+
+def test_running_fit_frame_in_on_train_begin_is_the_frame_of_keras_fit_of_that_model():
+    model = _compiled(_model())
+    probe = _FrameAtTrainBegin()
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[probe])
+    frame = probe.frame
+    assert frame is not None and frame.f_code.co_name == "fit"
+    assert frame.f_locals["self"] is model
+    assert "keras" in frame.f_code.co_filename and "trainer" in frame.f_code.co_filename
+    assert _compat.running_fit_frame(model) is None  # outside fit
+
+
+def test_running_fit_frame_of_a_subclass_overriding_fit_is_keras_own_fit_frame():
+    class Custom(keras.Sequential):
+        def fit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            return super().fit(*args, **kwargs)
+
+    model = _compiled(Custom([keras.Input((3,)), keras.layers.Dense(1)]))
+    probe = _FrameAtTrainBegin()
+    model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[probe])
+    assert probe.frame is not None and "keras" in probe.frame.f_code.co_filename
+
+
+def test_keras_fit_ended_by_an_exception_skips_on_train_end_and_leaves_its_frame():
+    # Why regplug watches fit's frame: nothing else tells a callback that fit is over.
+    model = _compiled(_model())
+    probe = _FrameAtTrainBegin()
+    with pytest.raises(RuntimeError, match="on_epoch_end"):
+        model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[probe, _Raises()])
+    assert probe.frame is not None and not probe.train_end_called
+    assert _compat.running_fit_frame(model) is None
+
+
+# -- restore_purged_jax_state ----------------------------------------------------------------
+def test_restore_purged_jax_state_gives_back_the_weights_of_a_fit_whose_first_step_raised():
+    probe = _FrameAtTrainBegin()
+
+    def raising_loss(y_true, y_pred):  # type: ignore[no-untyped-def]
+        if probe.frame is not None:  # in the train step (not fit's symbolic build before it)
+            raise ValueError("raised while the step is traced")
+        return ops.mean(ops.square(y_true - y_pred))
+
+    model = _compiled(_model(), loss=raising_loss)
+    before = [np.array(w) for w in model.get_weights()]
+    with pytest.raises(ValueError, match="traced"):
+        model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0, callbacks=[probe])
+    emptied = _compat.restore_purged_jax_state(model, probe.frame)
+    if keras.backend.backend() == "jax":  # fit had taken the state out of the variables
+        assert emptied == len({id(v) for v in [*model.variables, *model.optimizer.variables,
+                                               *model.metrics_variables]})
+    else:
+        assert emptied == 0
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert _compat.restore_purged_jax_state(model, probe.frame) == 0  # nothing empty now
