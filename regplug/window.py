@@ -4,8 +4,11 @@ PyTorch adapter and the trainers built on PyTorch.
 One window per optimizer update, however many micro-batches it accumulates: ``on_loss`` fires
 once, at the window's first loss; penalties that know their gradient are kept for the update,
 the others go into the loss; at the update ``on_before_step`` (after the fused gradients) and
-``on_step`` fire, and the clock's step advances. The usage checks that keep a penalty from
-silently going missing live here too, worded by the adapter (:class:`regplug.clock.Wording`).
+``on_step`` fire, and the clock's step advances. An adapter may add the fused gradients
+earlier (:meth:`StepWindow.add_penalty_grads`, e.g. before gradient clipping) and open a
+fresh window per evaluation of an optimizer's closure (:meth:`StepWindow.reset`). The usage
+checks that keep a penalty from silently going missing live here too, worded by the adapter
+(:class:`regplug.clock.Wording`).
 
 Keras traces the same three hooks into its compiled train step instead; it calls them through
 the same dispatch (:meth:`regplug.PluginManager.caller`), without a Python-side window.

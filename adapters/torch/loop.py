@@ -22,6 +22,12 @@ them, scheduled strengths are brought up to date at ``reg.loss``);
 ``on_before_step``/``on_step`` fire through ``optimizer.step()``'s own hooks, so gradient
 clipping, ``GradScaler`` and learning-rate schedulers keep working unchanged.
 
+``optimizer.step(closure)`` (LBFGS, Lightning): call ``reg.loss`` inside the closure; each
+evaluation is the penalized objective, and ``on_before_step`` runs after the first
+evaluation's backward pass. Fused penalties join inside ``step()``, after any gradient
+clipping (torch's ``weight_decay`` meaning); ``reg.add_penalty_grads()`` before clipping gives
+the meaning of the penalty in the loss.
+
 Gradient accumulation: call ``reg.loss`` on every micro-batch loss; the penalty enters once
 per optimizer step (call it on the loss you backpropagate, after dividing by the number of
 micro-batches). Mixed precision: penalties are computed in float32 with autocast off, and
