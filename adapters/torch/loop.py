@@ -207,6 +207,7 @@ class TorchRegularizer:
             self._install()
 
     def _new_window(self) -> None:
+        self._set_in_update(False)  # in case the previous step ended in an exception
         self.window.reset()
         self._loss_terms = []
         self._backpropagated = True
@@ -237,6 +238,7 @@ class TorchRegularizer:
                         ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         # args = (optimizer, closure?) as step() was called; a closure may come by keyword.
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        self._closure_calls = None  # a previous step(closure) may have ended in an exception
         if closure is not None:
             # The optimizer evaluates the closure inside step(), before updating (LBFGS
             # several times): the plugins run after its backward pass, in _evaluate.

@@ -194,3 +194,26 @@ def test_closure_passed_by_keyword_works_too():
             opt_ours.step(closure=closure)  # by keyword
     closure_loop(theirs, opt_theirs, data, lambda loss: loss + l2_by_hand(theirs))
     assert_same_weights(ours, theirs)
+
+
+def test_a_step_after_a_closure_that_raised_works_as_usual():
+    data = batches(3)
+    ours, theirs = make_model(), make_model()
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=0.05)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=0.05)
+
+    def failing():
+        raise RuntimeError("data loader broke")
+
+    with attach(ours, opt_ours, [L2(L2_STRENGTH)]) as reg:
+        with pytest.raises(RuntimeError, match="data loader broke"):
+            opt_ours.step(failing)
+        for x, y in data:
+            opt_ours.zero_grad()
+            reg.loss(criterion(ours(x), y)).backward()
+            opt_ours.step()
+    for x, y in data:
+        opt_theirs.zero_grad()
+        (criterion(theirs(x), y) + l2_by_hand(theirs)).backward()
+        opt_theirs.step()
+    assert_same_weights(ours, theirs)
