@@ -25,7 +25,8 @@ from . import Result, result
 
 #: Benchmark modules, each with ``run(quick: bool) -> list[dict]``; optional ones are skipped
 #: with a one-line note when they (or their framework) cannot be imported.
-MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras", "benchmarks.bench_lightning")
+MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras", "benchmarks.bench_lightning",
+           "benchmarks.bench_transformers")
 
 _COLUMNS = ("benchmark", "regplug", "baseline(s)", "ratio", "target", "result")
 

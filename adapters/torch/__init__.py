@@ -17,6 +17,7 @@ One module per job; an adapter for a trainer built on torch is a thin event sour
 - :mod:`.loop` — :func:`attach` and :class:`TorchRegularizer`, the hand-written loop's events;
 - :mod:`.run` — :func:`build_run`, the :class:`regplug.Run` of a model and its optimizer;
 - :mod:`.ops` — :class:`TorchOps`, the fused in-place operations plugins call;
+- :mod:`.grads` — :func:`add_autograd_grads`, penalties' gradients added outside the loss;
 - :mod:`.discovery` — parameter handles, their kinds, the dropout modules;
 - :mod:`.state` — :class:`TorchModelState`, snapshots of parameters and buffers;
 - :mod:`.world` — :class:`TorchWorld`, collective votes under ``torch.distributed``;
