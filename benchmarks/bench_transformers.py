@@ -133,7 +133,7 @@ def bench_decoupled_weight_decay(quick: bool) -> list[Result]:
         if gc_was_enabled:
             gc.enable()
     median = {k: statistics.median(v) for k, v in samples.items()}
-    optim = candidates["regplug"].trainer.args.optim
+    optim = getattr(candidates["regplug"].trainer.args.optim, "value", "?")
     notes = [
         f"BERT 2 layers, hidden 128, sequences of {_SEQ} tokens, {len(data) // _BATCH} batches "
         f"of {_BATCH} an epoch; Trainer(use_cpu=True, optim={str(optim)!r}, lr={_LR}); decay "
