@@ -257,7 +257,10 @@ class Regularize(TrainerCallback):
         if run.step == self._steps_at_epoch_end:
             return  # no training since the previous epoch's end (eval_on_start)
         self._steps_at_epoch_end = run.step
-        logs: dict[str, Any] = {k: v for k, v in metrics.items() if k != "epoch"}
+        # Numbers only: compute_metrics may return anything (a confusion matrix), and what
+        # is not a number no plugin can monitor (a monitor naming it is warned about).
+        logs: dict[str, Any] = {k: v for k, v in metrics.items()
+                                if k != "epoch" and _is_number(v)}
         for key in list(logs):
             if key.startswith("eval_"):
                 logs.setdefault("val_" + key[len("eval_"):], logs[key])
@@ -297,6 +300,14 @@ class Regularize(TrainerCallback):
     @property
     def should_stop(self) -> bool:
         return self.run.should_stop if self.run is not None else False
+
+
+def _is_number(value: object) -> bool:
+    """A real number as an evaluation metric: a Python or NumPy number, or a 0-d tensor."""
+    if isinstance(value, bool) or getattr(value, "shape", ()) not in ((), None):
+        return False
+    return isinstance(value, (int, float)) or (hasattr(value, "dtype")
+                                                and hasattr(value, "__float__"))
 
 
 class PenaltiesBeforeClipping:

@@ -112,7 +112,9 @@ def on_loss(run: Run, loss: Any) -> Penalty | None:
     (later calls in the same gradient-accumulation window return the loss unchanged, so
     accumulation never multiplies a penalty). Keras: while the train (and validation) step
     is traced — so ``val_loss`` includes the penalties, as with Keras' own regularizers —
-    and once at ``fit`` start with ``loss=None`` to learn the penalties' names. The body
+    and once at ``fit`` start with ``loss=None`` to learn the penalties' names. Hugging Face
+    ``Trainer``: once per optimizer update with ``loss=None`` (its callbacks never see the
+    loss). The body
     therefore runs once per trace, not per step: it must use only ``run.ops`` and values that
     live in framework variables (strengths obtained from ``run.scalar``), never Python
     branching on tensors, and must not count calls. Return the same penalty every time.

@@ -121,3 +121,13 @@ def test_the_same_weights_with_fused_false(recwarn):
     autograd = train(callbacks=[Regularize([L2(1e-2)], fused=False)], max_grad_norm=0.0,
                      optim="sgd")
     assert max_diff(fused.model, autograd.model) < 1e-6
+
+
+def test_metrics_that_are_not_numbers_are_left_out_of_the_epoch_logs():
+    def compute_metrics(prediction):
+        return {"accuracy": 0.5, "confusion": [[1, 2], [3, 4]], "label": "ok"}
+
+    reg = Regularize([L2(1e-3)])
+    train(callbacks=[reg], trainer_kwargs={"compute_metrics": compute_metrics}, **EVAL)
+    assert reg.history["eval_accuracy"] == reg.history["val_accuracy"] == [0.5, 0.5]
+    assert not any("confusion" in k or "label" in k for k in reg.history)

@@ -5,7 +5,6 @@ Trainer's gradient clipping changes what a penalty means, which reference it mat
 from __future__ import annotations
 
 import pytest
-import torch
 from _hf_models import PenaltyTrainer, Tokens, bert, l2_of, max_diff, names_of_kinds, train
 from transformers import Trainer
 
