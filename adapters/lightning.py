@@ -96,6 +96,7 @@ from regplug.validation import check_bool
 from regplug.window import StepWindow
 
 from .torch import build_run
+from .torch.grads import add_autograd_grads
 from .torch.ops import TorchOps, without_grad
 from .torch.state import load_run_state, run_state_dict
 
@@ -265,29 +266,11 @@ class Regularize(Callback):
         self.window.check_loss()
         self._stepping = True
         if self._loss_terms:
-            self._add_autograd_grads(self._loss_terms)
+            assert self.run is not None
+            add_autograd_grads(self.run.params, self._loss_terms)
             self._loss_terms = []
         self._set_in_update(True)
         self._before_step()
-
-    def _add_autograd_grads(self, terms: list[Penalty]) -> None:
-        """Add the gradients of penalties without a closed form, as if they were in the loss."""
-        assert self.run is not None
-        params = [p.tensor for p in self.run.params if p.tensor.requires_grad]
-        with torch.enable_grad():
-            total = torch.stack([torch.as_tensor(t.value(), dtype=torch.float32)
-                                 for t in terms]).sum()
-            if not total.requires_grad:
-                return
-            grads = torch.autograd.grad(total, params, allow_unused=True)
-        with torch.no_grad():
-            for param, grad in zip(params, grads):
-                if grad is None:
-                    continue
-                if param.grad is None:
-                    param.grad = grad.to(param.dtype)
-                else:
-                    param.grad.add_(grad)
 
     def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         window = self.window

@@ -294,7 +294,8 @@ def check_monitors(plugins: Sequence[object], logs: dict[str, Any], *,
         keys = ", ".join(sorted(logs)) or "(none)"
         close = difflib.get_close_matches(monitor, list(logs), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs):
+        validation = ("val_", "eval_")  # Keras/torch/Lightning names, Hugging Face's
+        if monitor.startswith(validation) and not any(k.startswith(validation) for k in logs):
             hint += f" There are no validation metrics: {validation_hint}."
         warnings.warn(f"{label}: monitor {monitor!r} is not in the logs of this epoch, so "
                       f"the plugin cannot act on it. Available keys: {keys}.{hint}",
