@@ -147,7 +147,7 @@ class TorchRegularizer:
         self._loss_terms: list[Penalty] = []
         self._backpropagated = True
         self._batch_open = False
-        self._ops = self.run.ops if isinstance(self.run.ops, TorchOps) else None
+        self._ops = self.run.ops if isinstance(self.run.ops, TorchOps) else TorchOps()
         # optimizer.step(closure): the closure's evaluations in this step (None: no closure),
         # and where the evaluation running now stands (_OUTSIDE, _EVALUATING, _LOSS_GIVEN).
         self._closure_calls: int | None = None
@@ -231,8 +231,7 @@ class TorchRegularizer:
                 "backward() on the tensor reg.loss() returns, not on the original loss.")
 
     def _set_in_update(self, value: bool) -> None:
-        if self._ops is not None:
-            self._ops.in_update = value
+        self._ops.in_update = value
 
     def _on_before_step(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                         ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
@@ -248,7 +247,7 @@ class TorchRegularizer:
                 return (args[0], wrapped, *args[2:]), kwargs
             return args, {**kwargs, "closure": wrapped}
         self._check_backpropagated()
-        self._set_in_update(True)
+        self._ops.in_update = True
         self._before_step()  # autograd off once for every plugin's in-place op
         return None
 
@@ -306,7 +305,7 @@ class TorchRegularizer:
         try:
             self._after_step()
         finally:
-            self._set_in_update(False)
+            self._ops.in_update = False
         self._loss_terms = []
         self._batch_open = False
 

@@ -75,15 +75,18 @@ def _frozen(t: torch.Tensor) -> bool:
     return not t.requires_grad and isinstance(t, torch.nn.Parameter)
 
 
+# The two filters below run at every step: inlined conditions, no call per tensor.
 def _trainable(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
     """The tensors of ``params`` that are not frozen."""
-    return [t for t in (p.tensor for p in params) if not _frozen(t)]
+    return [t for p in params
+            if (t := p.tensor).requires_grad or not isinstance(t, torch.nn.Parameter)]
 
 
 def _updated(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
     """The tensors of ``params`` the optimizer updates in this step: torch.optim's rule, a
     parameter that is frozen or got no gradient since the last ``zero_grad`` is left alone."""
-    return [t for t in (p.tensor for p in params) if t.grad is not None and not _frozen(t)]
+    return [t for p in params if (t := p.tensor).grad is not None
+            and (t.requires_grad or not isinstance(t, torch.nn.Parameter))]
 
 
 class TorchOps:
