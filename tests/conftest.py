@@ -28,7 +28,7 @@ import pytest
 # alone, 15 s beside the Keras tests). Subprocesses (the DDP ranks) inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import regplug  # noqa: E402  (imports no framework)
+import regplug
 
 DEFAULT_KERAS_BACKEND = "tensorflow"
 KERAS_TESTS = Path(__file__).parent / "keras"  # the modules marked keras_backends

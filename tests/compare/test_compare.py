@@ -16,13 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _compare_cli import TABLE_COLUMNS, assert_one_line_error, run_cli, table_rows
 
-from regplug.compare import (BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, load_strategies,
-                             select_strategies)
-from regplug.compare.results import (StrategyResult, WeightArray, final_penalty, format_table,
-                                     zero_fraction)
+from regplug.compare import (
+    BUILTIN_STRATEGIES,
+    DEFAULT_STRATEGIES,
+    load_strategies,
+    select_strategies,
+)
+from regplug.compare.results import (
+    StrategyResult,
+    WeightArray,
+    final_penalty,
+    format_table,
+    zero_fraction,
+)
 from regplug.compare.strategies import StrategyError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

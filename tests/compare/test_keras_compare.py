@@ -12,7 +12,7 @@ from regplug import cli
 pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
-from _compare_cli import TABLE_COLUMNS, assert_one_line_error, run_cli, table_rows  # noqa: E402
+from _compare_cli import TABLE_COLUMNS, assert_one_line_error, run_cli, table_rows
 
 
 def test_both_frameworks_give_the_same_table_shape(tmp_path, capsys):

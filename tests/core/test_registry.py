@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import regplug
 from regplug.builtins import BUILTIN_PLUGINS

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from regplug import RegplugWarning
-from regplug.uncertainty import (DEFAULT_ROWS_PER_FORWARD, MCAccumulator, MCPrediction,
-                                 check_mc_arguments, normal_quantile, row_batches,
-                                 sample_chunks, summarize, warn_if_constant)
+from regplug.uncertainty import (
+    DEFAULT_ROWS_PER_FORWARD,
+    MCAccumulator,
+    MCPrediction,
+    check_mc_arguments,
+    normal_quantile,
+    row_batches,
+    sample_chunks,
+    summarize,
+    warn_if_constant,
+)
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("torch was built without distributed gloo support", allow_module_level=True)
 
-from regplug.adapters.torch import vote_device
+from _torch_distributed import CONFIGS, VAL_LOSSES, launch, reference_weights  # noqa: E402 (after the skip)
 
-from _torch_distributed import CONFIGS, VAL_LOSSES, launch, reference_weights
+from regplug.adapters.torch import vote_device  # noqa: E402
 
 RANKS = (0, 1)
 
@@ -92,7 +92,7 @@ def test_ddp_on_two_ranks_gives_the_weights_of_one_process_on_the_full_batch(job
         assert list(got) == list(expected)
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6,
-                                       msg=lambda m: f"rank {rank}, {name}: {m}")
+                                       msg=lambda m, rank=rank, name=name: f"rank {rank}, {name}: {m}")
 
 
 @slow

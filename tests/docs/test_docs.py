@@ -8,10 +8,10 @@ import importlib.util
 import pkgutil
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 
 def _framework(module: str) -> str | None:

@@ -20,21 +20,19 @@ from typing import Any
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _keras_models import ProbeLog, SetRates, StopAt, data, dropout_model, fit, mlp, sgd  # noqa: E402
 
 import regplug  # noqa: E402
 from regplug.adapters.keras import Regularize  # noqa: E402
 from regplug.plugins import L2, DecoupledWeightDecay, EarlyStopping, MaxNorm  # noqa: E402
 from regplug.schedules import LinearWarmup  # noqa: E402
-
-from _keras_models import (ProbeLog, SetRates, StopAt, data, dropout_model, fit,  # noqa: E402
-                           mlp, sgd)
 
 X, Y = data()
 

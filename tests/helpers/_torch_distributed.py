@@ -27,14 +27,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from _torch_models import batches, make_model
 from torch import nn
 
 import regplug
 from regplug.adapters.torch import TorchRegularizer, TorchWorld, attach
 from regplug.errors import UsageError
 from regplug.plugins import L1, L2, DecoupledWeightDecay, EarlyStopping, MaxNorm
-
-from _torch_models import batches, make_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -37,4 +37,4 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(a: nn.Module, b: nn.Module, *, rtol: float = 1e-6, atol: float = 1e-7) -> None:
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")

@@ -12,14 +12,27 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _keras_models import (
+    BACKEND,
+    COMPILED,
+    CountHooks,
+    ProbeLog,
+    SetRates,
+    assert_same_weights,
+    data,
+    dropout_model,
+    fit,
+    kernel,
+    linear,
+    mlp,
+    sgd,
+    zero_loss,
+)
 
 import regplug
 from regplug import LinearWarmup
 from regplug.adapters.keras import Regularize
 from regplug.plugins import L2, DecoupledWeightDecay, ProximalL1
-
-from _keras_models import (BACKEND, COMPILED, CountHooks, ProbeLog, SetRates, assert_same_weights,
-                           data, dropout_model, fit, kernel, linear, mlp, sgd, zero_loss)
 
 X, Y = data(64)
 STEPS_PER_EPOCH = 4  # 64 samples, batches of 16

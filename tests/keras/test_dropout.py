@@ -15,14 +15,13 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from _keras_models import fit, sgd
 from keras import ops
 
 import regplug
 from regplug import EarlyDropout, ExponentialRamp, LateDropout, Linear
 from regplug.adapters.keras import Regularize
 from regplug.plugins import DropoutSchedule
-
-from _keras_models import fit, sgd
 
 SAMPLES, BATCH = 64, 16  # 4 steps per epoch
 

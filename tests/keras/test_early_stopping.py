@@ -6,11 +6,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _keras_models import data, fit, mlp, sgd, weights
 
 from regplug.adapters.keras import Regularize
 from regplug.plugins import EarlyStopping
-
-from _keras_models import data, fit, mlp, sgd, weights
 
 X, Y = data(n=96)
 XV, YV = data(n=32, seed=7)

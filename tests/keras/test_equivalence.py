@@ -10,11 +10,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _keras_models import BACKEND, assert_same_weights, data, fit, mlp, sgd
 
 from regplug.adapters.keras import Regularize
 from regplug.plugins import L1, L2, DecoupledWeightDecay, ElasticNet, MaxNorm
-
-from _keras_models import BACKEND, assert_same_weights, data, fit, mlp, sgd
 
 X, Y = data()
 

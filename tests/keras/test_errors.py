@@ -5,12 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _keras_models import BACKEND, COMPILED, data, fit, kernel, linear, mlp, sgd, zero_loss
 
 import regplug
 from regplug.adapters.keras import Regularize
 from regplug.plugins import L2, DecoupledWeightDecay
-
-from _keras_models import BACKEND, COMPILED, data, fit, kernel, linear, mlp, sgd, zero_loss
 
 X, Y = data(32)
 

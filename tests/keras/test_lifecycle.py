@@ -13,13 +13,12 @@ import zipfile
 import keras
 import numpy as np
 import pytest
+from _keras_models import BACKEND, SetRates, StopAt, assert_same_weights, data, fit, mlp, sgd
 from keras import ops
 
 import regplug
 from regplug.adapters.keras import Regularize, detach
 from regplug.plugins import L2, MaxNorm
-
-from _keras_models import (BACKEND, SetRates, StopAt, assert_same_weights, data, fit, mlp, sgd)
 
 X, Y = data(64)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _keras_models import weights
 from keras import ops
 
 from regplug.adapters.keras import Regularize, detach
 from regplug.plugins import L2, OverfitBatch, OverfitBatchError
-
-from _keras_models import weights
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(96, 8)).astype("float32")

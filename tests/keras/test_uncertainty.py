@@ -11,14 +11,12 @@ import weakref
 import keras
 import numpy as np
 import pytest
+from _keras_models import BACKEND, data, mlp
 from keras import ops
 
 from regplug import RegplugWarning
+from regplug.adapters.keras import is_dropout_layer, mc_predict
 from regplug.adapters.keras import uncertainty as keras_uncertainty
-from regplug.adapters.keras import mc_predict
-from regplug.adapters.keras import is_dropout_layer
-
-from _keras_models import BACKEND, data, mlp
 
 X, _ = data(24)
 
@@ -273,7 +271,7 @@ def test_the_compiled_forward_is_reused_and_does_not_keep_the_model_alive():
 
     def counted(*args, **kwargs):
         calls.append(1)
-        return original(*args, **kwargs)
+        return original(*args, **kwargs)  # noqa: F821 (deleted below, after its last call)
 
     dense.call = counted
     mc_predict(model, X, samples=3, seed=0)

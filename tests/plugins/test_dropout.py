@@ -10,15 +10,25 @@ import numpy as np
 import pytest
 
 import regplug
-from regplug import (Constant, Cosine, DropoutHandle, EarlyDropout, ExponentialRamp, LateDropout,
-                     Linear, LinearWarmup, Piecewise, Step)
+from regplug import (
+    Constant,
+    Cosine,
+    DropoutHandle,
+    EarlyDropout,
+    ExponentialRamp,
+    LateDropout,
+    Linear,
+    LinearWarmup,
+    Piecewise,
+    Step,
+)
 from regplug.clock import EpochClock, Wording
-from regplug.window import StepWindow
 from regplug.manager import PluginManager
 from regplug.plugins import DropoutSchedule
 from regplug.plugins.dropout import select_dropout_layers
 from regplug.schedules import as_schedule
 from regplug.testing import numpy_run
+from regplug.window import StepWindow
 
 # -- the schedules' math ----------------------------------------------------------------------
 

@@ -20,12 +20,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 import regplug
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 
 import pytest
 import torch
+from _torch_models import assert_same_weights, batches, make_model, snapshot, weights_and_others
 from torch import nn
 
 import regplug
 from regplug.adapters.torch import attach
 from regplug.plugins import L1, L2, DecoupledWeightDecay, MaxNorm, ProximalL1
-
-from _torch_models import assert_same_weights, batches, make_model, snapshot, weights_and_others
 
 criterion = nn.CrossEntropyLoss()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

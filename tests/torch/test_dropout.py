@@ -10,8 +10,17 @@ import torch
 from torch import nn
 
 import regplug
-from regplug import (Constant, Cosine, EarlyDropout, ExponentialRamp, LateDropout, Linear,
-                     LinearWarmup, Piecewise, Step)
+from regplug import (
+    Constant,
+    Cosine,
+    EarlyDropout,
+    ExponentialRamp,
+    LateDropout,
+    Linear,
+    LinearWarmup,
+    Piecewise,
+    Step,
+)
 from regplug.adapters.torch import attach
 from regplug.plugins import DropoutSchedule
 

@@ -182,11 +182,10 @@ def test_leaving_the_with_block_by_an_exception_keeps_the_weights_the_error_left
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     stopper = EarlyStopping(patience=5)
-    with pytest.raises(KeyboardInterrupt):
-        with attach(model, opt, [stopper]) as reg:
-            reg.epoch_end({"val_loss": 0.1})
-            with torch.no_grad():
-                model[0].weight.fill_(3.0)
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), attach(model, opt, [stopper]) as reg:
+        reg.epoch_end({"val_loss": 0.1})
+        with torch.no_grad():
+            model[0].weight.fill_(3.0)
+        raise KeyboardInterrupt
     assert torch.all(model[0].weight == 3.0) and stopper.restored_epoch is None
     assert isinstance(reg.run.exception, KeyboardInterrupt)

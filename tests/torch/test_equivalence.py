@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import torch
+from _torch_models import assert_same_weights, batches, make_model, weights_and_others
 from torch import nn
 
 from regplug.adapters.torch import attach
 from regplug.plugins import L1, L2, DecoupledWeightDecay, ElasticNet, MaxNorm, ProximalL1
-
-from _torch_models import assert_same_weights, batches, make_model, weights_and_others
 
 STEPS = 60
 criterion = nn.CrossEntropyLoss()

@@ -11,9 +11,8 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from regplug import RegplugWarning  # noqa: E402
+from regplug.adapters.torch import is_dropout_module, mc_predict  # noqa: E402
 from regplug.adapters.torch import uncertainty as torch_uncertainty  # noqa: E402
-from regplug.adapters.torch import mc_predict  # noqa: E402
-from regplug.adapters.torch import is_dropout_module  # noqa: E402
 
 
 def bn_dropout_mlp(p: float = 0.3, seed: int = 0) -> nn.Module:
@@ -242,7 +241,7 @@ class Pair(nn.Module):
         super().__init__()
         self.lin, self.drop, self.reduce = nn.Linear(4, 1), nn.Dropout(0.1), reduce
 
-    def forward(self, x: torch.Tensor):  # noqa: ANN201
+    def forward(self, x: torch.Tensor):
         y = self.drop(self.lin(x))
         return y.mean(dim=0) if self.reduce else (y, y)
 
