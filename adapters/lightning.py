@@ -89,15 +89,16 @@ import torch
 from regplug.clock import EpochClock, Wording
 from regplug.errors import UsageError
 from regplug.manager import PluginManager
-from regplug.penalty import Penalty, unique_names
+from regplug.penalty import Penalty
 from regplug.plugin import check_requirements
-from regplug.run import Run, StopRequest
+from regplug.run import Run
 from regplug.validation import check_bool
 from regplug.window import StepWindow
 
 from .torch import build_run
 from .torch.grads import add_autograd_grads
 from .torch.ops import TorchOps, without_grad
+from .torch.results import RunResults
 from .torch.state import load_run_state, run_state_dict
 
 __all__ = ["Regularize", "LIGHTNING_WORDING"]
@@ -137,7 +138,7 @@ LIGHTNING_WORDING = Wording(
 )
 
 
-class Regularize(Callback):
+class Regularize(RunResults, Callback):
     """regplug plugins in a Lightning ``Trainer``: ``callbacks=[Regularize([...])]``.
 
     :param plugins: plugin objects, e.g. ``[L2(1e-4), EarlyStopping(patience=3)]``.
@@ -359,26 +360,3 @@ class Regularize(Callback):
             load_run_state(self.run, self.manager.plugins, state_dict)
         else:
             self._pending = dict(state_dict)
-
-    # -- reading results -------------------------------------------------------------------
-    def penalties(self) -> dict[str, torch.Tensor]:
-        """Each penalty's value at the current weights (0-d float32 tensors), for the
-        penalties of the latest step; empty before the first step."""
-        penalties = self.window.penalties if self.window is not None else []
-        with torch.no_grad():
-            return {name: torch.as_tensor(p.value(), dtype=torch.float32)
-                    for name, p in zip(unique_names(p.name for p in penalties), penalties)}
-
-    @property
-    def history(self) -> dict[str, list[float]]:
-        """Per-epoch logs (the trainer's metrics and each penalty's value)."""
-        return self.run.history if self.run is not None else {}
-
-    @property
-    def stop_requests(self) -> list[StopRequest]:
-        """Why training was asked to stop, with the plugin, epoch and step of each vote."""
-        return list(self.run.stop_requests) if self.run is not None else []
-
-    @property
-    def should_stop(self) -> bool:
-        return self.run.should_stop if self.run is not None else False

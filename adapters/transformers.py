@@ -86,9 +86,8 @@ import torch
 from regplug.clock import EpochClock, Wording
 from regplug.errors import UsageError
 from regplug.manager import PluginManager
-from regplug.penalty import unique_names
 from regplug.plugin import check_requirements
-from regplug.run import Run, StopRequest
+from regplug.run import Run
 from regplug.validation import check_bool
 from regplug.window import StepWindow
 
@@ -96,6 +95,7 @@ from .torch import build_run
 from .torch.grads import add_autograd_grads
 from .torch.loop import hookable_optimizer
 from .torch.ops import TorchOps, without_grad
+from .torch.results import RunResults
 
 try:
     import transformers
@@ -128,7 +128,7 @@ TRANSFORMERS_WORDING = Wording(
 )
 
 
-class Regularize(TrainerCallback):
+class Regularize(RunResults, TrainerCallback):
     """regplug plugins in a Hugging Face ``Trainer``: ``callbacks=[Regularize([...])]``.
 
     :param plugins: plugin objects, e.g. ``[DecoupledWeightDecay(0.01), EarlyStopping()]``.
@@ -277,29 +277,6 @@ class Regularize(TrainerCallback):
                 self.clock.train_end()
         finally:
             self._set_in_update(False)
-
-    # -- reading results -------------------------------------------------------------------
-    def penalties(self) -> dict[str, torch.Tensor]:
-        """Each penalty's value at the current weights (0-d float32 tensors), for the
-        penalties of the latest step; empty before the first step."""
-        penalties = self.window.penalties if self.window is not None else []
-        with torch.no_grad():
-            return {name: torch.as_tensor(p.value(), dtype=torch.float32)
-                    for name, p in zip(unique_names(p.name for p in penalties), penalties)}
-
-    @property
-    def history(self) -> dict[str, list[float]]:
-        """Per-epoch logs (the evaluation metrics, training logs and penalties' values)."""
-        return self.run.history if self.run is not None else {}
-
-    @property
-    def stop_requests(self) -> list[StopRequest]:
-        """Why training was asked to stop, with the plugin, epoch and step of each vote."""
-        return list(self.run.stop_requests) if self.run is not None else []
-
-    @property
-    def should_stop(self) -> bool:
-        return self.run.should_stop if self.run is not None else False
 
 
 def _is_number(value: object) -> bool:
