@@ -1,0 +1,1 @@
+"""``regplug tune``: search the strength of regularization strategies with Optuna."""
