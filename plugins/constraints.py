@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from regplug.hookspecs import hookimpl
 from regplug.run import Run
+from regplug.space import FloatRange, SearchRange
 
 from ._base import ParameterPlugin, Strength
 
@@ -28,6 +30,12 @@ class MaxNorm(ParameterPlugin):
     >>> loop.step({"w": np.zeros((2, 2))}); np.round(loop.params["w"], 6).tolist()
     [[0.6, 0.8], [0.3, 0.4]]
     """
+
+    # A unit's incoming weights start with norm ~0.58 (PyTorch's and Glorot's uniform
+    # initializations, whatever the fan-in): a bound of 0.1 pins every unit far below that
+    # (too strong), 10 is never reached by the notebook MLP (no effect). Log: it is a scale.
+    tunable: ClassVar[Mapping[str, SearchRange]] = {
+        "max_value": FloatRange(0.1, 10.0, log=True)}
 
     def __init__(self, max_value: Strength = 2.0, *, kinds: str | Iterable[str] | None = None,
                  include: str | Iterable[str] | None = None,

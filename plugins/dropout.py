@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from regplug.errors import RegplugWarning
 from regplug.run import DropoutHandle, Run
 from regplug.schedules import Constant, Schedule, as_schedule
 from regplug.selection import _patterns
+from regplug.space import FloatRange, SearchRange
 
 from ._base import ConfiguredPlugin
 
@@ -91,6 +92,14 @@ class DropoutSchedule(ConfiguredPlugin):
     """
 
     requires = ("dropout_layers",)
+    # What ``regplug tune`` searches: the rate a ramp ends at (``end`` of a ``linear`` or
+    # ``cosine`` schedule table, as the built-in ``dropout_schedule`` strategy uses), from 0
+    # (no dropout) to 0.8 (four in five of the notebook MLP's 128 hidden units dropped at every
+    # step, well past the usual 0.5); the ramp's start, length and clock stay as configured.
+    # A constant rate is not a table: tune it with ``rate = {low = 0.0, high = 0.8}`` under
+    # ``[tune.dropout_schedule]`` (an early/late dropout's ``"rate.value"`` likewise);
+    # apply_value refuses ``rate.end`` there.
+    tunable: ClassVar[Mapping[str, SearchRange]] = {"rate.end": FloatRange(0.0, 0.8)}
     #: Hooks an instance implements depending on its configuration (see ``__init__``), and
     #: on what: ``regplug plugins`` lists them as "on_epoch_begin or on_batch_begin (...)".
     configured_hooks = ("on_epoch_begin", "on_batch_begin")
