@@ -24,6 +24,7 @@ from typing import Any
 from .builtins import BUILTIN_PLUGINS
 from .configfile import ConfigError, ConfigTypeError, describe_value, read_toml
 from .errors import PluginLoadError, RegplugError, UnknownPluginError
+from .space import SearchRange, tunable_arguments
 
 ENTRY_POINT_GROUP = "regplug"
 DISABLE_AUTOLOAD_ENV = "REGPLUG_DISABLE_PLUGIN_AUTOLOAD"
@@ -57,6 +58,20 @@ class PluginInfo:
                 f"plugin {self.name!r} from {self.distribution} failed to load "
                 f"({self.target}): {type(err).__name__}: {err}") from err
         return obj
+
+    def tunable(self) -> dict[str, SearchRange]:
+        """The arguments the plugin declares worth tuning and their ranges (its ``tunable``
+        attribute, checked against its constructor by
+        :func:`~regplug.space.tunable_arguments`); ``{}`` when it declares none.
+
+        Loads the plugin: a :class:`~regplug.errors.PluginLoadError` when it cannot be
+        imported, a :class:`~regplug.space.SpaceError` naming it when the declaration is
+        unusable.
+
+        >>> available_plugins()["l2"].tunable()
+        {'l2': FloatRange(low=1e-06, high=0.1, log=True)}
+        """
+        return tunable_arguments(self.load(), name=self.name)
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ from .configfile import ConfigError, describe_value
 
 __all__ = ["FloatRange", "IntRange", "Choice", "SearchRange", "ChoiceValue", "SpaceError",
            "tunable_arguments", "parse_range", "parse_overrides", "grid_values",
-           "apply_value", "range_keys"]
+           "apply_value", "range_keys", "describe_space"]
 
 #: The values a :class:`Choice` may offer (what TOML and every tuner can represent).
 ChoiceValue = str | int | float | bool
@@ -356,6 +356,17 @@ def tunable_arguments(plugin: object, *, name: str | None = None) -> dict[str, S
                              f"Choice, got {describe_value(value)}")
         found[key] = value
     return found
+
+
+def describe_space(space: Mapping[str, SearchRange]) -> str:
+    """A one-line account of a search space, as ``regplug plugins`` can list it.
+
+    >>> describe_space({"l1": FloatRange(1e-6, 1e-2, log=True), "mode": Choice(["a", "b"])})
+    "l1: 1e-06 .. 0.01, log; mode: one of 'a', 'b'"
+    >>> describe_space({})
+    ''
+    """
+    return "; ".join(f"{key}: {value.describe()}" for key, value in space.items())
 
 
 def parse_overrides(plugin: object, table: object, *, where: str,
