@@ -12,6 +12,7 @@ import pytest
 
 import regplug
 import regplug_group_lasso
+from regplug.space import FloatRange, grid_values, parse_overrides, tunable_arguments
 from regplug.testing import NumpyLoop, numpy_run
 from regplug_group_lasso import EPS, GroupLasso, add_group_lasso_grad, group_lasso_value
 from regplug_group_lasso import plugin as plugin_module
@@ -175,7 +176,20 @@ def test_readme_examples_build_the_plugins_they_show():
     assert repr(namespace["plugin"]) == (
         "GroupLasso(strength=LinearWarmup(value=0.001, start=0.0, warmup_steps=500, "
         "warmup_epochs=None), kinds=['embedding'])")
-    (config,) = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    config, tune = re.findall(r"```toml\n(.*?)```", readme, re.S)
     (from_config,) = regplug.build_plugins(tomllib.loads(config))
     assert repr(from_config) == ("GroupLasso(strength=0.001, kinds=['weight'], "
                                  "include=['branch_*.0.weight'])")
+    space = parse_overrides(GroupLasso, tomllib.loads(tune)["tune"]["group_lasso"],
+                            where="README tune config")
+    assert space == {"strength": FloatRange(1e-5, 1e-2, log=True)}
+
+
+def test_declares_a_tunable_strength_that_contains_the_default_and_builds_at_both_ends():
+    space = tunable_arguments(GroupLasso)
+    assert space == {"strength": FloatRange(1e-6, 1e-1, log=True)}
+    assert space["strength"].contains(GroupLasso().strength.value)
+    params = {"w": np.ones((1, 4))}
+    penalties = [NumpyLoop(params, [GroupLasso(v)]).penalty()
+                 for v in grid_values(space["strength"], 6)]
+    assert penalties == pytest.approx([10.0 ** e * 2 * 2 for e in range(-6, 0)])
