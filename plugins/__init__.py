@@ -7,8 +7,9 @@ from .early_stopping import EarlyStopping
 from .monitors import GeneralizationGap, NonFiniteGuard
 from .penalties import L1, L2, ElasticNet
 from .proximal import ProximalL1
+from .pruning import OptunaPruning
 from .sanity import OverfitBatch, OverfitBatchError
 
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
            "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard",
-           "OverfitBatch", "OverfitBatchError"]
+           "OverfitBatch", "OverfitBatchError", "OptunaPruning"]
