@@ -7,16 +7,18 @@ Run every benchmark with one command and read the ratios from one table::
 
 Each benchmark module exposes ``run(quick: bool) -> list[dict]`` and returns one
 :class:`Result` per measured ratio, built with :func:`result`. Times are seconds per training
-step (medians over interleaved repetitions); a ratio is compared with its target and marked
-PASS or MISS. A MISS is a finding, not a failure: the command still exits with status 0.
+step (medians over interleaved repetitions, timed with :func:`interleave`); a ratio is
+compared with its target and marked PASS or MISS. A MISS is a finding, not a failure: the
+command still exits with status 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict
 
-__all__ = ["Result", "result"]
+__all__ = ["Result", "interleave", "result"]
 
 
 class Result(TypedDict):
@@ -59,3 +61,34 @@ def result(benchmark: str, *, regplug_s: float, baselines_s: dict[str, float], r
     return Result(benchmark=benchmark, regplug_s=regplug_s, baselines_s=dict(baselines_s),
                   ratio=ratio, ratio_of=ratio_of, target=target, passed=bool(passed),
                   notes=list(notes))
+
+
+def interleave(variants: Mapping[str, Callable[[], float]], rounds: int
+               ) -> dict[str, list[float]]:
+    """``rounds`` samples of each variant, by name; a variant is called once a sample and
+    returns the seconds it measured (so each times only what it means to, e.g. one epoch).
+
+    Every round calls each variant once, in an order rotated from round to round, so that
+    slow drifts of the machine (frequency, a noisy neighbour) fall on all variants alike. The
+    garbage collector runs before the first round and is off until the last one ends.
+
+    >>> calls = []
+    >>> samples = interleave({"a": lambda: calls.append("a") or 1.0,
+    ...                       "b": lambda: calls.append("b") or 2.0}, rounds=3)
+    >>> calls, samples
+    (['a', 'b', 'b', 'a', 'a', 'b'], {'a': [1.0, 1.0, 1.0], 'b': [2.0, 2.0, 2.0]})
+    """
+    names = list(variants)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(variants[name]())
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples

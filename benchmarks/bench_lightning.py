@@ -13,7 +13,6 @@ into ``training_step``.
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 import warnings
@@ -28,8 +27,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from regplug.adapters.lightning import Regularize
 from regplug.plugins import L2
 
-from . import Result, result
-from .bench_torch import environment, paired_ratio, set_threads
+from . import Result, interleave, result
+from .bench_torch import environment, paired_ratio, same_weights, set_threads
 
 __all__ = ["run", "set_threads", "environment"]
 
@@ -102,26 +101,9 @@ def bench_lightning_l2(quick: bool) -> list[Result]:
     for candidate in candidates.values():
         for _ in range(warmup):
             candidate.epoch()
-    ours, hand = candidates["regplug"].model, candidates["hand-written"].model
-    max_diff = max(float((a - b).detach().abs().max())
-                   for a, b in zip(ours.parameters(), hand.parameters(), strict=True))
-    if max_diff > 1e-5:
-        raise AssertionError(f"benchmark invalid: after {warmup} epochs regplug and the "
-                             f"hand-written L2 hold different weights (max |diff| "
-                             f"{max_diff:.3g})")
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    names = list(candidates)
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                samples[name].append(candidates[name].epoch())
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    max_diff = same_weights(candidates["regplug"].model, candidates["hand-written"].model,
+                            after=f"{warmup} epochs", other="the hand-written L2")
+    samples = interleave({name: c.epoch for name, c in candidates.items()}, rounds)
     median = {k: statistics.median(v) for k, v in samples.items()}
     notes = [
         f"MLP 784-256-256-10, {len(loader)} batches of {_BATCH} an epoch, SGD(lr={_LR}, "

@@ -15,7 +15,6 @@ Two measurements, each run side by side in one process with interleaved repetiti
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import platform
@@ -29,9 +28,10 @@ from torch import nn
 from regplug.adapters.torch import attach
 from regplug.plugins import L1, L2, DecoupledWeightDecay, MaxNorm, ProximalL1
 
-from . import Result, result
+from . import Result, interleave, result
 
-__all__ = ["run", "set_threads", "environment", "resnet50_parameters", "interleaved"]
+__all__ = ["run", "set_threads", "environment", "resnet50_parameters", "interleaved",
+           "paired_ratio", "same_weights"]
 
 Step = Callable[[], object]
 
@@ -41,37 +41,41 @@ def interleaved(steps: dict[str, Step], *, rounds: int, repeat: int, warmup: int
                 ) -> dict[str, list[float]]:
     """Seconds per call of each step: ``rounds`` samples, each the mean of ``repeat`` calls.
 
-    Every round times each candidate once, in an order rotated from round to round, so
-    that slow drifts of the machine (frequency, a noisy neighbour) fall on all candidates
-    alike. Each candidate is first called ``warmup`` times; the garbage collector is off
-    while timing.
+    Each candidate is first called ``warmup`` times; then :func:`benchmarks.interleave` times
+    the rounds (each candidate once a round, in a rotated order, the garbage collector off).
     """
-    names = list(steps)
-    for name in names:
+    for step in steps.values():
         for _ in range(warmup):
-            steps[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                step = steps[name]
-                start = time.perf_counter()
-                for _ in range(repeat):
-                    step()
-                samples[name].append((time.perf_counter() - start) / repeat)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return samples
+            step()
+    return interleave({name: _timed(step, repeat) for name, step in steps.items()}, rounds)
+
+
+def _timed(step: Step, repeat: int) -> Callable[[], float]:
+    """A call of ``step`` ``repeat`` times in a row that returns the seconds per call."""
+    def timed() -> float:
+        start = time.perf_counter()
+        for _ in range(repeat):
+            step()
+        return (time.perf_counter() - start) / repeat
+
+    return timed
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
     """Median of the per-round ratios: robust to rounds where the whole machine was slow."""
     return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+def same_weights(ours: nn.Module, theirs: nn.Module, *, after: str, other: str) -> float:
+    """The largest difference between the two modules' parameters, trained alike for
+    ``after`` (e.g. ``"2 epochs"``); raises if it exceeds 1e-5: then ``ours`` and ``other``
+    (e.g. ``"the hand-written L2"``) did not do the same work and the timing means nothing."""
+    max_diff = max(float((a - b).detach().abs().max())
+                   for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
+    if max_diff > 1e-5:
+        raise AssertionError(f"benchmark invalid: after {after} regplug and {other} hold "
+                             f"different weights (max |diff| {max_diff:.3g})")
+    return max_diff
 
 
 def set_threads(threads: int) -> None:

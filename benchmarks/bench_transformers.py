@@ -15,7 +15,6 @@ next to ``Trainer(weight_decay=...)``.
 
 from __future__ import annotations
 
-import gc
 import os
 import statistics
 import tempfile
@@ -36,8 +35,8 @@ from transformers import (
 from regplug.adapters.transformers import Regularize
 from regplug.plugins import DecoupledWeightDecay
 
-from . import Result, result
-from .bench_torch import environment, paired_ratio, set_threads
+from . import Result, interleave, result
+from .bench_torch import environment, paired_ratio, same_weights, set_threads
 
 __all__ = ["run", "set_threads", "environment"]
 
@@ -111,27 +110,10 @@ def bench_decoupled_weight_decay(quick: bool) -> list[Result]:
     for candidate in candidates.values():
         for _ in range(warmup):
             candidate.epoch()
-    ours = candidates["regplug"].trainer.model
-    theirs = candidates["Trainer(weight_decay)"].trainer.model
-    max_diff = max(float((a - b).detach().abs().max())
-                   for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
-    if max_diff > 1e-5:
-        raise AssertionError(f"benchmark invalid: after {warmup} epochs regplug and the "
-                             f"Trainer's weight_decay hold different weights (max |diff| "
-                             f"{max_diff:.3g})")
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    names = list(candidates)
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for r in range(rounds):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                samples[name].append(candidates[name].epoch())
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    max_diff = same_weights(candidates["regplug"].trainer.model,
+                            candidates["Trainer(weight_decay)"].trainer.model,
+                            after=f"{warmup} epochs", other="the Trainer's weight_decay")
+    samples = interleave({name: c.epoch for name, c in candidates.items()}, rounds)
     median = {k: statistics.median(v) for k, v in samples.items()}
     optim = getattr(candidates["regplug"].trainer.args.optim, "value", "?")
     notes = [
