@@ -448,9 +448,10 @@ def grid_values(space: SearchRange, points: int) -> list[Any]:
         values = [2.0 * (low / 2 + t * (high / 2 - low / 2)) for t in fractions]
     else:
         values = [low + t * (high - low) for t in fractions]
-    values[0], values[-1] = low, high
-    # 12 significant digits: 1e-05, not 1.0000000000000016e-05 (the error of exp and log)
-    return sorted({min(max(float(f"{v:.12g}"), low), high) for v in values})
+    # Inner points to 12 significant digits: 1e-05, not 1.0000000000000016e-05 (the error of
+    # exp and log); the ends exactly as given.
+    inner = {min(max(float(f"{v:.12g}"), low), high) for v in values[1:-1]}
+    return sorted(inner | {low, high})
 
 
 def _round_int(value: float, space: IntRange) -> int:
