@@ -7,6 +7,7 @@ import functools
 import math
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -346,3 +347,19 @@ def _built_value(plugin: object, key: str) -> object:
             value = value[part]
         return value
     return getattr(plugin, key)
+
+
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "plugin-guide.md"
+
+
+def test_the_guides_tune_overrides_read_as_the_ranges_they_show():
+    (block,) = re.findall(r"```toml tune\n(.*?)```", GUIDE.read_text(), re.S)
+    tables = tomllib.loads(block)["tune"]
+    plugins = available_plugins()
+    spaces = {name: parse_overrides(plugins[name].load(), table, where=f"tune.{name}")
+              for name, table in tables.items()}
+    assert spaces == {
+        "l2": {"l2": FloatRange(1e-5, 1e-2, log=True)},
+        "early_stopping": {"patience": IntRange(2, 10)},
+        "dropout_schedule": {"rate.end": FloatRange(0.1, 0.6)},
+    }
