@@ -1,4 +1,4 @@
-"""The ``regplug`` command: list plugins, compare regularization strategies."""
+"""The ``regplug`` command: list plugins, compare regularization strategies, tune them."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .errors import PluginLoadError, PluginValidationError, RegplugError
 from .hookspecs import HOOK_NAMES, implemented_hooks
 from .manager import validate_plugin_class
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
+from .tune.cli import add_tune_parser
 
 
 def listed_hooks(factory: object) -> tuple[str, ...]:
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "error of each plugin)")
     p.set_defaults(func=cmd_plugins)
     add_compare_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 

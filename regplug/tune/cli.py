@@ -1,0 +1,427 @@
+"""``regplug tune``: the command line of the strength search (registered by :mod:`regplug.cli`).
+
+Nothing here imports Optuna or a framework at import time: ``regplug --help`` stays fast
+and works without either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import shlex
+import sys
+import textwrap
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..compare.cli import _positive_float, _positive_int, _seed
+
+if TYPE_CHECKING:
+    from ..compare.strategies import Strategy
+    from .search import BestSetting, Objective, RoundRobin, Search, TrialRecord
+    from .spaces import StrategySpace, TuneConfig
+
+__all__ = ["add_tune_parser", "cmd_tune", "DEFAULT_TRIALS", "DEFAULT_GRID_POINTS"]
+
+DEFAULT_TRIALS = 20
+DEFAULT_GRID_POINTS = 5
+DEFAULT_STUDY_NAME = "regplug-tune"
+
+_EPILOG = """\
+examples:
+  regplug tune --strategies l2,dropout --trials 40 --out tune-out
+  regplug tune --strategies l2 --sampler grid --grid-points 7 --pruner none
+  regplug tune --config ranges.toml --timeout 600
+  regplug tune --strategies l2 --storage sqlite:///study.db --study-name run1   # on each machine
+
+The objective is a penalty-free validation metric: val_cross_entropy (minimized, default) or
+val_accuracy (maximized) at the epoch whose weights the model ends with. Never val_loss: it
+includes the penalty, which grows with the strength searched, and would favour the weakest.
+The test rows take no part in the search; the best setting's test accuracy is measured once,
+after selection.
+
+A --config file gives custom strategies ([[strategies]], as regplug compare reads them) and
+ranges that replace a plugin's declared ones ([tune.<plugin registry name>]):
+  [tune.l2]
+  l2 = {low = 1e-5, high = 1e-2, log = true}
+  [tune.model]
+  dropout = {low = 0.0, high = 0.6}               # a strategy's own dropout layer rate
+"""
+
+
+def _grid_points(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (a grid holds both ends of each "
+                                         f"range), got {value}")
+    return value
+
+
+def add_tune_parser(sub: Any) -> None:
+    """Add ``tune`` to the ``regplug`` subcommands."""
+    from ..compare.frameworks import TrainSettings
+    from .search import OBJECTIVES, PRUNERS, SAMPLERS
+
+    defaults = TrainSettings()
+    p = sub.add_parser(
+        "tune", help="search the strengths of regularization strategies with Optuna "
+                     "(pip install 'regplug[tune]')",
+        description=textwrap.fill(
+            "Search each strategy's tunable plugin arguments (and its dropout layer's rate) "
+            "with Optuna: one study per strategy, trials round-robin, each trained as "
+            "regplug compare trains, selected on a penalty-free validation metric. Writes "
+            "every trial, the best settings as a strategies file regplug compare --config "
+            "reads, figures and a report.", width=88),
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--strategies", metavar="A,B,...",
+                   help="comma-separated strategies to tune (see regplug compare --list); "
+                        "each needs something tunable. Default: the config's strategies, "
+                        "else every default strategy that has something to tune")
+    p.add_argument("--config", metavar="FILE.toml",
+                   help="custom [[strategies]] and [tune.<plugin>] / [tune.model] range tables")
+    p.add_argument("--trials", type=_positive_int, default=DEFAULT_TRIALS,
+                   help=f"trials PER STRATEGY (default {DEFAULT_TRIALS}); with --storage, "
+                        "per strategy in this process")
+    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                   help="stop starting trials after this many seconds for the whole command "
+                        "(strategies take turns, one trial each, so every one gets its share; "
+                        "a trial started before the timeout finishes)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="tpe (default), random, or grid (--grid-points values per parameter; "
+                        "trials beyond the grid's size are not run)")
+    p.add_argument("--grid-points", type=_grid_points, default=DEFAULT_GRID_POINTS,
+                   metavar="N", help=f"values per range with --sampler grid (default "
+                                     f"{DEFAULT_GRID_POINTS}; a choice gives its options)")
+    p.add_argument("--pruner", choices=PRUNERS, default="median",
+                   help="stop unpromising trials early: median (default; after 5 trials, a "
+                        "trial worse than the median at the same epoch), hyperband, or none")
+    p.add_argument("--objective", choices=tuple(OBJECTIVES), default="val_cross_entropy",
+                   help="val_cross_entropy (default, minimized) or val_accuracy (maximized): "
+                        "penalty-free validation metrics. Not val_loss: it includes the "
+                        "penalty and so favours small strengths")
+    p.add_argument("--framework", choices=("torch", "keras"), default="torch",
+                   help="which framework trains (default: torch)")
+    p.add_argument("--data", metavar="SPEC",
+                   help="'digits' (default), an MNIST-style FILE.npz, or module:function "
+                        "(as regplug compare)")
+    p.add_argument("--model", metavar="SPEC",
+                   help="a built-in model (mlp, wide_mlp, linear) or module:factory "
+                        "(as regplug compare)")
+    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+                   help=f"epochs per trial (default {defaults.epochs})")
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+                   help=f"mini-batch size (default {defaults.batch_size})")
+    p.add_argument("--lr", type=_positive_float, default=defaults.learning_rate,
+                   help=f"SGD learning rate (default {defaults.learning_rate:g})")
+    p.add_argument("--seed", type=_seed, default=defaults.seed,
+                   help=f"random seed of the data split, the training and the samplers "
+                        f"(default {defaults.seed})")
+    p.add_argument("--storage", metavar="URL",
+                   help="share the studies between processes or machines: an Optuna RDB URL "
+                        "(sqlite:///study.db, postgresql://...) or journal:PATH (a journal "
+                        "file); each strategy's study is NAME/<strategy>, resumed if it exists")
+    p.add_argument("--study-name", metavar="NAME",
+                   help=f"the studies' name in --storage (default {DEFAULT_STUDY_NAME})")
+    p.add_argument("--out", metavar="DIR",
+                   help="write trials.csv, best.toml, results.json, figures (PNG) and "
+                        "report.html to DIR, all at once when the search has finished")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no line per finished trial (the summary is still printed)")
+    p.set_defaults(func=cmd_tune)
+
+
+def forwarded_argv(argv: Sequence[str]) -> list[str]:
+    """The arguments after ``tune`` (for the command line shown in the report).
+
+    >>> forwarded_argv(["-v", "tune", "--trials", "3"])
+    ['--trials', '3']
+    """
+    args = list(argv)
+    return args[args.index("tune") + 1:] if "tune" in args else []
+
+
+def _resolve_strategies(selection: str | None, config: TuneConfig | None
+                        ) -> tuple[list[StrategySpace], list[str]]:
+    """The spaces of the strategies to tune, and notes for the user. Strategies named on
+    the command line must have something to tune; the default selection skips those that
+    have not."""
+    from ..compare.strategies import BUILTIN_STRATEGIES, select_strategies
+    from .spaces import strategy_space, untunable_error
+
+    custom = config.strategies if config is not None else {}
+    ranges = config.ranges if config is not None else {}
+    model = config.model if config is not None else {}
+
+    def space_of(strategy: Strategy) -> StrategySpace:
+        return strategy_space(strategy, ranges, model)
+
+    notes: list[str] = []
+    strategies = select_strategies(selection, custom)
+    spaces = [space_of(s) for s in strategies]
+    untunable = [sp.strategy.name for sp in spaces if not sp.parameters]
+    if untunable and (selection is not None or custom):
+        catalogue = {**BUILTIN_STRATEGIES, **custom}
+        tunable = [name for name, s in catalogue.items() if space_of(s).parameters]
+        raise untunable_error(untunable, tunable)
+    if untunable:
+        notes.append(f"left out, nothing to tune: {', '.join(untunable)}")
+        spaces = [sp for sp in spaces if sp.parameters]
+    used = {str(p["name"]) for sp in spaces for p in sp.strategy.plugins}
+    unused = sorted(set(ranges) - used)
+    if unused:
+        notes.append(f"config ranges unused (no selected strategy has the plugin): "
+                     f"{', '.join(f'[tune.{n}]' for n in unused)}")
+    if model and not any(sp.strategy.dropout is not None for sp in spaces):
+        notes.append("config [tune.model] unused: no selected strategy has a dropout layer")
+    return spaces, notes
+
+
+def _load_data(spec: str | None, seed: int) -> Any:
+    from ..compare.datasets import resolve_data, split_validation
+
+    try:
+        data = resolve_data(spec, seed=seed)
+    except ImportError as err:
+        if spec not in (None, "digits"):
+            raise
+        raise ImportError(f"the digits data set needs scikit-learn ({err.name or err}): "
+                          "pip install 'regplug[data]'") from None
+    return split_validation(data, seed=seed)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Check everything a mistake could be in, then search, print and write."""
+    from ..compare.frameworks import TrainSettings, get_runner
+    from ..compare.models import resolve_model
+    from ..compare.output import StagedOutput, exit_cleanly_on_sigterm
+    from .search import Objective, Search, SearchError, check_storage_url, import_optuna
+    from .search import open_storage as open_storage_url
+    from .spaces import load_tune_config
+
+    # Everything a mistake could be in is checked before a framework is imported (seconds).
+    optuna = import_optuna()
+    objective = Objective(args.objective)
+    if args.study_name is not None and args.storage is None:
+        raise SearchError("--study-name names the studies in a --storage; give --storage "
+                          "too (without it the studies live in memory)")
+    if args.storage is not None:
+        check_storage_url(args.storage)
+    config = load_tune_config(args.config) if args.config else None
+    spaces, notes = _resolve_strategies(args.strategies, config)
+    model = resolve_model(args.model)
+    if args.out is not None:
+        StagedOutput(args.out).discard()  # refuse an unusable --out before any training
+    storage = open_storage_url(args.storage)
+    splits = _load_data(args.data, args.seed)
+    runner = get_runner(args.framework)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.lr, seed=args.seed)
+    study_name = args.study_name or DEFAULT_STUDY_NAME
+    search = Search(spaces=spaces, runner=runner, splits=splits, model=model,
+                    settings=settings, objective=objective, sampler=args.sampler,
+                    pruner=args.pruner, grid_points=args.grid_points, seed=args.seed,
+                    storage=storage, study_name=study_name)
+    if args.sampler == "grid":
+        for entry in search.studies.values():
+            if entry.grid_size is not None and entry.grid_size < args.trials:
+                notes.append(f"grid: {entry.name} has {entry.grid_size} setting(s) "
+                             f"({args.grid_points} points per range); --trials {args.trials} "
+                             f"runs at most {entry.grid_size}")
+    command = "regplug tune " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
+
+    print(f"data:       {splits.describe()}")
+    print(f"model:      {model}")
+    print(f"training:   {settings.describe()}")
+    print(f"framework:  {runner.describe()}")
+    print(f"objective:  {objective.describe()}, on the validation rows")
+    print(f"search:     {args.trials} trial(s) per strategy, sampler {args.sampler}, pruner "
+          f"{args.pruner}" + (f", timeout {args.timeout:g}s" if args.timeout else "")
+          + (f", storage {args.storage} (studies {study_name}/<strategy>)"
+             if args.storage else ""))
+    print("strategies:")
+    for space in spaces:
+        print(f"  {space.strategy.name:<22}"
+              + "; ".join(p.describe() for p in space.parameters))
+    for note in notes:
+        print(f"note: {note}")
+    sys.stdout.flush()
+
+    start = time.perf_counter()
+    with exit_cleanly_on_sigterm():  # SIGTERM unwinds like Ctrl-C: no staging folder left
+        schedule = search.run(trials=args.trials, timeout=args.timeout,
+                              on_trial=None if args.quiet else _trial_printer(objective))
+        records = search.records()
+        bests = {name: search.best(name) for name in search.studies}
+        for best in bests.values():
+            if best is not None:
+                search.measure_best(best)
+        seconds = time.perf_counter() - start
+        summary = Summary(search, records, bests, schedule, settings, seconds)
+        print()
+        print(summary.text())
+        if args.out is not None:
+            info = {
+                "command": command, "data": splits.describe(), "model": str(model),
+                "training": settings.describe(), "framework": runner.describe(),
+                "objective": objective.describe(), "trials_per_strategy": args.trials,
+                "timeout_s": args.timeout, "sampler": args.sampler,
+                "grid_points": args.grid_points if args.sampler == "grid" else None,
+                "pruner": args.pruner, "seed": args.seed, "storage": args.storage,
+                "study_name": study_name if args.storage else None,
+                "config": args.config, "regplug": _version(),
+                "optuna": optuna.__version__, "python": platform.python_version()}
+            with StagedOutput(args.out) as staged:
+                write_all(staged.path, summary, info, command=command)
+                staged.commit()
+            print(f"wrote {args.out}: report.html, trials.csv, best.toml, results.json and "
+                  "the figures")
+    return 0
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _trial_printer(objective: Objective) -> Any:
+    from .search import format_params
+
+    def show(record: TrialRecord) -> None:
+        seconds = f"{record.seconds:.1f}s" if record.seconds is not None else ""
+        print(f"{record.strategy:<22} #{record.number:<4} {format_params(record.params)}  "
+              f"{record.describe_outcome(objective)}  {seconds}".rstrip(), flush=True)
+
+    return show
+
+
+class Summary:
+    """What the search found, per strategy: for the printed summary and every output."""
+
+    def __init__(self, search: Search, records: Mapping[str, list[TrialRecord]],
+                 bests: Mapping[str, BestSetting | None], schedule: RoundRobin,
+                 settings: Any, seconds: float) -> None:
+        self.search, self.records, self.bests = search, records, bests
+        self.schedule, self.settings, self.seconds = schedule, settings, seconds
+        self.objective: Objective = search.objective
+
+    def counts(self, name: str) -> dict[str, int]:
+        rows = self.records[name]
+        finished = [r for r in rows if r.state in ("COMPLETE", "PRUNED", "FAIL")]
+        return {"complete": sum(r.state == "COMPLETE" for r in rows),
+                "pruned": sum(r.state == "PRUNED" for r in rows),
+                "failed": sum(r.state == "FAIL" for r in rows),
+                "ran_here": sum(r.here for r in rows),
+                "epochs_run": sum(r.epochs for r in finished),
+                "epochs_full": len(finished) * self.settings.epochs}
+
+    def header(self) -> list[str]:
+        return ["strategy", f"best {self.objective.metric}", "trial", "complete", "pruned",
+                "failed", "epochs run", "best parameters"]
+
+    def rows(self) -> list[list[str]]:
+        from .search import format_params
+
+        out = []
+        for name in self.records:
+            c, best = self.counts(name), self.bests[name]
+            share = f" ({c['epochs_run'] / c['epochs_full']:.0%})" if c["epochs_full"] else ""
+            out.append([name, f"{best.value:.4f}" if best else "-",
+                        str(best.number) if best else "-", str(c["complete"]),
+                        str(c["pruned"]), str(c["failed"]),
+                        f"{c['epochs_run']} of {c['epochs_full']}{share}",
+                        format_params(best.params) if best else "no complete trial"])
+        return out
+
+    def notes(self) -> list[str]:
+        notes = []
+        measured = [(n, b) for n, b in self.bests.items() if b is not None
+                    and b.acc_test is not None]
+        if measured:
+            notes.append("test accuracy of each best setting, measured once after selection "
+                         "(the test rows took no part in it): "
+                         + ", ".join(f"{n} {b.acc_test:.4f}" for n, b in measured))
+        if self.schedule.timed_out:
+            ran = ", ".join(f"{n} {k}" for n, k in self.schedule.ran.items())
+            notes.append(f"--timeout reached: trials run per strategy: {ran}")
+        for name in self.schedule.exhausted:
+            notes.append(f"{name}: the grid was run through before --trials")
+        notes.append("epochs run: of what the finished trials would have run without "
+                     "pruning or early stopping")
+        return notes
+
+    def text(self) -> str:
+        header, rows = self.header(), self.rows()
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = [f"summary ({self.objective.describe()}, on the validation rows; "
+                 f"{self.seconds:.1f}s):"]
+        for row in [header, *rows]:
+            cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in
+                                                 zip(row[1:-1], widths[1:-1])), row[-1]]
+            lines.append("  " + "  ".join(cells))
+        lines.extend(self.notes())
+        return "\n".join(lines)
+
+
+def write_all(folder: Path, summary: Summary, info: Mapping[str, Any], *, command: str) -> None:
+    """Figures, trials.csv, best.toml, report and (last) results.json into ``folder``."""
+    from . import plots
+    from .output import (
+        strategy_toml,
+        tuned_name,
+        write_best_toml,
+        write_results_json,
+        write_trials_csv,
+    )
+    from .report import write_report
+    from .search import format_params
+
+    search, objective = summary.search, summary.objective
+    spaces = [entry.space for entry in search.studies.values()]
+    plots.plot_parameters(spaces, summary.records, objective, folder / plots.PARAMETERS_FIGURE)
+    plots.plot_history(spaces, summary.records, objective, folder / plots.HISTORY_FIGURE)
+    figures = [(plots.PARAMETERS_FIGURE, plots.parameters_caption(objective)),
+               (plots.HISTORY_FIGURE, plots.history_caption(objective))]
+    parameters = list(dict.fromkeys(p.name for s in spaces for p in s.parameters))
+    all_records = [r for rows in summary.records.values() for r in rows]
+    write_trials_csv(folder / "trials.csv", all_records, parameters, metric=objective.metric)
+    blocks = []
+    for name, best in summary.bests.items():
+        c = summary.counts(name)
+        trials = f"{c['complete'] + c['pruned'] + c['failed']} trials run ({c['complete']} " \
+                 f"complete, {c['pruned']} pruned, {c['failed']} failed)"
+        if best is None:
+            blocks.append(f"# {name}: no complete trial of {trials}: nothing to write\n")
+            continue
+        tuned = dataclasses.replace(best.tuned, name=tuned_name(name), description="")
+        blocks.append(strategy_toml(tuned, comment=(
+            f"{name}: {objective.describe()} {best.value!r} at trial {best.number} of "
+            f"{trials}\n{format_params(best.params)}")))
+    header = (f"regplug tune: the best setting of each strategy\n{command}\n"
+              f"read back with: regplug compare --config best.toml")
+    best_text = write_best_toml(folder / "best.toml", blocks, header=header)
+    write_report(folder / "report.html", command=command, settings=info,
+                 header=summary.header(), rows=summary.rows(), notes=summary.notes(),
+                 figures=figures, best_toml=best_text)
+    strategies: dict[str, Any] = {}
+    for entry in search.studies.values():
+        best = summary.bests[entry.name]
+        strategies[entry.name] = {
+            "parameters": {p.name: p.space.to_config() for p in entry.space.parameters},
+            "strategy": entry.space.strategy.to_config(),
+            "counts": summary.counts(entry.name),
+            "best": None if best is None else {
+                "trial": best.number, "params": best.params, "value": best.value,
+                "test_accuracy": best.acc_test, "refit_value": best.refit_value,
+                "strategy": best.tuned.to_config()}}
+    write_results_json(folder / "results.json", {
+        "format": "regplug-tune/1", "settings": dict(info), "objective": {
+            "metric": objective.metric, "direction": objective.direction},
+        "strategies": strategies,
+        "trials": [dataclasses.asdict(r) for r in all_records],
+        "timed_out": summary.schedule.timed_out, "seconds": round(summary.seconds, 3),
+        "summary": summary.text(), "best_toml": best_text,
+        "figures": [n for n, _ in figures], "captions": dict(figures)})

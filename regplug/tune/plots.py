@@ -1,0 +1,151 @@
+"""The search's figures, as PNG files, drawn on matplotlib's Agg canvas (no ``pyplot``, as
+:mod:`regplug.compare.plots` does): the objective against each searched parameter, and the
+objective per trial with the best so far.
+
+Complete trials are filled dots; pruned ones grey crosses at the last value they reported
+(a pruned trial stopped early, so its value is of an earlier epoch than the others'); the
+best trial of each strategy a red star. Failed trials have no value and are not drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..compare.plots import _figure, _save
+from ..space import Choice
+from .search import Objective, TrialRecord
+from .spaces import StrategySpace
+
+__all__ = ["PARAMETERS_FIGURE", "HISTORY_FIGURE", "draw_parameters", "draw_history",
+           "plot_parameters", "plot_history", "parameters_caption", "history_caption"]
+
+PARAMETERS_FIGURE = "objective_vs_parameters.png"
+HISTORY_FIGURE = "optimization_history.png"
+_MAX_COLS = 4
+_COMPLETE, _PRUNED, _BEST = "#1f77b4", "#888888", "#d62728"
+
+
+def _panels(n: int, width: float, height: float) -> tuple[Any, list[Any], int]:
+    cols = min(max(n, 1), _MAX_COLS)
+    rows = -(-max(n, 1) // cols)
+    fig = _figure(width * cols + 0.4, height * rows + 0.6)
+    axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel())
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes, cols
+
+
+def _y_scale(ax: Any, objective: Objective, values: Sequence[float]) -> None:
+    # cross-entropies of a search span decades (a too-strong penalty), accuracies do not
+    if objective.minimize and values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.set_ylabel(objective.metric)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _best(records: Sequence[TrialRecord], objective: Objective) -> TrialRecord | None:
+    complete = [r for r in records if r.state == "COMPLETE" and r.value is not None]
+    if not complete:
+        return None
+    return complete[objective.best([float(r.value) for r in complete])]  # type: ignore[arg-type]
+
+
+def draw_parameters(spaces: Sequence[StrategySpace],
+                    records: Mapping[str, Sequence[TrialRecord]],
+                    objective: Objective) -> Any:
+    """One panel per strategy and parameter: the objective of each trial against the
+    parameter's value (a log axis for a log range, the options in order for a choice)."""
+    pairs = [(space, p) for space in spaces for p in space.parameters]
+    fig, axes, _ = _panels(len(pairs), 3.4, 2.8)
+    for ax, (space, parameter) in zip(axes, pairs):
+        rows = records.get(space.strategy.name, [])
+        labels: list[Any] = list(parameter.space.options) \
+            if isinstance(parameter.space, Choice) else []
+
+        def x_of(record: TrialRecord, labels: list[Any] = labels,
+                 name: str = parameter.name) -> float:
+            value = record.params[name]
+            return float(labels.index(value)) if labels else float(value)
+
+        drawn = [r for r in rows if r.value is not None and parameter.name in r.params
+                 and r.state in ("COMPLETE", "PRUNED")]
+        complete = [r for r in drawn if r.state == "COMPLETE"]
+        pruned = [r for r in drawn if r.state == "PRUNED"]
+        ax.scatter([x_of(r) for r in complete], [r.value for r in complete], s=22,
+                   color=_COMPLETE, label=f"complete ({len(complete)})", zorder=3)
+        if pruned:
+            ax.scatter([x_of(r) for r in pruned], [r.value for r in pruned], s=26,
+                       marker="x", color=_PRUNED, label=f"pruned ({len(pruned)}): last value",
+                       zorder=2)
+        best = _best(rows, objective)
+        if best is not None and parameter.name in best.params:
+            ax.scatter([x_of(best)], [best.value], s=120, marker="*", color=_BEST,
+                       label=f"best (trial {best.number})", zorder=4)
+        if labels:
+            ax.set_xticks(range(len(labels)), [str(v) for v in labels])
+        elif getattr(parameter.space, "log", False):
+            ax.set_xscale("log")
+        ax.set_xlabel(parameter.name + (" (log)" if getattr(parameter.space, "log", False)
+                                        else ""))
+        _y_scale(ax, objective, [float(r.value) for r in drawn])  # type: ignore[arg-type]
+        ax.set_title(space.strategy.name, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{objective.describe()} against each searched parameter")
+    return fig
+
+
+def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence[TrialRecord]],
+                 objective: Objective) -> Any:
+    """One panel per strategy: each trial's objective by trial number, and the best so far
+    (a step line over the complete trials)."""
+    fig, axes, _ = _panels(len(spaces), 3.6, 2.8)
+    for ax, space in zip(axes, spaces):
+        rows = sorted(records.get(space.strategy.name, []), key=lambda r: r.number)
+        complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
+        pruned = [r for r in rows if r.state == "PRUNED" and r.value is not None]
+        ax.scatter([r.number for r in complete], [r.value for r in complete], s=18,
+                   color=_COMPLETE, label="complete", zorder=3)
+        if pruned:
+            ax.scatter([r.number for r in pruned], [r.value for r in pruned], s=22,
+                       marker="x", color=_PRUNED, label="pruned: last value", zorder=2)
+        if complete:
+            values = [float(r.value) for r in complete]  # type: ignore[arg-type]
+            running = (np.minimum if objective.minimize else np.maximum).accumulate(values)
+            ax.step([r.number for r in complete], running, where="post", color=_BEST,
+                    label="best so far", zorder=4)
+        ax.set_xlabel("trial")
+        _y_scale(ax, objective, [float(r.value) for r in [*complete, *pruned]]  # type: ignore[arg-type]
+                 )
+        ax.set_title(space.strategy.name, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Optimization history: {objective.describe()} per trial")
+    return fig
+
+
+def plot_parameters(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence[TrialRecord]],
+                    objective: Objective, path: Path) -> Path:
+    """:func:`draw_parameters`, saved as a PNG at ``path``."""
+    return _save(draw_parameters(spaces, records, objective), path)
+
+
+def plot_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence[TrialRecord]],
+                 objective: Objective, path: Path) -> Path:
+    """:func:`draw_history`, saved as a PNG at ``path``."""
+    return _save(draw_history(spaces, records, objective), path)
+
+
+def parameters_caption(objective: Objective) -> str:
+    return (f"The objective ({objective.describe()}, on the validation rows) of each trial "
+            "against each searched parameter, one panel per strategy and parameter (a log "
+            "axis for a log-scale range). Dots: complete trials; grey crosses: pruned trials, "
+            "at the last value they reported (an earlier epoch); star: the best trial.")
+
+
+def history_caption(objective: Objective) -> str:
+    return (f"Optimization history: {objective.metric} of each trial by trial number, one "
+            "panel per strategy; the red step line is the best complete trial so far; grey "
+            "crosses are pruned trials at their last reported value.")

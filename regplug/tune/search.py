@@ -1,0 +1,518 @@
+"""The search: one Optuna study per strategy, driven round-robin, each trial trained by a
+framework's runner (:class:`~regplug.compare.frameworks.FrameworkRunner`).
+
+A trial suggests the strategy's parameters (:mod:`.spaces`), builds its plugins, appends an
+:class:`~regplug.plugins.OptunaPruning` that reports the objective's metric after every
+epoch (and votes to stop when the pruner says so), and trains. Its value is the validation
+metric at the epoch whose weights the model ends with — the last, or the one early stopping
+restored — never the test rows, which are used once, after selection, for the best setting
+of each strategy (:meth:`Search.measure_best`).
+
+Optuna is imported here only inside functions (:func:`import_optuna`), so ``regplug`` and
+``regplug --help`` never import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..compare.datasets import Splits
+from ..compare.frameworks import FrameworkRunner, TrainSettings
+from ..compare.models import ModelChoice, ModelError
+from ..compare.runner import restored_epoch
+from ..errors import RegplugError
+from ..space import Choice, FloatRange
+from .spaces import Parameter, StrategySpace
+
+__all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "Objective", "TrialRecord", "StrategyStudy",
+           "BestSetting", "Search", "SearchError", "import_optuna", "make_sampler",
+           "make_pruner", "open_storage", "check_storage_url", "round_robin", "RoundRobin",
+           "TrialFailed"]
+
+log = logging.getLogger(__name__)
+
+#: The objectives ``--objective`` offers, and whether each is minimized or maximized. Both
+#: are penalty-free validation metrics: ``val_loss`` includes the penalty, which grows with
+#: the strength being searched, so selecting on it favours the weakest setting.
+OBJECTIVES: dict[str, str] = {"val_cross_entropy": "minimize", "val_accuracy": "maximize"}
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+#: Optuna's pruners compare a trial with others only after this many have finished.
+MEDIAN_STARTUP_TRIALS = 5
+_JOURNAL = "journal:"
+_RDB_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class SearchError(RegplugError, ValueError):
+    """A search that cannot run as asked (a storage, a study, a runner's history)."""
+
+
+class TrialFailed(RegplugError):
+    """One trial could not give a value (its training failed or diverged); the study marks it
+    FAIL and goes on."""
+
+
+def import_optuna() -> Any:
+    """The ``optuna`` module, or an ``ImportError`` that says what to install (one line)."""
+    try:
+        import optuna
+    except ImportError as err:
+        raise ImportError(f"regplug tune needs Optuna ({err.name or err} is not installed): "
+                          "pip install 'regplug[tune]'") from None
+    return optuna
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The validation metric a search selects on, and its direction.
+
+    >>> o = Objective("val_accuracy")
+    >>> o.direction, o.value({"val_accuracy": [0.5, 0.9, 0.8]}, restored=1)
+    ('maximize', 0.9)
+    >>> Objective("val_cross_entropy").best([0.3, 0.2, 0.25])
+    1
+    """
+
+    metric: str = "val_cross_entropy"
+
+    def __post_init__(self) -> None:
+        if self.metric not in OBJECTIVES:
+            raise SearchError(f"--objective {self.metric!r}: choose {', '.join(OBJECTIVES)} "
+                              "(penalty-free validation metrics; val_loss includes the penalty "
+                              "and would favour the weakest strength)")
+
+    @property
+    def direction(self) -> str:
+        return OBJECTIVES[self.metric]
+
+    @property
+    def minimize(self) -> bool:
+        return self.direction == "minimize"
+
+    def describe(self) -> str:
+        """``"val_cross_entropy (minimized)"``."""
+        return f"{self.metric} ({self.direction}d)"
+
+    def value(self, history: Mapping[str, Sequence[float]], *, restored: int | None) -> float:
+        """The metric at the epoch whose weights the model ends with: ``restored`` (from 0)
+        where early stopping put weights back, else the last epoch."""
+        values = history.get(self.metric)
+        if not values:
+            raise SearchError(f"the runner's history has no {self.metric!r} (it has "
+                              f"{', '.join(history) or 'nothing'}); the objective needs it")
+        return float(values[restored if restored is not None else -1])
+
+    def best(self, values: Sequence[float]) -> int:
+        """The index of the best of ``values`` (the first on a tie)."""
+        pick = min if self.minimize else max
+        return pick(range(len(values)), key=lambda i: values[i])
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether ``a`` is strictly better than ``b``."""
+        return a < b if self.minimize else a > b
+
+
+# -- Optuna's pieces -------------------------------------------------------------------------
+
+def make_sampler(kind: str, *, seed: int | None, space: StrategySpace,
+                 grid_points: int) -> Any:
+    """An Optuna sampler: TPE, random, or a grid of ``grid_points`` per range."""
+    optuna = import_optuna()
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        return optuna.samplers.GridSampler(space.grid(grid_points), seed=seed)
+    raise SearchError(f"--sampler {kind!r}: choose {', '.join(SAMPLERS)}")
+
+
+def make_pruner(kind: str, *, epochs: int) -> Any:
+    """An Optuna pruner. ``median``: stop a trial whose metric is worse than the median of
+    the earlier trials at the same epoch (after :data:`MEDIAN_STARTUP_TRIALS` trials);
+    ``hyperband``: successive halving over 1 to ``epochs`` epochs; ``none``: never."""
+    optuna = import_optuna()
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP_TRIALS)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    if kind == "none":
+        return optuna.pruners.NopPruner()
+    raise SearchError(f"--pruner {kind!r}: choose {', '.join(PRUNERS)}")
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse a ``--storage`` that is neither an RDB URL (``sqlite:///study.db``) nor
+    ``journal:PATH``, or whose file's folder does not exist (without importing Optuna).
+
+    >>> check_storage_url("sqlite:///study.db"); check_storage_url("journal:study.log")
+    >>> check_storage_url("study.db")
+    Traceback (most recent call last):
+    regplug.tune.search.SearchError: --storage 'study.db': expected an Optuna RDB URL (sqlite:///study.db, postgresql://user@host/db) or journal:PATH (a journal file several processes can share)
+    """  # noqa: E501
+    if url.startswith(_JOURNAL):
+        path = Path(url[len(_JOURNAL):])
+        what = "journal file"
+    elif _RDB_URL.match(url):
+        if not url.startswith("sqlite:"):
+            return
+        rest = url.partition(":///")[2]
+        if not rest or rest == ":memory:":
+            raise SearchError(f"--storage {url!r}: an in-memory SQLite database is not shared "
+                              "with other processes; give a file, sqlite:///study.db")
+        path = Path(rest)
+        what = "SQLite file"
+    else:
+        raise SearchError(f"--storage {url!r}: expected an Optuna RDB URL (sqlite:///study.db, "
+                          "postgresql://user@host/db) or journal:PATH (a journal file several "
+                          "processes can share)")
+    if not str(path) or path.is_dir():
+        raise SearchError(f"--storage {url!r}: the {what} must be a file path")
+    if not path.absolute().parent.is_dir():
+        raise SearchError(f"--storage {url!r}: the folder of the {what} "
+                          f"({str(path.absolute().parent)!r}) does not exist")
+
+
+def open_storage(url: str | None) -> Any:
+    """``None`` (each study in memory), or the storage ``url`` names, opened now so that a
+    storage that cannot be used fails before any training."""
+    if url is None:
+        return None
+    check_storage_url(url)
+    optuna = import_optuna()
+    try:
+        if url.startswith(_JOURNAL):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            return JournalStorage(JournalFileBackend(url[len(_JOURNAL):]))
+        return optuna.storages.RDBStorage(url)
+    except ImportError as err:
+        raise ImportError(f"--storage {url!r}: its database driver is not installed "
+                          f"({err.name or err}); pip install it") from None
+    except Exception as err:  # SQLAlchemy's and the journal's errors have no common base
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
+                          f"{first}") from None
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna's own log lines (a study created, each trial finished, a failed trial's
+    traceback) stay out of the command's output: it prints its own line per trial."""
+    optuna = import_optuna()
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def suggest(trial: Any, parameter: Parameter) -> Any:
+    """The trial's value for ``parameter``, from its range."""
+    space = parameter.space
+    if isinstance(space, Choice):
+        return trial.suggest_categorical(parameter.name, list(space.options))
+    if isinstance(space, FloatRange):
+        return trial.suggest_float(parameter.name, space.low, space.high, log=space.log)
+    return trial.suggest_int(parameter.name, space.low, space.high, log=space.log)
+
+
+# -- the round-robin schedule ---------------------------------------------------------------
+
+@dataclass
+class RoundRobin:
+    """What :func:`round_robin` did: trials run per name, whether the timeout ended it, and
+    the names that stopped early because they could take no more (a grid run through)."""
+
+    ran: dict[str, int]
+    timed_out: bool = False
+    exhausted: list[str] = field(default_factory=list)
+
+
+def round_robin(names: Sequence[str], *, trials: int, run_one: Callable[[str], None],
+                timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                exhausted: Callable[[str], bool] = lambda name: False) -> RoundRobin:
+    """Run ``run_one(name)`` up to ``trials`` times per name, one each in turn, so that a
+    ``timeout`` (seconds from the call, checked before each trial) leaves every name within
+    one trial of the others instead of starving the last; a name for which ``exhausted``
+    is true takes no more.
+
+    >>> order = []
+    >>> round_robin(["a", "b"], trials=2, run_one=order.append).ran, order
+    ({'a': 2, 'b': 2}, ['a', 'b', 'a', 'b'])
+    """
+    start = clock()
+    result = RoundRobin(dict.fromkeys(names, 0))
+    active = list(names)
+    while active:
+        for name in list(active):
+            if timeout is not None and clock() - start >= timeout:
+                result.timed_out = True
+                return result
+            if result.ran[name] >= trials:
+                active.remove(name)
+                continue
+            if exhausted(name):
+                active.remove(name)
+                result.exhausted.append(name)
+                continue
+            run_one(name)
+            result.ran[name] += 1
+    return result
+
+
+# -- trials and their records ---------------------------------------------------------------
+
+@dataclass
+class TrialRecord:
+    """One trial as the outputs show it.
+
+    :param state: Optuna's state name: ``COMPLETE``, ``PRUNED``, ``FAIL`` (or ``RUNNING``
+        for a trial another process has not finished).
+    :param value: the objective (for a pruned trial: the last value reported), else ``None``.
+    :param epochs: epochs trained.
+    :param here: whether this process ran it (with ``--storage``, others may have).
+    """
+
+    strategy: str
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    epochs: int
+    seconds: float | None
+    pruned_epoch: int | None = None
+    error: str | None = None
+    here: bool = False
+
+    def describe_outcome(self, objective: Objective) -> str:
+        """``"val_cross_entropy 0.0912"``, ``"pruned at epoch 4 (val_cross_entropy 0.81)"``
+        or ``"failed: <why>"``."""
+        if self.state == "PRUNED":
+            last = f" ({objective.metric} {self.value:.4f})" if self.value is not None else ""
+            return f"pruned at epoch {self.epochs}{last}"
+        if self.state == "FAIL":
+            return f"failed: {self.error or 'no value'}"
+        if self.value is None:
+            return self.state.lower()
+        return f"{objective.metric} {self.value:.4f}"
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """``"l2.l2=0.000123, model.dropout=0.35"`` (floats to 4 significant digits).
+
+    >>> format_params({"l2.l2": 0.000123456, "x.n": 3})
+    'l2.l2=0.0001235, x.n=3'
+    """
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in params.items())
+
+
+def record_of(strategy: str, trial: Any, *, here: bool = False) -> TrialRecord:
+    """The record of an Optuna ``FrozenTrial`` (its user attributes hold what the trial
+    measured: ``epochs``, ``seconds``, ``pruned_epoch``, ``error``)."""
+    attrs = trial.user_attrs
+    value = trial.value if trial.values is not None else None
+    epochs = attrs.get("epochs")
+    if not isinstance(epochs, int):
+        epochs = len(trial.intermediate_values)
+    return TrialRecord(strategy=strategy, number=trial.number, state=trial.state.name,
+                       params=dict(trial.params), value=value, epochs=epochs,
+                       seconds=attrs.get("seconds"), pruned_epoch=attrs.get("pruned_epoch"),
+                       error=attrs.get("error"), here=here)
+
+
+@dataclass
+class StrategyStudy:
+    """One strategy's study: its space, the Optuna study, its grid size (grid sampler)."""
+
+    space: StrategySpace
+    study: Any
+    grid_size: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.space.strategy.name
+
+    def records(self, here: set[int] | None = None) -> list[TrialRecord]:
+        """Every trial of the study (all processes'), by number."""
+        here = here or set()
+        return [record_of(self.name, t, here=t.number in here)
+                for t in self.study.get_trials(deepcopy=False)]
+
+    def exhausted(self) -> bool:
+        """Whether the grid has been run through (only with the grid sampler)."""
+        if self.grid_size is None:
+            return False
+        states = import_optuna().trial.TrialState
+        started = [t for t in self.study.get_trials(deepcopy=False)
+                   if t.state != states.WAITING]
+        return len(started) >= self.grid_size
+
+
+@dataclass
+class BestSetting:
+    """A strategy's best trial, and the test accuracy of its setting, measured once after
+    the search (the test rows take no part in the selection)."""
+
+    strategy: str
+    number: int
+    params: dict[str, Any]
+    value: float
+    tuned: Any  # the Strategy with the best parameters
+    acc_test: float | None = None
+    refit_value: float | None = None
+
+
+class Search:
+    """The studies of one ``regplug tune`` run and how each trial trains.
+
+    :param spaces: what to search, one entry per strategy.
+    :param runner: the framework's runner (the training loop of ``regplug compare``).
+    :param storage: an opened storage (:func:`open_storage`) or ``None``: in memory.
+    :param study_name: with a storage, each strategy's study is ``<study_name>/<strategy>``,
+        loaded if it exists, so several processes add trials to one study.
+    """
+
+    def __init__(self, *, spaces: Sequence[StrategySpace], runner: FrameworkRunner,
+                 splits: Splits, model: ModelChoice, settings: TrainSettings,
+                 objective: Objective, sampler: str = "tpe", pruner: str = "median",
+                 grid_points: int = 5, seed: int = 0, storage: Any = None,
+                 study_name: str = "regplug-tune") -> None:
+        optuna = import_optuna()
+        self.runner, self.splits, self.model = runner, splits, model
+        self.settings, self.objective = settings, objective
+        self.sampler, self.pruner, self.grid_points = sampler, pruner, grid_points
+        self.ran_here: dict[str, set[int]] = {s.strategy.name: set() for s in spaces}
+        self.studies: dict[str, StrategyStudy] = {}
+        # With a storage, processes share a study: the same seed would have every one of
+        # them propose the same settings, so each process adds entropy of its own.
+        shared = storage is not None
+        with _quiet_optuna():
+            for space in spaces:
+                name = space.strategy.name
+                sampler_seed = (seed ^ int.from_bytes(os.urandom(4), "little")) if shared \
+                    else seed
+                study_id = f"{study_name}/{name}" if shared else name
+                try:
+                    study = optuna.create_study(
+                        study_name=study_id, storage=storage, load_if_exists=shared,
+                        direction=objective.direction,
+                        sampler=make_sampler(sampler, seed=sampler_seed, space=space,
+                                             grid_points=grid_points),
+                        pruner=make_pruner(pruner, epochs=settings.epochs))
+                except ValueError as err:
+                    raise SearchError(f"study {study_id!r}: {err}") from None
+                if study.direction.name.lower() != objective.direction:
+                    raise SearchError(
+                        f"study {study_id!r} in the storage was created to "
+                        f"{study.direction.name.lower()} its objective; --objective "
+                        f"{objective.metric} is {objective.direction}d: use another "
+                        "--study-name")
+                grid = space.grid_size(grid_points) if sampler == "grid" else None
+                self.studies[name] = StrategyStudy(space, study, grid)
+
+    # -- one trial --------------------------------------------------------------------------
+    def train(self, strategy: Any, extra: Sequence[object] = ()) -> tuple[Any, list[object]]:
+        """Train ``strategy`` with the runner (``extra`` plugins appended): the outcome and
+        the strategy's own plugins (to ask which epoch's weights they restored)."""
+        plugins = strategy.build_plugins()
+        outcome = self.runner.train_strategy(self.splits, strategy, [*plugins, *extra],
+                                             self.model, self.settings)
+        return outcome, plugins
+
+    def _objective(self, entry: StrategyStudy) -> Callable[[Any], float]:
+        from ..plugins import OptunaPruning
+
+        def objective(trial: Any) -> float:
+            self.ran_here[entry.name].add(trial.number)
+            values = {p.name: suggest(trial, p) for p in entry.space.parameters}
+            strategy = entry.space.apply(values)
+            pruning = OptunaPruning(trial, self.objective.metric)
+            start = time.perf_counter()
+            try:
+                outcome, plugins = self.train(strategy, [pruning])
+            except ModelError:
+                raise  # the model, not the setting: every trial would fail the same way
+            except (RegplugError, ValueError, ArithmeticError) as err:
+                trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+                trial.set_user_attr("error", _one_line(err))
+                raise TrialFailed(_one_line(err)) from err
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            trial.set_user_attr("epochs", outcome.epochs)
+            if pruning.pruned:
+                trial.set_user_attr("pruned_epoch", pruning.pruned_epoch)
+                pruning.raise_if_pruned()
+            value = self.objective.value(outcome.history, restored=restored_epoch(plugins))
+            if not math.isfinite(value):
+                why = f"{self.objective.metric} is {value} (the training diverged)"
+                trial.set_user_attr("error", why)
+                raise TrialFailed(why)
+            return value
+
+        return objective
+
+    def run_trial(self, name: str) -> TrialRecord:
+        """Run one trial of strategy ``name``; its record."""
+        entry = self.studies[name]
+        before = set(self.ran_here[name])
+        with _quiet_optuna():
+            entry.study.optimize(self._objective(entry), n_trials=1, catch=(TrialFailed,))
+        number = max(self.ran_here[name] - before, default=None)
+        if number is None:
+            raise SearchError(f"strategy {name!r}: the study ran no trial")
+        trial = next(t for t in entry.study.get_trials(deepcopy=False) if t.number == number)
+        return record_of(name, trial, here=True)
+
+    def run(self, *, trials: int, timeout: float | None = None,
+            on_trial: Callable[[TrialRecord], None] | None = None,
+            clock: Callable[[], float] = time.monotonic) -> RoundRobin:
+        """Up to ``trials`` trials per strategy, round-robin, until ``timeout`` seconds."""
+        def one(name: str) -> None:
+            record = self.run_trial(name)
+            if on_trial is not None:
+                on_trial(record)
+
+        return round_robin(list(self.studies), trials=trials, run_one=one, timeout=timeout,
+                           clock=clock, exhausted=lambda n: self.studies[n].exhausted())
+
+    # -- after the search -------------------------------------------------------------------
+    def records(self) -> dict[str, list[TrialRecord]]:
+        """Every trial of every study, per strategy."""
+        return {name: entry.records(self.ran_here[name]) for name, entry in self.studies.items()}
+
+    def best(self, name: str) -> BestSetting | None:
+        """The best complete trial of strategy ``name`` (``None`` if none completed)."""
+        entry = self.studies[name]
+        complete = [r for r in entry.records() if r.state == "COMPLETE" and r.value is not None]
+        if not complete:
+            return None
+        top = complete[self.objective.best([r.value for r in complete])]  # type: ignore[misc]
+        assert top.value is not None
+        return BestSetting(name, top.number, top.params, top.value,
+                           entry.space.apply(top.params))
+
+    def measure_best(self, best: BestSetting) -> BestSetting:
+        """Train the best setting once more (no pruning) and measure its test accuracy: the
+        one time the search touches the test rows. ``refit_value`` is its objective again
+        (equal to the trial's where the framework is deterministic)."""
+        outcome, plugins = self.train(best.tuned)
+        best.acc_test = float(outcome.acc_test)
+        best.refit_value = self.objective.value(outcome.history,
+                                                restored=restored_epoch(plugins))
+        return best
+
+
+def _one_line(err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}"
