@@ -34,7 +34,8 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,14 +62,20 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _finite(value: object) -> bool:
+    """Whether a real number is finite; integers always are (``float()`` of a huge one
+    overflows, which does not make it infinite)."""
+    return _is_int(value) or math.isfinite(value)  # type: ignore[arg-type]
+
+
 def _check_bounds(kind: str, low: object, high: object, log: object,
-                  is_number: Any, what: str) -> None:
+                  is_number: Callable[[object], bool], what: str) -> None:
     """The checks :class:`FloatRange` and :class:`IntRange` share; ``ValueError`` naming the
     bound (``low``, ``high``, ``log``) and what it must be."""
     for arg, value in (("low", low), ("high", high)):
         if not is_number(value):
             raise ValueError(f"{kind}: {arg!r} must be {what}, got {describe_value(value)}")
-        if not math.isfinite(float(value)):  # type: ignore[arg-type]
+        if not _finite(value):
             raise ValueError(f"{kind}: {arg!r} must be finite, got {value!r}")
     if not isinstance(log, bool):
         raise ValueError(f"{kind}: 'log' must be True or False, got {describe_value(log)}")
@@ -104,8 +111,14 @@ class FloatRange:
 
     def __post_init__(self) -> None:
         _check_bounds("FloatRange", self.low, self.high, self.log, _is_real, "a real number")
-        object.__setattr__(self, "low", float(self.low))
-        object.__setattr__(self, "high", float(self.high))
+        try:
+            low, high = float(self.low), float(self.high)
+        except OverflowError:  # an integer bound beyond the largest float
+            raise ValueError(f"FloatRange: bounds must be within ±{sys.float_info.max:g}, got "
+                             f"low={describe_value(self.low)}, "
+                             f"high={describe_value(self.high)}") from None
+        object.__setattr__(self, "low", low)
+        object.__setattr__(self, "high", high)
 
     def describe(self) -> str:
         """``"1e-06 .. 0.1, log"``: the bounds as Python writes them, and the scale."""
@@ -113,7 +126,7 @@ class FloatRange:
 
     def contains(self, value: object) -> bool:
         """Whether ``value`` is a real number (not a bool) in ``[low, high]``."""
-        return _is_real(value) and self.low <= float(value) <= self.high  # type: ignore[arg-type]
+        return _is_real(value) and self.low <= value <= self.high  # type: ignore[operator]
 
     def to_config(self) -> dict[str, Any]:
         """The TOML / dict form :func:`parse_range` reads back (``log`` only when true)."""
@@ -434,7 +447,7 @@ def grid_values(space: SearchRange, points: int) -> list[Any]:
     if isinstance(space, IntRange):
         if space.log:
             ratio = math.log(space.high) - math.log(space.low)
-            raw = [_round_int(space.low * math.exp(t * ratio), space) for t in fractions]
+            raw = [_round_int(math.log(space.low) + t * ratio, space) for t in fractions]
         else:
             span, steps = space.high - space.low, points - 1
             # exact integer rounding (half up), no float error for large bounds
@@ -454,8 +467,11 @@ def grid_values(space: SearchRange, points: int) -> list[Any]:
     return sorted(inner | {low, high})
 
 
-def _round_int(value: float, space: IntRange) -> int:
-    if not math.isfinite(value):
+def _round_int(log_value: float, space: IntRange) -> int:
+    """``e^log_value`` rounded to an integer of ``space`` (its top, where that overflows)."""
+    try:
+        value = math.exp(log_value)
+    except OverflowError:
         return space.high
     return min(max(round(value), space.low), space.high)
 

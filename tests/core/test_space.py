@@ -159,6 +159,12 @@ def test_int_grids_round_and_deduplicate():
     assert grid_values(IntRange(1, 4, log=True), 20) == [1, 2, 3, 4]
     big = 10**30
     assert grid_values(IntRange(0, big), 3) == [0, big // 2, big]  # exact, no float rounding
+    huge = 10**400  # beyond any float: the log grid still ends exactly at the top
+    values = grid_values(IntRange(1, huge, log=True), 3)
+    assert values[0] == 1 and values[-1] == huge and math.isclose(values[1], 1e200, rel_tol=1e-9)
+    with pytest.raises(ValueError, match=r"^FloatRange: bounds must be within ±1.79769e\+308"):
+        FloatRange(0, huge)
+    assert not FloatRange(0, 1).contains(huge)
 
 
 def test_choice_grid_is_its_options_and_ranges_need_two_points():
