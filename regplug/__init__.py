@@ -40,6 +40,7 @@ from .schedules import (
     Step,
 )
 from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
+from .space import Choice, FloatRange, IntRange, SearchRange, SpaceError, tunable_arguments
 from .uncertainty import MCPrediction
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "Schedule", "Constant", "LinearWarmup", "Linear", "Cosine", "Step", "Piecewise",
     "ExponentialRamp", "EarlyDropout", "LateDropout",
     "available_plugins", "build_plugins", "create_plugin", "load_config", "MCPrediction",
+    "FloatRange", "IntRange", "Choice", "SearchRange", "SpaceError", "tunable_arguments",
     "RegplugError", "PluginValidationError", "UnknownPluginError", "PluginLoadError",
     "UsageError", "UnsupportedPluginError", "RegplugWarning",
     "plugins",
