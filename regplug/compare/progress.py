@@ -116,13 +116,19 @@ class Progress:
         self._framework = self._strategy = ""
         self._epochs = 0
         self._done = 0
+        self._seed: int | None = None
+        self._run: tuple[int, int] | None = None
         self._logs: dict[str, float] = {}
         self._open = False
 
-    def start(self, framework: str, strategy: str, *, epochs: int) -> None:
-        """A new strategy begins (on a terminal: a fresh bar)."""
+    def start(self, framework: str, strategy: str, *, epochs: int, seed: int | None = None,
+              run: tuple[int, int] | None = None) -> None:
+        """A new strategy begins (on a terminal: a fresh bar). With several seeds, ``seed``
+        is this run's and ``run`` its place among all of them, ``(k, total)``: both are
+        shown on its line (on a narrow terminal the seed stays, the run goes last)."""
         self._framework, self._strategy = framework, strategy
         self._epochs, self._done, self._logs = epochs, 0, {}
+        self._seed, self._run = seed, run
         self._draw(self._metrics())
 
     def epoch(self, epoch: int, logs: Mapping[str, float]) -> None:
@@ -133,7 +139,8 @@ class Progress:
 
     def finish(self, result: StrategyResult) -> None:
         """The strategy is done: its accuracies, epochs and seconds, and a new line."""
-        parts = [(3, f"acc_train {result.acc_train:.4f}"), (1, f"acc_test {result.acc_test:.4f}"),
+        parts = [*self._which(),
+                 (3, f"acc_train {result.acc_train:.4f}"), (1, f"acc_test {result.acc_test:.4f}"),
                  *([(4, "stopped early")] if result.stop_reason else []),
                  (6, f"{result.seconds:.1f}s")]
         self._done = result.epochs
@@ -141,8 +148,10 @@ class Progress:
             self._draw(parts, end="\n")
         elif self.enabled:
             count = f"epochs {result.epochs}/{self._epochs}"
+            which = [t for _, t in parts[:len(self._which())]]
+            rest = [t for _, t in parts[len(which):]]
             self.stream.write(f"{result.framework:<6} {result.strategy:<{_NAME_WIDTH}}  "
-                              + "  ".join([count, *(t for _, t in parts)]) + "\n")
+                              + "  ".join([*which, count, *rest]) + "\n")
             self.stream.flush()
 
     def close(self) -> None:
@@ -153,9 +162,19 @@ class Progress:
             self.stream.flush()
         self._open = False
 
+    def _which(self) -> list[tuple[int, str]]:
+        """``seed s`` (never dropped from a line) and ``run k/n`` (dropped last), with
+        several seeds only."""
+        parts = [] if self._seed is None else [(1, f"seed {self._seed}")]
+        if self._run is not None:
+            k, total = self._run
+            parts.append((2, f"run {k:>{len(str(total))}}/{total}"))
+        return parts
+
     def _metrics(self) -> list[tuple[int, str]]:
-        return [(rank, f"{label} {self._logs[key]:.4f}") for rank, key, label in _SHOWN
-                if key in self._logs and math.isfinite(self._logs[key])]
+        return [*self._which(),
+                *((rank, f"{label} {self._logs[key]:.4f}") for rank, key, label in _SHOWN
+                  if key in self._logs and math.isfinite(self._logs[key]))]
 
     def _draw(self, parts: list[tuple[int, str]], end: str = "") -> None:
         if not (self.enabled and self.live):

@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import COLUMNS, StrategyResult
+from .results import (
+    COLUMNS,
+    SUMMARY_COLUMNS,
+    StrategyResult,
+    StrategySummary,
+    baseline_statement,
+    summary_cells,
+)
 
 __all__ = ["write_report"]
 
@@ -24,6 +31,9 @@ th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 td.desc { text-align: left; color: #555; }
 th:last-child { text-align: left; }
+table.summary td:nth-last-child(-n+3), table.summary th:nth-last-child(-n+3) {
+  text-align: left; }
+p.test { font-size: 14px; color: #333; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 14px; }
@@ -43,23 +53,69 @@ def _fact(value: Any) -> str:
     return str(value)
 
 
-def write_report(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
-                 figures: Sequence[tuple[str, str]], *, command: str) -> Path:
-    """Write the page; ``figures`` are ``(file name, caption)`` pairs beside ``path``."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _, _ in COLUMNS)
+def _runs_table(results: Sequence[StrategyResult], *, seeds: bool) -> str:
+    """One row per run (with a ``seed`` column when ``seeds``)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _, _ in COLUMNS[:2])
+    head += "<th>seed</th>" if seeds else ""
+    head += "".join(f"<th>{html.escape(h)}</th>" for _, h, _, _ in COLUMNS[2:])
     rows = []
     for result in results:
         row = result.row()
-        cells = "".join(f"<td>{html.escape(_cell(row[k], f))}</td>" for k, _, _, f in COLUMNS)
-        rows.append(f"<tr>{cells}<td class='desc'>{html.escape(result.description)}"
+        cells = [f"<td>{html.escape(_cell(row[k], f))}</td>" for k, _, _, f in COLUMNS]
+        if seeds:
+            cells.insert(2, f"<td>{html.escape(str(result.seed))}</td>")
+        rows.append(f"<tr>{''.join(cells)}<td class='desc'>{html.escape(result.description)}"
                     + (f" — stopped: {html.escape(result.stop_reason)}"
                        if result.stop_reason else "") + "</td></tr>")
+    return (f"<table><thead><tr>{head}<th>description</th></tr></thead><tbody>\n"
+            f"{chr(10).join(rows)}\n</tbody></table>")
+
+
+def _summary_table(summaries: Sequence[StrategySummary]) -> str:
+    """Mean ± std per framework × strategy and the verdicts against ``none``."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in SUMMARY_COLUMNS)
+    rows = []
+    for summary in summaries:
+        cells = summary_cells(summary)
+        rows.append("<tr>" + "".join(f"<td>{html.escape(cells[k])}</td>"
+                                     for k, _, _ in SUMMARY_COLUMNS)
+                    + f"<td class='desc'>{html.escape(summary.description)}</td></tr>")
+    return (f"<table class='summary'><thead><tr>{head}<th>description</th></tr></thead>"
+            f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>")
+
+
+def write_report(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
+                 figures: Sequence[tuple[str, str]], *, command: str,
+                 summaries: Sequence[StrategySummary] = ()) -> Path:
+    """Write the page; ``figures`` are ``(file name, caption)`` pairs beside ``path``.
+
+    With ``summaries`` (several seeds): their table — mean ± std, the verdicts against
+    ``none`` — and the statement of the test come first; every run's row follows, with its
+    seed, in a folded section."""
     facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(_fact(v))}</li>"
                     for k, v in settings.items()
                     if k not in ("command", "strategies") and not k.startswith("train_"))
     figs = "".join(
         f"<figure><img src='{html.escape(name)}' alt='{html.escape(caption)}'>"
         f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
+    if summaries:
+        seeds = sorted({s for summary in summaries for s in summary.seeds})
+        tables = f"""<h2>Over {len(seeds)} seeds ({seeds[0]} to {seeds[-1]})</h2>
+<p>Mean ± sample standard deviation (ddof=1) over the seeds; <code>epochs</code>,
+<code>zeros</code> and <code>penalty</code> are means.</p>
+{_summary_table(summaries)}
+<p class='test'>{html.escape(baseline_statement(summaries))}</p>
+<details><summary>Every run ({len(results)})</summary>
+{_runs_table(results, seeds=True)}
+</details>
+<p>The numbers are in <a href="summary.csv">summary.csv</a> (per strategy, with the tests'
+differences, 95% intervals, raw and adjusted p-values), <a href="results.csv">results.csv</a>
+(per run) and, with every epoch's history, in <a href="results.json">results.json</a>.</p>"""
+    else:
+        tables = f"""{_runs_table(results, seeds=False)}"""
+    footer = "" if summaries else """
+<p>The numbers are also in <a href="results.csv">results.csv</a> and, with every epoch's
+history, in <a href="results.json">results.json</a>.</p>"""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>regplug compare</title>
 <style>{_STYLE}</style></head><body>
@@ -70,12 +126,8 @@ def write_report(path: Path, results: Sequence[StrategyResult], settings: Mappin
 <code>epochs</code>: epochs run (early stopping may end a run sooner); <code>zeros</code>:
 share of weight-matrix entries that are exactly 0; <code>penalty</code>: the strategy's
 penalty terms at the final weights.</p>
-<table><thead><tr>{head}<th>description</th></tr></thead><tbody>
-{chr(10).join(rows)}
-</tbody></table>
-{figs}
-<p>The numbers are also in <a href="results.csv">results.csv</a> and, with every epoch's
-history, in <a href="results.json">results.json</a>.</p>
+{tables}
+{figs}{footer}
 </body></html>
 """
     path.write_text(page, encoding="utf-8")

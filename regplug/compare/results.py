@@ -26,6 +26,9 @@ from ..penalty import check_penalties
 from ..run import ParamHandle, Run
 
 __all__ = ["WeightArray", "TrainOutcome", "StrategyResult", "COLUMNS", "format_table",
+           "Spread", "BaselineTest", "StrategySummary", "summarize", "baseline_statement",
+           "format_summary_table", "summary_cells", "write_summary_csv", "BASELINE",
+           "TESTED_METRICS", "ALPHA", "MIN_TEST_SEEDS", "SUMMARY_COLUMNS",
            "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result"]
 
 
@@ -93,15 +96,20 @@ class StrategyResult:
     weights: list[WeightArray] = field(default_factory=list, repr=False)
     #: The epoch (from 0) whose weights early stopping put back at the end, else ``None``.
     restored_epoch: int | None = None
+    #: The seed of this run (data split, initial weights, batch order, dropout masks).
+    seed: int | None = None
 
     def row(self) -> dict[str, Any]:
-        """The table's columns, plus description, time and stop reason (CSV and JSON)."""
+        """The table's columns, plus time, stop reason, description and seed (CSV and JSON).
+
+        ``seed`` comes last, so the columns of a one-seed ``results.csv`` keep the places
+        they had before there was a ``--seeds``."""
         return {"framework": self.framework, "strategy": self.strategy,
                 "acc_train": self.acc_train, "acc_test": self.acc_test,
                 "pct_diff": self.pct_diff, "epochs": self.epochs,
                 "zero_fraction": self.zero_fraction, "penalty": self.penalty,
                 "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason or "",
-                "description": self.description}
+                "description": self.description, "seed": self.seed}
 
     def weight_values(self) -> np.ndarray:
         """Every value of the weight matrices (kind ``weight``), flattened: the histograms."""
@@ -186,8 +194,9 @@ def final_penalty(plugins: Sequence[object], weights: Sequence[WeightArray], *, 
 
 
 def make_result(framework: str, strategy_name: str, description: str, outcome: TrainOutcome,
-                fresh_plugins: Sequence[object]) -> StrategyResult:
-    """The row for one run: the outcome plus the framework-neutral metrics."""
+                fresh_plugins: Sequence[object], *, seed: int | None = None) -> StrategyResult:
+    """The row for one run (of seed ``seed``): the outcome plus the framework-neutral
+    metrics."""
     acc_train, acc_test = outcome.acc_train, outcome.acc_test
     return StrategyResult(
         framework=framework, strategy=strategy_name, description=description,
@@ -197,7 +206,7 @@ def make_result(framework: str, strategy_name: str, description: str, outcome: T
         penalty=final_penalty(fresh_plugins, outcome.weights, steps=outcome.steps,
                               epochs=outcome.epochs),
         seconds=outcome.seconds, stop_reason=outcome.stop_reason, history=outcome.history,
-        weights=outcome.weights)
+        weights=outcome.weights, seed=seed)
 
 
 def write_csv(path: Path, results: Sequence[StrategyResult]) -> None:
@@ -211,8 +220,11 @@ def write_csv(path: Path, results: Sequence[StrategyResult]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["framework"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: csv_text(v) if isinstance(v, str) else _plain(v)
-                             for k, v in row.items()})
+            writer.writerow({k: _plain_cell(v) for k, v in row.items()})
+
+
+def _plain_cell(value: Any) -> Any:
+    return csv_text(value) if isinstance(value, str) else _plain(value)
 
 
 #: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
@@ -254,3 +266,273 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, np.generic):
         return _json_safe(value.item())
     return value
+
+
+# -- several seeds: mean ± std per strategy, and the paired test against the baseline -------
+
+#: The strategy every other one is tested against (when it is among those run).
+BASELINE = "none"
+#: The metrics tested against the baseline, each its own family of tests.
+TESTED_METRICS = ("acc_test", "pct_diff")
+#: The family-wise error rate of each family of tests (Holm–Bonferroni).
+ALPHA = 0.05
+#: A paired t-test needs at least this many seeds to say anything.
+MIN_TEST_SEEDS = 3
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean and sample standard deviation (ddof=1; NaN for one value) of one metric.
+
+    >>> Spread.of([0.95, 0.96, 0.97]).text(".4f")
+    '0.9600 ± 0.0100'
+    """
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        array = np.asarray(values, dtype=np.float64)
+        std = float(array.std(ddof=1)) if len(array) > 1 else math.nan
+        return cls(float(array.mean()), std)
+
+    def text(self, fmt: str) -> str:
+        if math.isnan(self.mean):
+            return "nan"
+        return f"{format(self.mean, fmt)} ± {format(self.std, fmt)}"
+
+
+@dataclass(frozen=True)
+class BaselineTest:
+    """One strategy's paired t-test against the baseline on one metric.
+
+    ``mean_diff`` and ``ci95`` are of (strategy − baseline) per seed; ``p`` is the raw
+    two-sided p-value, ``p_holm`` the Holm-adjusted one across the strategies of the same
+    framework; ``differs`` is ``p_holm <= ALPHA`` (``None`` when ``p`` is NaN).
+    """
+
+    metric: str
+    mean_diff: float
+    ci95: tuple[float, float]
+    t: float
+    p: float
+    p_holm: float
+
+    @property
+    def differs(self) -> bool | None:
+        return None if math.isnan(self.p_holm) else self.p_holm <= ALPHA
+
+    def verdict(self) -> str:
+        """``higher``/``lower`` (than the baseline, beyond seed noise), ``no``, or ``nan``."""
+        if self.differs is None:
+            return "nan"
+        if not self.differs:
+            return "no"
+        return "higher" if self.mean_diff > 0 else "lower"
+
+
+@dataclass(eq=False)
+class StrategySummary:
+    """One framework × strategy over every seed it ran: the comparison's row with seeds."""
+
+    framework: str
+    strategy: str
+    description: str
+    seeds: tuple[int, ...]
+    acc_train: Spread
+    acc_test: Spread
+    pct_diff: Spread
+    epochs: float
+    zero_fraction: float
+    penalty: float
+    seconds: float
+    #: The tests against the baseline by metric; empty for the baseline itself, and when
+    #: there is no baseline or too few seeds.
+    tests: dict[str, BaselineTest] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """``summary.csv``'s and ``results.json``'s row: the means and standard deviations,
+        then each tested metric's difference from the baseline, its 95% interval, t, the raw
+        and the adjusted p-value and ``differs`` (``yes``/``no``; empty where untested)."""
+        out: dict[str, Any] = {"framework": self.framework, "strategy": self.strategy,
+                               "seeds": len(self.seeds)}
+        for name in ("acc_train", "acc_test", "pct_diff"):
+            spread: Spread = getattr(self, name)
+            out[f"{name}_mean"], out[f"{name}_std"] = spread.mean, spread.std
+        out.update(epochs_mean=self.epochs, zero_fraction_mean=self.zero_fraction,
+                   penalty_mean=self.penalty, seconds_total=round(self.seconds, 3))
+        for metric in TESTED_METRICS:
+            test = self.tests.get(metric)
+            differs = None if test is None else test.differs
+            out.update({
+                f"{metric}_diff_vs_{BASELINE}": None if test is None else test.mean_diff,
+                f"{metric}_ci95_low": None if test is None else test.ci95[0],
+                f"{metric}_ci95_high": None if test is None else test.ci95[1],
+                f"{metric}_t": None if test is None else test.t,
+                f"{metric}_p": None if test is None else test.p,
+                f"{metric}_p_holm": None if test is None else test.p_holm,
+                f"{metric}_differs": "" if differs is None else ("yes" if differs else "no")})
+        out["description"] = self.description
+        return out
+
+
+def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
+    """Mean ± std per framework × strategy (in the order first run), and, with the baseline
+    among the strategies and at least :data:`MIN_TEST_SEEDS` seeds, every other strategy's
+    paired test against it.
+
+    Pairs are made by seed: the run of seed s of a strategy against the baseline's run of
+    seed s (same data split, initial weights, batch order, dropout masks), so what the seed
+    changes cancels in the difference. Per framework and metric, the strategies' p-values
+    are Holm-adjusted together.
+    """
+    from .stats import holm, paired_t_test
+
+    groups: dict[tuple[str, str], list[StrategyResult]] = {}
+    for result in results:
+        groups.setdefault((result.framework, result.strategy), []).append(result)
+    summaries: list[StrategySummary] = []
+    for (framework, strategy), runs in groups.items():
+        runs = sorted(runs, key=lambda r: -1 if r.seed is None else r.seed)
+        summaries.append(StrategySummary(
+            framework=framework, strategy=strategy, description=runs[0].description,
+            seeds=tuple(-1 if r.seed is None else r.seed for r in runs),
+            acc_train=Spread.of([r.acc_train for r in runs]),
+            acc_test=Spread.of([r.acc_test for r in runs]),
+            pct_diff=Spread.of([r.pct_diff for r in runs]),
+            epochs=float(np.mean([r.epochs for r in runs])),
+            zero_fraction=float(np.mean([r.zero_fraction for r in runs])),
+            penalty=float(np.mean([r.penalty for r in runs])),
+            seconds=float(sum(r.seconds for r in runs))))
+    for framework in dict.fromkeys(s.framework for s in summaries):
+        rows = [s for s in summaries if s.framework == framework]
+        base = next((s for s in rows if s.strategy == BASELINE), None)
+        if base is None or len(base.seeds) < MIN_TEST_SEEDS:
+            continue
+        others = [s for s in rows if s is not base]
+        for metric in TESTED_METRICS:
+            tests = []
+            for summary in others:
+                if summary.seeds != base.seeds:
+                    raise ValueError(
+                        f"{framework}, strategy {summary.strategy!r}: seeds "
+                        f"{list(summary.seeds)} do not pair with {BASELINE!r}'s "
+                        f"{list(base.seeds)}")
+                tests.append(paired_t_test(
+                    _values(groups[framework, summary.strategy], metric),
+                    _values(groups[framework, BASELINE], metric)))
+            for summary, test, adjusted in zip(others, tests, holm([t.p for t in tests])):
+                summary.tests[metric] = BaselineTest(metric, test.mean_diff, test.ci95,
+                                                     test.t, test.p, adjusted)
+    return summaries
+
+
+def _values(runs: Sequence[StrategyResult], metric: str) -> list[float]:
+    """``metric`` of every run, in the order of their seeds."""
+    return [float(getattr(r, metric))
+            for r in sorted(runs, key=lambda r: -1 if r.seed is None else r.seed)]
+
+
+def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
+    """What the ``vs none`` columns mean for these summaries — or why there are none: no
+    baseline was run, or too few seeds for a test. The table's footer, and the report's.
+
+    >>> s = StrategySummary("torch", "l2", "", (0, 1), *[Spread(1.0, 0.0)] * 3, 30, 0, 0, 1)
+    >>> print(baseline_statement([s]))
+    no baseline: strategy 'none' was not run, so no strategy is tested against it (add none to --strategies).
+    """  # noqa: E501
+    seeds = max((len(s.seeds) for s in summaries), default=0)
+    if not any(s.strategy == BASELINE for s in summaries):
+        return (f"no baseline: strategy {BASELINE!r} was not run, so no strategy is tested "
+                f"against it (add {BASELINE} to --strategies).")
+    if seeds < MIN_TEST_SEEDS:
+        return (f"no test against {BASELINE!r}: a paired t-test needs at least "
+                f"{MIN_TEST_SEEDS} seeds, this ran {seeds} (use --seeds {MIN_TEST_SEEDS} or "
+                "more).")
+    compared = max(sum(1 for s in summaries if s.framework == fw and s.strategy != BASELINE)
+                   for fw in {s.framework for s in summaries})
+    return (f"vs none: a paired two-sided t-test of the per-seed differences from {BASELINE!r} "
+            f"(run i of every strategy used seed i), separately for acc_test and pct_diff, "
+            f"Holm–Bonferroni adjusted across the {compared} strateg"
+            f"{'y' if compared == 1 else 'ies'} compared in each framework, alpha {ALPHA:g}. "
+            f"'higher'/'lower': differs from {BASELINE} beyond seed noise (adjusted p ≤ "
+            f"{ALPHA:g}); 'no': not beyond seed noise; p: the adjusted p-value.")
+
+
+#: The seeds table's columns: (key, header, width).
+SUMMARY_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("framework", "framework", 10),
+    ("strategy", "strategy", 24),
+    ("acc_train", "acc_train", 17),
+    ("acc_test", "acc_test", 17),
+    ("pct_diff", "pct_diff", 17),
+    ("epochs", "epochs", 7),
+    ("zero_fraction", "zeros", 8),
+    ("penalty", "penalty", 10),
+    ("acc_test_vs", f"acc_test_vs_{BASELINE}", 18),
+    ("pct_diff_vs", f"pct_diff_vs_{BASELINE}", 18),
+)
+
+
+def summary_cells(summary: StrategySummary) -> dict[str, str]:
+    """The seeds table's cells of one summary, as text (the printed table and the report).
+
+    A tested metric shows its verdict and adjusted p (``higher p=0.004``, ``no p=0.412``);
+    the baseline's row shows ``baseline``; untested rows ``-``.
+    """
+    cells = {"framework": summary.framework, "strategy": summary.strategy,
+             "acc_train": summary.acc_train.text(".4f"),
+             "acc_test": summary.acc_test.text(".4f"),
+             "pct_diff": summary.pct_diff.text(".4f"),
+             "epochs": f"{summary.epochs:.4g}", "zero_fraction": f"{summary.zero_fraction:.1%}",
+             "penalty": "nan" if math.isnan(summary.penalty) else f"{summary.penalty:.4f}"}
+    for metric in TESTED_METRICS:
+        test = summary.tests.get(metric)
+        if test is not None:
+            p = test.p_holm
+            shown = "nan" if math.isnan(p) else ("<0.001" if p < 0.001 else f"={p:.3f}")
+            cells[f"{metric}_vs"] = f"{test.verdict():<6} p{shown}"
+        elif summary.strategy == BASELINE:
+            cells[f"{metric}_vs"] = "baseline"
+        else:
+            cells[f"{metric}_vs"] = "-"
+    return cells
+
+
+def format_summary_table(summaries: Sequence[StrategySummary]) -> str:
+    """The comparison over several seeds as fixed-width text: mean ± std per framework ×
+    strategy, and each tested metric's verdict against the baseline.
+
+    >>> s = StrategySummary("torch", "none", "", (0, 1, 2), Spread(1.0, 0.0),
+    ...                     Spread(0.9612, 0.0041), Spread(0.0388, 0.0041), 30, 0, 0, 6)
+    >>> print(format_summary_table([s]))
+    framework strategy                        acc_train         acc_test         pct_diff epochs   zeros   penalty  acc_test_vs_none  pct_diff_vs_none
+    torch     none                      1.0000 ± 0.0000  0.9612 ± 0.0041  0.0388 ± 0.0041     30    0.0%    0.0000  baseline          baseline
+    """  # noqa: E501
+    width = max([24, *(len(s.strategy) + 1 for s in summaries)])
+    cols = [(k, h, width if k == "strategy" else w) for k, h, w in SUMMARY_COLUMNS]
+
+    def line(texts: Mapping[str, str]) -> str:
+        parts = []
+        for key, _, w in cols:
+            if key in ("framework", "strategy"):
+                parts.append(texts[key].ljust(w))
+            elif key.endswith("_vs"):  # text: left-aligned, two spaces from the numbers
+                parts.append(("  " + texts[key]).ljust(w))
+            else:
+                parts.append(texts[key].rjust(w))
+        return "".join(parts).rstrip()
+
+    return "\n".join([line({k: h for k, h, _ in cols}),
+                      *(line(summary_cells(s)) for s in summaries)])
+
+
+def write_summary_csv(path: Path, summaries: Sequence[StrategySummary]) -> None:
+    """``summary.csv``: one line per framework × strategy (:meth:`StrategySummary.row`)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        rows = [s.row() for s in summaries]
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["framework"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _plain_cell(v) for k, v in row.items()})

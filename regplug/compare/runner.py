@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,17 @@ from .frameworks import EpochCallback, FrameworkRunner, TrainSettings, get_runne
 from .models import ModelChoice, ModelError
 from .output import StagedOutput
 from .progress import Progress
-from .results import StrategyResult, format_table, make_result, write_csv, write_json
+from .results import (
+    StrategyResult,
+    baseline_statement,
+    format_summary_table,
+    format_table,
+    make_result,
+    summarize,
+    write_csv,
+    write_json,
+    write_summary_csv,
+)
 from .strategies import Strategy
 
 __all__ = ["TrainSettings", "run_compare", "write_outputs", "EpochCallback", "CompareError"]
@@ -34,37 +44,45 @@ class CompareError(RegplugError, ValueError):
 
 def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], splits: Splits,
                 model: ModelChoice, settings: TrainSettings, out: str | Path | None = None,
-                progress: Progress | None = None, command: str = "regplug compare"
+                progress: Progress | None = None, command: str = "regplug compare",
+                seeds: int = 1, splits_for: Callable[[int], Splits] | None = None
                 ) -> list[StrategyResult]:
-    """Train ``model`` under every strategy with every framework; write ``out`` if given.
+    """Train ``model`` under every strategy with every framework, ``seeds`` times; write
+    ``out`` if given.
+
+    Run i (from 0) of every strategy uses seed ``settings.seed + i`` for everything random:
+    the data split (``splits`` for the first seed, ``splits_for(seed)`` for the others; the
+    same ``splits`` for every seed without it), the initial weights, the batch order and the
+    dropout masks — so the runs of two strategies pair by seed. The rows come back ordered
+    by framework, strategy, then seed.
 
     Frameworks are imported, and ``out`` is checked for writing, before any training, so
     a mistake costs no time. Files appear in ``out`` all at once, at the end.
     """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"run_compare: 'seeds' must be an integer >= 1, got {seeds!r}")
     runners = {fw: get_runner(fw) for fw in frameworks}
     progress = progress or Progress(enabled=False)
     staged = StagedOutput(out) if out is not None else None
+    seed_list = [settings.seed + i for i in range(seeds)]
+    data = {settings.seed: splits}
+    total = len(runners) * len(strategies) * seeds
     try:
         results: list[StrategyResult] = []
         for framework, runner in runners.items():
-            for strategy in strategies:
-                progress.start(framework, strategy.name, epochs=settings.epochs)
-                plugins = strategy.build_plugins()
-                try:
-                    outcome = runner.train_strategy(splits, strategy, plugins,
-                                                    model, settings, on_epoch=progress.epoch)
-                except ModelError:
-                    raise  # names the model, the strategy and the framework already
-                except (RegplugError, ValueError) as err:  # e.g. a plugin the adapter refuses
-                    raise CompareError(f"{framework}, strategy {strategy.name!r}: "
-                                       f"{err}") from err
-                result = make_result(framework, strategy.name, strategy.describe(), outcome,
-                                     strategy.build_plugins())
-                result.restored_epoch = restored_epoch(plugins)
-                progress.finish(result)
-                results.append(result)
+            for seed in seed_list:
+                if seed not in data:
+                    data[seed] = splits_for(seed) if splits_for is not None else splits
+                seeded = replace(settings, seed=seed)
+                for strategy in strategies:
+                    results.append(_train_one(
+                        runner, framework, strategy, data[seed], model, seeded, progress,
+                        seed=seed, shown=(len(results) + 1, total) if seeds > 1 else None))
+        order = {name: i for i, name in enumerate(s.name for s in strategies)}
+        results.sort(key=lambda r: (frameworks.index(r.framework), order[r.strategy], r.seed or 0))
         if staged is not None:
-            info = run_settings(runners, strategies, splits, model, settings, command)
+            info = run_settings(runners, strategies, splits, model, settings, command,
+                                seeds=seed_list)
             write_outputs(staged.path, results, info, runners, settings, command=command,
                           strategies=strategies)
             staged.commit()
@@ -73,6 +91,29 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
         progress.close()
         if staged is not None:
             staged.discard()
+
+
+def _train_one(runner: FrameworkRunner, framework: str, strategy: Strategy, splits: Splits,
+               model: ModelChoice, settings: TrainSettings, progress: Progress, *, seed: int,
+               shown: tuple[int, int] | None) -> StrategyResult:
+    """One run: ``strategy`` in ``framework`` with ``settings`` (whose seed is ``seed``);
+    ``shown``: (run, runs) for the progress line, when there are several seeds."""
+    progress.start(framework, strategy.name, epochs=settings.epochs,
+                   seed=seed if shown else None, run=shown)
+    plugins = strategy.build_plugins()
+    try:
+        outcome = runner.train_strategy(splits, strategy, plugins, model, settings,
+                                        on_epoch=progress.epoch)
+    except ModelError:
+        raise  # names the model, the strategy and the framework already
+    except (RegplugError, ValueError) as err:  # e.g. a plugin the adapter refuses
+        where = f"{framework}, strategy {strategy.name!r}" + (f", seed {seed}" if shown else "")
+        raise CompareError(f"{where}: {err}") from err
+    result = make_result(framework, strategy.name, strategy.describe(), outcome,
+                         strategy.build_plugins(), seed=seed)
+    result.restored_epoch = restored_epoch(plugins)
+    progress.finish(result)
+    return result
 
 
 def restored_epoch(plugins: Sequence[object]) -> int | None:
@@ -87,8 +128,9 @@ def restored_epoch(plugins: Sequence[object]) -> int | None:
 
 def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[Strategy],
                  splits: Splits, model: ModelChoice, settings: TrainSettings,
-                 command: str) -> dict[str, Any]:
-    """What a reader of the results needs to know to reproduce them."""
+                 command: str, *, seeds: Sequence[int] = ()) -> dict[str, Any]:
+    """What a reader of the results needs to know to reproduce them (``data`` describes the
+    first seed's split; ``train_seeds`` lists every seed run)."""
     return {
         "command": command,
         "data": splits.describe(),
@@ -96,6 +138,7 @@ def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[St
         "model": str(model),
         "training": settings.describe(),
         **{f"train_{k}": v for k, v in asdict(settings).items()},
+        "train_seeds": list(seeds or [settings.seed]),
         "frameworks": {fw: runner.describe() for fw, runner in runners.items()},
         "strategies": [s.to_config() for s in strategies],
         "regplug": __version__,
@@ -108,6 +151,11 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
                   command: str, strategies: Sequence[Strategy] = ()) -> None:
     """Figures, CSV, report and (last) results.json into ``folder``.
 
+    With several seeds: ``summary.csv`` (mean ± std and the tests against ``none``), a
+    figure of every seed's accuracy and gap per strategy, loss curves as mean and min–max
+    band; the weight histograms show the first seed's runs, and the MC-dropout toy trains
+    once, with ``settings.seed``.
+
     ``strategies`` decide which results the weight histograms show
     (:func:`~regplug.compare.plots.weight_strategies`); without them, every result's.
     """
@@ -115,27 +163,35 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
     from .report import write_report
     from .toy import TOY_DROPOUT, regression_toy
 
+    seeds = sorted({r.seed for r in results if r.seed is not None})
+    several = len(seeds) > 1
+    summaries = summarize(results) if several else []
     by_framework: dict[str, list[StrategyResult]] = {}
     for result in results:
         by_framework.setdefault(result.framework, []).append(result)
     figures: list[tuple[str, str]] = []
+    if several:
+        plots.plot_seed_spread(summaries, results, folder / "seed_spread.png")
+        figures.append(("seed_spread.png", plots.seed_spread_caption(summaries)))
     for framework, rows in by_framework.items():
         name = f"loss_curves_{framework}.png"
         plots.plot_loss_curves(rows, folder / name,
-                               title=f"{framework}: training vs validation cross-entropy")
-        figures.append((name, f"{framework}: training (blue) and validation (orange) "
-                              "cross-entropy per epoch, one panel per strategy; a dotted line "
-                              "marks where a run stopped early, a dashed one the epoch whose "
-                              "weights early stopping restored"))
+                               title=f"{framework}: training vs validation cross-entropy"
+                                     + (f", {len(seeds)} seeds" if several else ""))
+        figures.append((name, plots.loss_curves_caption(framework, seeds=len(seeds))))
     if strategies:
         shown, left_out = plots.weight_strategies(strategies)
     else:
         names = list(dict.fromkeys(r.strategy for r in results))
         shown, left_out = names[:plots.MAX_WEIGHT_PANELS], names[plots.MAX_WEIGHT_PANELS:]
     if shown:
-        plots.plot_weight_histograms(by_framework, folder / "weight_histograms.png", shown=shown)
-        figures.append(("weight_histograms.png",
-                        plots.weight_histogram_caption(shown, left_out)))
+        # one seed's weights (the first): a histogram of every seed would hide the shapes
+        first = {fw: [r for r in rows if r.seed in (None, settings.seed)]
+                 for fw, rows in by_framework.items()}
+        plots.plot_weight_histograms(first, folder / "weight_histograms.png", shown=shown)
+        caption = plots.weight_histogram_caption(shown, left_out)
+        figures.append(("weight_histograms.png", caption + (
+            f" Seed {settings.seed}'s runs." if several else "")))
     else:
         log.info("no strategy penalizes or changes the weights: no weight histogram")
     framework, runner = next(iter(runners.items()))
@@ -150,10 +206,24 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
     figures.append(("uncertainty_mc_dropout.png",
                     plots.uncertainty_caption(spread, samples=prediction.T)))
     write_csv(folder / "results.csv", results)
-    write_report(folder / "report.html", results, info, figures, command=command)
+    extra: dict[str, Any] = {}
+    if several:
+        write_summary_csv(folder / "summary.csv", summaries)
+        statement = baseline_statement(summaries)
+        extra = {"seeds": seeds, "summary": [s.row() for s in summaries], "test": statement,
+                 "table": format_summary_table(summaries)}
+    write_report(folder / "report.html", results, info, figures, command=command,
+                 summaries=summaries)
     write_json(folder / "results.json", results, info,
-               extra={"table": format_table(results), "figures": [n for n, _ in figures],
+               extra={"table": format_table(results), **extra,
+                      "figures": [n for n, _ in figures],
                       "captions": dict(figures),
                       "uncertainty": {"framework": framework, "mean_std": spread},
-                      "restored_epochs": {f"{r.framework}/{r.strategy}": r.restored_epoch
+                      "restored_epochs": {_run_key(r, several): r.restored_epoch
                                           for r in results if r.restored_epoch is not None}})
+
+
+def _run_key(result: StrategyResult, several: bool) -> str:
+    """``framework/strategy``, and ``/seed N`` with several seeds (``restored_epochs``)."""
+    key = f"{result.framework}/{result.strategy}"
+    return f"{key}/seed {result.seed}" if several else key

@@ -34,6 +34,7 @@ def _continued_fraction(a: float, b: float, x: float) -> float:
     c, d = 1.0, 1.0 - qab * x / qap
     d = 1.0 / (d if abs(d) > _TINY else _TINY)
     h = d
+    step = 0.0
     for m in range(1, _MAX_TERMS + 1):
         m2 = 2 * m
         for coefficient in (m * (b - m) * x / ((qam + m2) * (a + m2)),
