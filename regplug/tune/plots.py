@@ -40,8 +40,8 @@ def _panels(n: int, width: float, height: float) -> tuple[Any, list[Any], int]:
 
 
 def _y_scale(ax: Any, objective: Objective, values: Sequence[float]) -> None:
-    # cross-entropies of a search span decades (a too-strong penalty), accuracies do not
-    if objective.minimize and values and min(values) > 0:
+    # a too-strong penalty can put a cross-entropy decades above the best: a log axis then
+    if values and min(values) > 0 and max(values) > 10 * min(values):
         ax.set_yscale("log")
     ax.set_ylabel(objective.metric)
     ax.grid(alpha=0.3, which="both")
@@ -85,10 +85,16 @@ def draw_parameters(spaces: Sequence[StrategySpace],
         if best is not None and parameter.name in best.params:
             ax.scatter([x_of(best)], [best.value], s=120, marker="*", color=_BEST,
                        label=f"best (trial {best.number})", zorder=4)
+        space_ = parameter.space
         if labels:
             ax.set_xticks(range(len(labels)), [str(v) for v in labels])
-        elif getattr(parameter.space, "log", False):
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        elif space_.log:  # the whole range searched, so that one sees where trials went
             ax.set_xscale("log")
+            ax.set_xlim(space_.low / 1.5, space_.high * 1.5)
+        else:
+            pad = 0.04 * (space_.high - space_.low)
+            ax.set_xlim(space_.low - pad, space_.high + pad)
         ax.set_xlabel(parameter.name + (" (log)" if getattr(parameter.space, "log", False)
                                         else ""))
         _y_scale(ax, objective, [float(r.value) for r in drawn])  # type: ignore[arg-type]
@@ -103,6 +109,8 @@ def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
     """One panel per strategy: each trial's objective by trial number, and the best so far
     (a step line over the complete trials)."""
     fig, axes, _ = _panels(len(spaces), 3.6, 2.8)
+    from matplotlib.ticker import MaxNLocator  # after _panels: it says what to install
+
     for ax, space in zip(axes, spaces):
         rows = sorted(records.get(space.strategy.name, []), key=lambda r: r.number)
         complete = [r for r in rows if r.state == "COMPLETE" and r.value is not None]
@@ -114,9 +122,11 @@ def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
                        marker="x", color=_PRUNED, label="pruned: last value", zorder=2)
         if complete:
             values = [float(r.value) for r in complete]  # type: ignore[arg-type]
-            running = (np.minimum if objective.minimize else np.maximum).accumulate(values)
-            ax.step([r.number for r in complete], running, where="post", color=_BEST,
-                    label="best so far", zorder=4)
+            running = list((np.minimum if objective.minimize else np.maximum).accumulate(values))
+            last = max(r.number for r in rows)
+            ax.step([*(r.number for r in complete), last], [*running, running[-1]],
+                    where="post", color=_BEST, label="best so far", zorder=4)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
         _y_scale(ax, objective, [float(r.value) for r in [*complete, *pruned]]  # type: ignore[arg-type]
                  )

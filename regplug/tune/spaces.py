@@ -121,7 +121,7 @@ class TuneConfig:
 def _factory(name: str, *, where: str) -> Any:
     plugins = available_plugins()
     if name not in plugins:
-        close = difflib.get_close_matches(name, [*plugins, MODEL_TABLE], n=1)
+        close = difflib.get_close_matches(name, [*plugins, MODEL_TABLE], n=1, cutoff=0.5)
         raise SpaceError(f"{where}: no plugin is called {name!r}"
                          + (f" (did you mean {close[0]!r}?)" if close else "")
                          + f"; name a plugin ({', '.join(sorted(plugins))}) or "
