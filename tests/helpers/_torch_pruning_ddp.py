@@ -8,6 +8,7 @@ and result saving of ``_torch_distributed``, and kills a job that outlives its t
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -29,20 +30,16 @@ PRUNE_AT = 2
 VAL_LOSSES = {0: [1.0, 0.9, 0.8, 0.7, 0.6, 0.5], 1: [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]}
 
 
-class PruneAt(optuna.pruners.BasePruner):
-    """Prunes every trial whose last reported step is ``step`` or later."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        return trial.last_step is not None and trial.last_step >= self.step
+def prune_at(step: int) -> optuna.pruners.BasePruner:
+    """Optuna's ThresholdPruner pruning every trial at ``step``: every value is above
+    ``upper=-inf``, and none is judged during the ``step`` warm-up steps."""
+    return optuna.pruners.ThresholdPruner(upper=-math.inf, n_warmup_steps=step)
 
 
 def job_pruning(rank: int, size: int) -> dict[str, Any]:
     """The objective of each rank: rank 0 with the trial, the others with None."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(pruner=PruneAt(PRUNE_AT)) if rank == 0 else None
+    study = optuna.create_study(pruner=prune_at(PRUNE_AT)) if rank == 0 else None
     trial = study.ask() if study is not None else None
     pruning = OptunaPruning(trial, monitor="val_loss")
     model = make_model(0)

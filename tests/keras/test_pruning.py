@@ -4,6 +4,7 @@ that trains as plain Keras."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -25,14 +26,10 @@ X_VAL, Y_VAL = data(32, seed=1)
 PRUNED = optuna.trial.TrialState.PRUNED
 
 
-class PruneAt(optuna.pruners.BasePruner):
-    """Prunes every trial whose last reported step is ``step`` or later."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def prune(self, study, trial) -> bool:
-        return trial.last_step is not None and trial.last_step >= self.step
+def prune_at(step: int) -> optuna.pruners.BasePruner:
+    """Optuna's ThresholdPruner pruning every trial at ``step``: every value is above
+    ``upper=-inf``, and none is judged during the ``step`` warm-up steps."""
+    return optuna.pruners.ThresholdPruner(upper=-math.inf, n_warmup_steps=step)
 
 
 class ScriptedValLoss(keras.callbacks.Callback):
@@ -75,7 +72,7 @@ def plain_twin(model: keras.Model) -> keras.Model:
 
 
 def test_a_pruned_fit_stops_after_that_epoch_restores_early_stoppings_best_and_leaves_keras():
-    trial = optuna.create_study(pruner=PruneAt(2)).ask()
+    trial = optuna.create_study(pruner=prune_at(2)).ask()
     model = mlp()
     model.compile(optimizer=sgd(), loss="mse")
     scripted = ScriptedValLoss([0.5, 0.3, 0.6, 0.7, 0.8, 0.9])  # best: epoch 1
@@ -115,7 +112,7 @@ def test_the_documented_objective_runs_a_study_and_is_pruned_at_the_pruners_epoc
     states = {t.state for t in namespace["study"].trials}
     assert len(namespace["study"].trials) == 2
     assert states <= {optuna.trial.TrialState.COMPLETE, PRUNED}
-    study = optuna.create_study(pruner=PruneAt(2))
+    study = optuna.create_study(pruner=prune_at(2))
     study.optimize(namespace["objective"], n_trials=1)
     (frozen,) = study.trials
     assert frozen.state == PRUNED and sorted(frozen.intermediate_values) == [0, 1, 2]

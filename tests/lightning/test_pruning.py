@@ -3,6 +3,7 @@ still restores, the documented objective runs."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -21,18 +22,14 @@ PRUNED = optuna.trial.TrialState.PRUNED
 SCRIPTED = [1.0, 0.5, 0.7, 0.8, 0.9, 1.0]  # val_loss per epoch: best at epoch 1
 
 
-class PruneAt(optuna.pruners.BasePruner):
-    """Prunes every trial whose last reported step is ``step`` or later."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def prune(self, study, trial) -> bool:
-        return trial.last_step is not None and trial.last_step >= self.step
+def prune_at(step: int) -> optuna.pruners.BasePruner:
+    """Optuna's ThresholdPruner pruning every trial at ``step``: every value is above
+    ``upper=-inf``, and none is judged during the ``step`` warm-up steps."""
+    return optuna.pruners.ThresholdPruner(upper=-math.inf, n_warmup_steps=step)
 
 
 def test_a_pruned_trial_sets_should_stop_after_that_epoch_and_early_stopping_restores():
-    trial = optuna.create_study(pruner=PruneAt(2)).ask()
+    trial = optuna.create_study(pruner=prune_at(2)).ask()
     model = Tiny(val_losses=SCRIPTED)
     stopper, pruning = EarlyStopping(patience=10), OptunaPruning(trial, monitor="val_loss")
     reg = Regularize([L2(1e-3), stopper, pruning])
@@ -60,7 +57,7 @@ def test_the_documented_objective_runs_a_study_and_is_pruned_at_the_pruners_epoc
                                     "train_loader": data(), "val_loader": data(seed=1)}
     exec(compile(code.replace("n_trials=20", "n_trials=2"), str(DOC), "exec"), namespace)
     assert len(namespace["study"].trials) == 2
-    study = optuna.create_study(pruner=PruneAt(2))
+    study = optuna.create_study(pruner=prune_at(2))
     study.optimize(namespace["objective"], n_trials=1)
     (frozen,) = study.trials
     assert frozen.state == PRUNED and sorted(frozen.intermediate_values) == [0, 1, 2]

@@ -40,14 +40,10 @@ class FakeTrial:
         return self.prune_at is not None and self.reports[-1][1] >= self.prune_at
 
 
-class PruneAt(optuna.pruners.BasePruner):
-    """Prunes every trial whose last reported step is ``step`` or later."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def prune(self, study, trial) -> bool:
-        return trial.last_step is not None and trial.last_step >= self.step
+def prune_at(step: int) -> optuna.pruners.BasePruner:
+    """Optuna's ThresholdPruner pruning every trial at ``step``: every value is above
+    ``upper=-inf``, and none is judged during the ``step`` warm-up steps."""
+    return optuna.pruners.ThresholdPruner(upper=-math.inf, n_warmup_steps=step)
 
 
 def feed(plugins, values, *, key="val_loss", first_epoch=0):
@@ -122,7 +118,7 @@ def objective_for(values_per_trial, pruning_seen):
 
 
 def test_a_study_with_a_pruner_at_step_2_prunes_at_epoch_2_and_stores_what_was_reported():
-    study = optuna.create_study(pruner=PruneAt(2))
+    study = optuna.create_study(pruner=prune_at(2))
     seen: list[OptunaPruning] = []
     study.optimize(objective_for({0: [0.9, 0.8, 0.7, 0.6, 0.5]}, seen), n_trials=1)
     (frozen,) = study.trials
@@ -216,7 +212,7 @@ def test_a_non_finite_value_is_judged_without_asking_the_pruner():
 
 # -- resumed runs and later fits -------------------------------------------------------------
 def test_a_resumed_run_does_not_report_an_epoch_twice_but_still_asks_the_pruner():
-    study = optuna.create_study(pruner=PruneAt(3))
+    study = optuna.create_study(pruner=prune_at(3))
     trial = study.ask()
     first = OptunaPruning(trial, monitor="val_loss")
     feed([first], [0.9, 0.8])

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import re
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from _torch_models import batches, make_model
+from _torch_models import batches, make_model, snapshot
 from torch import nn
 
 import regplug
@@ -23,18 +24,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "tuning-in-your-loop.md"
 DATA = batches(4, seed=3)
-VAL = batches(2, seed=4, size=64)
+SCRIPTED = [1.0, 0.5, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]  # val_loss per epoch: best at epoch 1
 PRUNED = optuna.trial.TrialState.PRUNED
 
 
-class PruneAt(optuna.pruners.BasePruner):
-    """Prunes every trial whose last reported step is ``step`` or later."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def prune(self, study, trial) -> bool:
-        return trial.last_step is not None and trial.last_step >= self.step
+def prune_at(step: int) -> optuna.pruners.BasePruner:
+    """Optuna's ThresholdPruner pruning every trial at ``step``: every value is above
+    ``upper=-inf``, and none is judged during the ``step`` warm-up steps."""
+    return optuna.pruners.ThresholdPruner(upper=-math.inf, n_warmup_steps=step)
 
 
 class EveryBatch(regplug.Plugin):
@@ -54,28 +51,23 @@ def doc_block(title: str) -> str:
     return block
 
 
-def val_loss(model: nn.Module) -> float:
-    model.eval()
-    with torch.no_grad():
-        loss = sum(nn.functional.cross_entropy(model(x), y) for x, y in VAL) / len(VAL)
-    model.train()
-    return float(loss)
-
-
-def train(model, opt, plugins, epochs=6, *, reg_state=None, start=0):
-    """The README's loop; returns (epochs run, the closed attachment)."""
+def train(model, opt, plugins, val_losses, *, reg_state=None, start=0, per_epoch=None):
+    """The README's loop, with scripted validation losses (``val_losses[epoch]``) from epoch
+    ``start``; returns (epochs run, the closed attachment)."""
     ran = 0
     with attach(model, opt, plugins) as reg:
         if reg_state is not None:
             reg.load_state_dict(reg_state)
-        for _epoch in range(start, epochs):
+        for epoch in range(start, len(val_losses)):
             for x, y in DATA:
                 opt.zero_grad()
                 loss = reg.loss(nn.functional.cross_entropy(model(x), y))
                 loss.backward()
                 opt.step()
             ran += 1
-            if reg.epoch_end({"val_loss": val_loss(model)}):
+            if per_epoch is not None:
+                per_epoch(epoch)
+            if reg.epoch_end({"val_loss": val_losses[epoch]}):
                 break
     return ran, reg
 
@@ -94,27 +86,32 @@ def test_the_documented_objective_runs_a_study_and_is_pruned_at_the_pruners_epoc
             assert frozen.last_step < 19
         else:
             assert sorted(frozen.intermediate_values) == list(range(20))
-    study = optuna.create_study(pruner=PruneAt(2))
+    study = optuna.create_study(pruner=prune_at(2))
     study.optimize(namespace["objective"], n_trials=1)  # the doc's objective, pruned at 2
     (frozen,) = study.trials
     assert frozen.state == PRUNED and sorted(frozen.intermediate_values) == [0, 1, 2]
 
 
 def test_a_pruned_run_stops_after_that_epoch_and_leaves_model_and_optimizer_as_torchs_own():
-    trial = optuna.create_study(pruner=PruneAt(2)).ask()
+    trial = optuna.create_study(pruner=prune_at(2)).ask()
     model = make_model(norm=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     stopper, pruning, every = EarlyStopping(patience=10), OptunaPruning(trial, "val_loss"), \
         EveryBatch()
-    ran, reg = train(model, opt, [L2(1e-3), every, stopper, pruning], epochs=8)
+    seen = {}
+    ran, reg = train(model, opt, [L2(1e-3), every, stopper, pruning], SCRIPTED,
+                     per_epoch=lambda e: seen.__setitem__(e, snapshot(model)))
     assert ran == 3 and pruning.pruned_epoch == 2 and every.batches == 3 * len(DATA)
-    assert len(reg.history["val_loss"]) == 3
+    assert reg.history["val_loss"] == SCRIPTED[:3]
     assert [r.source for r in reg.stop_requests] == ["optuna_pruning"]
-    assert trial.study.trials[0].intermediate_values == pytest.approx(
-        dict(enumerate(reg.history["val_loss"])))
-    with pytest.raises(optuna.TrialPruned, match="at epoch 3 \\(step 2\\): val_loss = "):
+    assert trial.study.trials[0].intermediate_values == dict(enumerate(SCRIPTED[:3]))
+    with pytest.raises(optuna.TrialPruned, match=r"at epoch 3 \(step 2\): val_loss = 0.7$"):
         pruning.raise_if_pruned()
-    assert stopper.restored_epoch == stopper.best_epoch  # restored though the pruner stopped
+    # EarlyStopping listed with it restored epoch 1's weights and buffers, not the last ones
+    assert stopper.restored_epoch == 1
+    for name, value in seen[1].items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert not torch.equal(seen[2]["0.weight"], seen[1]["0.weight"])
 
     # No hook, wrapper or mark of regplug is left on the optimizer or the model ...
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
@@ -136,12 +133,12 @@ def test_a_pruned_run_stops_after_that_epoch_and_leaves_model_and_optimizer_as_t
 
 
 def test_a_run_resumed_from_a_torch_checkpoint_reports_no_epoch_twice():
-    study = optuna.create_study(pruner=PruneAt(3))
+    study = optuna.create_study(pruner=prune_at(3))
     trial = study.ask()
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     first = OptunaPruning(trial, monitor="val_loss")
-    ran, reg = train(model, opt, [first], epochs=2)
+    ran, reg = train(model, opt, [first], SCRIPTED[:2])
     assert ran == 2 and not first.pruned
     buffer = io.BytesIO()
     torch.save(reg.state_dict(), buffer)
@@ -153,9 +150,10 @@ def test_a_run_resumed_from_a_torch_checkpoint_reports_no_epoch_twice():
     resumed = OptunaPruning(trial, monitor="val_loss")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna warns about a step reported twice
-        ran, reg = train(model, opt, [resumed], epochs=8, reg_state=state, start=1)
+        ran, reg = train(model, opt, [resumed], [1.0, 0.45, 0.4, 0.35, 0.3], reg_state=state,
+                         start=1)
     assert ran == 3 and resumed.pruned_epoch == 3
-    stored = study.trials[0].intermediate_values
-    assert sorted(stored) == [0, 1, 2, 3]
-    assert stored[1] == first.reported[1]  # the first value of epoch 1 stands
-    assert stored[1] != reg.history["val_loss"][1]  # the repeated epoch had another value
+    assert reg.history["val_loss"] == [1.0, 0.45, 0.4, 0.35]
+    # The first value of epoch 1 stands; the repeated epoch's 0.45 was not reported.
+    assert study.trials[0].intermediate_values == {0: 1.0, 1: 0.5, 2: 0.4, 3: 0.35}
+    assert resumed.reported == study.trials[0].intermediate_values

@@ -3,6 +3,7 @@ evaluation, EarlyStopping still restores, the documented objective runs."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -21,18 +22,14 @@ PRUNED = optuna.trial.TrialState.PRUNED
 EVAL = dict(eval_dataset=Tokens(16, seed=1), eval_strategy="epoch")
 
 
-class PruneAt(optuna.pruners.BasePruner):
-    """Prunes every trial whose last reported step is ``step`` or later."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def prune(self, study, trial) -> bool:
-        return trial.last_step is not None and trial.last_step >= self.step
+def prune_at(step: int) -> optuna.pruners.BasePruner:
+    """Optuna's ThresholdPruner pruning every trial at ``step``: every value is above
+    ``upper=-inf``, and none is judged during the ``step`` warm-up steps."""
+    return optuna.pruners.ThresholdPruner(upper=-math.inf, n_warmup_steps=step)
 
 
 def test_a_pruned_trial_stops_training_after_that_evaluation_and_early_stopping_restores():
-    trial = optuna.create_study(pruner=PruneAt(2)).ask()
+    trial = optuna.create_study(pruner=prune_at(2)).ask()
     scripted = ScriptedEval([0.5, 0.4, 0.6, 0.7, 0.8, 0.9])  # best: evaluation 1
     stopper = EarlyStopping(monitor="eval_loss", patience=10)
     pruning = OptunaPruning(trial, monitor="eval_loss")
@@ -63,7 +60,7 @@ def test_the_documented_objective_runs_a_study_and_is_pruned_at_the_pruners_epoc
                                     "eval_dataset": Tokens(16, seed=1)}
     exec(compile(code, str(DOC), "exec"), namespace)
     assert len(namespace["study"].trials) == 2
-    study = optuna.create_study(pruner=PruneAt(2))
+    study = optuna.create_study(pruner=prune_at(2))
     study.optimize(namespace["objective"], n_trials=1)
     (frozen,) = study.trials
     assert frozen.state == PRUNED and sorted(frozen.intermediate_values) == [0, 1, 2]
