@@ -417,7 +417,7 @@ def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
                 if summary.seeds != base.seeds:
                     raise ValueError(
                         f"{framework}, strategy {summary.strategy!r}: seeds "
-                        f"{list(summary.seeds)} do not pair with {BASELINE!r}'s "
+                        f"{list(summary.seeds)} do not pair with the seeds of {BASELINE}, "
                         f"{list(base.seeds)}")
                 tests.append(paired_t_test(
                     _values(groups[framework, summary.strategy], metric),
