@@ -37,7 +37,7 @@ and, when 'none' is among the strategies and N >= 3, whether each strategy diffe
 (and, separately, of pct_diff), Holm-Bonferroni adjusted across the strategies compared in
 each framework, alpha 0.05. N seeds cost N times the training; the MC-dropout toy and the
 weight histograms use --seed only. With --data FILE.npz or module:function the test rows are
-fixed: only the validation split changes with the seed.
+fixed: only the validation split changes with the seed. docs/compare.md has the details.
 
 A --config file defines strategies by plugin name and arguments (third-party plugins too):
   [[strategies]]
@@ -138,7 +138,7 @@ def add_compare_parser(sub: Any) -> None:
                         "summary.csv: mean, std and the tests per strategy)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress (a bar on a terminal, else one line per finished "
-                        "strategy)")
+                        "run)")
     p.add_argument("--list", action="store_true",
                    help="list the strategies and models available by name, and exit")
     p.set_defaults(func=cmd_compare)
