@@ -49,6 +49,10 @@ PRUNERS = ("median", "hyperband", "none")
 #: Optuna's pruners compare a trial with others only after this many have finished.
 MEDIAN_STARTUP_TRIALS = 5
 _JOURNAL = "journal:"
+#: Opening a storage is tried this often when the error is one of ``_RACES`` (SQLAlchemy's
+#: errors of two processes creating the same database's tables at once).
+_OPEN_ATTEMPTS = 5
+_RACES = ("IntegrityError", "OperationalError")
 _RDB_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -189,19 +193,26 @@ def open_storage(url: str | None) -> Any:
         return None
     check_storage_url(url)
     optuna = import_optuna()
-    try:
-        if url.startswith(_JOURNAL):
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            if url.startswith(_JOURNAL):
+                from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-            return JournalStorage(JournalFileBackend(url[len(_JOURNAL):]))
-        return optuna.storages.RDBStorage(url)
-    except ImportError as err:
-        raise ImportError(f"--storage {url!r}: its database driver is not installed "
-                          f"({err.name or err}); pip install it") from None
-    except Exception as err:  # SQLAlchemy's and the journal's errors have no common base
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
-                          f"{first}") from None
+                return JournalStorage(JournalFileBackend(url[len(_JOURNAL):]))
+            return optuna.storages.RDBStorage(url)
+        except ImportError as err:
+            raise ImportError(f"--storage {url!r}: its database driver is not installed "
+                              f"({err.name or err}); pip install it") from None
+        except Exception as err:  # SQLAlchemy's and the journal's errors have no common base
+            # Processes started together race to create a new database's tables (one of
+            # them meets the other's rows): a moment later the tables are there.
+            if attempt + 1 < _OPEN_ATTEMPTS and type(err).__name__ in _RACES:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
+                              f"{first}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextlib.contextmanager

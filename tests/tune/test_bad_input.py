@@ -1,0 +1,122 @@
+"""Bad input to ``regplug tune`` is named in one line, before any framework is imported, and
+``regplug`` itself never imports Optuna."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from regplug.cli import build_parser
+
+FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
+
+#: Runs every case in one process, then reports what each printed and which frameworks
+#: (and whether Optuna) got imported along the way.
+SCRIPT = """
+import contextlib, io, json, sys
+from regplug import cli
+cases = json.loads(sys.argv[1])
+found = {}
+for name, argv in cases.items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(["tune", *argv])
+    found[name] = [code, err.getvalue()]
+print(json.dumps({"cases": found,
+                  "imported": [m for m in %r if m in sys.modules]}))
+""" % (FRAMEWORKS,)
+
+
+def run_cases(tmp_path, cases: dict[str, list[str]]) -> dict:
+    script = tmp_path / "cases.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    done = subprocess.run([sys.executable, str(script), json.dumps(cases)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_mistakes_are_named_in_one_line_before_any_framework_is_imported(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "bad.toml").write_text("[tune.l2]\nl2 = {low = 1e-2, high = 1e-5}\n")
+    cases = {
+        "untunable": (["--strategies", "none,l2,batch_norm"],
+                      ["strategies 'none', 'batch_norm' have nothing to tune",
+                       "tunable strategies: l2, l1, dropout"]),
+        "unknown strategy": (["--strategies", "l3"], ["unknown strategy 'l3'",
+                                                      "did you mean 'l2'"]),
+        "storage url": (["--strategies", "l2", "--storage", "study.db"],
+                        ["--storage 'study.db'", "sqlite:///study.db", "journal:PATH"]),
+        "storage folder": (["--strategies", "l2", "--storage",
+                            "sqlite:////nonexistent/dir/s.db"],
+                           ["'/nonexistent/dir'", "does not exist"]),
+        "journal folder": (["--strategies", "l2", "--storage", "journal:/nonexistent/j.log"],
+                           ["journal file", "does not exist"]),
+        "study name": (["--strategies", "l2", "--study-name", "s"],
+                       ["--study-name", "give --storage too"]),
+        "config missing": (["--config", "missing.toml"], ["'missing.toml'", "cannot be read"]),
+        "config range": (["--config", "bad.toml", "--strategies", "l2"],
+                         ["tune.l2.l2", "'low' must be < 'high'"]),
+        "out": (["--strategies", "l2", "--out", "a_file"],
+                ["--out 'a_file'", "not a directory"]),
+        "model": (["--strategies", "l2", "--model", "cnn"], ["unknown model 'cnn'"]),
+    }
+    report = run_cases(tmp_path, {name: argv for name, (argv, _) in cases.items()})
+    for name, (_, fragments) in cases.items():
+        code, err = report["cases"][name]
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (name, err)
+        assert lines[0].startswith("regplug: error: "), (name, err)
+        for fragment in fragments:
+            assert fragment in lines[0], (name, fragment, lines[0])
+    assert report["imported"] == []
+
+
+def test_regplug_and_its_help_never_import_optuna(tmp_path):
+    code = ("import sys, contextlib, io\nfrom regplug import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        cli.main(['--help'])\n    except SystemExit:\n        pass\n"
+            "print('optuna' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_without_optuna_the_command_says_what_to_install(tmp_path):
+    code = ("import sys\nsys.modules['optuna'] = None  # as if not installed\n"
+            "from regplug import cli\nsys.exit(cli.main(['tune', '--strategies', 'l2']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "regplug tune needs Optuna" in lines[0]
+    assert "pip install 'regplug[tune]'" in lines[0]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--objective", "val_loss"], "invalid choice: 'val_loss'"),
+    (["--grid-points", "1"], "must be at least 2"),
+    (["--trials", "0"], "must be at least 1"),
+    (["--timeout", "-5"], "must be a finite number > 0"),
+    (["--framework", "both"], "invalid choice: 'both'"),
+    (["--sampler", "cmaes"], "invalid choice: 'cmaes'"),
+    (["--pruner", "wilcoxon"], "invalid choice: 'wilcoxon'"),
+])
+def test_bad_options_are_refused_by_the_parser_naming_the_option(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["tune", *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}" in err and fragment in err
+
+
+def test_the_help_says_trials_are_per_strategy_and_why_not_val_loss(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "trials PER STRATEGY" in text
+    assert "Not val_loss: it includes the penalty and so favours small strengths" in text
