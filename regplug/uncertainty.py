@@ -20,6 +20,13 @@ Conventions, the same everywhere:
   stored samples, so mean and std are accumulated in one pass (Chan et al.'s parallel form
   of Welford's update) and T is limited only by time.
 * Statistics are computed and returned in float64, whatever the model's output dtype.
+* Prefix reuse: when the model is a plain chain of layers (a ``Sequential``, or a Keras
+  functional chain) whose first layers are provably deterministic while sampling — no
+  dropout in them, built-in layers that run in inference mode — those layers are computed
+  once per row block and only the rest of the chain runs T times. The samples have the
+  same distribution as T full forward passes; :attr:`MCPrediction.reused` names the layers
+  computed once (empty when every sample ran the whole model), and the adapters log the
+  split, or why there was none, at DEBUG level. ``reuse_prefix=False`` opts out.
 
 >>> import numpy as np
 >>> draws = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [4.0, 10.0]])  # T=4, two outputs
@@ -33,9 +40,10 @@ MCPrediction(T=4, shape=(2,), level=0.5, interval='quantile')
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,7 +52,9 @@ from .validation import check_bool, check_choice, check_int, check_real
 
 __all__ = ["MCPrediction", "MCAccumulator", "summarize", "normal_quantile", "INTERVALS",
            "DEFAULT_ROWS_PER_FORWARD", "check_mc_arguments", "sample_chunks", "row_batches",
-           "warn_if_constant"]
+           "warn_if_constant", "deterministic_prefix", "quantiles"]
+
+_Step = TypeVar("_Step")
 
 INTERVALS: tuple[str, ...] = ("quantile", "normal")
 """The interval kinds: empirical quantiles of the samples, or ``mean ± z·std``."""
@@ -52,7 +62,12 @@ INTERVALS: tuple[str, ...] = ("quantile", "normal")
 DEFAULT_ROWS_PER_FORWARD = 1024
 """With ``samples_per_batch=None`` the adapters stack copies of an input batch of ``n`` rows
 so that one forward pass sees at most ``max(n, DEFAULT_ROWS_PER_FORWARD)`` rows: never more
-memory than the plain prediction of that batch needs, or than a forward of 1024 rows."""
+memory than the plain prediction of that batch needs, or than a forward of 1024 rows.
+
+The same bound holds with prefix reuse: the prefix's output for the ``n`` rows is held once,
+and its stacked copies (``k·n`` rows, ``k`` from :func:`sample_chunks`) that the rest of the
+chain samples never exceed ``max(n, DEFAULT_ROWS_PER_FORWARD)`` rows either; ``batch_size``
+bounds ``n``."""
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -68,6 +83,9 @@ class MCPrediction:
     :param interval: ``"quantile"`` (empirical quantiles) or ``"normal"`` (``mean ± z·std``).
     :param samples: the ``(T, N, …)`` stack of samples, only when it was asked for
         (``keep_samples=True``), else ``None``.
+    :param reused: the names of the layers computed once per row block and shared by the T
+        samples (the deterministic prefix of a chain); ``()`` when every sample ran the
+        whole model.
 
     The arrays are read-only, like the rest of the (frozen) result.
 
@@ -85,6 +103,7 @@ class MCPrediction:
     T: int
     interval: str = "quantile"
     samples: np.ndarray | None = None
+    reused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shape = np.shape(self.mean)
@@ -126,6 +145,9 @@ class MCPrediction:
             if (p.T, p.level, p.interval) != (first.T, first.level, first.interval):
                 raise ValueError("MCPrediction.concatenate: the parts differ in T, level or "
                                  "interval")
+            if p.reused != first.reused:
+                raise ValueError("MCPrediction.concatenate: the parts differ in 'reused' "
+                                 f"({first.reused} and {p.reused})")
         if len(parts) == 1:
             return first
         kept = all(p.samples is not None for p in parts)
@@ -135,7 +157,8 @@ class MCPrediction:
             lower=np.concatenate([p.lower for p in parts]),
             upper=np.concatenate([p.upper for p in parts]),
             level=first.level, T=first.T, interval=first.interval,
-            samples=np.concatenate([p.samples for p in parts], axis=1) if kept else None)
+            samples=np.concatenate([p.samples for p in parts], axis=1) if kept else None,
+            reused=first.reused)
 
 
 def normal_quantile(level: float) -> float:
@@ -155,9 +178,46 @@ def _interval(mean: np.ndarray, std: np.ndarray, samples: np.ndarray | None, lev
         z = normal_quantile(level)
         return mean - z * std, mean + z * std
     assert samples is not None  # quantile intervals need the samples; the callers keep them
-    lower, upper = np.quantile(samples.astype(np.float64, copy=False),
-                               [(1.0 - level) / 2.0, (1.0 + level) / 2.0], axis=0)
+    lower, upper = quantiles(samples, ((1.0 - level) / 2.0, (1.0 + level) / 2.0))
     return lower, upper
+
+
+def quantiles(samples: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """``np.quantile(samples, qs, axis=0)`` in float64, bit for bit (its default ``linear``
+    method, NaN columns NaN), several times faster for a few quantiles of many columns.
+
+    NumPy partitions each column around every index it needs, which is slow for short
+    columns; this sorts them (a vectorized sort along axis 0) and interpolates with NumPy's
+    own formulas: virtual index ``(n − 1)·q``, and its two-sided linear interpolation.
+
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(50, 4, 3))
+    >>> all(np.array_equal(a, b) for a, b in zip(quantiles(x, (0.025, 0.975)),
+    ...                                         np.quantile(x, [0.025, 0.975], axis=0)))
+    True
+    """
+    stack = np.asarray(samples)
+    n = stack.shape[0]
+    ordered = np.sort(stack.reshape(n, -1).astype(np.float64, copy=False), axis=0)
+    nan = np.isnan(ordered[-1])
+    out = []
+    for q in qs:
+        virtual = np.float64(n - 1) * np.float64(q)
+        previous = int(np.floor(virtual))
+        following = previous + 1
+        if virtual >= n - 1:
+            previous = following = -1
+        elif virtual < 0:
+            previous = following = 0
+        gamma = virtual - np.float64(previous)
+        a, b = ordered[previous], ordered[following]
+        diff = b - a
+        value = a + diff * gamma
+        if gamma >= 0.5:
+            value = b - diff * (1.0 - gamma)
+        value[nan] = np.nan
+        out.append(value.reshape(stack.shape[1:]))
+    return out
 
 
 def summarize(samples: np.ndarray, *, level: float = 0.95, interval: str = "quantile",
@@ -352,6 +412,21 @@ def row_batches(rows: int, batch_size: int | None) -> list[tuple[int, int]]:
     if batch_size is None or batch_size >= rows:
         return [(0, rows)]
     return [(i, min(i + batch_size, rows)) for i in range(0, rows, batch_size)]
+
+
+def deterministic_prefix(steps: Sequence[_Step], deterministic: Callable[[_Step], bool]
+                         ) -> int:
+    """How many leading ``steps`` of a chain are ``deterministic``: the prefix that sampling
+    may compute once (everything after it, from the first step that samples or cannot be
+    proven not to, runs T times).
+
+    >>> deterministic_prefix(["dense", "relu", "dropout", "dense"], lambda s: s != "dropout")
+    2
+    """
+    for i, step in enumerate(steps):
+        if not deterministic(step):
+            return i
+    return len(steps)
 
 
 def warn_if_constant(owner: str, samples: int, varies: bool, n_dropout: int) -> None:

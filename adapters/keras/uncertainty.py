@@ -18,6 +18,21 @@ model. Every forward pass of a call has the same shape (the last batch of rows a
 smaller chunks of samples are padded, and the padding dropped), so a call traces at most
 once, and ``compiled=False`` draws the same dropout masks.
 
+Prefix reuse (``reuse_prefix=True``, the default): when the model is a ``Sequential`` or a
+functional model that is a chain (one input, one output, each layer fed by the one before)
+and the input is one tensor of the model's input dtype, its leading layers that are
+provably deterministic while sampling — built-in Keras layers in inference mode, with no
+sampling layer, seed generator, instance-level ``call`` or mask inside, and not ``Lambda``
+or a wrapper of foreign code — run once per row block (a traced function of their own);
+the rest of the chain runs ``samples`` times on stacked copies of their output, within the
+bound of :data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`. The rest sees the same
+shapes and seed states as the whole model did, so it draws the same dropout masks as
+``reuse_prefix=False``: the samples equal those of the whole-model path up to the float
+rounding of the prefix (bit for bit where the backend computes a row the same way in a
+smaller batch). Any other model runs whole for every sample, as before;
+``MCPrediction.reused`` names the layers computed once, and the ``regplug`` logger says at
+DEBUG level what was split, or why nothing was.
+
 Seeding: every seed generator of the model starts from a state derived from ``seed``, so an
 integer seed gives the same samples on every call and touches no global random state (on
 the torch backend, unseeded dropout layers draw from torch's RNG, which is forked and
@@ -39,6 +54,8 @@ MCPrediction(T=50, shape=(4, 1), level=0.95, interval='quantile')
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import random
 import weakref
 from collections.abc import Callable, Iterator
@@ -52,6 +69,7 @@ from regplug.uncertainty import (
     MCAccumulator,
     MCPrediction,
     check_mc_arguments,
+    deterministic_prefix,
     row_batches,
     sample_chunks,
     warn_if_constant,
@@ -64,12 +82,14 @@ from .discovery import DROPOUT_TYPES, all_layers
 __all__ = ["mc_predict", "is_dropout_layer"]
 
 _OWNER = "mc_predict"
+_log = logging.getLogger(__name__)
 
-# Compiled forward functions, one per model (the last configuration it was sampled with).
-# The functions hold the model only through a weak reference, so the cache never keeps a
-# model alive.
-_COMPILED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary())
+# Compiled forward functions per model, for the last _CONFIGURATIONS configurations it was
+# sampled with (whole or split, which layers sample). The functions hold the model only
+# through weak references, so the cache never keeps a model alive.
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], tuple[Callable[..., Any], ...]]]
+_COMPILED = weakref.WeakKeyDictionary()
+_CONFIGURATIONS = 4
 
 
 def is_dropout_layer(layer: Any) -> bool:
@@ -95,7 +115,7 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
                samples_per_batch: int | None = None, seed: int | None = None,
                level: float = 0.95, interval: str = "quantile", keep_samples: bool = False,
                is_dropout: Callable[[Any], bool] | None = None,
-               compiled: bool = True) -> MCPrediction:
+               compiled: bool = True, reuse_prefix: bool = True) -> MCPrediction:
     """Predict ``x`` ``samples`` times with dropout sampling and summarize the predictions.
 
     :param model: a Keras model (or layer) returning one tensor whose first axis indexes
@@ -120,6 +140,9 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
         ``training=False``.
     :param compiled: trace the forward pass (``tf.function``/``jax.jit``); ``False`` runs it
         eagerly, for models whose ``call`` cannot be traced. Ignored on the torch backend.
+    :param reuse_prefix: compute the deterministic leading layers of a chain once per row
+        block (see the module documentation); ``False`` runs the whole model for every
+        sample.
     :returns: an :class:`regplug.uncertainty.MCPrediction` of NumPy float64 arrays.
 
     A :class:`regplug.RegplugWarning` says when ``samples > 1`` predictions came out all
@@ -135,6 +158,7 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
         raise TypeError(f"{_OWNER}: argument 'is_dropout' must be a function of a layer, "
                         f"got {is_dropout!r}")
     check_bool(_OWNER, "compiled", compiled)
+    check_bool(_OWNER, "reuse_prefix", reuse_prefix)
     select = is_dropout_layer if is_dropout is None else is_dropout
     leaves, rows = _input_leaves(x)
     if not model.built:
@@ -143,10 +167,17 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
     backend = keras.backend.backend()
     compiled = compiled and backend in ("tensorflow", "jax")
     base_seed = seed if seed is not None else random.randint(1, 2**31 - 1)
+    chain = _split(model, select, x, leaves) if reuse_prefix else None
 
     parts, varies = [], False
     with _dropout_sampling(stochastic) as originals:
-        step = _forward(model, originals, compiled)
+        key = tuple((id(layer), id(own), repr(getattr(layer, "rate", None)))
+                    for layer, own in originals)
+        if chain is not None:
+            prefix, rest = _compile(model, ("split", len(chain.prefix), *key), compiled,
+                                    _stateless(model, chain.prefix, returns_state=False),
+                                    _stateless(model, chain.suffix, returns_state=True))
+        step = None  # the whole model's forward, traced when it is needed
         trainable = [v.value for v in model.trainable_variables]
         state = _seeded_state(model, base_seed)
         with _torch_rng(seed, backend, model):
@@ -158,18 +189,41 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
             copies = max(chunks)
             for start, stop in row_batches(rows, batch_size):
                 n = stop - start
-                index = np.tile(np.minimum(np.arange(start, start + block), stop - 1), copies)
-                xs = keras.tree.pack_sequence_as(
-                    x, [ops.take(leaf, index, axis=0) for leaf in leaves])
+                padded = np.minimum(np.arange(start, start + block), stop - 1)
                 acc = MCAccumulator(level=level, interval=interval, keep_samples=keep_samples,
                                     capacity=samples)
-                for k in chunks:
-                    y, state = step(trainable, state, xs)
-                    acc.add(_to_numpy(y, copies, block)[:k, :n])
+                h = None
+                if chain is not None:
+                    h = _rows_or_none(prefix(trainable, state, ops.take(leaves[0], padded,
+                                                                        axis=0)), block)
+                    if h is None:
+                        _log.debug("%s: the prefix returned no tensor of %d rows: the whole "
+                                   "model runs for every sample", _OWNER, block)
+                        chain = None  # the same for every block
+                if h is not None and not chain.suffix:  # nothing samples
+                    y = _to_numpy(h, 1, block)[:, :n]
+                    for k in chunks:
+                        acc.add(np.broadcast_to(y, (k, *y.shape[1:])))
+                elif h is not None:
+                    # The copies of the prefix's output in the order the whole model's
+                    # stacked input had: the rest draws the same masks as the whole did.
+                    hs = ops.tile(h, [copies] + [1] * (len(h.shape) - 1))
+                    for k in chunks:
+                        y, state = rest(trainable, state, hs)
+                        acc.add(_to_numpy(y, copies, block)[:k, :n])
+                else:
+                    step = step or _forward(model, key, compiled)
+                    index = np.tile(padded, copies)
+                    xs = keras.tree.pack_sequence_as(
+                        x, [ops.take(leaf, index, axis=0) for leaf in leaves])
+                    for k in chunks:
+                        y, state = step(trainable, state, xs)
+                        acc.add(_to_numpy(y, copies, block)[:k, :n])
                 varies = varies or acc.varies
                 parts.append(acc.result())
     warn_if_constant(_OWNER, samples, varies, len(stochastic))
-    return MCPrediction.concatenate(parts)
+    result = MCPrediction.concatenate(parts)
+    return result if chain is None else dataclasses.replace(result, reused=chain.reused)
 
 
 def _input_leaves(x: Any) -> tuple[list[Any], int]:
@@ -222,7 +276,7 @@ def _dropout_sampling(layers: list[Any]) -> Iterator[list[tuple[Any, Any]]]:
                 del layer.call
 
 
-def _forward(model: Any, originals: list[tuple[Any, Any]], compiled: bool
+def _forward(model: Any, key: tuple[Any, ...], compiled: bool
              ) -> Callable[[list[Any], list[Any], Any], tuple[Any, list[Any]]]:
     """``(trainable values, non-trainable values, x) -> (y, new non-trainable values)``,
     traced and cached per model when ``compiled``."""
@@ -234,25 +288,140 @@ def _forward(model: Any, originals: list[tuple[Any, Any]], compiled: bool
         result: tuple[Any, list[Any]] = model.stateless_call(trainable, state, x, training=False)
         return result
 
+    (fn,) = _compile(model, ("whole", *key), compiled, forward)
+    return fn
+
+
+def _compile(model: Any, key: tuple[Any, ...], compiled: bool,
+             *functions: Callable[..., Any]) -> tuple[Callable[..., Any], ...]:
+    """``functions`` traced (``tf.function``/``jax.jit``), cached per model under ``key``.
+
+    What tracing bakes in, and ``key`` must therefore name: which layers sample, their
+    Python-side configuration, any instance-level call they had before (e.g. regplug's own,
+    during fit), and where the model was split.
+    """
     if not compiled:
-        return forward
-    # What tracing bakes in: which layers sample, their Python-side configuration, and any
-    # instance-level call they had before (e.g. regplug's own, during fit).
-    key = tuple((id(layer), id(own), repr(getattr(layer, "rate", None)))
-                for layer, own in originals)
-    cached = _COMPILED.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+        return functions
+    cache = _COMPILED.setdefault(model, {})
+    if key in cache:
+        return cache[key]
     if keras.backend.backend() == "jax":
         import jax
 
-        fn = jax.jit(forward)
+        traced = tuple(jax.jit(fn) for fn in functions)
     else:
         import tensorflow as tf
 
-        fn = tf.function(forward, reduce_retracing=True)
-    _COMPILED[model] = (key, fn)
-    return fn
+        traced = tuple(tf.function(fn, reduce_retracing=True) for fn in functions)
+    while len(cache) >= _CONFIGURATIONS:
+        del cache[next(iter(cache))]  # the oldest
+    cache[key] = traced
+    return traced
+
+
+# -- prefix reuse ---------------------------------------------------------------------------
+# Built-in layers that run code Keras does not own (a Python function, a SavedModel, a torch
+# module, a JAX/Flax function): never assumed deterministic.
+_FOREIGN_CODE = tuple(t for t in (getattr(keras.layers, name, None) for name in (
+    "Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")) if isinstance(t, type))
+
+
+@dataclasses.dataclass
+class _Chain:
+    """A chain of layers split into the prefix computed once and the rest sampled T times."""
+
+    prefix: list[Any]
+    suffix: list[Any]
+    reused: tuple[str, ...]
+
+
+def _deterministic(layer: Any, select: Callable[[Any], bool]) -> bool:
+    """Whether ``layer`` computes the same output every time while sampling (inference mode):
+    it and every layer inside it are built-in Keras layers that do not sample, own no seed
+    generator, have no instance-level ``call`` and create no mask."""
+    return all(type(inner).__module__.startswith("keras.src.layers.")
+               and not isinstance(inner, _FOREIGN_CODE) and not select(inner)
+               and not _compat.layer_seed_generators(inner) and "call" not in inner.__dict__
+               and type(inner).compute_mask is keras.layers.Layer.compute_mask
+               for inner in all_layers(layer))
+
+
+def _chain_layers(model: Any) -> tuple[list[Any], str]:
+    """The layers of ``model`` in call order when it is a chain, else ``[]`` and why not."""
+    from keras.src.models.functional import Functional  # the class of keras.Model(in, out)
+
+    if type(model).call not in (keras.Sequential.call, Functional.call):
+        return [], f"{type(model).__name__} is not a Sequential or functional model"
+    try:
+        inputs, outputs = list(model.inputs), list(model.outputs)
+        layers = [layer for layer in model.layers
+                  if not isinstance(layer, keras.layers.InputLayer)]
+        tensors = [inputs[0]] + [layer.output for layer in layers]
+        linked = (len(inputs) == len(outputs) == 1 and bool(layers)
+                  and all(layer.input is tensor for layer, tensor in zip(layers, tensors))
+                  and tensors[-1] is outputs[0])
+    except (AttributeError, ValueError, IndexError):  # no graph, or a layer called twice
+        linked = False
+    if not linked:
+        return [], "its layers are not a chain (one input, one output, one after another)"
+    return layers, ""
+
+
+def _split(model: Any, select: Callable[[Any], bool], x: Any, leaves: list[Any]
+           ) -> _Chain | None:
+    """The split of ``model`` at its first layer that is not provably deterministic, or
+    ``None`` (logged) when it has no deterministic prefix or is not a chain."""
+    layers, why = _chain_layers(model)
+    if not why and keras.tree.is_nested(x):
+        why = "the input is not one tensor"
+    if not why and keras.backend.standardize_dtype(leaves[0].dtype) != model.inputs[0].dtype:
+        why = (f"the input's dtype {keras.backend.standardize_dtype(leaves[0].dtype)} is not "
+               f"the model's {model.inputs[0].dtype}")
+    if not why and any(type(layer).compute_mask is not keras.layers.Layer.compute_mask
+                       for layer in layers):
+        why = "a layer creates a mask"
+    n = 0 if why else deterministic_prefix(layers, lambda layer: _deterministic(layer, select))
+    if not why and n == 0:
+        why = f"its first layer {layers[0].name!r} is not provably deterministic"
+    if why:
+        _log.debug("%s: the whole model runs for every sample: %s", _OWNER, why)
+        return None
+    _log.debug("%s: computed once per row block: %s; sampled: %s", _OWNER,
+               ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in layers[:n]),
+               ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in layers[n:])
+               or "nothing")
+    return _Chain(prefix=layers[:n], suffix=layers[n:],
+                  reused=tuple(layer.name for layer in layers[:n]))
+
+
+def _stateless(model: Any, layers: list[Any], *, returns_state: bool) -> Callable[..., Any]:
+    """``(trainable values, non-trainable values, h)`` -> the chain ``layers`` applied to
+    ``h`` in inference mode, with the new non-trainable values when ``returns_state``: what
+    ``model.stateless_call`` does for the whole model (weak references only, so a cached
+    function never keeps the model alive)."""
+    model_ref = weakref.ref(model)
+    layer_refs = [weakref.ref(layer) for layer in layers]
+
+    def run(trainable: list[Any], state: list[Any], h: Any) -> Any:
+        model = model_ref()
+        assert model is not None  # called only while the model is being sampled
+        mapping = [*zip(model.trainable_variables, trainable),
+                   *zip(model.non_trainable_variables, state)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            for ref in layer_refs:
+                h = ref()(h, training=False)
+            if not returns_state:
+                return h
+            return h, [scope.get_current_value(v) for v in model.non_trainable_variables]
+
+    return run
+
+
+def _rows_or_none(h: Any, rows: int) -> Any:
+    """``h`` when it is one tensor of ``rows`` rows (what may be stacked), else ``None``."""
+    if keras.tree.is_nested(h) or len(h.shape) == 0 or h.shape[0] != rows:
+        return None
+    return h
 
 
 def _seeded_state(model: Any, base_seed: int) -> list[Any]:

@@ -13,6 +13,22 @@ result repeats exactly for the same arguments (on the same device and torch vers
 the caller's global RNG state is left as it was (``torch.random.fork_rng``); a different
 ``samples_per_batch`` or ``batch_size`` draws other masks from the same distribution.
 
+Prefix reuse (``reuse_prefix=True``, the default): when the model is an ``nn.Sequential``
+(nested plain ``Sequential`` containers are flattened into the chain), its leading modules
+that are provably deterministic while sampling — built-in ``torch.nn`` modules, in eval
+mode, without dropout or ``is_dropout`` modules inside, without forward hooks — run once
+per row block; the rest of the chain runs on stacked copies of their output (within the
+bound of :data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`). A plain ``nn.Dropout`` of
+that rest, on a float32/float64 CPU tensor, draws its mask as ``torch.rand(…) >= p`` (4×
+faster than ``nn.Dropout``'s Bernoulli kernel) and scales it as ``nn.Dropout`` does: the
+same values for a given mask, the same distribution of masks (to the 2⁻²⁴ resolution of
+``torch.rand``, that of torch's own float Bernoulli), but other masks for a given seed than
+``reuse_prefix=False``, which runs every module as before. Any other model (a custom
+``forward``, several inputs, global forward hooks, a first module that samples or is not
+provably deterministic) runs whole for every sample, drawing the same numbers as before;
+``MCPrediction.reused`` names the modules computed once, and the ``regplug`` logger says at
+DEBUG level what was split, or why nothing was.
+
 >>> import torch
 >>> from regplug.adapters.torch import mc_predict
 >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -29,6 +45,8 @@ MCPrediction(T=50, shape=(5, 1), level=0.95, interval='quantile')
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -40,16 +58,19 @@ from regplug.uncertainty import (
     MCAccumulator,
     MCPrediction,
     check_mc_arguments,
+    deterministic_prefix,
     row_batches,
     sample_chunks,
     warn_if_constant,
 )
+from regplug.validation import check_bool
 
 from .discovery import DROPOUT_TYPES
 
 __all__ = ["mc_predict", "is_dropout_module"]
 
 _OWNER = "mc_predict"
+_log = logging.getLogger(__name__)
 
 
 def is_dropout_module(module: nn.Module) -> bool:
@@ -73,7 +94,8 @@ def is_dropout_module(module: nn.Module) -> bool:
 def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int | None = None,
                samples_per_batch: int | None = None, seed: int | None = None,
                level: float = 0.95, interval: str = "quantile", keep_samples: bool = False,
-               is_dropout: Callable[[nn.Module], bool] | None = None) -> MCPrediction:
+               is_dropout: Callable[[nn.Module], bool] | None = None,
+               reuse_prefix: bool = True) -> MCPrediction:
     """Predict ``x`` ``samples`` times with dropout sampling and summarize the predictions.
 
     :param model: the module; it must return one tensor whose first axis indexes the rows
@@ -97,6 +119,9 @@ def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int |
     :param is_dropout: which modules keep sampling (default :func:`is_dropout_module`); add
         your own dropout modules with e.g. ``lambda m: is_dropout_module(m) or
         isinstance(m, MyDropout)``. Every other module runs in eval mode.
+    :param reuse_prefix: compute the deterministic leading modules of an ``nn.Sequential``
+        once per row block (see the module documentation); ``False`` runs the whole model
+        for every sample, drawing the masks exactly as earlier versions did.
     :returns: an :class:`regplug.uncertainty.MCPrediction` of NumPy float64 arrays.
 
     A :class:`regplug.RegplugWarning` says when ``samples > 1`` predictions came out all
@@ -113,11 +138,13 @@ def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int |
     if is_dropout is not None and not callable(is_dropout):
         raise TypeError(f"{_OWNER}: argument 'is_dropout' must be a function of a module, "
                         f"got {is_dropout!r}")
+    check_bool(_OWNER, "reuse_prefix", reuse_prefix)
     select = is_dropout_module if is_dropout is None else is_dropout
     modules = list(model.modules())
     stochastic = [m for m in modules if select(m)]
     device, dtype = _placement(model)
     inputs = _Inputs(x, device, dtype)
+    chain = _split(model, select, inputs) if reuse_prefix else None
 
     flags = [(m, m.training) for m in modules]
     parts, varies = [], False
@@ -132,18 +159,166 @@ def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int |
                 acc = MCAccumulator(level=level, interval=interval, keep_samples=keep_samples,
                                     capacity=samples)
                 chunks = sample_chunks(samples, rows, samples_per_batch)
-                stacked = inputs.stacked(start, stop, max(chunks))
-                for k in chunks:  # the first k·rows stacked rows are k copies of the batch
-                    args = [t[:k * rows] for t in stacked[0]]
-                    kwargs = {name: t[:k * rows] for name, t in stacked[1].items()}
-                    acc.add(_to_numpy(model(*args, **kwargs), k, rows))
+                if chain is not None and not chain.sample(acc, inputs.args[0][start:stop],
+                                                          chunks):
+                    chain = None  # the same for every block: the prefix changes the rows
+                if chain is None:
+                    stacked = inputs.stacked(start, stop, max(chunks))
+                    for k in chunks:  # the first k·rows stacked rows are k copies of the batch
+                        args = [t[:k * rows] for t in stacked[0]]
+                        kwargs = {name: t[:k * rows] for name, t in stacked[1].items()}
+                        acc.add(_to_numpy(model(*args, **kwargs), k, rows))
                 varies = varies or acc.varies
                 parts.append(acc.result())
     finally:
         for m, flag in flags:
             m.training = flag
     warn_if_constant(_OWNER, samples, varies, len(stochastic))
-    return MCPrediction.concatenate(parts)
+    result = MCPrediction.concatenate(parts)
+    return result if chain is None else dataclasses.replace(result, reused=chain.reused)
+
+
+# -- prefix reuse ---------------------------------------------------------------------------
+def _has_forward_hooks(module: nn.Module) -> bool:
+    # nn.Module keeps its forward (pre-)hooks in these dicts; a hook may do anything, so a
+    # module with one is never split or computed fewer times than before.
+    return bool(getattr(module, "_forward_hooks", None)
+                or getattr(module, "_forward_pre_hooks", None))
+
+
+def _global_forward_hooks() -> bool:
+    # register_module_forward_(pre_)hook stores the hooks of every module in these dicts of
+    # torch.nn.modules.module (no public getter).
+    import torch.nn.modules.module as module_module
+
+    return bool(getattr(module_module, "_global_forward_hooks", None)
+                or getattr(module_module, "_global_forward_pre_hooks", None))
+
+
+def _plain_call(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs its class's own ``forward`` and nothing else."""
+    return ("forward" not in module.__dict__ and not _has_forward_hooks(module)
+            and type(module).__call__ is nn.Module.__call__
+            and type(module)._call_impl is nn.Module._call_impl)
+
+
+def _is_chain(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` whose call is ``Sequential.forward``: its children in order."""
+    return (isinstance(module, nn.Sequential) and _plain_call(module)
+            and type(module).forward is nn.Sequential.forward)
+
+
+def _flatten(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    steps: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        steps += _flatten(child, f"{path}.") if _is_chain(child) else [(path, child)]
+    return steps
+
+
+def _deterministic(module: nn.Module, select: Callable[[nn.Module], bool]) -> bool:
+    """Whether ``module`` computes the same output every time while sampling: every module
+    in it is a built-in ``torch.nn`` one (in eval mode), none samples, none has hooks.
+    Recurrent and attention modules (tuple outputs) are left to the sampled part."""
+    return all(type(m).__module__.startswith("torch.nn.modules.") and _plain_call(m)
+               and not select(m) and not isinstance(m, (nn.RNNBase, nn.MultiheadAttention))
+               for m in module.modules())
+
+
+_DROPOUT_FORWARD = nn.Dropout.forward
+
+
+def _fast_dropout(module: nn.Module) -> bool:
+    """A plain ``nn.Dropout`` (its own forward, no hooks) that samples with 0 < p < 1."""
+    return (type(module) is nn.Dropout and _plain_call(module)
+            and type(module).forward is _DROPOUT_FORWARD and module.training
+            and 0.0 < float(module.p) < 1.0)
+
+
+def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``nn.Dropout(p)`` in training mode with the mask drawn as ``torch.rand(…) >= p``.
+
+    Given the mask, the values are bit for bit ``nn.Dropout``'s: it multiplies the input by
+    ``mask / (1 - p)``. ``x`` is not written.
+    """
+    noise = torch.rand(x.shape, dtype=x.dtype, device=x.device)
+    return noise.ge_(p).div_(1.0 - p).mul_(x)
+
+
+@dataclasses.dataclass
+class _Chain:
+    """A ``Sequential`` split into the prefix computed once and the steps sampled T times."""
+
+    prefix: list[nn.Module]
+    suffix: list[nn.Module]
+    reused: tuple[str, ...]
+
+    def sample(self, acc: MCAccumulator, x: torch.Tensor, chunks: list[int]) -> bool:
+        """Add ``sum(chunks)`` samples of the rows ``x`` to ``acc``; ``False`` (and nothing
+        added) when the prefix's output has not one row per input row, so it cannot be
+        stacked."""
+        h: Any = x
+        for module in self.prefix:
+            h = module(h)
+        rows = int(x.shape[0])
+        if not isinstance(h, torch.Tensor) or h.dim() == 0 or h.shape[0] != rows:
+            _log.debug("%s: the prefix returned no tensor of %d rows: the whole model runs "
+                       "for every sample", _OWNER, rows)
+            return False
+        if not self.suffix:  # nothing samples: every sample is the prefix's output
+            y = _to_numpy(h, 1, rows)
+            for k in chunks:
+                acc.add(np.broadcast_to(y, (k, *y.shape[1:])))
+            return True
+        copies = max(chunks)
+        stacked = h if copies == 1 else h.repeat(copies, *([1] * (h.dim() - 1)))
+        first, *rest = self.suffix
+        fresh = _fast_dropout(first) and _fast_input(stacked)
+        for k in chunks:  # the first k·rows stacked rows are k copies of the prefix output
+            # The stacked copies serve every chunk: the first step gets its own copy unless
+            # it is the fast dropout, which never writes its input (an in-place module would).
+            z: Any = stacked[:k * rows]
+            z = _dropout(z, float(first.p)) if fresh else first(z.clone())
+            for module in rest:
+                z = (_dropout(z, float(module.p))
+                     if _fast_dropout(module) and _fast_input(z) else module(z))
+            acc.add(_to_numpy(z, k, rows))
+        return True
+
+
+def _fast_input(x: Any) -> bool:
+    # torch.rand's resolution in half precision (2⁻¹¹) would shift p; CUDA's fused dropout
+    # kernel is faster than four separate ones.
+    return (isinstance(x, torch.Tensor) and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64))
+
+
+def _split(model: nn.Module, select: Callable[[nn.Module], bool],
+           inputs: _Inputs) -> _Chain | None:
+    """The split of ``model`` at its first step that is not provably deterministic, or
+    ``None`` (logged) when the model is not a chain that may be split."""
+    why = ""
+    if not _is_chain(model):
+        why = f"{type(model).__name__} is not a plain nn.Sequential"
+    elif inputs.kwargs or len(inputs.args) != 1:
+        why = "an nn.Sequential takes one input"
+    elif _global_forward_hooks():
+        why = "global forward hooks are registered"
+    if why:
+        _log.debug("%s: the whole model runs for every sample: %s", _OWNER, why)
+        return None
+    steps = _flatten(model, "")
+    n = deterministic_prefix(steps, lambda step: _deterministic(step[1], select))
+    if n == 0:
+        _log.debug("%s: the whole model runs for every sample: its first module %r is not "
+                   "provably deterministic", _OWNER, steps[0][0] if steps else "")
+        return None
+    chain = _Chain(prefix=[m for _, m in steps[:n]], suffix=[m for _, m in steps[n:]],
+                   reused=tuple(name for name, _ in steps[:n]))
+    _log.debug("%s: computed once per row block: %s; sampled: %s", _OWNER,
+               ", ".join(f"{name} ({type(m).__name__})" for name, m in steps[:n]) or "nothing",
+               ", ".join(f"{name} ({type(m).__name__})" for name, m in steps[n:]) or "nothing")
+    return chain
 
 
 def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:

@@ -267,6 +267,171 @@ def test_bad_arguments_name_the_function_and_argument():
         mc_predict(TwoInputs(), (torch.zeros(2, 3), torch.zeros(3, 5)))
 
 
+# -- prefix reuse ------------------------------------------------------------------------------
+def first_dropout_mlp(p: float = 0.5, seed: int = 0, d: int = 6) -> nn.Sequential:
+    """Linear → ReLU → Dropout → Linear → Tanh → Dropout → Linear: the split falls after ReLU."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 8), nn.Tanh(),
+                         nn.Dropout(p / 2), nn.Linear(8, 2))
+
+
+def reference_samples(model: nn.Sequential, x: torch.Tensor, samples: int, seed: int
+                      ) -> np.ndarray:
+    """The documented reuse path written out by hand, one sample per pass: the prefix once,
+    then per sample each dropout's mask drawn as ``torch.rand(shape) >= p``, in chain order,
+    from a generator seeded with ``seed``, and applied as ``x * (mask / (1 - p))``."""
+    layers = list(model)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        h = layers[1](layers[0](x))
+        out = []
+        for _ in range(samples):
+            z = h
+            for layer in layers[2:]:
+                if isinstance(layer, nn.Dropout):
+                    mask = (torch.rand(z.shape) >= layer.p).to(z.dtype)
+                    z = z * (mask / (1.0 - layer.p))
+                else:
+                    z = layer(z)
+            out.append(z.numpy())
+    return np.stack(out)
+
+
+def test_the_deterministic_prefix_is_reused_and_named():
+    model, x = first_dropout_mlp(), torch.randn(10, 6)
+    p = mc_predict(model, x, samples=4, seed=0)
+    assert p.reused == ("0", "1")  # Linear, ReLU; sampling starts at the Dropout
+    assert mc_predict(model, x, samples=4, seed=0, reuse_prefix=False).reused == ()
+    nested = nn.Sequential(nn.Sequential(model[0], model[1]), nn.Sequential(*model[2:]))
+    q = mc_predict(nested, x, samples=4, seed=0, keep_samples=True)
+    assert q.reused == ("0.0", "0.1")  # plain Sequential containers are flattened
+    np.testing.assert_array_equal(q.samples, mc_predict(model, x, samples=4, seed=0,
+                                                        keep_samples=True).samples)
+    bn = mc_predict(bn_dropout_mlp(), inputs(), samples=3)
+    assert bn.reused == ("0", "1", "2")  # Linear, BatchNorm (eval mode), ReLU
+
+
+def test_reuse_draws_exactly_the_documented_masks():
+    model, x = first_dropout_mlp(p=0.4), torch.randn(7, 6)
+    p = mc_predict(model, x, samples=6, seed=11, samples_per_batch=1, keep_samples=True)
+    expected = reference_samples(model, x, 6, seed=11)
+    np.testing.assert_array_equal(p.samples, expected)
+    # Without the prefix's ReLU, or with a dropout skipped, the samples would differ:
+    assert len({s.tobytes() for s in p.samples}) == 6
+    # Several samples per pass draw one mask for all their stacked rows, chunk by chunk.
+    stacked = mc_predict(model, x, samples=6, seed=11, samples_per_batch=3, keep_samples=True)
+    assert not np.array_equal(stacked.samples, p.samples)
+    np.testing.assert_allclose(stacked.mean, expected.mean(axis=0), atol=1.0)  # same scale
+
+
+def test_rate_zero_gives_the_deterministic_forward_for_every_sample():
+    model, x = first_dropout_mlp(p=0.0), torch.randn(12, 6)
+    with pytest.warns(RegplugWarning, match="all 5 samples are identical"):
+        p = mc_predict(model, x, samples=5, samples_per_batch=1, keep_samples=True)
+    assert p.reused == ("0", "1")
+    with torch.no_grad():
+        plain = model.eval()(x).numpy()
+    for sample in p.samples:
+        np.testing.assert_array_equal(sample, plain)
+
+
+def test_reuse_agrees_with_the_naive_loop_in_mean_and_spread():
+    # Tanh after the dropout makes the MC mean differ from the eval-mode output, so a dropped
+    # prefix, a skipped dropout or a wrong rescaling all move mean or std out of the bounds.
+    model, x = first_dropout_mlp(p=0.5, seed=4), torch.randn(3, 6)
+    t = 4000
+    p = mc_predict(model, x, samples=t, seed=0, interval="normal")
+    model.train()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(1)
+        naive = torch.stack([model(x) for _ in range(t)]).double().numpy()
+    se = np.sqrt(p.std ** 2 / t + naive.std(axis=0) ** 2 / t)
+    assert (np.abs(p.mean - naive.mean(axis=0)) < 5 * se).all()
+    np.testing.assert_allclose(p.std, naive.std(axis=0), rtol=0.08)
+    with torch.no_grad():
+        deterministic = model.eval()(x).double().numpy()
+    assert np.abs(p.mean - deterministic).max() > 4 * se.max()  # dropout really sampled
+    assert (p.std > 0.05).all()
+
+
+def test_the_prefix_runs_once_per_row_block_and_stacks_within_the_row_bound(monkeypatch):
+    model, x = first_dropout_mlp(), torch.randn(10, 6)
+    calls: list[tuple[int, int]] = []
+    forward = nn.Linear.forward
+
+    def counted(self, z):  # a class-level patch: the modules stay built-in and hook-free
+        calls.append((self.in_features, int(z.shape[0])))
+        return forward(self, z)
+
+    monkeypatch.setattr(nn.Linear, "forward", counted)
+    p = mc_predict(model, x, samples=500, batch_size=4, seed=0)
+    assert p.shape == (10, 2) and p.reused == ("0", "1")
+    first = [rows for width, rows in calls if width == 6]
+    assert first == [4, 4, 2]  # the prefix: once per row block, on the block's rows
+    later = [rows for width, rows in calls if width == 16]
+    assert max(later) <= 1024 and sum(later) == 500 * 10  # stacked copies, at most 1024 rows
+
+
+@pytest.mark.parametrize("case", ["custom forward", "hook", "global hook", "first samples",
+                                  "subclass forward"])
+def test_models_that_cannot_be_split_give_the_same_numbers_as_before(case):
+    model: nn.Module = first_dropout_mlp(p=0.3)
+    x, handle = torch.randn(9, 6), None
+    if case == "custom forward":
+        model = Residual(model)
+    elif case == "hook":
+        handle = model[0].register_forward_hook(lambda m, i, o: o + torch.rand_like(o))
+    elif case == "global hook":
+        handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    elif case == "first samples":
+        model = nn.Sequential(nn.Dropout(0.2), *model)
+    elif case == "subclass forward":
+        model = ChainTwice(*model[:3], nn.Linear(16, 16))
+    try:
+        new = mc_predict(model, x, samples=5, seed=3, keep_samples=True)
+        old = mc_predict(model, x, samples=5, seed=3, keep_samples=True, reuse_prefix=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert new.reused == ()
+    np.testing.assert_array_equal(new.samples, old.samples)
+
+
+def test_an_in_place_first_sampled_module_does_not_corrupt_the_shared_prefix():
+    # AlphaDropout(inplace=True) writes its input: each sample must get a fresh copy of the
+    # prefix's output, so the samples equal those of the whole-model path (same masks).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.SELU(), nn.AlphaDropout(0.3, inplace=True),
+                          nn.Linear(8, 1))
+    x = torch.randn(5, 6)
+    new = mc_predict(model, x, samples=6, seed=1, samples_per_batch=1, keep_samples=True)
+    old = mc_predict(model, x, samples=6, seed=1, samples_per_batch=1, keep_samples=True,
+                     reuse_prefix=False)
+    assert new.reused == ("0", "1")
+    np.testing.assert_array_equal(new.samples, old.samples)
+
+
+class Residual(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body, self.skip = body, nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.skip(x)
+
+
+class ChainTwice(nn.Sequential):
+    """A Sequential with its own forward: not a plain chain."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x) + super().forward(x)
+
+
+def test_reuse_prefix_must_be_a_bool():
+    with pytest.raises(TypeError, match="mc_predict: argument 'reuse_prefix' must be True or False"):
+        mc_predict(first_dropout_mlp(), torch.randn(2, 6), reuse_prefix="yes")
+
+
 def test_module_docstring_examples_run():
     result = doctest.testmod(torch_uncertainty, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
