@@ -394,10 +394,10 @@ def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
         groups.setdefault((result.framework, result.strategy), []).append(result)
     summaries: list[StrategySummary] = []
     for (framework, strategy), runs in groups.items():
-        runs = sorted(runs, key=lambda r: -1 if r.seed is None else r.seed)
+        runs = sorted(runs, key=_seed_of)
         summaries.append(StrategySummary(
             framework=framework, strategy=strategy, description=runs[0].description,
-            seeds=tuple(-1 if r.seed is None else r.seed for r in runs),
+            seeds=tuple(_seed_of(r) for r in runs),
             acc_train=Spread.of([r.acc_train for r in runs]),
             acc_test=Spread.of([r.acc_test for r in runs]),
             pct_diff=Spread.of([r.pct_diff for r in runs]),
@@ -428,10 +428,14 @@ def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
     return summaries
 
 
+def _seed_of(result: StrategyResult) -> int:
+    """The run's seed; -1 for a row made without one (by hand: never by a comparison)."""
+    return -1 if result.seed is None else result.seed
+
+
 def _values(runs: Sequence[StrategyResult], metric: str) -> list[float]:
     """``metric`` of every run, in the order of their seeds."""
-    return [float(getattr(r, metric))
-            for r in sorted(runs, key=lambda r: -1 if r.seed is None else r.seed)]
+    return [float(getattr(r, metric)) for r in sorted(runs, key=_seed_of)]
 
 
 def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
