@@ -27,8 +27,8 @@ for name, argv in cases.items():
         code = cli.main(["tune", *argv])
     found[name] = [code, err.getvalue()]
 print(json.dumps({"cases": found,
-                  "imported": [m for m in %r if m in sys.modules]}))
-""" % (FRAMEWORKS,)
+                  "imported": [m for m in FRAMEWORKS if m in sys.modules]}))
+""".replace("FRAMEWORKS", repr(FRAMEWORKS))
 
 
 def run_cases(tmp_path, cases: dict[str, list[str]]) -> dict:
