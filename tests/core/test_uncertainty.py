@@ -13,7 +13,9 @@ from regplug.uncertainty import (
     MCAccumulator,
     MCPrediction,
     check_mc_arguments,
+    deterministic_prefix,
     normal_quantile,
+    quantiles,
     row_batches,
     sample_chunks,
     summarize,
@@ -196,3 +198,33 @@ def test_identical_samples_warn_only_when_more_than_one_was_asked_for():
         warn_if_constant("mc_predict", 5, varies=False, n_dropout=2)
     warn_if_constant("mc_predict", 1, varies=False, n_dropout=0)  # T=1: nothing to say
     warn_if_constant("mc_predict", 5, varies=True, n_dropout=1)
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 7, 50, 201])
+@pytest.mark.parametrize("qs", [(0.025, 0.975), (0.0, 1.0), (0.5, 0.25), (1 / 3, 0.9)])
+def test_quantiles_are_numpys_bit_for_bit_nan_and_inf_included(t, qs):
+    rng = np.random.default_rng(t)
+    x = rng.normal(size=(t, 5, 4)).astype("float32")
+    x[0, 0, 0], x[-1, 1, 1], x[0, 2, 2] = np.nan, np.inf, -np.inf
+    x[:, 3, 3] = np.inf
+    with np.errstate(invalid="ignore"):  # inf − inf in the interpolation, as in NumPy
+        ours = quantiles(x, qs)
+        expected = np.quantile(x.astype(np.float64), list(qs), axis=0)
+    for a, b in zip(ours, expected, strict=True):
+        assert a.dtype == np.float64 and a.shape == (5, 4)
+        np.testing.assert_array_equal(a, b)  # NaN where NumPy has NaN
+
+
+def test_deterministic_prefix_counts_the_leading_deterministic_steps():
+    assert deterministic_prefix([1, 2, 0, 3], bool) == 2
+    assert deterministic_prefix([0, 1], bool) == 0
+    assert deterministic_prefix([1, 1], bool) == 2
+    assert deterministic_prefix([], bool) == 0
+
+
+def test_concatenate_keeps_what_was_reused_and_refuses_parts_that_differ(draws):
+    a = MCPrediction(**{**vars(summarize(draws[:, :3])), "reused": ("0", "1")})
+    b = MCPrediction(**{**vars(summarize(draws[:, 3:])), "reused": ("0", "1")})
+    assert MCPrediction.concatenate([a, b]).reused == ("0", "1")
+    with pytest.raises(ValueError, match="differ in 'reused'"):
+        MCPrediction.concatenate([a, summarize(draws[:, 3:])])

@@ -314,6 +314,75 @@ def test_bad_arguments_name_the_function_and_argument():
         mc_predict(model, X, compiled="yes")
 
 
+# -- prefix reuse ------------------------------------------------------------------------------
+def first_dropout_mlp(rate: float = 0.5) -> keras.Model:
+    """Dense → Dropout → Dense(tanh) → Dense: the split falls after the first Dense."""
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                             keras.layers.Dropout(rate, seed=3),
+                             keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(2)])
+
+
+def test_the_prefix_is_reused_and_the_rest_draws_the_whole_models_masks():
+    model = trained_bn_mlp()
+    new = mc_predict(model, X, samples=7, seed=3, batch_size=10, keep_samples=True)
+    old = mc_predict(model, X, samples=7, seed=3, batch_size=10, keep_samples=True,
+                     reuse_prefix=False)
+    assert new.reused == tuple(layer.name for layer in model.layers[:2])  # Dense, BatchNorm
+    assert old.reused == ()
+    # The rest sees the shapes and seed states the whole model saw: the same masks, so the
+    # same samples up to the prefix's float rounding (a dropped prefix or a skipped dropout
+    # would be far off).
+    np.testing.assert_allclose(new.samples, old.samples, rtol=1e-5, atol=1e-6)
+    assert len({s.tobytes() for s in new.samples}) == 7
+    eager = mc_predict(model, X, samples=7, seed=3, batch_size=10, keep_samples=True,
+                       compiled=False)
+    np.testing.assert_allclose(eager.samples, new.samples, rtol=1e-5, atol=1e-6)
+
+
+def test_rate_zero_gives_the_deterministic_forward_for_every_sample():
+    model = first_dropout_mlp(rate=0.0)
+    with pytest.warns(RegplugWarning, match="all 4 samples are identical"):
+        p = mc_predict(model, X, samples=4, keep_samples=True)
+    assert p.reused == (model.layers[0].name,)
+    plain = ops.convert_to_numpy(model(X, training=False))
+    for sample in p.samples:
+        np.testing.assert_allclose(sample, plain, rtol=1e-6, atol=1e-7)
+
+
+def test_reuse_agrees_with_the_naive_loop_in_mean_and_spread():
+    model, x, t = first_dropout_mlp(), 3 * X[:2], 2000
+    p = mc_predict(model, x, samples=t, seed=0, interval="normal")
+    assert p.reused == (model.layers[0].name,)
+    keras.utils.set_random_seed(1)
+    naive = np.stack([ops.convert_to_numpy(model(x, training=True)) for _ in range(200)])
+    naive = naive.astype(np.float64)
+    se = np.sqrt(p.std ** 2 / t + naive.std(axis=0) ** 2 / 200)
+    assert (np.abs(p.mean - naive.mean(axis=0)) < 5 * se).all()
+    np.testing.assert_allclose(p.std, naive.std(axis=0), rtol=0.2)
+    assert (p.std > 0.01).all()  # the dropout sampled
+
+
+def test_models_that_cannot_be_split_give_the_same_numbers_as_before():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    h = keras.layers.Dense(8, activation="relu")(inp)
+    residual = keras.Model(inp, keras.layers.Dense(1)(
+        keras.layers.Add()([keras.layers.Dropout(0.5)(h), inp])))
+    lambda_first = keras.Sequential([keras.Input((8,)), keras.layers.Lambda(lambda t: t * 2.0),
+                                     keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+    for model in (residual, lambda_first, Subclassed()):
+        new = mc_predict(model, X, samples=5, seed=2, keep_samples=True)
+        old = mc_predict(model, X, samples=5, seed=2, keep_samples=True, reuse_prefix=False)
+        assert new.reused == ()
+        np.testing.assert_array_equal(new.samples, old.samples)
+
+
+def test_reuse_prefix_must_be_a_bool():
+    with pytest.raises(TypeError, match="argument 'reuse_prefix' must be True or False"):
+        mc_predict(first_dropout_mlp(), X, reuse_prefix=1)
+
+
 def test_module_docstring_examples_run():
     result = doctest.testmod(keras_uncertainty, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

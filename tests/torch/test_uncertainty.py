@@ -269,7 +269,7 @@ def test_bad_arguments_name_the_function_and_argument():
 
 # -- prefix reuse ------------------------------------------------------------------------------
 def first_dropout_mlp(p: float = 0.5, seed: int = 0, d: int = 6) -> nn.Sequential:
-    """Linear → ReLU → Dropout → Linear → Tanh → Dropout → Linear: the split falls after ReLU."""
+    """Linear → ReLU → Dropout → Linear → Tanh → Dropout → Linear: split after the ReLU."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 8), nn.Tanh(),
                          nn.Dropout(p / 2), nn.Linear(8, 2))
@@ -338,7 +338,8 @@ def test_rate_zero_gives_the_deterministic_forward_for_every_sample():
 def test_reuse_agrees_with_the_naive_loop_in_mean_and_spread():
     # Tanh after the dropout makes the MC mean differ from the eval-mode output, so a dropped
     # prefix, a skipped dropout or a wrong rescaling all move mean or std out of the bounds.
-    model, x = first_dropout_mlp(p=0.5, seed=4), torch.randn(3, 6)
+    model = first_dropout_mlp(p=0.5, seed=4)
+    x = 3 * torch.randn(3, 6, generator=torch.Generator().manual_seed(5))  # Tanh saturates
     t = 4000
     p = mc_predict(model, x, samples=t, seed=0, interval="normal")
     model.train()
@@ -350,7 +351,7 @@ def test_reuse_agrees_with_the_naive_loop_in_mean_and_spread():
     np.testing.assert_allclose(p.std, naive.std(axis=0), rtol=0.08)
     with torch.no_grad():
         deterministic = model.eval()(x).double().numpy()
-    assert np.abs(p.mean - deterministic).max() > 4 * se.max()  # dropout really sampled
+    assert np.abs(p.mean - deterministic).max() > 10 * se.max()  # dropout really sampled
     assert (p.std > 0.05).all()
 
 
@@ -428,7 +429,7 @@ class ChainTwice(nn.Sequential):
 
 
 def test_reuse_prefix_must_be_a_bool():
-    with pytest.raises(TypeError, match="mc_predict: argument 'reuse_prefix' must be True or False"):
+    with pytest.raises(TypeError, match="argument 'reuse_prefix' must be True or False"):
         mc_predict(first_dropout_mlp(), torch.randn(2, 6), reuse_prefix="yes")
 
 
