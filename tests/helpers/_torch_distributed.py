@@ -244,13 +244,19 @@ class Outcome:
 
 
 def launch(job: str, workdir: Path, *, world_size: int = 2, timeout: float = 90.0,
-           grace: float = 15.0, backend: str = "gloo", pg_timeout: float = 30.0) -> Outcome:
+           grace: float = 15.0, backend: str = "gloo", pg_timeout: float = 30.0,
+           script: Path | None = None) -> Outcome:
     """Run ``job`` on ``world_size`` processes and collect what each rank saved.
 
     Every process still running ``timeout`` seconds after the start, or ``grace`` seconds
     after another rank failed, is killed (``torchrun`` too tears a job down when a rank
     fails). ``pg_timeout`` is the process group's own timeout for collectives.
+
+    Each rank runs ``script`` (this file by default) as ``script JOB WORKDIR``; another
+    helper module that registers jobs of its own in :data:`JOBS` and calls :func:`_main`
+    from its ``__main__`` block can be launched the same way.
     """
+    script = HERE / "_torch_distributed.py" if script is None else script.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "store"
     store.unlink(missing_ok=True)
@@ -273,7 +279,7 @@ def launch(job: str, workdir: Path, *, world_size: int = 2, timeout: float = 90.
             # never the repository root, whose source folders would shadow the installed
             # regplug.
             procs.append(subprocess.Popen(
-                [sys.executable, str(HERE / "_torch_distributed.py"), job, str(workdir)],
+                [sys.executable, str(script), job, str(workdir)],
                 cwd=workdir, env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
                 stdout=log, stderr=subprocess.STDOUT))
         failed_at = None

@@ -2,28 +2,23 @@
 
 Rank 0 holds a real Optuna trial whose pruner prunes at epoch 2, rank 1 an
 ``OptunaPruning(None, ...)``; each rank passes its own validation loss. :func:`launch` starts
-the ranks as ``torchrun`` would (this file as the script), through the process-group set-up
-and result saving of ``_torch_distributed``, and kills a job that outlives its time limit.
+the ranks with ``_torch_distributed.launch`` (this file as the script, which registers
+:func:`job_pruning` and hands over to that module's process-group set-up and result saving).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import _torch_distributed as td
 import optuna
-import torch
 from _torch_models import make_model
 
 from regplug.plugins import OptunaPruning
 
-HERE = Path(__file__).resolve().parent
 EPOCHS = 6
 PRUNE_AT = 2
 #: Each rank's own validation losses; every rank's plugins see their mean.
@@ -63,42 +58,9 @@ def job_pruning(rank: int, size: int) -> dict[str, Any]:
 
 def launch(workdir: Path, *, timeout: float = 120.0) -> td.Outcome:
     """Run :func:`job_pruning` on two processes; each rank's result, or why it failed."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    store = workdir / "store"
-    store.unlink(missing_ok=True)
-    env = dict(os.environ, WORLD_SIZE="2", REGPLUG_TEST_INIT=f"file://{store}",
-               REGPLUG_TEST_BACKEND="gloo", REGPLUG_TEST_PG_TIMEOUT="30", OMP_NUM_THREADS="1")
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # see _torch_distributed.launch
-    start = time.monotonic()
-    logs = [open(workdir / f"rank{rank}.log", "w+") for rank in (0, 1)]
-    procs = [subprocess.Popen([sys.executable, str(HERE / "_torch_pruning_ddp.py"),
-                               str(workdir)], cwd=workdir,
-                              env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
-                              stdout=log, stderr=subprocess.STDOUT)
-             for rank, log in enumerate(logs)]
-    killed = []
-    try:
-        for proc in procs:
-            proc.wait(timeout=max(0.1, start + timeout - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        killed = [r for r, p in enumerate(procs) if p.poll() is None]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    texts = []
-    for log in logs:
-        log.seek(0)
-        texts.append(log.read())
-        log.close()
-    results = [torch.load(path, weights_only=False) if path.exists() else None
-               for path in (workdir / "rank0.pt", workdir / "rank1.pt")]
-    return td.Outcome([p.returncode for p in procs], results, texts,
-                      time.monotonic() - start, bool(killed), killed)
+    return td.launch("pruning", workdir, world_size=2, timeout=timeout, script=Path(__file__))
 
 
 if __name__ == "__main__":
     td.JOBS["pruning"] = job_pruning
-    td._main("pruning", sys.argv[1])  # the process group, the job, the result file
+    td._main(sys.argv[1], sys.argv[2])  # the process group, the job, the result file
