@@ -74,6 +74,36 @@ def assert_same_weights(a: keras.Model, b: keras.Model, *, rtol: float = 1e-6,
         np.testing.assert_allclose(vb, va, rtol=rtol, atol=atol, err_msg=var.path)
 
 
+def plain_twin(model: keras.Model, reg: object = None) -> keras.Model:
+    """A compiled :func:`mlp` (SGD, MSE) that never met regplug, with Keras' own ``reg`` on
+    its kernels if given, in exactly ``model``'s state: weights, batch-norm statistics,
+    dropout seed state, optimizer slots and iterations (``model``'s regplug variables, if it
+    still has any, are left out)."""
+    twin = mlp(reg=reg)
+    twin.compile(optimizer=sgd(), loss="mse")
+    twin.optimizer.build(twin.trainable_variables)
+    theirs = [v for v in model.variables if "regplug" not in v.path]
+    assert len(theirs) == len(twin.variables)
+    for a, b in zip(twin.variables, theirs):
+        a.assign(ops.convert_to_numpy(b))
+    for a, b in zip(twin.optimizer.variables, model.optimizer.variables):
+        a.assign(ops.convert_to_numpy(b))
+    return twin
+
+
+def regplug_leftovers(model: keras.Model) -> list[str]:
+    """What regplug left on a compiled model: attributes it set (``_regplug*`` or values of
+    its classes), the optimizer's patched ``apply``, patched layer ``call``s, penalty metrics
+    and regplug variables. Empty once the adapter has detached."""
+    found = [f"model.{k}" for k, v in vars(model).items()
+             if k.startswith("_regplug") or getattr(v, "__module__", "").startswith("regplug")]
+    found += ["optimizer.apply"] * ("apply" in vars(model.optimizer))
+    found += [f"{layer.name}.call" for layer in model.layers if "call" in vars(layer)]
+    found += [f"metric {m.name}" for m in model.metrics if "penalty" in m.name]
+    found += [f"variable {v.path}" for v in model.variables if "regplug" in v.path]
+    return found
+
+
 def fit(model: keras.Model, x: np.ndarray, y: np.ndarray, *, epochs: int = 2,
         batch_size: int = 16, callbacks: list[Any] | None = None, **kw: Any
         ) -> keras.callbacks.History:

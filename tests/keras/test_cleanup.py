@@ -11,7 +11,17 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from _keras_models import SetRates, assert_same_weights, data, fit, mlp, sgd, weights
+from _keras_models import (
+    SetRates,
+    assert_same_weights,
+    data,
+    fit,
+    mlp,
+    plain_twin,
+    regplug_leftovers,
+    sgd,
+    weights,
+)
 from keras import ops
 
 import regplug
@@ -74,32 +84,6 @@ def _crashed_model(scenario: str) -> keras.Model:
     return model
 
 
-def _plain_twin(model: keras.Model, reg: object = None) -> keras.Model:
-    """A model that never met regplug (with Keras' own ``reg`` on its kernels, if given), in
-    exactly ``model``'s state: weights, batch-norm statistics, dropout seed state, optimizer
-    iterations."""
-    twin = mlp(reg=reg)
-    twin.compile(optimizer=sgd(), loss="mse")
-    twin.optimizer.build(twin.trainable_variables)
-    theirs = [v for v in model.variables if "regplug" not in v.path]
-    assert len(theirs) == len(twin.variables)
-    for a, b in zip(twin.variables, theirs):
-        a.assign(ops.convert_to_numpy(b))
-    for a, b in zip(twin.optimizer.variables, model.optimizer.variables):
-        a.assign(ops.convert_to_numpy(b))
-    return twin
-
-
-def _regplug_leftovers(model: keras.Model) -> list[str]:
-    found = [f"model.{k}" for k, v in vars(model).items()
-             if k.startswith("_regplug") or getattr(v, "__module__", "").startswith("regplug")]
-    found += ["optimizer.apply"] * ("apply" in vars(model.optimizer))
-    found += [f"{layer.name}.call" for layer in model.layers if "call" in vars(layer)]
-    found += [f"metric {m.name}" for m in model.metrics if "penalty" in m.name]
-    found += [f"variable {v.path}" for v in model.variables if "regplug" in v.path]
-    return found
-
-
 def _check_evaluate(model: keras.Model, twin: keras.Model, tmp_path) -> None:
     ours = model.evaluate(X, Y, batch_size=16, verbose=0, return_dict=True)
     theirs = twin.evaluate(X, Y, batch_size=16, verbose=0, return_dict=True)
@@ -131,15 +115,15 @@ CHECKS = {"evaluate": _check_evaluate, "fit": _check_fit, "save": _check_save}
 def test_after_a_crashed_fit_the_model_evaluates_trains_and_saves_as_plain_keras(
         scenario, first, tmp_path):
     model = _crashed_model(scenario)
-    twin = _plain_twin(model)
+    twin = plain_twin(model)
     CHECKS[first](model, twin, tmp_path)  # the first call after the crash cleans up...
-    assert _regplug_leftovers(model) == []  # ... every patch, tracker, variable, attribute
+    assert regplug_leftovers(model) == []  # ... every patch, tracker, variable, attribute
     assert model.layers[2].rate == 0.2
     assert detach(model) is False  # nothing left for detach
     for name, check in CHECKS.items():
         if name != first:
             check(model, twin, tmp_path)
-    assert _regplug_leftovers(model) == []
+    assert regplug_leftovers(model) == []
 
 
 def test_the_patches_are_inert_as_soon_as_their_fit_is_gone():
@@ -160,12 +144,12 @@ def test_cleanup_is_logged_and_a_later_regularized_fit_works(caplog):
     with caplog.at_level(logging.WARNING, logger="regplug"):
         model.predict(X, verbose=0)
     assert "did not finish" in caplog.text and model.name in caplog.text
-    baseline = _plain_twin(model, reg=keras.regularizers.L2(0.05))
+    baseline = plain_twin(model, reg=keras.regularizers.L2(0.05))
     fit(baseline, X, Y, epochs=1)
     history = fit(model, X, Y, epochs=1, callbacks=[Regularize([L2(0.05)])])
     assert sorted(history.history) == ["l2_penalty", "loss"]
     assert_same_weights(baseline, model)
-    assert _regplug_leftovers(model) == []
+    assert regplug_leftovers(model) == []
 
 
 class EvaluatesEachEpoch(keras.callbacks.Callback):
@@ -193,7 +177,7 @@ def test_calls_into_the_model_from_inside_a_running_fit_leave_the_attachment_alo
     assert len(history.history["l2_penalty"]) == 2
     assert all("l2_penalty" in logs for logs in inside.logs)  # still attached in there
     assert_same_weights(baseline, model)
-    assert _regplug_leftovers(model) == []
+    assert regplug_leftovers(model) == []
 
 
 # -- one Regularize, one fit at a time -----------------------------------------------------
@@ -241,10 +225,10 @@ def test_one_regularize_in_two_threads_fits_is_refused_and_the_first_fit_finishe
     assert model.name in message
     assert len(history.history["l2_penalty"]) == 2
     assert_same_weights(baseline, model)  # the first fit went on, penalized, undisturbed
-    assert _regplug_leftovers(model) == [] and _regplug_leftovers(other) == []
+    assert regplug_leftovers(model) == [] and regplug_leftovers(other) == []
     if not same_model:
         for a, b in zip(weights(other), other_before):
             np.testing.assert_array_equal(a, b)  # the refused fit did not train
     assert callback.model is model
     fit(other, X, Y, epochs=1, callbacks=[callback])  # free again once the first fit ended
-    assert _regplug_leftovers(other) == []
+    assert regplug_leftovers(other) == []

@@ -11,8 +11,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from _keras_models import assert_same_weights, data, fit, mlp, sgd, weights
-from keras import ops
+from _keras_models import (
+    assert_same_weights,
+    data,
+    fit,
+    mlp,
+    plain_twin,
+    regplug_leftovers,
+    sgd,
+    weights,
+)
 
 from regplug.adapters.keras import Regularize, detach
 from regplug.plugins import L2, EarlyStopping, OptunaPruning
@@ -44,31 +52,6 @@ class ScriptedValLoss(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs["val_loss"] = self.losses[epoch]
         self.snapshots.append(weights(self.model))
-
-
-def regplug_leftovers(model: keras.Model) -> list[str]:
-    """What regplug may leave on a model (as tests/keras/test_cleanup.py checks it)."""
-    found = [f"model.{k}" for k, v in vars(model).items()
-             if k.startswith("_regplug") or getattr(v, "__module__", "").startswith("regplug")]
-    found += ["optimizer.apply"] * ("apply" in vars(model.optimizer))
-    found += [f"{layer.name}.call" for layer in model.layers if "call" in vars(layer)]
-    found += [f"metric {m.name}" for m in model.metrics if "penalty" in m.name]
-    found += [f"variable {v.path}" for v in model.variables if "regplug" in v.path]
-    return found
-
-
-def plain_twin(model: keras.Model) -> keras.Model:
-    """A model that never met regplug, in exactly ``model``'s state (weights, batch-norm
-    statistics, dropout seed, optimizer slots and iterations)."""
-    twin = mlp()
-    twin.compile(optimizer=sgd(), loss="mse")
-    twin.optimizer.build(twin.trainable_variables)
-    assert len(model.variables) == len(twin.variables)
-    for a, b in zip(twin.variables, model.variables):
-        a.assign(ops.convert_to_numpy(b))
-    for a, b in zip(twin.optimizer.variables, model.optimizer.variables):
-        a.assign(ops.convert_to_numpy(b))
-    return twin
 
 
 def test_a_pruned_fit_stops_after_that_epoch_restores_early_stoppings_best_and_leaves_keras():
