@@ -356,8 +356,8 @@ class Summary:
     def text(self) -> str:
         header, rows = self.header(), self.rows()
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = [f"summary ({self.objective.describe()}, on the validation rows; "
-                 f"{self.seconds:.1f}s):"]
+        lines = [f"summary: {self.objective.metric}, {self.objective.direction}d, on the "
+                 f"validation rows ({self.seconds:.1f}s)"]
         for row in [header, *rows]:
             cells = [row[0].ljust(widths[0]), *(c.rjust(w) for c, w in
                                                  zip(row[1:-1], widths[1:-1])), row[-1]]

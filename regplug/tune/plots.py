@@ -86,7 +86,7 @@ def draw_parameters(spaces: Sequence[StrategySpace],
             ax.scatter([x_of(best)], [best.value], s=120, marker="*", color=_BEST,
                        label=f"best (trial {best.number})", zorder=4)
         space_ = parameter.space
-        if labels:
+        if isinstance(space_, Choice):
             ax.set_xticks(range(len(labels)), [str(v) for v in labels])
             ax.set_xlim(-0.5, len(labels) - 0.5)
         elif space_.log:  # the whole range searched, so that one sees where trials went
