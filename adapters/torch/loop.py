@@ -58,13 +58,12 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from regplug.clock import EpochClock, Wording, check_logs
 from regplug.errors import UsageError
-from regplug.manager import PluginManager, load_plugin_states
+from regplug.manager import PluginManager
 from regplug.penalty import Penalty, unique_names
 from regplug.plugin import check_requirements
 from regplug.run import StopRequest
@@ -72,7 +71,7 @@ from regplug.window import StepWindow
 
 from .ops import TorchOps, without_grad
 from .run import build_run
-from .state import arrays_as
+from .state import load_run_state, run_state_dict
 from .trial import TorchTrial
 
 __all__ = ["attach", "TorchRegularizer", "hookable_optimizer"]
@@ -428,14 +427,7 @@ class TorchRegularizer:
         CPU tensors, so ``torch.load(path)`` reads the checkpoint with its default
         ``weights_only=True``; :meth:`load_state_dict` turns them back into arrays.
         """
-        return {
-            "step": self.run.step, "epoch": self.run.epoch,
-            "history": {k: list(v) for k, v in self.run.history.items()},
-            "plugins": [{"name": getattr(p, "name", type(p).__name__),
-                         "state": arrays_as(p.state_dict() if hasattr(p, "state_dict") else {},
-                                             np.ndarray, torch.from_numpy)}
-                        for p in self.manager.plugins],
-        }
+        return run_state_dict(self.run, self.manager.plugins)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the same plugins, in the same order.
@@ -443,24 +435,8 @@ class TorchRegularizer:
         All or nothing: the checkpoint's layout is checked first, and if any plugin refuses
         its state, every plugin and the run's clock and history stay as they were.
         """
-        where = "reg.load_state_dict"
-        try:
-            entries = list(state["plugins"])
-            saved = [entry["name"] for entry in entries]
-            step, epoch = int(state["step"]), int(state["epoch"])
-            history = {str(k): [float(x) for x in v] for k, v in state["history"].items()}
-            states = [arrays_as(entry["state"], torch.Tensor,
-                                lambda t: t.detach().cpu().numpy()) for entry in entries]
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise ValueError(f"{where}: not a checkpoint written by reg.state_dict() "
-                             f"({type(err).__name__}: {err}); nothing was loaded") from None
-        current = [getattr(p, "name", type(p).__name__) for p in self.manager.plugins]
-        if saved != current:
-            raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
-        load_plugin_states(self.manager.plugins, states, where=where)
-        self.run.step, self.run.epoch = step, epoch
-        self.run.history = history
-        self.run.update_scalars()
+        load_run_state(self.run, self.manager.plugins, state, where="reg.load_state_dict",
+                       writer="reg.state_dict()")
 
 
 def attach(model: nn.Module, optimizer: torch.optim.Optimizer, plugins: Iterable[object], *,

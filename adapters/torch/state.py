@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from regplug.manager import load_plugin_states
 from regplug.run import Run, check_state_arrays
 
 from .discovery import unwrap
@@ -93,16 +94,30 @@ def run_state_dict(run: Run, plugins: Sequence[object]) -> dict[str, Any]:
     }
 
 
-def load_run_state(run: Run, plugins: Sequence[object], state: dict[str, Any]) -> None:
-    """Resume from :func:`run_state_dict`: the same plugins, in the same order."""
-    saved = [entry["name"] for entry in state["plugins"]]
+def load_run_state(run: Run, plugins: Sequence[object], state: dict[str, Any], *,
+                   where: str = "load_run_state", writer: str = "run_state_dict()") -> None:
+    """Resume from :func:`run_state_dict`: the same plugins, in the same order.
+
+    All or nothing: the checkpoint's layout is checked first (a ``ValueError`` that says it
+    is not a checkpoint written by ``writer``), then the plugins' names against this run's;
+    if any plugin refuses its state, every plugin and the run's clock and history stay as
+    they were (:func:`regplug.manager.load_plugin_states`). ``where`` names the call in
+    messages.
+    """
+    try:
+        entries = list(state["plugins"])
+        saved = [entry["name"] for entry in entries]
+        step, epoch = int(state["step"]), int(state["epoch"])
+        history = {str(k): [float(x) for x in v] for k, v in state["history"].items()}
+        states = [arrays_as(entry["state"], torch.Tensor,
+                            lambda t: t.detach().cpu().numpy()) for entry in entries]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{where}: not a checkpoint written by {writer} "
+                         f"({type(err).__name__}: {err}); nothing was loaded") from None
     current = [getattr(p, "name", type(p).__name__) for p in plugins]
     if saved != current:
         raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
-    for plugin, entry in zip(plugins, state["plugins"]):
-        if hasattr(plugin, "load_state_dict"):
-            plugin.load_state_dict(arrays_as(entry["state"], torch.Tensor,
-                                              lambda t: t.detach().cpu().numpy()))
-    run.step, run.epoch = int(state["step"]), int(state["epoch"])
-    run.history = {k: list(v) for k, v in state["history"].items()}
+    load_plugin_states(plugins, states, where=where)
+    run.step, run.epoch = step, epoch
+    run.history = history
     run.update_scalars()
