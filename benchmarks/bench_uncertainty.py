@@ -133,7 +133,7 @@ def _rows(framework: str, quick: bool) -> list[Result]:
         if framework == "torch":
             import torch
 
-            x = torch.from_numpy(x)
+            x = torch.from_numpy(x)  # type: ignore[assignment]
         steps, naive = _candidates(framework, model, x)
         samples = interleaved(steps, rounds=rounds, repeat=1, warmup=warmup)
         median = {k: statistics.median(v) for k, v in samples.items()}
