@@ -69,6 +69,8 @@ def test_readme_python_examples_run(index, tmp_path, monkeypatch):
         pytest.importorskip("lightning")
     if "transformers" in code:
         pytest.importorskip("transformers")
+    if "optuna" in code:
+        pytest.importorskip("optuna")
     monkeypatch.chdir(tmp_path)
     if "regularization.toml" in code:
         toml = re.search(r"```toml\n# regularization.toml\n(.*?)```", README.read_text(), re.S)
