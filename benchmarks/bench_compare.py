@@ -1,0 +1,258 @@
+"""Wall time of the default ``regplug compare`` run, where it goes, and the Keras input path.
+
+``compare_default_wall``
+    ``regplug compare -q --out DIR`` (both frameworks, the ten default strategies, 30
+    epochs, digits) in a fresh process, against the 50 s target. The same process reports
+    its phases (rows ``compare_phase_*``): start-up (interpreter, imports, data, checks),
+    torch training, Keras training (each strategy's whole ``train_strategy``: model, fit,
+    accuracies), figures + the MC-dropout toy + report, and the rest (table, progress,
+    staging). Each phase has a share of the 50 s as its budget.
+``compare_imports``
+    What the default run imports, alone in a fresh process (each module's time in the note).
+``compare_keras_fit_numpy_vs_pipelines``
+    One Keras strategy's fit (``l2``, 30 epochs, digits) with the NumPy arrays against the
+    prebuilt ``tf.data`` pipelines the runner uses on TensorFlow, interleaved; the two
+    fits are first checked to give the same history.
+
+Run::
+
+    python -m benchmarks.bench_compare [--quick]
+
+``--quick`` runs 2 epochs of three strategies: the wall time then says nothing about the
+target. The load average is in every row's notes: on a busy machine the times are not the
+run's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import Result, interleave, result
+
+__all__ = ["run", "TARGET_S", "BUDGETS_S", "IMPORTS"]
+
+#: The default run's wall-time target (issue 12).
+TARGET_S = 50.0
+#: Each phase's share of :data:`TARGET_S` (they add up to it).
+BUDGETS_S: dict[str, float] = {"start-up": 8.0, "torch training": 6.0,
+                               "keras training": 26.0, "figures, MC toy, report": 8.0,
+                               "rest": 2.0}
+#: What the default run imports, in the order it imports them.
+IMPORTS = ("regplug.cli", "regplug.compare.cli", "sklearn.datasets",
+           "regplug.adapters.torch.compare", "regplug.adapters.keras.compare",
+           "regplug.compare.plots", "regplug.compare.report")
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "load unknown"
+
+
+def _python(code: str, *args: str) -> tuple[dict[str, Any], float]:
+    """Run ``code`` in a fresh interpreter; its last stdout line (JSON) and the wall time."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=_ROOT, capture_output=True,
+                          text=True, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark subprocess failed ({done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), wall
+
+
+# -- the default run, phase by phase --------------------------------------------------------
+class _Clock:
+    """Seconds by phase, from wrappers around the run's functions (in the run's process)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.first_training: float | None = None
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
+
+    def timed(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.phase(name):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+
+class _TimedRunner:
+    """A framework runner whose training and MC-dropout toy are timed."""
+
+    def __init__(self, runner: Any, clock: _Clock) -> None:
+        self._runner, self._clock = runner, clock
+        self.name = runner.name
+        self.describe = runner.describe
+
+    def train_strategy(self, *args: Any, **kwargs: Any) -> Any:
+        if self._clock.first_training is None:
+            self._clock.first_training = time.perf_counter()
+        with self._clock.phase(f"{self.name} training"):
+            return self._runner.train_strategy(*args, **kwargs)
+
+    def mc_dropout(self, *args: Any, **kwargs: Any) -> Any:
+        with self._clock.phase("MC toy"):
+            return self._runner.mc_dropout(*args, **kwargs)
+
+
+def _timed_compare(argv: list[str]) -> dict[str, Any]:
+    """``regplug compare ARGV`` in this process, with its phases timed (the subprocess side)."""
+    clock = _Clock()
+    from regplug import cli
+    from regplug.compare import plots, runner
+
+    get_runner = runner.get_runner
+
+    def timed_runner(name: str) -> Any:
+        return _TimedRunner(get_runner(name), clock)
+
+    runner.get_runner = timed_runner  # type: ignore[assignment]  # the duck-typed runner
+    runner.write_outputs = clock.timed("figures, MC toy, report", runner.write_outputs)
+    for name in dir(plots):
+        if name.startswith("plot_"):
+            setattr(plots, name, clock.timed("figures", getattr(plots, name)))
+    code = cli.main(["compare", *argv])
+    if code != 0:
+        raise RuntimeError(f"regplug compare {' '.join(argv)} exited with {code}")
+    phases = clock.seconds
+    phases["total"] = time.perf_counter() - clock.start
+    phases["start-up"] = (clock.first_training or clock.start) - clock.start
+    phases["rest"] = phases["total"] - sum(
+        phases.get(p, 0.0) for p in ("start-up", "torch training", "keras training",
+                                     "figures, MC toy, report"))
+    return phases
+
+
+_COMPARE = ("import json, sys; from benchmarks.bench_compare import _timed_compare; "
+            "print(json.dumps(_timed_compare(sys.argv[1:])))")
+
+
+def _compare_rows(quick: bool) -> list[Result]:
+    args = ["-q", *(("--strategies", "none,l2,dropout", "--epochs", "2") if quick else ())]
+    load = _load()
+    with tempfile.TemporaryDirectory() as folder:
+        phases, wall = _python(_COMPARE, *args, "--out", str(Path(folder) / "run"))
+    phases["start-up"] += wall - phases["total"]  # + the interpreter, before our clock
+    command = f"regplug compare {' '.join(args)} --out DIR"
+    rows = [result("compare_default_wall", regplug_s=wall, baselines_s={"target": TARGET_S},
+                   ratio=wall / TARGET_S, ratio_of="wall / 50 s target", at_most=1.0,
+                   notes=[f"{command} in a fresh process; {load} before, "
+                          f"{_load()} after" + ("; quick: not the target run" if quick
+                                                else "")])]
+    notes = {"start-up": "interpreter, imports, data, checks: up to the first strategy",
+             "torch training": "every train_strategy: model, training loop, accuracies",
+             "keras training": "every train_strategy: model, compile, fit, accuracies",
+             "figures, MC toy, report": (f"of which figures {phases.get('figures', 0):.2f} s, "
+                                         f"MC-dropout toy {phases.get('MC toy', 0):.2f} s"),
+             "rest": "table, progress, staging the output folder"}
+    for phase, budget in BUDGETS_S.items():
+        seconds = phases.get(phase, 0.0)
+        rows.append(result(f"compare_phase_{phase.split(',')[0].replace(' ', '_')}",
+                           regplug_s=seconds, baselines_s={"budget": budget},
+                           ratio=seconds / budget, ratio_of=f"{phase} / budget", at_most=1.0,
+                           notes=[f"{notes[phase]}; same run, {load}"]))
+    return rows
+
+
+# -- imports --------------------------------------------------------------------------------
+_IMPORTS = ("import importlib, json, sys, time\n"
+            "seconds = {}\n"
+            "for name in sys.argv[1:]:\n"
+            "    start = time.perf_counter()\n"
+            "    importlib.import_module(name)\n"
+            "    seconds[name] = time.perf_counter() - start\n"
+            "print(json.dumps(seconds))")
+
+
+def _import_row() -> Result:
+    load = _load()
+    seconds, wall = _python(_IMPORTS, *IMPORTS)
+    total = sum(seconds.values())
+    each = ", ".join(f"{name} {s:.2f} s" for name, s in seconds.items())
+    return result("compare_imports", regplug_s=total, baselines_s={"budget": 6.0},
+                  ratio=total / 6.0, ratio_of="imports / budget", at_most=1.0,
+                  notes=[f"fresh process ({wall:.2f} s with the interpreter), {load}: {each}"])
+
+
+# -- one Keras fit: NumPy arrays vs prebuilt pipelines --------------------------------------
+def _keras_fit_row(quick: bool) -> Result:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from regplug.adapters.keras import compare as keras_compare
+    from regplug.compare import TrainSettings
+    from regplug.compare.datasets import resolve_data, split_validation
+    from regplug.compare.models import resolve_model
+    from regplug.compare.strategies import BUILTIN_STRATEGIES
+
+    if keras.backend.backend() != "tensorflow":
+        raise ImportError(f"the pipelines serve the TensorFlow backend, not "
+                          f"{keras.backend.backend()!r}")
+    splits = split_validation(resolve_data(None, seed=0), seed=0)
+    settings = TrainSettings(epochs=5 if quick else 30)
+    strategy, model = BUILTIN_STRATEGIES["l2"], resolve_model(None)
+    histories: dict[bool, dict[str, list[float]]] = {}
+
+    def fit(pipeline: bool) -> float:
+        outcome = keras_compare._train(splits, strategy, strategy.build_plugins(), model,
+                                       settings, pipeline=pipeline)
+        histories[pipeline] = outcome.history
+        return outcome.seconds
+
+    fit(True)  # the pipelines are built once per data set, before the first fit
+    if histories[True] != (fit(False), histories[False])[1]:
+        raise AssertionError("benchmark invalid: the pipelines' fit and the arrays' fit "
+                             "give different histories")
+    load = _load()
+    samples = interleave({"numpy": lambda: fit(False), "pipelines": lambda: fit(True)},
+                         rounds=1 if quick else 3)
+    numpy_s = statistics.median(samples["numpy"])
+    pipelines_s = statistics.median(samples["pipelines"])
+    ratio = statistics.median(a / b for a, b in zip(samples["numpy"], samples["pipelines"]))
+    return result("compare_keras_fit_numpy_vs_pipelines", regplug_s=pipelines_s,
+                  baselines_s={"numpy arrays": numpy_s}, ratio=ratio,
+                  ratio_of="numpy arrays / pipelines", at_least=1.5,
+                  notes=[f"strategy l2, {settings.epochs} epochs, digits, fit only; median of "
+                         f"{len(samples['numpy'])} interleaved pairs; same history checked; "
+                         f"{load} before, {_load()} after"])
+
+
+def run(quick: bool) -> list[Result]:
+    """The default run's wall time and phases, its imports, and the Keras input paths."""
+    return [*_compare_rows(quick), _import_row(), _keras_fit_row(quick)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 epochs of three strategies")
+    args = parser.parse_args(argv)
+    from .run import format_table
+
+    print(format_table(run(args.quick)))  # the table is this script's output
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
