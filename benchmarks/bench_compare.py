@@ -122,13 +122,12 @@ def _timed_compare(argv: list[str]) -> dict[str, Any]:
     clock = _Clock()
     from regplug import cli
     from regplug.compare import plots, runner
-
-    get_runner = runner.get_runner
+    from regplug.compare.frameworks import get_runner
 
     def timed_runner(name: str) -> Any:
         return _TimedRunner(get_runner(name), clock)
 
-    runner.get_runner = timed_runner  # type: ignore[assignment]  # the duck-typed runner
+    runner.get_runner = timed_runner  # type: ignore[attr-defined]  # run_compare's name for it
     runner.write_outputs = clock.timed("figures, MC toy, report", runner.write_outputs)
     for name in dir(plots):
         if name.startswith("plot_"):
@@ -219,7 +218,7 @@ def _keras_fit_row(quick: bool) -> Result:
         outcome = keras_compare._train(splits, strategy, strategy.build_plugins(), model,
                                        settings, pipeline=pipeline)
         histories[pipeline] = outcome.history
-        return outcome.seconds
+        return float(outcome.seconds)
 
     fit(True)  # the pipelines are built once per data set, before the first fit
     if histories[True] != (fit(False), histories[False])[1]:
