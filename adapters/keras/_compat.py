@@ -18,7 +18,7 @@ __all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "child_laye
            "optimizer_variables",
            "add_metric", "remove_metric", "add_state_slot", "remove_state_slots",
            "layer_seed_generators", "spatial_noise_shape", "running_fit_frame",
-           "restore_purged_jax_state"]
+           "restore_purged_jax_state", "runs_functional_graph"]
 
 
 def stateless_scope() -> Any:
@@ -177,3 +177,16 @@ def restore_purged_jax_state(model: Any, fit_frame: FrameType | None) -> int:
                 # assign() would only record an update.
                 variable._direct_assign(value)
     return empty
+
+
+def runs_functional_graph(model: Any) -> bool:
+    """Whether calling ``model`` runs the graph of layers it was built from: its class's
+    ``call`` is the one of the models ``keras.Model(inputs, outputs)`` makes (not overridden
+    by a subclass)."""
+    # keras.src.models.functional.Functional (Keras 3.0 to 3.15 at least): the class that
+    # keras.Model(inputs, outputs) instantiates, and a base of every Model subclass
+    # initialised with inputs and outputs; its `call` runs the layers in graph order. Not
+    # exported: keras.Model.call itself only raises NotImplementedError.
+    from keras.src.models.functional import Functional
+
+    return type(model).call is Functional.call

@@ -173,10 +173,11 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
     with _dropout_sampling(stochastic) as originals:
         key = tuple((id(layer), id(own), repr(getattr(layer, "rate", None)))
                     for layer, own in originals)
-        if chain is not None:
-            prefix, rest = _compile(model, ("split", len(chain.prefix), *key), compiled,
-                                    _stateless(model, chain.prefix, returns_state=False),
-                                    _stateless(model, chain.suffix, returns_state=True))
+        # (prefix, rest) of a split chain, else nothing
+        split: tuple[Callable[..., Any], ...] = () if chain is None else _compile(
+            model, ("split", len(chain.prefix), *key), compiled,
+            _stateless(model, chain.prefix, returns_state=False),
+            _stateless(model, chain.suffix, returns_state=True))
         step = None  # the whole model's forward, traced when it is needed
         trainable = [v.value for v in model.trainable_variables]
         state = _seeded_state(model, base_seed)
@@ -194,13 +195,13 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
                                     capacity=samples)
                 h = None
                 if chain is not None:
-                    h = _rows_or_none(prefix(trainable, state, ops.take(leaves[0], padded,
-                                                                        axis=0)), block)
+                    h = _rows_or_none(split[0](trainable, state, ops.take(leaves[0], padded,
+                                                                          axis=0)), block)
                     if h is None:
                         _log.debug("%s: the prefix returned no tensor of %d rows: the whole "
                                    "model runs for every sample", _OWNER, block)
                         chain = None  # the same for every block
-                if h is not None and not chain.suffix:  # nothing samples
+                if h is not None and chain is not None and not chain.suffix:  # none samples
                     y = _to_numpy(h, 1, block)[:, :n]
                     for k in chunks:
                         acc.add(np.broadcast_to(y, (k, *y.shape[1:])))
@@ -209,7 +210,7 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
                     # stacked input had: the rest draws the same masks as the whole did.
                     hs = ops.tile(h, [copies] + [1] * (len(h.shape) - 1))
                     for k in chunks:
-                        y, state = rest(trainable, state, hs)
+                        y, state = split[1](trainable, state, hs)
                         acc.add(_to_numpy(y, copies, block)[:k, :n])
                 else:
                     step = step or _forward(model, key, compiled)
@@ -324,6 +325,10 @@ def _compile(model: Any, key: tuple[Any, ...], compiled: bool,
 # module, a JAX/Flax function): never assumed deterministic.
 _FOREIGN_CODE = tuple(t for t in (getattr(keras.layers, name, None) for name in (
     "Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")) if isinstance(t, type))
+# The layer classes Keras exports in keras.layers (aliases included), less those.
+_BUILT_IN = frozenset(t for t in vars(keras.layers).values()
+                      if isinstance(t, type) and issubclass(t, keras.layers.Layer)
+                      and not issubclass(t, _FOREIGN_CODE))
 
 
 @dataclasses.dataclass
@@ -339,8 +344,7 @@ def _deterministic(layer: Any, select: Callable[[Any], bool]) -> bool:
     """Whether ``layer`` computes the same output every time while sampling (inference mode):
     it and every layer inside it are built-in Keras layers that do not sample, own no seed
     generator, have no instance-level ``call`` and create no mask."""
-    return all(type(inner).__module__.startswith("keras.src.layers.")
-               and not isinstance(inner, _FOREIGN_CODE) and not select(inner)
+    return all(type(inner) in _BUILT_IN and not select(inner)
                and not _compat.layer_seed_generators(inner) and "call" not in inner.__dict__
                and type(inner).compute_mask is keras.layers.Layer.compute_mask
                for inner in all_layers(layer))
@@ -348,10 +352,9 @@ def _deterministic(layer: Any, select: Callable[[Any], bool]) -> bool:
 
 def _chain_layers(model: Any) -> tuple[list[Any], str]:
     """The layers of ``model`` in call order when it is a chain, else ``[]`` and why not."""
-    from keras.src.models.functional import Functional  # the class of keras.Model(in, out)
-
-    if type(model).call not in (keras.Sequential.call, Functional.call):
+    if type(model).call is not keras.Sequential.call and not _compat.runs_functional_graph(model):
         return [], f"{type(model).__name__} is not a Sequential or functional model"
+    layers: list[Any] = []
     try:
         inputs, outputs = list(model.inputs), list(model.outputs)
         layers = [layer for layer in model.layers
@@ -409,7 +412,9 @@ def _stateless(model: Any, layers: list[Any], *, returns_state: bool) -> Callabl
                    *zip(model.non_trainable_variables, state)]
         with keras.StatelessScope(state_mapping=mapping) as scope:
             for ref in layer_refs:
-                h = ref()(h, training=False)
+                layer = ref()
+                assert layer is not None  # the model holds its layers
+                h = layer(h, training=False)
             if not returns_state:
                 return h
             return h, [scope.get_current_value(v) for v in model.non_trainable_variables]

@@ -14,7 +14,7 @@ from torch import nn
 
 __all__ = ["set_grad_enabled", "compiled_original", "foreach_add_", "foreach_mul",
            "foreach_mul_", "foreach_sign", "foreach_clamp_max", "foreach_clamp_min_",
-           "foreach_sub_"]
+           "foreach_sub_", "has_forward_hooks", "global_forward_hooks", "default_call_impl"]
 
 # The thread-local autograd switch that `torch.no_grad()` and `torch.set_grad_enabled` flip,
 # without building their context-manager objects (two per call, a measurable share of a small
@@ -41,3 +41,33 @@ def compiled_original(module: nn.Module) -> nn.Module | None:
     """
     original: Any = getattr(module, "_orig_mod", None)
     return original if isinstance(original, nn.Module) else None
+
+
+def has_forward_hooks(module: nn.Module) -> bool:
+    """Whether ``module`` has forward or forward-pre hooks of its own (``register_forward_hook``,
+    ``register_forward_pre_hook``, with or without ``with_kwargs``/``always_call``)."""
+    # nn.Module._forward_hooks / _forward_pre_hooks: the OrderedDicts (hook id -> hook) that
+    # the register_* methods fill and their handles' remove() empties (torch 1.x and 2.x; the
+    # with_kwargs and always_call flags of torch >= 2.0 are kept in separate dicts keyed by
+    # the same ids, so every hook is in these two). No public getter.
+    return bool(getattr(module, "_forward_hooks", None)
+                or getattr(module, "_forward_pre_hooks", None))
+
+
+def global_forward_hooks() -> bool:
+    """Whether forward or forward-pre hooks for every module are registered
+    (``torch.nn.modules.module.register_module_forward_hook`` / ``_pre_hook``)."""
+    # torch.nn.modules.module._global_forward_hooks / _global_forward_pre_hooks: the
+    # module-level OrderedDicts those public functions fill (torch >= 1.8); no public getter.
+    import torch.nn.modules.module as module_module
+
+    return bool(getattr(module_module, "_global_forward_hooks", None)
+                or getattr(module_module, "_global_forward_pre_hooks", None))
+
+
+def default_call_impl(module: nn.Module) -> bool:
+    """Whether ``module``'s class calls it as ``nn.Module`` does: hooks, then ``forward``."""
+    # nn.Module.__call__ is Module._wrapped_call_impl, which calls self._call_impl (torch >=
+    # 2.0; before, __call__ was _call_impl itself): a subclass overriding _call_impl replaces
+    # what calling the module does, even with __call__ and forward untouched.
+    return type(module)._call_impl is nn.Module._call_impl

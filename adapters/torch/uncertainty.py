@@ -48,7 +48,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ from regplug.uncertainty import (
 )
 from regplug.validation import check_bool
 
+from . import _compat
 from .discovery import DROPOUT_TYPES
 
 __all__ = ["mc_predict", "is_dropout_module"]
@@ -179,27 +180,12 @@ def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int |
 
 
 # -- prefix reuse ---------------------------------------------------------------------------
-def _has_forward_hooks(module: nn.Module) -> bool:
-    # nn.Module keeps its forward (pre-)hooks in these dicts; a hook may do anything, so a
-    # module with one is never split or computed fewer times than before.
-    return bool(getattr(module, "_forward_hooks", None)
-                or getattr(module, "_forward_pre_hooks", None))
-
-
-def _global_forward_hooks() -> bool:
-    # register_module_forward_(pre_)hook stores the hooks of every module in these dicts of
-    # torch.nn.modules.module (no public getter).
-    import torch.nn.modules.module as module_module
-
-    return bool(getattr(module_module, "_global_forward_hooks", None)
-                or getattr(module_module, "_global_forward_pre_hooks", None))
-
-
 def _plain_call(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs its class's own ``forward`` and nothing else."""
-    return ("forward" not in module.__dict__ and not _has_forward_hooks(module)
+    """Whether calling ``module`` runs its class's own ``forward`` and nothing else (a hook
+    may do anything, so a module with one is never split or computed fewer times)."""
+    return ("forward" not in module.__dict__ and not _compat.has_forward_hooks(module)
             and type(module).__call__ is nn.Module.__call__
-            and type(module)._call_impl is nn.Module._call_impl)
+            and _compat.default_call_impl(module))
 
 
 def _is_chain(module: nn.Module) -> bool:
@@ -233,6 +219,11 @@ def _fast_dropout(module: nn.Module) -> bool:
     return (type(module) is nn.Dropout and _plain_call(module)
             and type(module).forward is _DROPOUT_FORWARD and module.training
             and 0.0 < float(module.p) < 1.0)
+
+
+def _rate(module: nn.Module) -> float:
+    """The ``p`` of a module :func:`_fast_dropout` accepted (an ``nn.Dropout``)."""
+    return float(cast(nn.Dropout, module).p)
 
 
 def _dropout(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -278,9 +269,9 @@ class _Chain:
             # The stacked copies serve every chunk: the first step gets its own copy unless
             # it is the fast dropout, which never writes its input (an in-place module would).
             z: Any = stacked[:k * rows]
-            z = _dropout(z, float(first.p)) if fresh else first(z.clone())
+            z = _dropout(z, _rate(first)) if fresh else first(z.clone())
             for module in rest:
-                z = (_dropout(z, float(module.p))
+                z = (_dropout(z, _rate(module))
                      if _fast_dropout(module) and _fast_input(z) else module(z))
             acc.add(_to_numpy(z, k, rows))
         return True
@@ -302,7 +293,7 @@ def _split(model: nn.Module, select: Callable[[nn.Module], bool],
         why = f"{type(model).__name__} is not a plain nn.Sequential"
     elif inputs.kwargs or len(inputs.args) != 1:
         why = "an nn.Sequential takes one input"
-    elif _global_forward_hooks():
+    elif _compat.global_forward_hooks():
         why = "global forward hooks are registered"
     if why:
         _log.debug("%s: the whole model runs for every sample: %s", _OWNER, why)

@@ -249,10 +249,55 @@ def test_spatial_noise_shape_of_plain_dropout_is_none():
     assert _compat.spatial_noise_shape(keras.layers.Dropout(0.3)) is None
 
 
+# -- runs_functional_graph ------------------------------------------------------------------
+def _chain_io():  # type: ignore[no-untyped-def]
+    inputs = keras.Input((3,))
+    return inputs, keras.layers.Dense(1, name="out")(keras.layers.Dense(2, name="h")(inputs))
+
+
+def test_runs_functional_graph_of_a_functional_model_and_its_call_runs_the_layers_in_order():
+    model = keras.Model(*_chain_io())
+    assert _compat.runs_functional_graph(model)
+    x = _full(0.5, (4, 3))
+    want = model.get_layer("out")(model.get_layer("h")(x))  # why mc_predict may split it
+    np.testing.assert_allclose(_np(model(x, training=False)), _np(want), rtol=1e-6)
+
+
+def test_runs_functional_graph_of_a_model_subclass_built_functionally_unless_call_is_overridden():
+    class Built(keras.Model):
+        pass
+
+    class Overridden(keras.Model):
+        def call(self, inputs, training=None, mask=None):  # type: ignore[no-untyped-def]
+            return super().call(inputs, training=training, mask=mask) * 2.0
+
+    assert _compat.runs_functional_graph(Built(*_chain_io()))
+    overridden = Overridden(*_chain_io())
+    assert isinstance(overridden, keras.Model) and overridden.inputs  # a graph, yet ...
+    assert not _compat.runs_functional_graph(overridden)  # ... its call is not the graph's
+
+
+def test_runs_functional_graph_is_false_for_sequential_subclassed_models_and_layers():
+    class Subclassed(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, inputs):  # type: ignore[no-untyped-def]
+            return self.dense(inputs)
+
+    assert not _compat.runs_functional_graph(keras.Sequential([keras.layers.Dense(1)]))
+    assert not _compat.runs_functional_graph(Subclassed())
+    assert not _compat.runs_functional_graph(keras.layers.Dense(1))
+
+
 # -- no private API elsewhere ---------------------------------------------------------------
+#: ``state_mapping`` is private as the scope's attribute, but the keyword argument of the
+#: public ``keras.StatelessScope(state_mapping=...)`` (what ``stateless_call`` uses) is not.
 PRIVATE_KERAS = [r"keras\.src\b", r"\._metrics\b", r"\._seed_generators\b",
-                 r"\._trainable_variables\b", r"\._jax_state\b", r"\bstate_mapping\b",
-                 r"\b_get_noise_shape\b", r"\b_flatten_layers\b"]
+                 r"\._trainable_variables\b", r"\._jax_state\b",
+                 r"\bstate_mapping\b(?!\s*=(?!=))", r"\b_get_noise_shape\b",
+                 r"\b_flatten_layers\b"]
 
 
 def _code_lines(path: Path) -> list[tuple[int, str]]:
@@ -288,8 +333,14 @@ def test_the_scan_for_private_keras_api_sees_code_but_not_prose(tmp_path):
                       "import keras  # keras.src is private\n"
                       "metrics = model._metrics\n"
                       "walk = getattr(model, '_flatten_layers')\n"
-                      "from keras.src import backend\n", encoding="utf-8")
-    assert [number for _, number, _ in _private_uses(sample)] == [3, 4, 5]
+                      "from keras.src import backend\n"
+                      "scope = keras.StatelessScope(state_mapping=pairs)\n"
+                      "mapping = scope.state_mapping\n"
+                      "same = scope.state_mapping == {}\n"
+                      "mapping = getattr(scope, 'state_mapping')\n"
+                      "built_in = type(layer).__module__.startswith('keras.src.layers.')\n",
+                      encoding="utf-8")
+    assert [number for _, number, _ in _private_uses(sample)] == [3, 4, 5, 7, 8, 9, 10]
 
 
 def test_adapter_modules_other_than_compat_use_no_private_keras_api():

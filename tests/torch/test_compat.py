@@ -193,10 +193,87 @@ def test_compiled_original_ignores_an_orig_mod_attribute_that_is_not_a_module():
     assert _compat.compiled_original(module) is None
 
 
+# -- has_forward_hooks / global_forward_hooks -----------------------------------------------
+def test_has_forward_hooks_sees_each_kind_of_forward_hook_until_its_handle_removes_it():
+    module = nn.Linear(3, 2)
+    assert not _compat.has_forward_hooks(module)
+    registrations = [
+        lambda: module.register_forward_hook(lambda m, i, o: o + 1),
+        lambda: module.register_forward_hook(lambda m, a, k, o: o, with_kwargs=True),
+        lambda: module.register_forward_hook(lambda m, i, o: o, always_call=True),
+        lambda: module.register_forward_pre_hook(lambda m, i: None),
+        lambda: module.register_forward_pre_hook(lambda m, a, k: None, with_kwargs=True),
+    ]
+    for register in registrations:
+        handle = register()
+        assert _compat.has_forward_hooks(module)
+        handle.remove()
+        assert not _compat.has_forward_hooks(module)
+    module.register_full_backward_hook(lambda m, gi, go: None)  # not a forward hook
+    assert not _compat.has_forward_hooks(module)
+
+
+def test_a_forward_hook_changes_the_output_which_is_why_hooked_modules_are_not_reused():
+    module = nn.Linear(3, 2)
+    x = torch.ones(1, 3)
+    handle = module.register_forward_hook(lambda m, i, o: o + 1)
+    try:
+        torch.testing.assert_close(module(x), module.forward(x) + 1)
+    finally:
+        handle.remove()
+
+
+def test_global_forward_hooks_sees_hooks_registered_for_every_module_until_removed():
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
+
+    assert not _compat.global_forward_hooks()
+    calls: list[str] = []
+    for register in (register_module_forward_hook, register_module_forward_pre_hook):
+        handle = register(lambda m, *args: calls.append(type(m).__name__))
+        try:
+            assert _compat.global_forward_hooks()
+            nn.ReLU()(torch.ones(2))  # runs on a module it was never given
+        finally:
+            handle.remove()
+        assert not _compat.global_forward_hooks()
+    assert calls == ["ReLU", "ReLU"]
+
+
+# -- default_call_impl ----------------------------------------------------------------------
+class _OwnForward(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class _OwnCallImpl(nn.Linear):
+    def _call_impl(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return super()._call_impl(*args, **kwargs) + 1
+
+
+def test_default_call_impl_holds_for_built_in_modules_and_subclasses_overriding_forward():
+    assert _compat.default_call_impl(nn.Linear(3, 2))
+    assert _compat.default_call_impl(nn.Sequential(nn.ReLU()))
+    assert _compat.default_call_impl(_OwnForward(3, 2))
+
+
+def test_default_call_impl_is_false_when_a_subclass_overrides_call_impl_and_changes_the_call():
+    module = _OwnCallImpl(3, 2)
+    assert not _compat.default_call_impl(module)
+    assert type(module).__call__ is nn.Module.__call__  # __call__ alone does not tell ...
+    x = torch.ones(1, 3)
+    torch.testing.assert_close(module(x), module.forward(x) + 1)  # ... yet the call differs
+
+
 # -- no private API elsewhere ---------------------------------------------------------------
 #: Uses of non-public torch API (``torch.__version__`` and other dunders are public).
+#: Private attributes of nn.Module and of torch.nn.modules.module are named as such, as code,
+#: as strings (``getattr(m, "_forward_hooks")``) or imported names.
 PRIVATE_TORCH = [r"torch\._(?!_)", r"\._orig_mod\b", r"\b_NormBase\b", r"\b_BatchNorm\b",
-                 r"torch\._C\b"]
+                 r"torch\._C\b", r"\b_(?:global_)?(?:forward|backward)(?:_pre)?_hooks\b",
+                 r"\b_call_impl\b", r"\b_wrapped_call_impl\b"]
 
 
 def _code_lines(path: Path) -> list[tuple[int, str]]:
@@ -228,9 +305,23 @@ def test_the_scan_for_private_torch_api_sees_code_but_not_prose(tmp_path):
     sample.write_text('"""Uses ``torch._foreach_add_``."""\n'
                       "import torch  # torch._C\n"
                       "version = torch.__version__\n"
-                      "kernel = torch._foreach_mul\n", encoding="utf-8")
+                      "kernel = torch._foreach_mul\n"
+                      "def _has_forward_hooks(m):  # m._forward_hooks\n"
+                      "    return bool(getattr(m, '_forward_hooks', None))\n"
+                      "hooks = module_module._global_forward_pre_hooks\n"
+                      "own = type(m)._call_impl is nn.Module._call_impl\n", encoding="utf-8")
     pattern = re.compile("|".join(PRIVATE_TORCH))
-    assert [n for n, line in _code_lines(sample) if pattern.search(line)] == [4]
+    assert [n for n, line in _code_lines(sample) if pattern.search(line)] == [4, 6, 7, 8]
+
+
+def test_the_scan_for_private_torch_api_catches_the_global_hook_dicts():
+    # The lines mc_predict's prefix reuse had before they moved to _compat.
+    sample = ["    return bool(getattr(module_module, \"_global_forward_hooks\", None)",
+              "                or getattr(module_module, \"_global_forward_pre_hooks\", None))",
+              "    return bool(getattr(module, \"_forward_hooks\", None)",
+              "            and type(module)._call_impl is nn.Module._call_impl)"]
+    pattern = re.compile("|".join(PRIVATE_TORCH))
+    assert all(pattern.search(line) for line in sample)
 
 
 def test_adapter_modules_other_than_compat_use_no_private_torch_api():
