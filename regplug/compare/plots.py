@@ -24,7 +24,7 @@ __all__ = ["plot_loss_curves", "plot_weight_histograms", "plot_uncertainty", "dr
            "seed_spread_caption",
            "draw_weight_histograms", "draw_uncertainty", "weight_strategies",
            "weight_histogram_caption", "uncertainty_by_region", "uncertainty_caption",
-           "WEIGHT_HOOKS", "MAX_WEIGHT_PANELS"]
+           "WEIGHT_HOOKS", "MAX_WEIGHT_PANELS", "new_figure", "save_figure"]
 
 #: A strategy whose plugins implement one of these hooks penalizes or changes the weights
 #: (a penalty in the loss; decoupled decay before the update; a proximal step or a norm
@@ -37,7 +37,9 @@ _COLOURS = ("#9d8ec7", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#8c564b", "#
             "#17becf", "#bcbd22")
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches (100 dpi, constrained layout)
+    on its own Agg canvas: no ``pyplot``, so no global state changes."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -48,14 +50,15 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG; returns ``path``."""
     fig.savefig(path, format="png")
     return path
 
 
 def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: str) -> Path:
     """:func:`draw_loss_curves`, saved as a PNG at ``path``."""
-    return _save(draw_loss_curves(results, title=title), path)
+    return save_figure(draw_loss_curves(results, title=title), path)
 
 
 def loss_curves_caption(framework: str, *, seeds: int = 1) -> str:
@@ -91,7 +94,7 @@ def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
     n = len(groups)
     cols = min(n, 5)
     rows = -(-n // cols)
-    fig = _figure(3.0 * cols, 2.4 * rows + 0.5)
+    fig = new_figure(3.0 * cols, 2.4 * rows + 0.5)
     axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
     for ax, runs in zip(axes, groups.values()):
         if len(runs) == 1:
@@ -182,7 +185,7 @@ def seed_spread_caption(summaries: Sequence[StrategySummary]) -> str:
 def plot_seed_spread(summaries: Sequence[StrategySummary],
                      results: Sequence[StrategyResult], path: Path) -> Path:
     """:func:`draw_seed_spread`, saved as a PNG at ``path``."""
-    return _save(draw_seed_spread(summaries, results), path)
+    return save_figure(draw_seed_spread(summaries, results), path)
 
 
 def draw_seed_spread(summaries: Sequence[StrategySummary],
@@ -201,7 +204,7 @@ def draw_seed_spread(summaries: Sequence[StrategySummary],
     names = list(dict.fromkeys(s.strategy for s in summaries))
     seeds = sorted({r.seed for r in results if r.seed is not None})
     colours = {seed: _COLOURS[i % len(_COLOURS)] for i, seed in enumerate(seeds)}
-    fig = _figure(max(6.0, 0.75 * len(names) + 1.5) * len(frameworks), 7.0)
+    fig = new_figure(max(6.0, 0.75 * len(names) + 1.5) * len(frameworks), 7.0)
     grid = fig.subplots(len(TESTED_METRICS), len(frameworks), sharex=True, squeeze=False)
     x = np.arange(len(names), dtype=np.float64)
     offsets = (np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else np.zeros(1))
@@ -287,7 +290,7 @@ def weight_histogram_caption(shown: Sequence[str], left_out: Sequence[str]) -> s
 def plot_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]], path: Path, *,
                            shown: Sequence[str]) -> Path:
     """:func:`draw_weight_histograms`, saved as a PNG at ``path``."""
-    return _save(draw_weight_histograms(by_framework, shown=shown), path)
+    return save_figure(draw_weight_histograms(by_framework, shown=shown), path)
 
 
 def draw_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]], *,
@@ -308,7 +311,7 @@ def draw_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]],
         raise ValueError(f"none of the strategies {', '.join(shown) or '(none)'} ran: "
                          "nothing to plot")
     cols = max(len(rs) for rs in panels.values())
-    fig = _figure(2.6 * cols + 0.4, 2.5 * len(panels) + 0.4)
+    fig = new_figure(2.6 * cols + 0.4, 2.5 * len(panels) + 0.4)
     grid = fig.subplots(len(panels), cols, sharex=True, sharey=True, squeeze=False)
     colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(shown)}
     values = [r.weight_values() for rs in panels.values() for r in rs]
@@ -387,7 +390,7 @@ def uncertainty_caption(spread: Mapping[str, float], *, samples: int) -> str:
 def plot_uncertainty(toy: RegressionToy, prediction: MCPrediction, path: Path, *,
                      title: str) -> Path:
     """:func:`draw_uncertainty`, saved as a PNG at ``path``."""
-    return _save(draw_uncertainty(toy, prediction, title=title), path)
+    return save_figure(draw_uncertainty(toy, prediction, title=title), path)
 
 
 def draw_uncertainty(toy: RegressionToy, prediction: MCPrediction, *, title: str) -> Any:
@@ -396,7 +399,7 @@ def draw_uncertainty(toy: RegressionToy, prediction: MCPrediction, *, title: str
     between the training intervals is shaded in both. Returns the matplotlib figure."""
     from .toy import TOY_INTERVALS
 
-    fig = _figure(7.0, 5.6)
+    fig = new_figure(7.0, 5.6)
     ax, low = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     x = toy.x_grid.ravel()
     mean, std = prediction.mean.ravel(), prediction.std.ravel()

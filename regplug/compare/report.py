@@ -21,9 +21,10 @@ from .results import (
     summary_cells,
 )
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "REPORT_STYLE"]
 
-_STYLE = """
+#: The pages' CSS (``regplug compare``'s and ``regplug tune``'s reports).
+REPORT_STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
        color: #222; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px; }
@@ -118,7 +119,7 @@ differences, 95% intervals, raw and adjusted p-values), <a href="results.csv">re
 history, in <a href="results.json">results.json</a>.</p>"""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>regplug compare</title>
-<style>{_STYLE}</style></head><body>
+<style>{REPORT_STYLE}</style></head><body>
 <h1>regplug compare</h1>
 <p><code>{html.escape(command)}</code></p>
 <ul>{facts}</ul>

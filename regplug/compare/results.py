@@ -29,7 +29,8 @@ __all__ = ["WeightArray", "TrainOutcome", "StrategyResult", "COLUMNS", "format_t
            "Spread", "BaselineTest", "StrategySummary", "summarize", "baseline_statement",
            "format_summary_table", "summary_cells", "write_summary_csv", "BASELINE",
            "TESTED_METRICS", "ALPHA", "MIN_TEST_SEEDS", "SUMMARY_COLUMNS",
-           "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result"]
+           "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result", "csv_text",
+           "json_safe"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,7 +248,7 @@ def write_json(path: Path, results: Sequence[StrategyResult], settings: Mapping[
     payload = {"format": "regplug-compare/1", "settings": dict(settings),
                "results": [{**r.row(), "history": r.history} for r in results],
                **(extra or {})}
-    path.write_text(json.dumps(_json_safe(payload), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(payload), indent=2) + "\n", encoding="utf-8")
 
 
 def _plain(value: Any) -> Any:
@@ -256,15 +257,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with what JSON cannot hold made plain: NaN and infinities as ``None``, NumPy
+    scalars as Python numbers, tuples as lists, mapping keys as strings.
+
+    >>> json_safe({1: (float("nan"), np.float32(0.5)), "x": float("inf")})
+    {'1': [None, 0.5], 'x': None}
+    """
     if isinstance(value, float):
         return None if not math.isfinite(value) else value
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..compare.cli import _positive_float, _positive_int, _seed
+from ..compare.arguments import positive_float, positive_int, seed
 
 if TYPE_CHECKING:
     from ..compare.strategies import Strategy
@@ -53,7 +53,7 @@ ranges that replace a plugin's declared ones ([tune.<plugin registry name>]):
 
 
 def _grid_points(text: str) -> int:
-    value = _positive_int(text)
+    value = positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be at least 2 (a grid holds both ends of each "
                                          f"range), got {value}")
@@ -82,10 +82,10 @@ def add_tune_parser(sub: Any) -> None:
                         "else every default strategy that has something to tune")
     p.add_argument("--config", metavar="FILE.toml",
                    help="custom [[strategies]] and [tune.<plugin>] / [tune.model] range tables")
-    p.add_argument("--trials", type=_positive_int, default=DEFAULT_TRIALS,
+    p.add_argument("--trials", type=positive_int, default=DEFAULT_TRIALS,
                    help=f"trials PER STRATEGY (default {DEFAULT_TRIALS}); with --storage, "
                         "per strategy in this process")
-    p.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, metavar="SECONDS",
                    help="stop starting trials after this many seconds for the whole command "
                         "(strategies take turns, one trial each, so every one gets its share; "
                         "a trial started before the timeout finishes)")
@@ -110,13 +110,13 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--model", metavar="SPEC",
                    help="a built-in model (mlp, wide_mlp, linear) or module:factory "
                         "(as regplug compare)")
-    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
+    p.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                    help=f"epochs per trial (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                    help=f"mini-batch size (default {defaults.batch_size})")
-    p.add_argument("--lr", type=_positive_float, default=defaults.learning_rate,
+    p.add_argument("--lr", type=positive_float, default=defaults.learning_rate,
                    help=f"SGD learning rate (default {defaults.learning_rate:g})")
-    p.add_argument("--seed", type=_seed, default=defaults.seed,
+    p.add_argument("--seed", type=seed, default=defaults.seed,
                    help=f"random seed of the data split, the training and the samplers "
                         f"(default {defaults.seed})")
     p.add_argument("--storage", metavar="URL",
@@ -179,21 +179,9 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
     return spaces, notes
 
 
-def _load_data(spec: str | None, seed: int) -> Any:
-    from ..compare.datasets import resolve_data, split_validation
-
-    try:
-        data = resolve_data(spec, seed=seed)
-    except ImportError as err:
-        if spec not in (None, "digits"):
-            raise
-        raise ImportError(f"the digits data set needs scikit-learn ({err.name or err}): "
-                          "pip install 'regplug[data]'") from None
-    return split_validation(data, seed=seed)
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     """Check everything a mistake could be in, then search, print and write."""
+    from ..compare.datasets import load_splits
     from ..compare.frameworks import TrainSettings, get_runner
     from ..compare.models import resolve_model
     from ..compare.output import StagedOutput, exit_cleanly_on_sigterm
@@ -215,7 +203,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
     storage = open_storage_url(args.storage)
-    splits = _load_data(args.data, args.seed)
+    splits = load_splits(args.data, seed=args.seed)
     runner = get_runner(args.framework)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, seed=args.seed)

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compare.results import _json_safe, csv_text
+from ..compare.results import csv_text, json_safe
 from ..compare.strategies import Strategy
 from .search import TrialRecord
 
@@ -134,4 +134,4 @@ def write_trials_csv(path: Path, records: Sequence[TrialRecord], parameters: Seq
 
 def write_results_json(path: Path, payload: Mapping[str, Any]) -> None:
     """``payload`` as JSON (NaN and infinities as ``null``)."""
-    path.write_text(json.dumps(_json_safe(dict(payload)), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(dict(payload)), indent=2) + "\n", encoding="utf-8")

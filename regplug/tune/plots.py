@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compare.plots import _figure, _save
+from ..compare.plots import new_figure, save_figure
 from ..space import Choice
 from .search import Objective, TrialRecord
 from .spaces import StrategySpace
@@ -32,7 +32,7 @@ _COMPLETE, _PRUNED, _BEST = "#1f77b4", "#888888", "#d62728"
 def _panels(n: int, width: float, height: float) -> tuple[Any, list[Any], int]:
     cols = min(max(n, 1), _MAX_COLS)
     rows = -(-max(n, 1) // cols)
-    fig = _figure(width * cols + 0.4, height * rows + 0.6)
+    fig = new_figure(width * cols + 0.4, height * rows + 0.6)
     axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel())
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -139,13 +139,13 @@ def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
 def plot_parameters(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence[TrialRecord]],
                     objective: Objective, path: Path) -> Path:
     """:func:`draw_parameters`, saved as a PNG at ``path``."""
-    return _save(draw_parameters(spaces, records, objective), path)
+    return save_figure(draw_parameters(spaces, records, objective), path)
 
 
 def plot_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence[TrialRecord]],
                  objective: Objective, path: Path) -> Path:
     """:func:`draw_history`, saved as a PNG at ``path``."""
-    return _save(draw_history(spaces, records, objective), path)
+    return save_figure(draw_history(spaces, records, objective), path)
 
 
 def parameters_caption(objective: Objective) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compare.report import _STYLE
+from ..compare.report import REPORT_STYLE
 
 __all__ = ["write_report"]
 
@@ -39,7 +39,7 @@ def write_report(path: Path, *, command: str, settings: Mapping[str, Any],
         f"<figcaption>{html.escape(caption)}</figcaption></figure>" for name, caption in figures)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>regplug tune</title>
-<style>{_STYLE}
+<style>{REPORT_STYLE}
 pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }}</style></head><body>
 <h1>regplug tune</h1>
 <p><code>{html.escape(command)}</code></p>

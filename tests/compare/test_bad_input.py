@@ -17,6 +17,7 @@ from _compare_cli import assert_one_line_error, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
+from regplug import cli
 from regplug.cli import build_parser
 from regplug.compare.results import StrategyResult, write_csv, write_json
 
@@ -41,6 +42,46 @@ def test_a_reference_whose_module_imports_a_missing_package_names_that_package(
     assert_one_line_error(code, err, f"{option} '{module}:load'", "'not_installed_pkg_xyz'",
                           "not installed")
     assert "scikit-learn" not in err and "digits" not in err
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+@pytest.mark.parametrize("data", [None, "digits"])
+def test_digits_without_scikit_learn_is_the_same_one_line_error_in_compare_and_tune(
+        capsys, monkeypatch, command, data):
+    if command == "tune":
+        pytest.importorskip("optuna")
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    argv = [command, "--framework", "torch", "--strategies", "l2",
+            *(["--data", data] if data else [])]
+    code = cli.main(argv)
+    assert_one_line_error(code, capsys.readouterr().err,
+                          "the digits data set needs scikit-learn (sklearn",
+                          "is not installed): pip install 'regplug[data]'")
+
+
+def test_a_function_s_data_is_read_once_and_each_seed_splits_its_training_rows(
+        tmp_path, monkeypatch):
+    from regplug.compare.datasets import splits_per_seed
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = write_module(tmp_path, "blobs_once", """
+        import numpy as np
+        calls = []
+        def load():
+            calls.append(1)
+            x = np.arange(40, dtype=np.float32).reshape(20, 2)
+            return {"x_train": x[:16], "y_train": np.arange(16) % 2, "x_test": x[16:],
+                    "y_test": np.arange(4) % 2}
+        """)
+    monkeypatch.setitem(sys.modules, module, __import__(module))
+    splits_for = splits_per_seed(f"{module}:load")
+    first, again, other = splits_for(0), splits_for(0), splits_for(1)
+    assert sys.modules[module].calls == [1]
+    np.testing.assert_array_equal(first.x_val, again.x_val)
+    assert not np.array_equal(first.x_val, other.x_val)
+    np.testing.assert_array_equal(first.x_test, other.x_test)  # the function's own test rows
+    assert sorted(np.concatenate([other.x_train, other.x_val])[:, 0]) == list(range(0, 32, 2))
 
 
 # -- every argument checked up front, naming the option and the range ---------------------------
