@@ -19,7 +19,8 @@ from ..configfile import ConfigError, describe_value, read_toml
 from ..registry import build_plugins
 
 __all__ = ["Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strategies",
-           "select_strategies", "StrategyError"]
+           "strategies_from_tables", "strategy_from_table", "select_strategies",
+           "StrategyError"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 _KEYS = ("name", "description", "dropout", "batch_norm", "plugins")
@@ -229,10 +230,29 @@ def load_strategies(path: str | Path) -> dict[str, Strategy]:
         raise StrategyError(
             f"{label}: expected [[strategies]] tables (each with a name and "
             f"plugins); found {', '.join(map(repr, sorted(data))) or 'nothing'}")
+    return strategies_from_tables(tables, label=label, allow_empty=False)
+
+
+def strategies_from_tables(tables: object, *, label: str,
+                           allow_empty: bool = True) -> dict[str, Strategy]:
+    """The strategies of a config's ``strategies`` value (its ``[[strategies]]`` blocks), by
+    name in file order, for a config that holds other tables too (``regplug tune``'s
+    ``[tune.<plugin>]``). ``label`` names the file in errors (``"config 'x.toml'"``); an
+    empty list is refused unless ``allow_empty``. Each table is read by
+    :func:`strategy_from_table`; a name defined twice is a :class:`StrategyError`.
+
+    >>> found = strategies_from_tables([{"name": "a", "plugins": [{"name": "l2", "l2": 1e-3}]}],
+    ...                                label="config 'x.toml'")
+    >>> list(found), found["a"].describe()
+    (['a'], 'L2(l2=0.001)')
+    >>> strategies_from_tables({"name": "a"}, label="config 'x.toml'")
+    Traceback (most recent call last):
+    regplug.compare.strategies.StrategyError: config 'x.toml': write each strategy as a [[strategies]] block (an array of tables), not [strategies]
+    """  # noqa: E501
     if isinstance(tables, Mapping):
         raise StrategyError(f"{label}: write each strategy as a [[strategies]] "
                             "block (an array of tables), not [strategies]")
-    if not isinstance(tables, list) or not tables:
+    if not isinstance(tables, list) or not (tables or allow_empty):
         raise StrategyError(f"{label}: strategies: expected a list of strategy tables "
                             f"([[strategies]] blocks), got {describe_value(tables)}")
     found: dict[str, Strategy] = {}

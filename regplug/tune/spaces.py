@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compare.strategies import Strategy, StrategyError, strategy_from_table
+from ..compare.strategies import Strategy, strategies_from_tables
 from ..configfile import ConfigError, describe_value, read_toml
 from ..registry import available_plugins
 from ..space import (
@@ -179,19 +179,7 @@ def load_tune_config(path: str | Path) -> TuneConfig:
     if others or not data:
         raise ConfigError(f"{label}: expected [[strategies]] tables and/or [tune.<plugin>] "
                           f"range tables; found {', '.join(map(repr, others)) or 'nothing'}")
-    strategies: dict[str, Strategy] = {}
-    tables = data.get("strategies", [])
-    if isinstance(tables, Mapping):
-        raise StrategyError(f"{label}: write each strategy as a [[strategies]] block (an array "
-                            "of tables), not [strategies]")
-    if not isinstance(tables, list):
-        raise StrategyError(f"{label}: strategies: expected a list of strategy tables "
-                            f"([[strategies]] blocks), got {describe_value(tables)}")
-    for index, table in enumerate(tables):
-        strategy = strategy_from_table(table, where=f"{label}: strategies[{index}]")
-        if strategy.name in strategies:
-            raise StrategyError(f"{label}: strategy {strategy.name!r} is defined twice")
-        strategies[strategy.name] = strategy
+    strategies = strategies_from_tables(data.get("strategies", []), label=label)
     tune = data.get("tune", {})
     if not isinstance(tune, Mapping):
         raise SpaceError(f"{label}: 'tune' must hold tables [tune.<plugin name>], got "

@@ -106,6 +106,13 @@ def test_config_defines_strategies_by_plugin_name_and_arguments(tmp_path):
     ('[[strategies]]\nname = "all"\n', "'all' names a group of strategies"),
     ('[strategies]\nname = "x"\n', "[[strategies]] block"),
     ('[[plugins]]\nname = "l2"\n', "expected [[strategies]] tables"),
+    ('[[strategies]]\nname = "x"\n[tune.l2]\nl2 = {low = 1e-5, high = 1e-2}\n',
+     "found 'strategies', 'tune'"),  # regplug tune's ranges: not a compare config
+    ("strategies = []\n", "strategies: expected a list of strategy tables ([[strategies]] "
+                           "blocks), got"),
+    ('strategies = "l2"\n', "strategies: expected a list of strategy tables"),
+    ('[[strategies]]\nname = "x"\n[[strategies]]\nname = "x"\n',
+     "strategy 'x' is defined twice"),
     ('[[strategies]\n', "is not valid TOML"),
 ])
 def test_config_mistakes_are_named(tmp_path, body, fragment):

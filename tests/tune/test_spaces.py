@@ -109,6 +109,14 @@ def test_config_ranges_replace_the_declared_ones_for_every_strategy_using_the_pl
     assert builtin.parameters[0].space == FloatRange(1e-5, 1e-2, log=True)
 
 
+def test_a_config_of_ranges_only_has_no_strategies_and_an_empty_list_is_allowed(tmp_path):
+    for text in ("[tune.l2]\nl2 = {low = 1e-5, high = 1e-2}\n",
+                 "strategies = []\n[tune.l2]\nl2 = {low = 1e-5, high = 1e-2}\n"):
+        config = load_tune_config(write(tmp_path, text))
+        assert config.strategies == {}
+        assert config.ranges == {"l2": {"l2": FloatRange(1e-5, 1e-2)}}
+
+
 def test_a_config_may_give_a_plugin_without_declared_ranges_one(tmp_path):
     config = load_tune_config(write(tmp_path, """
         [tune.max_norm]
@@ -130,6 +138,13 @@ def test_a_config_may_give_a_plugin_without_declared_ranges_one(tmp_path):
     ("[tune.model]\nrate = {low = 0.0, high = 0.5}\n", ["tune.model", "'rate'", "'dropout'"]),
     ("[tune]\nl2 = 3\n", ["tune.l2", "expected a table"]),
     ("[other]\nx = 1\n", ["'other'", "[[strategies]]", "[tune.<plugin>]"]),
+    # [[strategies]] read as regplug compare reads them, with the same messages
+    ('[strategies]\nname = "x"\n', ["write each strategy as a [[strategies]] block"]),
+    ('strategies = "l2"\n', ["strategies: expected a list of strategy tables"]),
+    ('[[strategies]]\nname = "x"\n[[strategies]]\nname = "x"\n',
+     ["strategy 'x' is defined twice"]),
+    ('[[strategies]]\nname = "x"\ndropout = 1.5\n',
+     ["strategies[0]", "'dropout' must be a rate in [0, 1)"]),
 ])
 def test_config_mistakes_name_the_file_the_key_and_what_is_allowed(tmp_path, text, fragments):
     path = write(tmp_path, text)
