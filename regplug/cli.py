@@ -17,6 +17,7 @@ from .errors import PluginLoadError, PluginValidationError, RegplugError
 from .hookspecs import HOOK_NAMES, implemented_hooks
 from .manager import validate_plugin_class
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
+from .space import SpaceError, tunable_arguments
 from .tune.cli import add_tune_parser
 
 
@@ -48,13 +49,17 @@ def plugin_listing() -> list[dict[str, Any]]:
 
     Each record has ``name``, ``distribution`` (``"regplug (built-in)"`` or the installing
     distribution's ``"name version"``), ``builtin``, ``target`` (``"module:Factory"``),
-    ``hooks`` (in clock order), ``status`` (``"ok"`` or ``"broken"``) and ``error`` (why a
-    broken one cannot be loaded, else ``None``). Loading one plugin never stops the others.
+    ``hooks`` (in clock order), ``tunable`` (each argument the plugin declares worth tuning
+    and its range as text, ``{"l2": "1e-06 .. 0.1, log"}``; ``{}`` when it declares none),
+    ``status`` (``"ok"`` or ``"broken"``) and ``error`` (why a broken one cannot be loaded or
+    its ``tunable`` declaration cannot be used, else ``None``). Loading one plugin never stops
+    the others.
     """
     records = []
     for name, info in sorted(available_plugins().items(),
                              key=lambda kv: (not kv[1].builtin, kv[0])):
         hooks: tuple[str, ...] = ()
+        tunable: dict[str, str] = {}
         error = None
         try:
             factory = info.load()
@@ -69,17 +74,25 @@ def plugin_listing() -> list[dict[str, Any]]:
                         validate_plugin_class(factory)
                     except PluginValidationError as err:
                         error = f"{type(err).__name__}: {err}"
+                if error is None:
+                    try:
+                        tunable = {key: space.describe() for key, space
+                                   in tunable_arguments(factory, name=name).items()}
+                    except SpaceError as err:
+                        error = f"SpaceError: {err}"
             else:
                 error = (f"TypeError: {info.target} is a {type(factory).__name__}, not a plugin "
                          "class or factory")
         records.append({"name": name, "distribution": info.distribution,
                         "builtin": info.builtin, "target": info.target, "hooks": list(hooks),
-                        "status": "ok" if error is None else "broken", "error": error})
+                        "tunable": tunable, "status": "ok" if error is None else "broken",
+                        "error": error})
     return records
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """Print every available plugin with its origin and hooks; broken ones with their error."""
+    """Print every available plugin with its origin and hooks, and under it the ranges of
+    its tunable arguments (``regplug tune`` searches them); broken ones with their error."""
     records = plugin_listing()
     if args.json:
         print(json.dumps({"third_party_discovery": not autoload_disabled(),
@@ -90,8 +103,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
              "ok" if r["error"] is None else f"BROKEN: {r['error']}") for r in records]
     header = ("name", "from", "target", "hooks", "status")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(4)]
-    for row in [header, *rows]:
+    print("  ".join(str(c).ljust(w) for c, w in zip(header[:4], widths)) + "  " + header[4])
+    for row, record in zip(rows, records):
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+        if record["tunable"]:  # its own line: the row keeps ending in its status
+            print("    tune: " + "; ".join(f"{k}: {v}" for k, v in record["tunable"].items()))
     if autoload_disabled():
         print(f"(third-party discovery is off: {DISABLE_AUTOLOAD_ENV} is set)")
     return 0
@@ -105,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list available plugins (built-in and discovered)")
     p.add_argument("--json", action="store_true",
-                   help="print the listing as JSON (name, distribution, target, hooks, status, "
-                        "error of each plugin)")
+                   help="print the listing as JSON (name, distribution, target, hooks, "
+                        "tunable ranges, status, error of each plugin)")
     p.set_defaults(func=cmd_plugins)
     add_compare_parser(sub)
     add_tune_parser(sub)

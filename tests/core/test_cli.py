@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import ClassVar
+
 import pytest
 from _compare_cli import table_rows
 
@@ -29,7 +32,83 @@ def test_plugins_json_gives_one_record_per_plugin(capsys, monkeypatch):
     assert l2 == {"name": "l2", "distribution": "regplug (built-in)", "builtin": True,
                   "target": "regplug.plugins.penalties:L2",
                   "hooks": ["on_train_begin", "on_loss", "on_train_end"],
-                  "status": "ok", "error": None}
+                  "tunable": {"l2": "1e-06 .. 0.1, log"}, "status": "ok", "error": None}
+
+
+def _acme_plugins(monkeypatch) -> None:
+    """Two third-party plugins: ``acme_smooth`` declares a usable range, ``acme_bad`` one for
+    an argument its constructor does not have."""
+    import types
+
+    from regplug import cli as cli_module
+    from regplug import registry
+    from regplug.hookspecs import hookimpl
+    from regplug.plugin import Plugin
+    from regplug.space import Choice, FloatRange, SearchRange
+
+    module = types.ModuleType("acme_tunable")
+
+    class Smooth(Plugin):
+        tunable: ClassVar[dict[str, SearchRange]] = {"eps": FloatRange(0.0, 0.3),
+                                                     "mode": Choice(["mean", "sum"])}
+
+        def __init__(self, eps: float = 0.1, mode: str = "mean") -> None:
+            self.eps, self.mode = eps, mode
+
+        @hookimpl
+        def on_train_begin(self, run):
+            pass
+
+    class Bad(Smooth):
+        tunable: ClassVar[dict[str, SearchRange]] = {"strength": FloatRange(0.0, 1.0)}
+
+    module.Smooth, module.Bad = Smooth, Bad
+    monkeypatch.setitem(sys.modules, "acme_tunable", module)
+    found = dict(registry.available_plugins())
+    for name, target in (("acme_smooth", "acme_tunable:Smooth"), ("acme_bad", "acme_tunable:Bad")):
+        found[name] = registry.PluginInfo(name, target, "acme 1.0", False)
+    monkeypatch.setattr(cli_module, "available_plugins", lambda: found)
+
+
+def test_plugins_lists_each_plugins_tunable_ranges_under_its_row(capsys, monkeypatch):
+    _acme_plugins(monkeypatch)
+    assert cli.main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
+    assert lines[rows["l2"] + 1] == "    tune: l2: 1e-06 .. 0.1, log"
+    assert lines[rows["elastic_net"] + 1] == ("    tune: l1: 1e-06 .. 0.01, log; "
+                                              "l2: 1e-06 .. 0.1, log")
+    assert lines[rows["acme_smooth"] + 1] == "    tune: eps: 0.0 .. 0.3; mode: one of 'mean', 'sum'"
+    assert lines[rows["acme_smooth"]].endswith("  ok")
+    # a plugin that declares nothing has no tune line: the next line is the next plugin's row
+    assert not lines[rows["non_finite_guard"] + 1].startswith(" ")
+    # an unusable declaration makes the plugin broken, named, and the others are listed
+    bad = lines[rows["acme_bad"]]
+    assert "BROKEN: SpaceError: plugin 'acme_bad'" in bad and "'strength'" in bad
+    assert rows["acme_bad"] + 1 == len(lines) or not lines[rows["acme_bad"] + 1].startswith(" ")
+
+
+def test_plugins_json_holds_the_tunable_ranges_and_the_space_error(capsys, monkeypatch):
+    import json
+
+    from regplug.space import describe_space, tunable_arguments
+
+    _acme_plugins(monkeypatch)
+    assert cli.main(["plugins", "--json"]) == 0
+    records = {r["name"]: r for r in json.loads(capsys.readouterr().out)["plugins"]}
+    assert records["acme_smooth"]["tunable"] == {"eps": "0.0 .. 0.3",
+                                                 "mode": "one of 'mean', 'sum'"}
+    assert records["acme_smooth"]["status"] == "ok"
+    assert records["acme_bad"]["tunable"] == {} and records["acme_bad"]["status"] == "broken"
+    assert records["acme_bad"]["error"].startswith("SpaceError: plugin 'acme_bad'")
+    # the built-ins' text is their declared ranges', as regplug.space describes them
+    from regplug.registry import available_plugins
+
+    for name, info in available_plugins().items():
+        if info.builtin:
+            declared = tunable_arguments(info.load(), name=name)
+            text = "; ".join(f"{k}: {v}" for k, v in records[name]["tunable"].items())
+            assert text == describe_space(declared), name
 
 
 def test_plugins_mentions_disabled_discovery(capsys, monkeypatch):
