@@ -351,18 +351,20 @@ def test_it_is_per_run_state_and_not_a_config_built_plugin():
     first.close()
 
 
-def test_regplug_plugins_imports_without_optuna():
-    code = ("import sys; sys.modules['optuna'] = None\n"  # import optuna now fails
-            "import regplug.plugins as p\n"
-            "x = p.OptunaPruning(None, monitor='val_loss')\n"
-            "x.raise_if_pruned()\n"
-            "print(sorted(m for m, mod in sys.modules.items()\n"
-            "             if m.startswith('optuna') and mod is not None))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
+def test_regplug_plugins_imports_without_optuna(tmp_path):
+    # cwd: not the checkout, whose regplug/ (without plugins/) would shadow the installed
+    # package for `python -c` (sys.path[0] is the current folder)
+    def run(code):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert run("import sys; sys.modules['optuna'] = None\n"  # import optuna now fails
+               "import regplug.plugins as p\n"
+               "x = p.OptunaPruning(None, monitor='val_loss')\n"
+               "x.raise_if_pruned()\n"
+               "print(sorted(m for m, mod in sys.modules.items()\n"
+               "             if m.startswith('optuna') and mod is not None))") == "[]"
     # ... and importing it does not import Optuna where it is installed
-    code = "import sys, regplug.plugins; print('optuna' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "False"
+    assert run("import sys, regplug.plugins; print('optuna' in sys.modules)") == "False"

@@ -73,6 +73,7 @@ def test_regplug_plugins_lists_it_with_its_distribution_and_hooks(tmp_path):
     record = next(r for r in listing["plugins"] if r["name"] == "group_lasso")
     assert record == {"name": "group_lasso", "distribution": DIST, "builtin": False,
                       "target": "regplug_group_lasso:GroupLasso", "hooks": HOOKS,
+                      "tunable": {"strength": "1e-06 .. 0.1, log"},
                       "status": "ok", "error": None}
     assert listing["third_party_discovery"] is True
 

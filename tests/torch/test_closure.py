@@ -85,8 +85,10 @@ def test_lbfgs_evaluates_the_penalized_objective_at_every_closure_call(fused):
     torch.testing.assert_close(torch.tensor(ours_values), torch.tensor(their_values),
                                rtol=1e-6, atol=1e-7)
     # the fused gradient is summed in another order than autograd's: LBFGS' curvature
-    # estimate carries the last-bit differences (max 8e-7 on weights of order 0.3)
-    assert_same_weights(ours, theirs, rtol=1e-6, atol=1e-6)
+    # estimate carries the last-bit differences (max 8e-7 on weights of order 0.3 here,
+    # 3.2e-6 on the CI machine, whose kernels sum in another order again). The tolerance
+    # still separates: a strength off by 0.1 % moves these weights by 0.1.
+    assert_same_weights(ours, theirs, rtol=1e-5, atol=1e-5)
     assert reg.run.step == len(data)  # one step per optimizer.step(), however many calls
 
 
