@@ -26,7 +26,8 @@ from . import Result, result
 #: Benchmark modules, each with ``run(quick: bool) -> list[dict]``; optional ones are skipped
 #: with a one-line note when they (or their framework) cannot be imported.
 MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras", "benchmarks.bench_lightning",
-           "benchmarks.bench_transformers")
+           "benchmarks.bench_transformers", "benchmarks.bench_uncertainty",
+           "benchmarks.bench_compare", "benchmarks.bench_tune")
 
 _COLUMNS = ("benchmark", "regplug", "baseline(s)", "ratio", "target", "result")
 
