@@ -71,7 +71,10 @@ the optimizer's own step post-hook             ``on_step``; the window closes
   :func:`~regplug.adapters.torch.attach`.
 - **Checkpoints**: the callback's ``state_dict`` holds the run's clock, history and every
   plugin's state (e.g. early stopping's best weights, as CPU tensors); resuming with
-  ``trainer.fit(..., ckpt_path=...)`` continues as if never interrupted.
+  ``trainer.fit(..., ckpt_path=...)`` continues as if never interrupted. A checkpoint entry
+  that does not fit (not written by ``Regularize.state_dict()``, other plugins, a state a plugin
+  refuses) stops the fit with a ``ValueError`` naming ``Regularize.load_state_dict`` and the
+  ``ckpt_path``; nothing of it is loaded.
 - **Closure optimizers** that evaluate the closure several times per step (LBFGS) are refused:
   regplug cannot add the penalty to the objective Lightning's closure returns.
 
@@ -81,7 +84,7 @@ Works with ``lightning.pytorch`` and, where only that is installed, ``pytorch_li
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -213,7 +216,11 @@ class Regularize(RunResults, Callback):
             raise
         if self._pending is not None:
             state, self._pending = self._pending, None
-            load_run_state(run, self.manager.plugins, state)
+            path = trainer.ckpt_path
+            where = f"{self._label}.load_state_dict" + (
+                "" if path is None else f", resuming trainer.fit(ckpt_path={str(path)!r})")
+            load_run_state(run, self.manager.plugins, state, where=where,
+                           writer=f"{self._label}.state_dict()")
 
     def _pick_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
         optimizers = list(trainer.optimizers)
@@ -354,9 +361,23 @@ class Regularize(RunResults, Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume from a checkpoint; applied when the fit starts (Lightning loads callback
         states before it)."""
+        if not isinstance(state_dict, Mapping):
+            # Lightning hands over whatever the checkpoint holds under this callback's key.
+            raise ValueError(f"{self._label}.load_state_dict: not a checkpoint written by "
+                             f"{self._label}.state_dict() (a {type(state_dict).__name__}, not a "
+                             f"dict); nothing was loaded")
         if not state_dict:
             return
         if self.run is not None and self.clock is not None and self.clock.active:
-            load_run_state(self.run, self.manager.plugins, state_dict)
+            load_run_state(self.run, self.manager.plugins, dict(state_dict),
+                           where=f"{self._label}.load_state_dict",
+                           writer=f"{self._label}.state_dict()")
         else:
             self._pending = dict(state_dict)
+
+    @property
+    def _label(self) -> str:
+        """This callback in messages; the optimizer index tells several callbacks apart."""
+        if self.optimizer_index is None:
+            return "Regularize"
+        return f"Regularize(optimizer={self.optimizer_index})"

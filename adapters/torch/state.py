@@ -116,7 +116,8 @@ def load_run_state(run: Run, plugins: Sequence[object], state: dict[str, Any], *
                          f"({type(err).__name__}: {err}); nothing was loaded") from None
     current = [getattr(p, "name", type(p).__name__) for p in plugins]
     if saved != current:
-        raise ValueError(f"regplug: checkpoint holds plugins {saved}, this run has {current}")
+        raise ValueError(f"{where}: the checkpoint holds plugins {saved}, this run has "
+                         f"{current}; nothing was loaded")
     load_plugin_states(plugins, states, where=where)
     run.step, run.epoch = step, epoch
     run.history = history
