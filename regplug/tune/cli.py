@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..compare.arguments import positive_float, positive_int, seed
+from ..compare.arguments import add_training_arguments, positive_float, positive_int
 
 if TYPE_CHECKING:
     from ..compare.strategies import Strategy
@@ -104,21 +104,10 @@ def add_tune_parser(sub: Any) -> None:
                         "penalty and so favours small strengths")
     p.add_argument("--framework", choices=("torch", "keras"), default="torch",
                    help="which framework trains (default: torch)")
-    p.add_argument("--data", metavar="SPEC",
-                   help="'digits' (default), an MNIST-style FILE.npz, or module:function "
-                        "(as regplug compare)")
-    p.add_argument("--model", metavar="SPEC",
-                   help="a built-in model (mlp, wide_mlp, linear) or module:factory "
-                        "(as regplug compare)")
-    p.add_argument("--epochs", type=positive_int, default=defaults.epochs,
-                   help=f"epochs per trial (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                   help=f"mini-batch size (default {defaults.batch_size})")
-    p.add_argument("--lr", type=positive_float, default=defaults.learning_rate,
-                   help=f"SGD learning rate (default {defaults.learning_rate:g})")
-    p.add_argument("--seed", type=seed, default=defaults.seed,
-                   help=f"random seed of the data split, the training and the samplers "
-                        f"(default {defaults.seed})")
+    add_training_arguments(
+        p, defaults, per="trial",
+        seed_help="random seed of the data split, the training and the samplers "
+                  f"(default {defaults.seed})")
     p.add_argument("--storage", metavar="URL",
                    help="share the studies between processes or machines: an Optuna RDB URL "
                         "(sqlite:///study.db, postgresql://...) or journal:PATH (a journal "

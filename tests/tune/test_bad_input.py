@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from regplug.cli import build_parser
+from regplug.compare.datasets import BUNDLED_DATA, BundledData
 
 FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
 
@@ -120,3 +121,20 @@ def test_the_help_says_trials_are_per_strategy_and_why_not_val_loss(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "trials PER STRATEGY" in text
     assert "Not val_loss: it includes the penalty and so favours small strengths" in text
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_the_data_help_lists_every_bundled_data_set_and_the_other_specs(command, capsys,
+                                                                        monkeypatch):
+    # a data set added to the table shows in the help: the help is built from it
+    monkeypatch.setitem(BUNDLED_DATA, "toy_set",
+                        BundledData("some-package", "toy", "a toy data set"))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    data_help = text[text.rindex("--data SPEC"):text.rindex("--model SPEC")]  # not the usage
+    for name in filter(None, BUNDLED_DATA):
+        assert f"'{name}'" in data_help, name
+    for words in ("'digits' (default:", "'toy_set' (a toy data set)",
+                  "pip install 'regplug[data]'", "FILE.npz", "module:function"):
+        assert words in data_help, words
