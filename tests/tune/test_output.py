@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from _tune_scripts import fake_runner_script
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,8 +23,6 @@ from regplug.compare.strategies import Strategy, load_strategies
 from regplug.configfile import tomllib
 from regplug.tune.output import strategy_toml, toml_value, write_trials_csv
 from regplug.tune.search import TrialRecord
-
-CONFTEST = Path(__file__).with_name("conftest.py")
 
 
 def tune(capsys, *args: str) -> tuple[int, str, str]:
@@ -156,18 +154,6 @@ def test_an_earlier_tune_output_is_replaced_whole(fake_runner, capsys, tmp_path)
 
 
 SIGTERM_SCRIPT = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("tune_fake", {conftest!r})
-fake = sys.modules["tune_fake"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fake)
-from regplug.compare import frameworks
-runner = fake.FakeRunner()
-original = runner.train_strategy
-def slow(*args, **kwargs):
-    time.sleep(0.3)
-    return original(*args, **kwargs)
-runner.train_strategy = slow
-frameworks.register_runner("torch", lambda: runner)
 from regplug import cli
 sys.exit(cli.main(["tune", "--strategies", "l2", "--trials", "500", "--epochs", "2",
                    "--out", {out!r}]))
@@ -177,8 +163,8 @@ sys.exit(cli.main(["tune", "--strategies", "l2", "--trials", "500", "--epochs", 
 def test_sigterm_during_the_search_leaves_nothing_behind(tmp_path):
     out = tmp_path / "run"
     script = tmp_path / "run_tune.py"
-    script.write_text(textwrap.dedent(SIGTERM_SCRIPT.format(conftest=str(CONFTEST),
-                                                            out=str(out))))
+    script.write_text(fake_runner_script(SIGTERM_SCRIPT.format(out=str(out)),
+                                         seconds_per_training=0.3))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -7,29 +7,15 @@ import csv
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import optuna
 import pytest
+from _tune_scripts import fake_runner_script
 
 from regplug import cli
 
-CONFTEST = Path(__file__).with_name("conftest.py")
-
 WORKER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("tune_fake", {conftest!r})
-fake = sys.modules["tune_fake"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fake)
-from regplug.compare import frameworks
-runner = fake.FakeRunner()
-original = runner.train_strategy
-def slow(*args, **kwargs):
-    time.sleep(0.2)  # long enough for the two processes' trials to interleave
-    return original(*args, **kwargs)
-runner.train_strategy = slow
-frameworks.register_runner("torch", lambda: runner)
 from regplug import cli
 sys.exit(cli.main(["tune", "--strategies", "l2,dropout", "--trials", sys.argv[1],
                    "--epochs", "2", "--pruner", "none", "--storage", {storage!r},
@@ -54,7 +40,8 @@ def open_storage(url: str):
 def test_two_processes_share_each_strategys_study(tmp_path, kind, fake_runner, capsys):
     url = storage_url(kind, tmp_path)
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER.format(conftest=str(CONFTEST), storage=url)))
+    # 0.2 s a training: long enough for the two processes' trials to interleave
+    script.write_text(fake_runner_script(WORKER.format(storage=url), seconds_per_training=0.2))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, str(script), str(n)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
