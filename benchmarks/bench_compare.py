@@ -10,9 +10,10 @@
 ``compare_imports``
     What the default run imports, alone in a fresh process (each module's time in the note).
 ``compare_keras_fit_numpy_vs_pipelines``
-    One Keras strategy's fit (``l2``, 30 epochs, digits) with the NumPy arrays against the
-    prebuilt ``tf.data`` pipelines the runner uses on TensorFlow, interleaved; the two
-    fits are first checked to give the same history.
+    One Keras strategy's fit (``l2``, 30 epochs, digits) with the generator of NumPy
+    batches the runner uses on the other backends against the prebuilt ``tf.data``
+    pipeline it uses on TensorFlow, interleaved; the two fits are first checked to give the
+    same history (the same batches: every epoch its own order).
 
 Run::
 
@@ -195,7 +196,7 @@ def _import_row() -> Result:
                   notes=[f"fresh process ({wall:.2f} s with the interpreter), {load}: {each}"])
 
 
-# -- one Keras fit: NumPy arrays vs prebuilt pipelines --------------------------------------
+# -- one Keras fit: NumPy batches vs the prebuilt pipeline ----------------------------------
 def _keras_fit_row(quick: bool) -> Result:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -222,8 +223,8 @@ def _keras_fit_row(quick: bool) -> Result:
 
     fit(True)  # the pipelines are built once per data set, before the first fit
     if histories[True] != (fit(False), histories[False])[1]:
-        raise AssertionError("benchmark invalid: the pipelines' fit and the arrays' fit "
-                             "give different histories")
+        raise AssertionError("benchmark invalid: the pipeline's fit and the NumPy batches' "
+                             "fit give different histories")
     load = _load()
     samples = interleave({"numpy": lambda: fit(False), "pipelines": lambda: fit(True)},
                          rounds=1 if quick else 3)
@@ -231,8 +232,8 @@ def _keras_fit_row(quick: bool) -> Result:
     pipelines_s = statistics.median(samples["pipelines"])
     ratio = statistics.median(a / b for a, b in zip(samples["numpy"], samples["pipelines"]))
     return result("compare_keras_fit_numpy_vs_pipelines", regplug_s=pipelines_s,
-                  baselines_s={"numpy arrays": numpy_s}, ratio=ratio,
-                  ratio_of="numpy arrays / pipelines", at_least=1.5,
+                  baselines_s={"numpy batches": numpy_s}, ratio=ratio,
+                  ratio_of="numpy batches / pipeline", at_least=1.5,
                   notes=[f"strategy l2, {settings.epochs} epochs, digits, fit only; median of "
                          f"{len(samples['numpy'])} interleaved pairs; same history checked; "
                          f"{load} before, {_load()} after"])

@@ -6,10 +6,13 @@ biases. Validation runs through ``fit``'s ``validation_data``, so ``val_loss`` i
 penalties, as it does with Keras' own regularizers. Runs on whichever Keras backend is
 configured (TensorFlow by default; ``KERAS_BACKEND=torch`` or ``jax`` work too).
 
-On the TensorFlow backend ``fit`` gets ``tf.data`` pipelines built once per data set instead
-of the NumPy arrays (:func:`_fit_inputs`): the same batches in the same order, so the same
-results, in less than half the time (most of a 30-epoch run on the digits went into the
-iterators Keras' array adapter builds every epoch). ``benchmarks/bench_compare.py`` measures it.
+The mini-batches are reshuffled every epoch, as in the PyTorch runner, in an order drawn with
+NumPy from the seed alone (:func:`shuffle_orders`), the same on every backend. On TensorFlow
+``fit`` reads them from a ``tf.data`` pipeline built once per data set (:func:`_fit_inputs`);
+on the other backends from a generator of NumPy batches in the same order, so the two paths
+give the same results. The pipeline takes less than half the time of Keras' array adapter,
+most of whose time went into the iterators it builds every epoch;
+``benchmarks/bench_compare.py`` measures it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up 
 import math
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import keras
@@ -47,7 +50,7 @@ from .discovery import SCHEDULABLE_DROPOUT_TYPES, all_layers
 from .uncertainty import mc_predict
 
 __all__ = ["KerasRunner", "describe", "build_mlp", "build_model", "compile_model", "train_strategy",
-           "mc_dropout", "shuffle_order"]
+           "mc_dropout", "shuffle_orders"]
 
 _EVAL_ROWS = 8192
 
@@ -115,48 +118,65 @@ def compile_model(model: keras.Model, settings: TrainSettings) -> None:
                                                              name="cross_entropy")])
 
 
-def shuffle_order(n: int, seed: int) -> np.ndarray:
-    """The order of the ``n`` training rows in every epoch of ``model.fit(x, y, shuffle=True)``
-    on the TensorFlow backend after ``keras.utils.set_random_seed(seed)``.
+def shuffle_orders(n: int, epochs: int, seed: int) -> np.ndarray:
+    """The order of the ``n`` training rows in each of ``epochs`` epochs: an ``(epochs, n)``
+    array whose every row is a permutation of ``range(n)``, each epoch's drawn afresh from
+    NumPy's generator seeded with ``seed`` (nothing else: no global random state).
 
-    Keras' array adapter draws the order with ``tf.random.shuffle`` inside a ``tf.data`` map
-    function; the op's seed derives from the global seed and the function's own graph
-    alone, and each epoch's iterator starts the op afresh, so every epoch gets this same
-    order (Keras 3.15, TensorFlow 2.21; torch's runner reshuffles each epoch). The function
-    below is the adapter's, op for op, so it draws what fit drew;
-    ``tests/compare/test_compare_speed.py`` pins that against fit on the arrays. Sets
-    TensorFlow's global seed to ``seed``, as ``set_random_seed`` did.
+    Epoch ``e`` trains on the rows ``orders[e]`` in mini-batches cut in that order, the last
+    one holding the rows left (a partial batch), on every Keras backend (:func:`_fit_inputs`).
+
+    >>> orders = shuffle_orders(5, 3, seed=0)
+    >>> orders.shape, sorted(orders[2].tolist())
+    ((3, 5), [0, 1, 2, 3, 4])
+    >>> bool((orders == shuffle_orders(5, 3, seed=0)).all())
+    True
     """
-    import tensorflow as tf
+    rng = np.random.default_rng(seed)
+    return np.array([rng.permutation(n) for _ in range(epochs)], dtype=np.int64).reshape(
+        epochs, n)
 
-    tf.random.set_seed(seed)
 
-    def permutation(_: Any) -> Any:  # keras/src/trainers/data_adapters/array_data_adapter.py
-        indices = tf.range(n, dtype=tf.int64)
-        return tf.random.shuffle(indices)
-
-    return np.asarray(next(iter(tf.data.Dataset.range(1).map(permutation))))
+def _numpy_batches(splits: Splits, orders: np.ndarray,
+                   batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The training mini-batches of every epoch in ``orders``, one after the other."""
+    for order in orders:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            yield splits.x_train[rows], splits.y_train[rows]
 
 
 class _Pipelines:
-    """The training and validation pipelines of one data set, seed and batch size.
+    """The training and validation pipelines of one data set, seed, batch size and number of
+    epochs.
 
-    The training pipeline holds the rows in :func:`shuffle_order`, batched, repeated without
-    end: ``fit`` reads it through one iterator with ``steps_per_epoch`` batches an epoch,
-    the last one partial, as the array adapter cuts them. Validation is batched in row
-    order. The strategies of one run share one instance (:data:`_CACHE`).
+    The training pipeline yields every epoch's mini-batches, epoch after epoch: the rows in
+    that epoch's :func:`shuffle_orders` row, cut into ``steps_per_epoch`` batches, the last
+    one of each epoch holding the rows left. ``fit`` reads it through one iterator,
+    ``steps_per_epoch`` batches an epoch; a new ``fit`` starts again at the first epoch. Each
+    batch is gathered from the arrays when it is read, so the pipeline holds the data once,
+    not once an epoch. Validation is batched in row order. The strategies of one run share
+    one instance (:data:`_CACHE`).
     """
 
     def __init__(self, splits: Splits, settings: TrainSettings) -> None:
         import tensorflow as tf
 
-        order = shuffle_order(len(splits.x_train), settings.seed)
-        self.steps_per_epoch = math.ceil(len(splits.x_train) / settings.batch_size)
-        self.train = tf.data.Dataset.from_tensor_slices(
-            (splits.x_train[order], splits.y_train[order])
-        ).batch(settings.batch_size).repeat()
+        n, batch_size = len(splits.x_train), settings.batch_size
+        steps = self.steps_per_epoch = math.ceil(n / batch_size)
+        orders = tf.constant(shuffle_orders(n, settings.epochs, settings.seed))
+        x, y = tf.constant(splits.x_train), tf.constant(splits.y_train)
+
+        def batch(step: Any) -> Any:  # one map per batch: 2x faster than batching row by row
+            epoch, start = step // steps, step % steps * batch_size
+            rows = orders[epoch, start:start + batch_size]  # an epoch's last: the rows left
+            return tf.gather(x, rows), tf.gather(y, rows)
+
+        self.train = (tf.data.Dataset.range(settings.epochs * steps)
+                      .map(batch, num_parallel_calls=tf.data.AUTOTUNE)  # keeps the order
+                      .prefetch(tf.data.AUTOTUNE))
         self.validation = tf.data.Dataset.from_tensor_slices(
-            (splits.x_val, splits.y_val)).batch(settings.batch_size)
+            (splits.x_val, splits.y_val)).batch(batch_size)
 
 
 class _PipelineCache:
@@ -164,11 +184,11 @@ class _PipelineCache:
 
     def __init__(self) -> None:
         self._splits: weakref.ref[Splits] | None = None
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[int, int, int] | None = None
         self._pipelines: _Pipelines | None = None
 
     def get(self, splits: Splits, settings: TrainSettings) -> _Pipelines:
-        key = (settings.seed, settings.batch_size)
+        key = (settings.seed, settings.batch_size, settings.epochs)
         if (self._pipelines is None or self._splits is None or self._splits() is not splits
                 or self._key != key):
             self._pipelines = _Pipelines(splits, settings)
@@ -187,22 +207,30 @@ def _fit_inputs(splits: Splits, settings: TrainSettings, *,
                 pipeline: bool | None = None) -> dict[str, Any]:
     """The data arguments of ``model.fit``: what to train and validate on, and how.
 
+    Every epoch trains on its own order of the rows (:func:`shuffle_orders`), in
+    ``steps_per_epoch`` mini-batches of ``settings.batch_size``, the last the rows left.
     ``pipeline=True`` (the default on the TensorFlow backend): :class:`_Pipelines`, built
-    once per data set. ``False`` (the default on the other backends): the NumPy arrays with
-    ``shuffle=True``, read by Keras' array adapter, which on TensorFlow rebuilds its
-    iterators every epoch (the default run's MLP on the digits: 57 ms an epoch after the
-    first, against 17.5 ms with the pipelines; a 30-epoch fit 2.2 s against 1.05 s). The
-    batches and their order are the same either way (:func:`shuffle_order`), so are the
-    results, bit for bit. Call it right after ``keras.utils.set_random_seed(settings.seed)``.
+    once per data set. ``False`` (the default on the other backends): a generator of NumPy
+    batches, a fresh one each call. Both yield the same batches, so give the same results.
+
+    Not the NumPy arrays with ``shuffle=True``: Keras' array adapter draws its orders from
+    each backend's global random state, so each backend trained on other batches, and on
+    TensorFlow every epoch on the same order (Keras 3.15, TensorFlow 2.21: each epoch's
+    iterator restarts its seeded ``tf.random.shuffle``); it also rebuilds its iterators every
+    epoch there (the default run's MLP on the digits: 57 ms an epoch after the first, against
+    17.5 ms with a pipeline; a 30-epoch fit 2.2 s against 1.05 s).
     """
     if pipeline is None:
         pipeline = keras.backend.backend() == "tensorflow"
-    if not pipeline:
-        return {"x": splits.x_train, "y": splits.y_train, "batch_size": settings.batch_size,
-                "shuffle": True, "validation_data": (splits.x_val, splits.y_val)}
-    pipelines = _CACHE.get(splits, settings)
-    return {"x": pipelines.train, "steps_per_epoch": pipelines.steps_per_epoch,
-            "shuffle": False, "validation_data": pipelines.validation}
+    if pipeline:
+        pipelines = _CACHE.get(splits, settings)
+        return {"x": pipelines.train, "steps_per_epoch": pipelines.steps_per_epoch,
+                "shuffle": False, "validation_data": pipelines.validation}
+    orders = shuffle_orders(len(splits.x_train), settings.epochs, settings.seed)
+    return {"x": _numpy_batches(splits, orders, settings.batch_size),
+            "steps_per_epoch": math.ceil(len(splits.x_train) / settings.batch_size),
+            "shuffle": False, "validation_data": (splits.x_val, splits.y_val),
+            "validation_batch_size": settings.batch_size}
 
 
 def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:

@@ -54,8 +54,9 @@ class TrainSettings:
     """The hyper-parameters every strategy trains with, in every framework.
 
     SGD with momentum (the same update in torch and Keras), mini-batches reshuffled every
-    epoch, cross-entropy on logits; weights initialised Glorot-uniform with zero biases in
-    both frameworks, from the same seed for every strategy.
+    epoch from the seed (each framework draws its own orders: torch's generator, NumPy's in
+    Keras, the same on every Keras backend), cross-entropy on logits; weights initialised
+    Glorot-uniform with zero biases in both frameworks, from the same seed for every strategy.
 
     >>> TrainSettings().describe()
     'SGD(lr=0.05, momentum=0.9), batch 128, 30 epochs, seed 0'

@@ -1,15 +1,20 @@
-"""The Keras runner's fast path: prebuilt tf.data pipelines give the runs the arrays gave.
+"""The Keras runner's fast path: a prebuilt tf.data pipeline gives the runs the NumPy batches
+give.
 
-On the TensorFlow backend ``regplug compare`` hands ``fit`` pipelines built once per data set
-(:func:`regplug.adapters.keras.compare._fit_inputs`) instead of NumPy arrays. These tests
-prove the two paths train on the same batches in the same order and so give the same
-histories, accuracies and weights, bit for bit. Timings: ``benchmarks/bench_compare.py``.
+On the TensorFlow backend ``regplug compare`` hands ``fit`` a pipeline built once per data
+set (:func:`regplug.adapters.keras.compare._fit_inputs`); the other backends get a generator
+of NumPy batches. Both serve every epoch its own order of the rows
+(:func:`~regplug.adapters.keras.compare.shuffle_orders`; what the train step sees is pinned
+on every backend in tests/keras/test_compare_shuffle.py). These tests prove the two paths
+yield the same batches and so give the same histories, accuracies and weights, bit for bit.
+Timings: ``benchmarks/bench_compare.py``.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import types
 from dataclasses import replace
 
 import numpy as np
@@ -35,69 +40,40 @@ def digits() -> Splits:
     return split_validation(resolve_data(None, seed=0), seed=0)
 
 
-def _recorded_label_order(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int,
-                          **fit_args: object) -> np.ndarray:
-    """The labels a fit's train steps saw, one row per epoch (the labels are row numbers)."""
-    import tensorflow as tf
-
-    class Recorder(keras.Model):
-        def __init__(self) -> None:
-            super().__init__()
-            self.dense = keras.layers.Dense(1)
-            self.seen = tf.Variable(tf.zeros((0,), tf.int64), shape=(None,), trainable=False)
-
-        def call(self, inputs: object) -> object:
-            return self.dense(inputs)
-
-        def train_step(self, data: object) -> dict[str, object]:
-            _, labels = data
-            self.seen.assign(tf.concat([self.seen, tf.cast(labels, tf.int64)], 0))
-            return {"seen": tf.size(self.seen)}
-
-    keras.utils.set_random_seed(seed)
-    model = Recorder()
-    model.compile(optimizer="sgd", loss="mse")
-    model.fit(x, y, epochs=epochs, verbose=0, **fit_args)
-    return model.seen.numpy().reshape(epochs, len(x))
-
-
-@tensorflow_only
-@pytest.mark.parametrize(("n", "batch_size", "seed"), [(1069, 128, 0), (40, 8, 7), (30, 64, 3)])
-def test_shuffle_order_is_the_order_fit_draws_for_numpy_arrays(n, batch_size, seed):
-    x = np.arange(n, dtype=np.float32)[:, None]
-    rows = np.arange(n)
-    seen = _recorded_label_order(x, rows, epochs=3, seed=seed, batch_size=batch_size,
-                                 shuffle=True)
-    order = keras_compare.shuffle_order(n, seed)
-    assert sorted(order) == list(range(n))
-    assert not np.array_equal(order, rows)  # it is shuffled
-    for epoch in seen:  # every epoch in this one order (Keras' array adapter on TensorFlow)
-        np.testing.assert_array_equal(epoch, order)
-    assert not np.array_equal(order, keras_compare.shuffle_order(n, seed + 1))
+def _toy(n: int) -> Splits:
+    rng = np.random.default_rng(1)
+    x = rng.random((n, 3), dtype=np.float32)
+    y = np.arange(n)  # the labels are the row numbers
+    return Splits("toy", x, y, x[:7], y[:7], x[:2], y[:2], n_classes=n)
 
 
 @tensorflow_only
 @pytest.mark.parametrize(("n", "batch_size"), [(1069, 128), (1024, 128), (5, 128)])
-def test_the_pipelines_batch_what_fit_cut_from_the_arrays(n, batch_size):
-    rng = np.random.default_rng(1)
-    x = rng.random((n, 3), dtype=np.float32)
-    y = np.arange(n)
-    splits = Splits("toy", x, y, x[:7], y[:7], x[:2], y[:2], n_classes=n)
-    settings = TrainSettings(batch_size=batch_size, seed=2)
-    keras.utils.set_random_seed(settings.seed)
-    inputs = keras_compare._fit_inputs(splits, settings, pipeline=True)
-    assert inputs["steps_per_epoch"] == math.ceil(n / batch_size)
-    assert inputs["shuffle"] is False
-    order = keras_compare.shuffle_order(n, settings.seed)
-    batches = list(inputs["x"].take(2 * inputs["steps_per_epoch"]))
-    labels = [b[1].numpy() for b in batches]
-    expected = [order[i:i + batch_size] for i in range(0, n, batch_size)] * 2  # two epochs
-    assert [len(b) for b in labels] == [len(b) for b in expected]
-    for got, want in zip(labels, expected, strict=True):
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(batches[0][0].numpy(), x[order[:batch_size]])
-    validation = list(inputs["validation_data"])
-    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in validation]), x[:7])
+def test_the_pipeline_yields_the_numpy_batches(n, batch_size):
+    splits = _toy(n)
+    settings = TrainSettings(epochs=3, batch_size=batch_size, seed=2)
+    fast = keras_compare._fit_inputs(splits, settings, pipeline=True)
+    slow = keras_compare._fit_inputs(splits, settings, pipeline=False)
+    steps = math.ceil(n / batch_size)
+    assert fast["steps_per_epoch"] == slow["steps_per_epoch"] == steps
+    assert fast["shuffle"] is slow["shuffle"] is False
+    pipeline = [(x.numpy(), y.numpy()) for x, y in fast["x"]]  # ends after the last epoch
+    batches = list(slow["x"])
+    assert len(pipeline) == len(batches) == settings.epochs * steps
+    orders = keras_compare.shuffle_orders(n, settings.epochs, settings.seed)
+    for i, ((x, y), (want_x, want_y)) in enumerate(zip(pipeline, batches, strict=True)):
+        epoch, start = divmod(i, steps)
+        rows = orders[epoch, start * batch_size:(start + 1) * batch_size]
+        np.testing.assert_array_equal(want_y, rows)  # the labels are the row numbers
+        np.testing.assert_array_equal(want_x, splits.x_train[rows])
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(x, want_x)
+    # Validation: in row order, in batches of batch_size, on both paths.
+    validation = list(fast["validation_data"])
+    np.testing.assert_array_equal(np.concatenate([b[0].numpy() for b in validation]),
+                                  splits.x_val)
+    assert slow["validation_data"][0] is splits.x_val
+    assert slow["validation_batch_size"] == batch_size
 
 
 def _assert_same_outcome(fast: TrainOutcome, slow: TrainOutcome) -> None:
@@ -116,10 +92,10 @@ IMPATIENT = Strategy("impatient", ({"name": "early_stopping", "patience": 0,
 
 
 @tensorflow_only
-def test_pipelines_give_the_array_path_runs_bit_for_bit(digits):
+def test_the_pipeline_gives_the_numpy_batches_runs_bit_for_bit(digits):
     # Penalties, a proximal update, dropout (its own random stream), batch norm, a dropout
     # schedule and early stopping with restored weights: each strategy's fit with the
-    # pipelines equals its fit with the arrays; the later strategies reuse the pipelines.
+    # pipeline equals its fit with the NumPy batches; the later strategies reuse the pipeline.
     model = resolve_model(None)
     settings = TrainSettings(epochs=3)
     names = ["l2", "proximal_l1", "batch_norm_dropout", "dropout_schedule"]
@@ -140,14 +116,14 @@ def test_pipelines_give_the_array_path_runs_bit_for_bit(digits):
 
 
 @tensorflow_only
-def test_pipelines_follow_the_seed_and_batch_size(digits):
+def test_the_pipeline_follows_the_seed_and_batch_size(digits):
     model = resolve_model(None)
     strategy = BUILTIN_STRATEGIES["dropout"]
     settings = TrainSettings(epochs=2, batch_size=50, seed=11)
     slow = keras_compare._train(digits, strategy, strategy.build_plugins(), model, settings,
                                 pipeline=False)
     fast = keras_compare.train_strategy(digits, strategy, strategy.build_plugins(), model,
-                                        settings)  # the default: pipelines on TensorFlow
+                                        settings)  # the default: the pipeline on TensorFlow
     _assert_same_outcome(fast, slow)
     other = keras_compare.train_strategy(digits, strategy, strategy.build_plugins(), model,
                                          replace(settings, seed=12))
@@ -155,12 +131,14 @@ def test_pipelines_follow_the_seed_and_batch_size(digits):
 
 
 @tensorflow_only
-def test_the_pipeline_cache_keys_on_the_data_set_seed_and_batch_size(digits):
+def test_the_pipeline_cache_keys_on_the_data_set_seed_batch_size_and_epochs(digits):
     settings = TrainSettings()
     first = keras_compare._CACHE.get(digits, settings)
     assert keras_compare._CACHE.get(digits, settings) is first
-    assert keras_compare._CACHE.get(digits, replace(settings, epochs=3)) is first
-    assert keras_compare._CACHE.get(digits, replace(settings, seed=1)) is not first
+    assert keras_compare._CACHE.get(digits, replace(settings, learning_rate=0.1)) is first
+    for change in ({"seed": 1}, {"batch_size": 64}, {"epochs": 3}):
+        assert keras_compare._CACHE.get(digits, replace(settings, **change)) is not first
+    first = keras_compare._CACHE.get(digits, settings)
     copy = replace(digits)  # equal arrays, another data set object
     built = keras_compare._CACHE.get(copy, settings)
     assert built is not first
@@ -169,9 +147,19 @@ def test_the_pipeline_cache_keys_on_the_data_set_seed_and_batch_size(digits):
     assert keras_compare._CACHE._pipelines is None  # dropped with its data set
 
 
-def test_other_backends_keep_the_arrays(digits, monkeypatch):
+def test_other_backends_get_a_fresh_generator_of_numpy_batches(digits, monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    inputs = keras_compare._fit_inputs(digits, TrainSettings())
-    assert inputs["x"] is digits.x_train and inputs["y"] is digits.y_train
-    assert inputs["shuffle"] is True and inputs["batch_size"] == 128
+    settings = TrainSettings(epochs=2)
+    inputs = keras_compare._fit_inputs(digits, settings)
+    assert isinstance(inputs["x"], types.GeneratorType)  # what Keras reads as a generator
+    assert "y" not in inputs and inputs["shuffle"] is False  # the batches come shuffled
+    steps = math.ceil(len(digits.x_train) / 128)
+    assert inputs["steps_per_epoch"] == steps
     assert inputs["validation_data"][0] is digits.x_val
+    assert inputs["validation_batch_size"] == 128
+    batches = list(inputs["x"])
+    assert len(batches) == settings.epochs * steps
+    orders = keras_compare.shuffle_orders(len(digits.x_train), settings.epochs, settings.seed)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]),
+                                  digits.y_train[orders.ravel()])
+    assert keras_compare._fit_inputs(digits, settings)["x"] is not inputs["x"]
