@@ -17,7 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..compare.arguments import add_training_arguments, positive_float, positive_int
+from ..compare.arguments import (
+    add_training_arguments,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from ..compare.strategies import Strategy
@@ -98,6 +103,12 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--pruner", choices=PRUNERS, default="median",
                    help="stop unpromising trials early: median (default; after 5 trials, a "
                         "trial worse than the median at the same epoch), hyperband, or none")
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=0, metavar="N",
+                   help="epochs in which the pruner never stops a trial (default 0: from the "
+                        "first epoch on). Regularization pays once the unregularized model "
+                        "starts to overfit, and a stronger setting fits more slowly before "
+                        "that: early pruning favours weak settings. About a third of the "
+                        "epochs keeps them in the race (hyperband: its first rung at epoch N)")
     p.add_argument("--objective", choices=tuple(OBJECTIVES), default="val_cross_entropy",
                    help="val_cross_entropy (default, minimized) or val_accuracy (maximized): "
                         "penalty-free validation metrics. Not val_loss: it includes the "
@@ -174,7 +185,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..compare.frameworks import TrainSettings, get_runner
     from ..compare.models import resolve_model
     from ..compare.output import StagedOutput, exit_cleanly_on_sigterm
-    from .search import Objective, Search, SearchError, check_storage_url, import_optuna
+    from .search import (
+        Objective,
+        Search,
+        SearchError,
+        check_storage_url,
+        check_warmup,
+        import_optuna,
+    )
     from .search import open_storage as open_storage_url
     from .spaces import load_tune_config
 
@@ -186,6 +204,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "too (without it the studies live in memory)")
     if args.storage is not None:
         check_storage_url(args.storage)
+    check_warmup(args.warmup_epochs, epochs=args.epochs)
     config = load_tune_config(args.config) if args.config else None
     spaces, notes = _resolve_strategies(args.strategies, config)
     model = resolve_model(args.model)
@@ -200,7 +219,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     search = Search(spaces=spaces, runner=runner, splits=splits, model=model,
                     settings=settings, objective=objective, sampler=args.sampler,
                     pruner=args.pruner, grid_points=args.grid_points, seed=args.seed,
-                    storage=storage, study_name=study_name)
+                    storage=storage, study_name=study_name,
+                    warmup_epochs=args.warmup_epochs)
     if args.sampler == "grid":
         for entry in search.studies.values():
             if entry.grid_size is not None and entry.grid_size < args.trials:
@@ -215,7 +235,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"framework:  {runner.describe()}")
     print(f"objective:  {objective.describe()}, on the validation rows")
     print(f"search:     {args.trials} trial(s) per strategy, sampler {args.sampler}, pruner "
-          f"{args.pruner}" + (f", timeout {args.timeout:g}s" if args.timeout else "")
+          f"{args.pruner}"
+          + (f" (warm-up {args.warmup_epochs} epochs)"
+             if args.warmup_epochs and args.pruner != "none" else "")
+          + (f", timeout {args.timeout:g}s" if args.timeout else "")
           + (f", storage {args.storage} (studies {study_name}/<strategy>)"
              if args.storage else ""))
     print("strategies:")
@@ -246,7 +269,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 "objective": objective.describe(), "trials_per_strategy": args.trials,
                 "timeout_s": args.timeout, "sampler": args.sampler,
                 "grid_points": args.grid_points if args.sampler == "grid" else None,
-                "pruner": args.pruner, "seed": args.seed, "storage": args.storage,
+                "pruner": args.pruner,
+                "warmup_epochs": args.warmup_epochs, "seed": args.seed, "storage": args.storage,
                 "study_name": study_name if args.storage else None,
                 "config": args.config, "regplug": _version(),
                 "optuna": optuna.__version__, "python": platform.python_version()}

@@ -65,6 +65,8 @@ def test_mistakes_are_named_in_one_line_before_any_framework_is_imported(tmp_pat
         "out": (["--strategies", "l2", "--out", "a_file"],
                 ["--out 'a_file'", "not a directory"]),
         "model": (["--strategies", "l2", "--model", "cnn"], ["unknown model 'cnn'"]),
+        "warm-up": (["--strategies", "l2", "--epochs", "4", "--warmup-epochs", "4"],
+                    ["--warmup-epochs 4", "from 0 to --epochs - 1 (3)"]),
     }
     report = run_cases(tmp_path, {name: argv for name, (argv, _) in cases.items()})
     for name, (_, fragments) in cases.items():
@@ -106,6 +108,7 @@ def test_without_optuna_the_command_says_what_to_install(tmp_path):
     (["--framework", "both"], "invalid choice: 'both'"),
     (["--sampler", "cmaes"], "invalid choice: 'cmaes'"),
     (["--pruner", "wilcoxon"], "invalid choice: 'wilcoxon'"),
+    (["--warmup-epochs", "-1"], "must be at least 0"),
 ])
 def test_bad_options_are_refused_by_the_parser_naming_the_option(capsys, argv, fragment):
     with pytest.raises(SystemExit) as exit_:

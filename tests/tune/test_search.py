@@ -16,7 +16,7 @@ from regplug.compare.frameworks import TrainSettings
 from regplug.compare.models import BUILTIN_MODELS
 from regplug.compare.strategies import BUILTIN_STRATEGIES, Strategy
 from regplug.space import grid_values
-from regplug.tune.search import Objective, Search, round_robin
+from regplug.tune.search import Objective, Search, SearchError, round_robin
 from regplug.tune.spaces import strategy_space
 
 
@@ -196,6 +196,28 @@ def test_median_pruning_stops_bad_trials_early_through_the_plugin_clock(fake_run
     assert all(r.epochs == 8 for r in complete)
     # pruned trials are worse at their epoch than the median of the earlier ones
     assert min(r.value for r in complete) < min(r.value for r in pruned)
+
+
+def pruned_epochs(fake_runner, pruner, **kwargs) -> list[int]:
+    """The epochs (from 0) at which a 20-trial search of 8 epochs pruned its trials."""
+    search = make_search(fake_runner, pruner=pruner, epochs=8, seed=0, **kwargs)
+    search.run(trials=20)
+    records = search.records()["l2"]
+    assert all(r.epochs == r.pruned_epoch + 1 for r in records if r.state == "PRUNED")
+    return [r.pruned_epoch for r in records if r.state == "PRUNED"]
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_no_trial_is_pruned_within_the_warmup_epochs(fake_runner, pruner):
+    assert min(pruned_epochs(fake_runner, pruner)) < 3  # without a warm-up: earlier
+    warmed = pruned_epochs(fake_runner, pruner, warmup_epochs=3)
+    assert warmed, "the pruner still acts after the warm-up"
+    assert min(warmed) == 3
+
+
+def test_a_warmup_that_leaves_no_epoch_to_prune_in_is_refused(fake_runner):
+    with pytest.raises(SearchError, match=r"--warmup-epochs 8: must be from 0 to --epochs - 1 \(7\)"):
+        make_search(fake_runner, pruner="median", epochs=8, warmup_epochs=8)
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(fake_runner, capsys, tmp_path):
