@@ -17,10 +17,6 @@ most of whose time went into the iterators it builds every epoch;
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
-
 import math
 import time
 import weakref
