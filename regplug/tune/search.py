@@ -55,10 +55,11 @@ HYPERBAND_REDUCTION_FACTOR = 3
 #: benchmarks/bench_tune.py measures it (random sampler, 30 trials of 30 epochs per strategy,
 #: l2 and dropout): on digits the median pruner saves 64 % of the epochs at a best objective
 #: within one training seed's noise; on MNIST 79 %, at a best L2 setting 0.89 of a seed's
-#: std worse than the unpruned search's (paired over 5 training seeds: 0.011 ± 0.007). Regularization pays once the unregularized model
-#: starts to overfit; before that, a stronger setting is slightly *behind* (it fits more
-#: slowly), so early pruning favours weak settings. ``--warmup-epochs`` about a third of the
-#: epochs (MNIST: 10 of 30) keeps the unpruned best and still saves epochs.
+#: std worse than the unpruned search's (paired over 5 training seeds: 0.011 ± 0.007).
+#: Regularization pays once the unregularized model starts to overfit; before that, a
+#: stronger setting is slightly *behind* (it fits more slowly), so early pruning favours weak
+#: settings. ``--warmup-epochs`` about a third of the epochs (MNIST: 10 of 30) keeps the
+#: unpruned best and still saves epochs.
 DEFAULT_WARMUP_EPOCHS = 0
 _JOURNAL = "journal:"
 #: Opening a storage is tried this often when the error is one of ``_RACES`` (SQLAlchemy's
@@ -490,7 +491,9 @@ class Search:
                 raise TrialFailed(_one_line(err)) from err
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
             trial.set_user_attr("epochs", outcome.epochs)
-            if pruning.pruned:
+            # a prune at the last epoch saves nothing: the trial has run every epoch, and
+            # its value is as complete as any other's
+            if pruning.pruned and outcome.epochs < self.settings.epochs:
                 trial.set_user_attr("pruned_epoch", pruning.pruned_epoch)
                 pruning.raise_if_pruned()
             value = self.objective.value(outcome.history, restored=restored_epoch(plugins))

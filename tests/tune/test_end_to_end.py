@@ -63,8 +63,8 @@ def test_median_pruning_stops_trials_early_in_a_real_torch_search(capsys, tmp_pa
     pruned = [r for r in rows if r["state"] == "PRUNED"]
     assert pruned, [(r["state"], r["l2.l2"]) for r in rows]
     for row in pruned:
-        # a trial may be pruned at its last epoch (then it ran all 6: with --seed 1, trial 5)
-        assert 1 <= int(row["epochs"]) <= 6
+        # a prune at the last epoch would save nothing: such a trial is complete (below)
+        assert 1 <= int(row["epochs"]) < 6
         assert int(row["pruned_epoch"]) == int(row["epochs"]) - 1, (rows, printed)
         assert f"#{row['number']}" in printed
     assert "pruned at epoch" in printed
@@ -73,32 +73,51 @@ def test_median_pruning_stops_trials_early_in_a_real_torch_search(capsys, tmp_pa
     assert f"{run} of {6 * len(rows)}" in summary and run < 6 * len(rows)
 
 
-@pytest.mark.parametrize("warmup", [0, 2])
+@pytest.mark.parametrize("refuse_from", [0, 2])
 def test_a_trial_pruned_at_epoch_k_from_0_ran_k_plus_1_epochs_in_torch(capsys, tmp_path,
-                                                                      monkeypatch, warmup):
+                                                                      monkeypatch, refuse_from):
     """The real torch loop stops right after the epoch whose report the pruner refused, and
     trials.csv and the printed line say so: pruned_epoch k (from 0), epochs k + 1, "pruned at
     epoch k + 1". Optuna's ThresholdPruner with upper=0 refuses every cross-entropy from step
-    ``warmup`` on, so the epoch is known without depending on other trials' numbers (as
-    MedianPruner's decisions do); warmup 0 is a prune at the very first report."""
+    ``refuse_from`` on, so the epoch is known without depending on other trials' numbers (as
+    MedianPruner's decisions do); refuse_from 0 is a prune at the very first report."""
     optuna = pytest.importorskip("optuna")
     from regplug.tune import search
 
-    monkeypatch.setattr(search, "make_pruner", lambda kind, *, epochs:
-                        optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=warmup))
+    monkeypatch.setattr(search, "make_pruner", lambda kind, *, epochs, warmup=0:
+                        optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=refuse_from))
     out = tmp_path / "o"
     code, printed, err = tune(capsys, "--strategies", "l2", "--trials", "2", "--epochs", "4",
                               "--out", str(out))
     assert code == 0, err
     rows = rows_of(out)
     assert [(r["state"], r["pruned_epoch"], r["epochs"]) for r in rows] == (
-        [("PRUNED", str(warmup), str(warmup + 1))] * 2)
+        [("PRUNED", str(refuse_from), str(refuse_from + 1))] * 2)
     trials = json.loads((out / "results.json").read_text())["trials"]
-    assert [(t["pruned_epoch"], t["epochs"]) for t in trials] == [(warmup, warmup + 1)] * 2
+    assert [(t["pruned_epoch"], t["epochs"]) for t in trials] == [(refuse_from, refuse_from + 1)] * 2
     for row in rows:
         line = next(l for l in printed.splitlines() if f"#{row['number']:<4} " in l)
-        assert f"pruned at epoch {warmup + 1} (val_cross_entropy" in line
-    assert f"{2 * (warmup + 1)} of 8" in printed[printed.index("summary"):]
+        assert f"pruned at epoch {refuse_from + 1} (val_cross_entropy" in line
+    assert f"{2 * (refuse_from + 1)} of 8" in printed[printed.index("summary"):]
+
+
+def test_a_trial_the_pruner_refuses_only_at_its_last_epoch_is_complete(capsys, tmp_path,
+                                                                    monkeypatch):
+    """Pruning at the last epoch saves nothing; the trial ran every epoch, so it counts as
+    complete, with its value (a PRUNED record would drop a finished trial from the best)."""
+    optuna = pytest.importorskip("optuna")
+    from regplug.tune import search
+
+    monkeypatch.setattr(search, "make_pruner", lambda kind, *, epochs, warmup=0:
+                        optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=epochs - 1))
+    out = tmp_path / "o"
+    code, printed, err = tune(capsys, "--strategies", "l2", "--trials", "2", "--epochs", "4",
+                              "--out", str(out))
+    assert code == 0, err
+    rows = rows_of(out)
+    assert [(r["state"], r["pruned_epoch"], r["epochs"]) for r in rows] == [("COMPLETE", "", "4")] * 2
+    assert all(float(r["val_cross_entropy"]) > 0 for r in rows)
+    assert "pruned at epoch" not in printed
 
 
 @pytest.mark.slow
