@@ -9,10 +9,10 @@ import re
 from typing import Any
 
 import lightning.pytorch as L
-import numpy as np
 import pytest
 import torch
 from _lightning_models import Tiny, data, fit, trainer
+from _states import same
 
 from regplug.adapters.lightning import Regularize
 from regplug.plugins import L2, EarlyStopping
@@ -26,17 +26,6 @@ SCRIPTED = [1.0, 0.5, 0.7, 0.8]
 
 def plugins() -> list[Any]:
     return [EarlyStopping(patience=5), L2(1e-2), EarlyStopping(patience=5)]
-
-
-def same(a: Any, b: Any) -> bool:
-    """Deep equality of plugin states (arrays compared element by element)."""
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(map(same, a, b))
-    if hasattr(a, "shape"):
-        return np.array_equal(np.asarray(a), np.asarray(b))
-    return a == b or (a != a and b != b)  # NaN equals NaN here
 
 
 @pytest.fixture(scope="module")
