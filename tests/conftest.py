@@ -30,6 +30,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import regplug
 
+try:  # property-based tests: the "ci" profile (tox) draws the same examples on every run, so
+    # a result never depends on the draw; a plain pytest run explores new ones each time
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:
+    pass
+else:
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
 DEFAULT_KERAS_BACKEND = "tensorflow"
 KERAS_TESTS = Path(__file__).parent / "keras"  # the modules marked keras_backends
 _BACKEND = pytest.StashKey[tuple[str, bool]]()  # (requested backend, installed?)
