@@ -9,7 +9,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .compare.cli import add_compare_parser
@@ -113,8 +113,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its mistakes in one line (``regplug compare: error: argument --seeds:
+    must be at least 1, got 0 (regplug compare --help)``, exit code 2) instead of the usage
+    block before it: the command's other mistakes are one line too. Its sub-commands'
+    parsers are of this class as well (argparse creates them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="regplug", description="Regularization plugins for PyTorch loops and Keras fit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("--version", action="version", version=f"regplug {__version__}")

@@ -100,6 +100,23 @@ def test_a_seed_out_of_range_names_seed_and_the_range(capsys, value):
     assert f"from 0 to {SEED_MAX}" in err or "invalid int value" in err
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["compare", "--seeds", "0"], "regplug compare: error: argument --seeds: must be at least 1"),
+    (["compare", "--framework", "both2"], "regplug compare: error: argument --framework: "
+                                          "invalid choice: 'both2'"),
+    (["tune", "--timeout", "-5"], "regplug tune: error: argument --timeout: must be a finite"),
+    (["bogus"], "regplug: error: argument command: invalid choice: 'bogus'"),
+    ([], "regplug: error: the following arguments are required: command"),
+])
+def test_argument_mistakes_are_one_line_without_the_usage_block(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(fragment), lines
+    assert lines[0].endswith("--help)")
+
+
 @given(st.integers(min_value=-2**70, max_value=2**70))
 def test_every_integer_seed_is_accepted_in_range_and_refused_outside(seed):
     parser = build_parser()
