@@ -200,7 +200,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(format_table(results))
     per_framework = ", ".join(
         f"{fw} {sum(r.seconds for r in results if r.framework == fw):.1f}s" for fw in frameworks)
-    print(f"\n{len(results)} runs in {total:.1f}s (training: {per_framework})")
+    runs = f"{len(results)} run{'' if len(results) == 1 else 's'}"
+    print(f"\n{runs} in {total:.1f}s (training: {per_framework})")
     if args.out is not None:
         print(f"wrote {args.out}: report.html, results.csv, "
               + ("summary.csv, " if seeds > 1 else "") + "results.json and the figures")

@@ -207,7 +207,10 @@ def draw_seed_spread(summaries: Sequence[StrategySummary],
     fig = new_figure(max(6.0, 0.75 * len(names) + 1.5) * len(frameworks), 7.0)
     grid = fig.subplots(len(TESTED_METRICS), len(frameworks), sharex=True, squeeze=False)
     x = np.arange(len(names), dtype=np.float64)
-    offsets = (np.linspace(-0.22, 0.22, len(seeds)) if len(seeds) > 1 else np.zeros(1))
+    # the seeds' dots left of the strategy's tick, its mean ± std bar right of them: a dot
+    # near the mean stays visible
+    offsets = (np.linspace(-0.3, 0.1, len(seeds)) if len(seeds) > 1 else np.zeros(1))
+    bar = 0.25 if len(seeds) > 1 else 0.0
     for column, framework in enumerate(frameworks):
         rows = {s.strategy: s for s in summaries if s.framework == framework}
         runs = [r for r in results if r.framework == framework]
@@ -224,11 +227,11 @@ def draw_seed_spread(summaries: Sequence[StrategySummary],
                 if summary is None:
                     continue
                 spread = getattr(summary, metric)
-                ax.errorbar(x[i], spread.mean, yerr=spread.std, fmt="_", color="black",
+                ax.errorbar(x[i] + bar, spread.mean, yerr=spread.std, fmt="_", color="black",
                             markersize=16, capsize=5, linewidth=1.5, zorder=4)
                 test = summary.tests.get(metric)
                 if test is not None and test.differs:
-                    ax.annotate(test.verdict(), (x[i], spread.mean + spread.std),
+                    ax.annotate(test.verdict(), (x[i] + bar, spread.mean + spread.std),
                                 textcoords="offset points", xytext=(0, 4), ha="center",
                                 fontsize=7, color="#d62728")
             base = rows.get(BASELINE)

@@ -463,6 +463,9 @@ def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
                 "more).")
     compared = max(sum(1 for s in summaries if s.framework == fw and s.strategy != BASELINE)
                    for fw in {s.framework for s in summaries})
+    if compared == 0:
+        return (f"no test: only {BASELINE!r} was run, so there is nothing to test against it "
+                "(add strategies to --strategies).")
     return (f"vs none: a paired two-sided t-test of the per-seed differences from {BASELINE!r} "
             f"(run i of every strategy used seed i), separately for acc_test and pct_diff, "
             f"Holm–Bonferroni adjusted across the {compared} strateg"

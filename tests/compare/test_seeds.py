@@ -102,6 +102,8 @@ def test_the_statement_says_when_there_is_no_test_and_why():
     assert all(s.tests == {} for s in two)
     unbased = summarize([run(n, s, 0.9) for n in ("l1", "l2") for s in (0, 1, 2)])
     assert baseline_statement(unbased).startswith("no baseline: strategy 'none' was not run")
+    alone = summarize([run("none", s, 0.9) for s in (0, 1, 2)])
+    assert baseline_statement(alone).startswith("no test: only 'none' was run")
     tested = summarize([run(n, s, 0.9) for n in ("none", "l1", "l2") for s in (0, 1, 2)])
     text = baseline_statement(tested)
     for words in ("paired two-sided t-test", "Holm–Bonferroni", "across the 2 strategies",
