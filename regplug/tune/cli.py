@@ -7,13 +7,15 @@ and works without either.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import platform
+import re
 import shlex
 import sys
 import textwrap
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +31,23 @@ if TYPE_CHECKING:
     from .search import BestSetting, Objective, RoundRobin, Search, TrialRecord
     from .spaces import StrategySpace, TuneConfig
 
-__all__ = ["add_tune_parser", "cmd_tune", "DEFAULT_TRIALS", "DEFAULT_GRID_POINTS"]
+__all__ = ["add_tune_parser", "cmd_tune", "DEFAULT_TRIALS", "DEFAULT_GRID_POINTS",
+           "MAX_GRID_POINTS", "MAX_GRID_SIZE", "check_grid", "storage_file",
+           "check_storage_outside_out"]
 
 DEFAULT_TRIALS = 20
 DEFAULT_GRID_POINTS = 5
+#: ``--grid-points``' upper bound: values per range.
+MAX_GRID_POINTS = 1000
+#: The most settings one strategy's grid may hold: Optuna's grid sampler keeps the whole
+#: grid in memory (at this size, some 20 MB and 0.05 s a trial to find an unvisited setting),
+#: and a grid is meant to be run through, one trial per setting.
+MAX_GRID_SIZE = 100_000
 DEFAULT_STUDY_NAME = "regplug-tune"
+#: The strategy-name groups ``--strategies`` accepts besides names (as ``regplug compare``).
+_GROUPS = ("default", "all")
+_SQLITE_FILE = re.compile(r"^sqlite(\+\w+)?:///(?P<path>[^?]*)")
+_JOURNAL = "journal:"
 
 _EPILOG = """\
 examples:
@@ -58,10 +72,22 @@ ranges that replace a plugin's declared ones ([tune.<plugin registry name>]):
 
 
 def _grid_points(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (a grid holds both ends of each "
-                                         f"range), got {value}")
+    """``--grid-points``: an integer from 2 (a grid holds both ends of each range) to
+    :data:`MAX_GRID_POINTS`.
+
+    >>> _grid_points("7")
+    7
+    >>> _grid_points("1")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be from 2 to 1000 (a grid holds both ends of each range), got 1
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 2 <= value <= MAX_GRID_POINTS:
+        raise argparse.ArgumentTypeError(f"must be from 2 to {MAX_GRID_POINTS} (a grid holds "
+                                         f"both ends of each range), got {value}")
     return value
 
 
@@ -83,8 +109,9 @@ def add_tune_parser(sub: Any) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", metavar="A,B,...",
                    help="comma-separated strategies to tune (see regplug compare --list); "
-                        "each needs something tunable. Default: the config's strategies, "
-                        "else every default strategy that has something to tune")
+                        "each named needs something tunable; 'default' and 'all' stand for "
+                        "their members that have. Default: the config's strategies, else "
+                        "every default strategy that has something to tune")
     p.add_argument("--config", metavar="FILE.toml",
                    help="custom [[strategies]] and [tune.<plugin>] / [tune.model] range tables")
     p.add_argument("--trials", type=positive_int, default=DEFAULT_TRIALS,
@@ -97,18 +124,20 @@ def add_tune_parser(sub: Any) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="tpe (default), random, or grid (--grid-points values per parameter; "
                         "trials beyond the grid's size are not run)")
-    p.add_argument("--grid-points", type=_grid_points, default=DEFAULT_GRID_POINTS,
-                   metavar="N", help=f"values per range with --sampler grid (default "
-                                     f"{DEFAULT_GRID_POINTS}; a choice gives its options)")
+    p.add_argument("--grid-points", type=_grid_points, metavar="N",
+                   help=f"values per range with --sampler grid, 2 to {MAX_GRID_POINTS} "
+                        f"(default {DEFAULT_GRID_POINTS}; a choice gives its options); a "
+                        f"strategy's grid may hold at most {MAX_GRID_SIZE:,} settings")
     p.add_argument("--pruner", choices=PRUNERS, default="median",
                    help="stop unpromising trials early: median (default; after 5 trials, a "
                         "trial worse than the median at the same epoch), hyperband, or none")
     p.add_argument("--warmup-epochs", type=non_negative_int, default=0, metavar="N",
                    help="epochs in which the pruner never stops a trial (default 0: from the "
-                        "first epoch on). Regularization pays once the unregularized model "
-                        "starts to overfit, and a stronger setting fits more slowly before "
-                        "that: early pruning favours weak settings. About a third of the "
-                        "epochs keeps them in the race (hyperband: its first rung at epoch N)")
+                        "first epoch on; needs --pruner median or hyperband). Regularization "
+                        "pays once the unregularized model starts to overfit, and a stronger "
+                        "setting fits more slowly before that: early pruning favours weak "
+                        "settings. About a third of the epochs keeps them in the race "
+                        "(hyperband: its first rung at epoch N)")
     p.add_argument("--objective", choices=tuple(OBJECTIVES), default="val_cross_entropy",
                    help="val_cross_entropy (default, minimized) or val_accuracy (maximized): "
                         "penalty-free validation metrics. Not val_loss: it includes the "
@@ -145,10 +174,12 @@ def forwarded_argv(argv: Sequence[str]) -> list[str]:
 
 def _resolve_strategies(selection: str | None, config: TuneConfig | None
                         ) -> tuple[list[StrategySpace], list[str]]:
-    """The spaces of the strategies to tune, and notes for the user. Strategies named on
-    the command line must have something to tune; the default selection skips those that
-    have not."""
+    """The spaces of the strategies to tune, and notes for the user. A strategy named on
+    the command line (or written in the config, without --strategies) must have something
+    to tune; ``default``, ``all`` and the default selection stand for their members that
+    have, and a note names the ones left out."""
     from ..compare.strategies import BUILTIN_STRATEGIES, select_strategies
+    from .search import SearchError
     from .spaces import strategy_space, untunable_error
 
     custom = config.strategies if config is not None else {}
@@ -158,14 +189,25 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
     def space_of(strategy: Strategy) -> StrategySpace:
         return strategy_space(strategy, ranges, model)
 
-    notes: list[str] = []
-    strategies = select_strategies(selection, custom)
-    spaces = [space_of(s) for s in strategies]
-    untunable = [sp.strategy.name for sp in spaces if not sp.parameters]
-    if untunable and (selection is not None or custom):
+    def tunable() -> list[str]:
         catalogue = {**BUILTIN_STRATEGIES, **custom}
-        tunable = [name for name, s in catalogue.items() if space_of(s).parameters]
-        raise untunable_error(untunable, tunable)
+        return [name for name, s in catalogue.items() if space_of(s).parameters]
+
+    if selection is None:
+        named = set(custom)
+    else:
+        names = [n.strip() for n in selection.split(",") if n.strip()]
+        if not names:
+            raise SearchError(f"--strategies {selection!r} names no strategy; name at least "
+                              f"one that has something to tune, e.g. --strategies "
+                              f"{','.join(tunable()[:2])}")
+        named = set(names) - set(_GROUPS)
+    notes: list[str] = []
+    spaces = [space_of(s) for s in select_strategies(selection, custom)]
+    untunable = [sp.strategy.name for sp in spaces if not sp.parameters]
+    refused = [name for name in untunable if name in named]
+    if refused or (untunable and len(untunable) == len(spaces)):
+        raise untunable_error(refused or untunable, tunable())
     if untunable:
         notes.append(f"left out, nothing to tune: {', '.join(untunable)}")
         spaces = [sp for sp in spaces if sp.parameters]
@@ -204,9 +246,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "too (without it the studies live in memory)")
     if args.storage is not None:
         check_storage_url(args.storage)
+        if args.out is not None:
+            check_storage_outside_out(args.storage, args.out)
+    if args.grid_points is not None and args.sampler != "grid":
+        raise SearchError(f"--grid-points {args.grid_points} needs --sampler grid (it sets the "
+                          f"values per range of a grid search; --sampler is {args.sampler})")
+    grid_points = args.grid_points if args.grid_points is not None else DEFAULT_GRID_POINTS
+    if args.warmup_epochs and args.pruner == "none":
+        raise SearchError(f"--warmup-epochs {args.warmup_epochs} needs a pruner (median or "
+                          "hyperband); --pruner none never stops a trial")
     check_warmup(args.warmup_epochs, epochs=args.epochs)
     config = load_tune_config(args.config) if args.config else None
     spaces, notes = _resolve_strategies(args.strategies, config)
+    if args.sampler == "grid":
+        check_grid(spaces, grid_points)
     model = resolve_model(args.model)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
@@ -218,14 +271,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     study_name = args.study_name or DEFAULT_STUDY_NAME
     search = Search(spaces=spaces, runner=runner, splits=splits, model=model,
                     settings=settings, objective=objective, sampler=args.sampler,
-                    pruner=args.pruner, grid_points=args.grid_points, seed=args.seed,
+                    pruner=args.pruner, grid_points=grid_points, seed=args.seed,
                     storage=storage, study_name=study_name,
                     warmup_epochs=args.warmup_epochs)
     if args.sampler == "grid":
         for entry in search.studies.values():
             if entry.grid_size is not None and entry.grid_size < args.trials:
                 notes.append(f"grid: {entry.name} has {entry.grid_size} setting(s) "
-                             f"({args.grid_points} points per range); --trials {args.trials} "
+                             f"({grid_points} points per range); --trials {args.trials} "
                              f"runs at most {entry.grid_size}")
     command = "regplug tune " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
 
@@ -236,23 +289,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"objective:  {objective.describe()}, on the validation rows")
     print(f"search:     {args.trials} trial(s) per strategy, sampler {args.sampler}, pruner "
           f"{args.pruner}"
-          + (f" (warm-up {args.warmup_epochs} epochs)"
-             if args.warmup_epochs and args.pruner != "none" else "")
+          + (f" (warm-up {_count(args.warmup_epochs, 'epoch')})"
+             if args.warmup_epochs else "")
           + (f", timeout {args.timeout:g}s" if args.timeout else "")
           + (f", storage {args.storage} (studies {study_name}/<strategy>)"
              if args.storage else ""))
+    width = max(len(space.strategy.name) for space in spaces) + 2
     print("strategies:")
     for space in spaces:
-        print(f"  {space.strategy.name:<22}"
+        print(f"  {space.strategy.name:<{width}}"
               + "; ".join(p.describe() for p in space.parameters))
     for note in notes:
         print(f"note: {note}")
     sys.stdout.flush()
 
     start = time.perf_counter()
-    with exit_cleanly_on_sigterm():  # SIGTERM unwinds like Ctrl-C: no staging folder left
+    # SIGTERM unwinds like Ctrl-C: no staging folder left
+    with exit_cleanly_on_sigterm(), _interrupts_unmasked():
         schedule = search.run(trials=args.trials, timeout=args.timeout,
-                              on_trial=None if args.quiet else _trial_printer(objective))
+                              on_trial=None if args.quiet else _trial_printer(objective, width))
         records = search.records()
         bests = {name: search.best(name) for name in search.studies}
         for best in bests.values():
@@ -268,7 +323,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 "training": settings.describe(), "framework": runner.describe(),
                 "objective": objective.describe(), "trials_per_strategy": args.trials,
                 "timeout_s": args.timeout, "sampler": args.sampler,
-                "grid_points": args.grid_points if args.sampler == "grid" else None,
+                "grid_points": grid_points if args.sampler == "grid" else None,
                 "pruner": args.pruner,
                 "warmup_epochs": args.warmup_epochs, "seed": args.seed, "storage": args.storage,
                 "study_name": study_name if args.storage else None,
@@ -282,18 +337,86 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_grid(spaces: Sequence[StrategySpace], points: int) -> None:
+    """Refuse a strategy whose grid of ``points`` per range would hold more than
+    :data:`MAX_GRID_SIZE` settings (before Optuna builds it)."""
+    from .search import SearchError
+
+    for space in spaces:
+        size = space.grid_size(points)
+        if size > MAX_GRID_SIZE:
+            raise SearchError(
+                f"--sampler grid: strategy {space.strategy.name!r} would have {size:,} "
+                f"settings ({points} points per range of {', '.join(space.names)}), more than "
+                f"the limit of {MAX_GRID_SIZE:,}; lower --grid-points, or use --sampler tpe "
+                "or random")
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a ``--storage`` URL keeps the studies in: ``sqlite:///relative.db``,
+    ``sqlite:////absolute.db`` or ``journal:PATH``; ``None`` for a database server.
+
+    >>> [str(storage_file(url)) for url in ("sqlite:///runs/study.db",
+    ...                                     "sqlite:////tmp/s.db?timeout=9", "journal:s.log")]
+    ['runs/study.db', '/tmp/s.db', 's.log']
+    >>> storage_file("postgresql://user@host/db") is None
+    True
+    """
+    if url.startswith(_JOURNAL):
+        return Path(url[len(_JOURNAL):])
+    found = _SQLITE_FILE.match(url)
+    return Path(found["path"]) if found and found["path"] else None
+
+
+def check_storage_outside_out(url: str, out: str) -> None:
+    """Refuse a ``--storage`` file inside ``--out``: the output folder is written all at once
+    at the end, and one holding a file regplug did not write is refused — after the search."""
+    from .search import SearchError
+
+    path = storage_file(url)
+    if path is None:
+        return
+    folder = Path(out).resolve()
+    if folder == path.resolve() or folder in path.resolve().parents:
+        raise SearchError(f"--storage {str(path)!r} lies inside --out {out!r}: the output "
+                          "folder is replaced whole when the search has finished, and one "
+                          "holding other files is refused then; put the storage file outside "
+                          "--out")
+
+
+@contextlib.contextmanager
+def _interrupts_unmasked() -> Iterator[None]:
+    """Re-raise a Ctrl-C or SIGTERM (:class:`~regplug.compare.output.Terminated`) that
+    Optuna masked: one arriving while it records a trial's result makes Optuna 5's
+    ``_run_trial`` raise ``UnboundLocalError`` from its ``finally`` block instead."""
+    try:
+        yield
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if not isinstance(cause, Exception):
+                raise cause from None
+            cause = cause.__context__
+        raise
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _version() -> str:
     from .. import __version__
 
     return __version__
 
 
-def _trial_printer(objective: Objective) -> Any:
+def _trial_printer(objective: Objective, width: int) -> Any:
     from .search import format_params
 
     def show(record: TrialRecord) -> None:
         seconds = f"{record.seconds:.1f}s" if record.seconds is not None else ""
-        print(f"{record.strategy:<22} #{record.number:<4} {format_params(record.params)}  "
+        print(f"{record.strategy:<{width}}#{record.number:<4} {format_params(record.params)}  "
               f"{record.describe_outcome(objective)}  {seconds}".rstrip(), flush=True)
 
     return show
@@ -317,7 +440,9 @@ class Summary:
                 "failed": sum(r.state == "FAIL" for r in rows),
                 "ran_here": sum(r.here for r in rows),
                 "epochs_run": sum(r.epochs for r in finished),
-                "epochs_full": len(finished) * self.settings.epochs}
+                # a failed trial would have run no more without pruning: count what it ran
+                "epochs_full": sum(r.epochs if r.state == "FAIL" else self.settings.epochs
+                                   for r in finished)}
 
     def header(self) -> list[str]:
         return ["strategy", f"best {self.objective.metric}", "trial", "complete", "pruned",
@@ -351,7 +476,7 @@ class Summary:
         for name in self.schedule.exhausted:
             notes.append(f"{name}: the grid was run through before --trials")
         notes.append("epochs run: of what the finished trials would have run without "
-                     "pruning or early stopping")
+                     "pruning or early stopping (a failed trial: the epochs it ran)")
         return notes
 
     def text(self) -> str:

@@ -43,6 +43,7 @@ def run_cases(tmp_path, cases: dict[str, list[str]]) -> dict:
 
 def test_mistakes_are_named_in_one_line_before_any_framework_is_imported(tmp_path):
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "o").mkdir()
     (tmp_path / "bad.toml").write_text("[tune.l2]\nl2 = {low = 1e-2, high = 1e-5}\n")
     cases = {
         "untunable": (["--strategies", "none,l2,batch_norm"],
@@ -67,6 +68,33 @@ def test_mistakes_are_named_in_one_line_before_any_framework_is_imported(tmp_pat
         "model": (["--strategies", "l2", "--model", "cnn"], ["unknown model 'cnn'"]),
         "warm-up": (["--strategies", "l2", "--epochs", "4", "--warmup-epochs", "4"],
                     ["--warmup-epochs 4", "from 0 to --epochs - 1 (3)"]),
+        "warm-up without a pruner": (["--strategies", "l2", "--warmup-epochs", "2", "--pruner",
+                                      "none"],
+                                     ["--warmup-epochs 2 needs a pruner (median or hyperband)"]),
+        "grid points without the grid": (["--strategies", "l2", "--grid-points", "7"],
+                                         ["--grid-points 7 needs --sampler grid",
+                                          "--sampler is tpe"]),
+        "grid too large": (["--strategies", "l2,elastic_net", "--sampler", "grid",
+                            "--grid-points", "1000"],
+                           ["strategy 'elastic_net'", "1,000,000 settings",
+                            "1000 points per range of elastic_net.l1, elastic_net.l2",
+                            "limit of 100,000", "lower --grid-points"]),
+        "no strategy": (["--strategies", " , "],
+                        ["--strategies ' , ' names no strategy",
+                         "that has something to tune, e.g. --strategies l2,l1"]),
+        "untunable among all": (["--strategies", "all,none"],
+                                ["strategy 'none' has nothing to tune"]),
+        "sqlite storage in out": (["--strategies", "l2", "--storage", "sqlite:///o/study.db",
+                                   "--out", "o"],
+                                  ["--storage 'o/study.db' lies inside --out 'o'",
+                                   "outside --out"]),
+        "absolute sqlite storage in out": (
+            ["--strategies", "l2", "--storage", f"sqlite:///{tmp_path}/o/study.db",
+             "--out", "o"],
+            [f"--storage '{tmp_path}/o/study.db' lies inside --out 'o'"]),
+        "journal storage in out": (["--strategies", "l2", "--storage",
+                                    f"journal:{tmp_path}/o/study.log", "--out", f"{tmp_path}/o"],
+                                   [f"--storage '{tmp_path}/o/study.log' lies inside --out"]),
     }
     report = run_cases(tmp_path, {name: argv for name, (argv, _) in cases.items()})
     for name, (_, fragments) in cases.items():
@@ -77,6 +105,7 @@ def test_mistakes_are_named_in_one_line_before_any_framework_is_imported(tmp_pat
         for fragment in fragments:
             assert fragment in lines[0], (name, fragment, lines[0])
     assert report["imported"] == []
+    assert list((tmp_path / "o").iterdir()) == []  # no storage was created inside --out
 
 
 def test_regplug_and_its_help_never_import_optuna(tmp_path):
@@ -102,7 +131,12 @@ def test_without_optuna_the_command_says_what_to_install(tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--objective", "val_loss"], "invalid choice: 'val_loss'"),
-    (["--grid-points", "1"], "must be at least 2"),
+    (["--grid-points", "0"], "must be from 2 to 1000 (a grid holds both ends of each range), "
+                             "got 0"),
+    (["--grid-points", "1"], "must be from 2 to 1000 (a grid holds both ends of each range), "
+                             "got 1"),
+    (["--grid-points", "1001"], "must be from 2 to 1000"),
+    (["--grid-points", "many"], "invalid int value: 'many'"),
     (["--trials", "0"], "must be at least 1"),
     (["--timeout", "-5"], "must be a finite number > 0"),
     (["--framework", "both"], "invalid choice: 'both'"),
