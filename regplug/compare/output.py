@@ -111,7 +111,7 @@ def foreign_entries(folder: Path) -> tuple[list[str], str]:
         if not isinstance(listed, dict):
             raise ValueError("not a manifest")
     except (OSError, ValueError, AttributeError):
-        return _leaves(folder, entries), f"no {MANIFEST} of an earlier regplug compare"
+        return _leaves(folder, entries), f"no {MANIFEST} of an earlier regplug run"
     foreign, changed = [], []
     for path in entries:
         rel = path.relative_to(folder).as_posix()

@@ -153,8 +153,6 @@ def test_an_earlier_tune_output_is_replaced_whole(fake_runner, capsys, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-@pytest.mark.xfail(strict=True, reason="the wording comes from regplug/compare/output.py's "
-                                       "foreign_entries: 'of an earlier regplug compare'")
 def test_the_refusal_of_a_folder_without_a_manifest_speaks_of_regplug_not_compare(
         fake_runner, capsys, tmp_path):
     folder = tmp_path / "mine"
