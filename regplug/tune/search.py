@@ -15,6 +15,9 @@ Optuna is imported here only inside functions (:func:`import_optuna`), so ``regp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -25,18 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..compare.datasets import Splits
 from ..compare.frameworks import FrameworkRunner, TrainSettings
 from ..compare.models import ModelChoice, ModelError
 from ..compare.runner import restored_epoch
 from ..errors import RegplugError
-from ..space import Choice, FloatRange
+from ..space import Choice, FloatRange, apply_value
 from .spaces import Parameter, StrategySpace
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "Objective", "TrialRecord", "StrategyStudy",
            "BestSetting", "Search", "SearchError", "import_optuna", "make_sampler",
-           "make_pruner", "open_storage", "check_storage_url", "round_robin", "RoundRobin",
-           "TrialFailed"]
+           "make_pruner", "open_storage", "check_storage_url", "check_study_name",
+           "round_robin", "RoundRobin", "TrialFailed", "STUDY_SETTINGS_ATTR", "study_settings",
+           "settings_differences", "data_fingerprint", "looks_like_journal"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,22 @@ _JOURNAL = "journal:"
 _OPEN_ATTEMPTS = 5
 _RACES = ("IntegrityError", "OperationalError")
 _RDB_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: The first bytes of every SQLite 3 database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+#: How Optuna's ``JournalFileBackend`` starts every line: one JSON record, ``op_code`` first
+#: (``json.dumps({"op_code": ..., ...}, separators=(",", ":"))``, Optuna 3.1 to 5).
+_JOURNAL_RECORD_START = b'{"op_code":'
+#: How much of an existing journal is read to find its first record (a study's creation,
+#: some hundred bytes).
+_JOURNAL_PEEK = 1 << 16
+#: The study user attribute recording what its trials were run with (:func:`study_settings`).
+STUDY_SETTINGS_ATTR = "regplug.settings"
+#: How the refusal names each recorded setting (the command line's spelling where it has one).
+_SETTING_LABELS = {"framework": "--framework", "data": "--data", "model": "--model",
+                   "epochs": "--epochs", "batch_size": "--batch-size",
+                   "learning_rate": "--lr", "momentum": "momentum", "seed": "--seed",
+                   "objective": "--objective", "space": "search space",
+                   "strategy": "fixed strategy arguments"}
 
 
 class SearchError(RegplugError, ValueError):
@@ -182,7 +204,10 @@ def make_pruner(kind: str, *, epochs: int, warmup: int = DEFAULT_WARMUP_EPOCHS) 
 
 def check_storage_url(url: str) -> None:
     """Refuse a ``--storage`` that is neither an RDB URL (``sqlite:///study.db``) nor
-    ``journal:PATH``, or whose file's folder does not exist (without importing Optuna).
+    ``journal:PATH``, whose file's folder does not exist, or whose existing, non-empty file is
+    not what it should be — an SQLite database, an Optuna journal — (without importing Optuna,
+    and before anything is written to the file: Optuna would append a journal record to any
+    file, and then fail to read it back).
 
     >>> check_storage_url("sqlite:///study.db"); check_storage_url("journal:study.log")
     >>> check_storage_url("study.db")
@@ -210,6 +235,40 @@ def check_storage_url(url: str) -> None:
     if not path.absolute().parent.is_dir():
         raise SearchError(f"--storage {url!r}: the folder of the {what} "
                           f"({str(path.absolute().parent)!r}) does not exist")
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new storage (an empty file is one another process has just created)
+    if what == "SQLite file":
+        with path.open("rb") as fh:
+            if fh.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                raise SearchError(f"--storage {url!r}: {str(path)!r} is not an SQLite database "
+                                  "(it does not start with SQLite's header); give a new file "
+                                  "or an existing database")
+    elif not looks_like_journal(path):
+        raise SearchError(f"--storage {url!r}: {str(path)!r} is not an Optuna journal file "
+                          "(its first line is not a journal record); give a new file or an "
+                          "existing journal")
+
+
+def looks_like_journal(path: Path) -> bool:
+    """Whether the non-empty file ``path`` starts with an Optuna journal record: a JSON
+    object with an ``op_code``, or the start of one that another process is still writing."""
+    with path.open("rb") as fh:
+        head = fh.read(_JOURNAL_PEEK)
+    line, newline, _ = head.partition(b"\n")
+    if not newline:
+        return head.startswith(_JOURNAL_RECORD_START)
+    try:
+        record = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def check_study_name(name: str) -> None:
+    """Refuse an empty or blank ``--study-name`` (it would name no study of its own)."""
+    if not name.strip():
+        raise SearchError(f"--study-name {name!r}: the studies' name must not be empty; give "
+                          "one (run1), or leave --study-name out for 'regplug-tune'")
 
 
 def open_storage(url: str | None) -> Any:
@@ -334,8 +393,11 @@ class TrialRecord:
 
     def describe_outcome(self, objective: Objective) -> str:
         """``"val_cross_entropy 0.0912"``, ``"pruned at epoch 4 (val_cross_entropy 0.81)"``
-        or ``"failed: <why>"``."""
+        (``"pruned at epoch 1: <why>"`` where its metric became NaN or infinite) or
+        ``"failed: <why>"``."""
         if self.state == "PRUNED":
+            if self.error:
+                return f"pruned at epoch {self.epochs}: {self.error}"
             last = f" ({objective.metric} {self.value:.4f})" if self.value is not None else ""
             return f"pruned at epoch {self.epochs}{last}"
         if self.state == "FAIL":
@@ -411,6 +473,81 @@ class BestSetting:
     refit_value: float | None = None
 
 
+# -- what makes one study's trials comparable --------------------------------------------
+
+def study_settings(*, runner: FrameworkRunner, splits: Splits, model: ModelChoice,
+                   settings: TrainSettings, objective: Objective,
+                   space: StrategySpace) -> dict[str, Any]:
+    """What a study's trials must share for their values to be ranked on one objective: the
+    framework, the data (its description and a SHA-256 of its rows), the model, the training
+    settings, the objective, the search space and the strategy's fixed arguments — as a
+    storage gives them back (JSON)."""
+    recorded = {"framework": runner.name,
+                "data": f"{splits.describe()}, rows sha256 {data_fingerprint(splits)}",
+                "model": str(model), **dataclasses.asdict(settings),
+                "objective": objective.metric,
+                "space": "; ".join(p.describe() for p in space.parameters),
+                "strategy": _fixed_arguments(space)}
+    return dict(json.loads(json.dumps(recorded)))
+
+
+def data_fingerprint(splits: Splits) -> str:
+    """The first 16 hex digits of a SHA-256 of every row, label, shape and dtype."""
+    digest = hashlib.sha256()
+    for array in (splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test,
+                  splits.y_test):
+        rows = np.asarray(array)
+        digest.update(f"{rows.dtype.str}{rows.shape}".encode())
+        digest.update(rows.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _fixed_arguments(space: StrategySpace) -> str:
+    """The strategy's plugin configs and model options, each searched value masked."""
+    plugins = [dict(p) for p in space.strategy.plugins]
+    dropout: Any = space.strategy.dropout
+    for parameter in space.parameters:
+        if parameter.plugin is None:
+            dropout = "searched"
+        else:
+            plugins[parameter.plugin] = apply_value(plugins[parameter.plugin], parameter.key,
+                                                    "searched")
+    # an object without a JSON form is named by its type (its repr may hold an address)
+    return json.dumps({"plugins": plugins, "dropout": dropout,
+                       "batch_norm": space.strategy.batch_norm}, sort_keys=True,
+                      default=lambda o: f"<{type(o).__module__}.{type(o).__qualname__}>")
+
+
+_NOT_RECORDED = object()
+
+
+def settings_differences(recorded: Mapping[str, Any], ours: Mapping[str, Any]) -> str | None:
+    """``None`` where ``recorded`` (a study's :func:`study_settings`) equals ``ours``, else
+    both sides of each difference, as the refusal shows them.
+
+    >>> settings_differences({"epochs": 2, "seed": 0}, {"epochs": 10, "seed": 0})
+    'was run with --epochs 2, this run has --epochs 10'
+    >>> settings_differences({"epochs": 2}, {"epochs": 2}) is None
+    True
+    """
+    keys = [k for k in dict.fromkeys([*ours, *recorded])
+            if recorded.get(k, _NOT_RECORDED) != ours.get(k, _NOT_RECORDED)]
+    if not keys:
+        return None
+
+    def show(key: str, value: Any) -> str:
+        label = _SETTING_LABELS.get(key, key)
+        if value is _NOT_RECORDED:
+            return f"no {label} recorded"
+        text = str(value)
+        return f"{label} {text!r}" if not text or any(c.isspace() for c in text) \
+            else f"{label} {text}"
+
+    there = " and ".join(show(k, recorded.get(k, _NOT_RECORDED)) for k in keys)
+    here = " and ".join(show(k, ours.get(k, _NOT_RECORDED)) for k in keys)
+    return f"was run with {there}, this run has {here}"
+
+
 class Search:
     """The studies of one ``regplug tune`` run and how each trial trains.
 
@@ -418,9 +555,19 @@ class Search:
     :param runner: the framework's runner (the training loop of ``regplug compare``).
     :param storage: an opened storage (:func:`open_storage`) or ``None``: in memory.
     :param study_name: with a storage, each strategy's study is ``<study_name>/<strategy>``,
-        loaded if it exists, so several processes add trials to one study.
+        loaded if it exists, so several processes add trials to one study; empty is refused.
     :param warmup_epochs: epochs (from the first) in which the pruner never stops a trial
         (:func:`make_pruner`).
+
+    A study in a storage records what its trials were run with (:func:`study_settings`, the
+    study user attribute :data:`STUDY_SETTINGS_ATTR`, written when the study is created); a
+    run whose settings differ is refused, naming each difference, before any training — its
+    trials would be ranked with others on one objective, trained differently. A study without
+    the record (made by Optuna itself, another program, or a development version of regplug
+    before the record existed) is refused too when it has trials, whose settings nothing
+    tells; with none, this run records its own. Two processes that create one new study at
+    the same moment with different settings can both start: a storage offers no
+    compare-and-set, so the last record written stands for every later run.
     """
 
     def __init__(self, *, spaces: Sequence[StrategySpace], runner: FrameworkRunner,
@@ -429,6 +576,7 @@ class Search:
                  grid_points: int = 5, seed: int = 0, storage: Any = None,
                  study_name: str = "regplug-tune",
                  warmup_epochs: int = DEFAULT_WARMUP_EPOCHS) -> None:
+        check_study_name(study_name)
         optuna = import_optuna()
         self.runner, self.splits, self.model = runner, splits, model
         self.settings, self.objective = settings, objective
@@ -460,6 +608,10 @@ class Search:
                         f"{study.direction.name.lower()} its objective; --objective "
                         f"{objective.metric} is {objective.direction}d: use another "
                         "--study-name")
+                if shared:
+                    ours = study_settings(runner=runner, splits=splits, model=model,
+                                          settings=settings, objective=objective, space=space)
+                    _claim_or_check(study, study_id, ours)
                 grid = space.grid_size(grid_points) if sampler == "grid" else None
                 self.studies[name] = StrategyStudy(space, study, grid)
 
@@ -495,6 +647,9 @@ class Search:
             # its value is as complete as any other's
             if pruning.pruned and outcome.epochs < self.settings.epochs:
                 trial.set_user_attr("pruned_epoch", pruning.pruned_epoch)
+                diverged = _divergence(pruning)
+                if diverged is not None:
+                    trial.set_user_attr("error", diverged)
                 pruning.raise_if_pruned()
             value = self.objective.value(outcome.history, restored=restored_epoch(plugins))
             if not math.isfinite(value):
@@ -554,6 +709,36 @@ class Search:
         best.refit_value = self.objective.value(outcome.history,
                                                 restored=restored_epoch(plugins))
         return best
+
+
+def _divergence(pruning: Any) -> str | None:
+    """Why a trial was pruned when its metric was NaN or infinite (``OptunaPruning`` prunes
+    those without asking the pruner), else ``None``."""
+    epoch = pruning.pruned_epoch
+    value = pruning.reported.get(epoch) if epoch is not None else None
+    if value is None or math.isfinite(value):
+        return None
+    return f"{pruning.monitor} is {value} at epoch {epoch + 1} (the training diverged)"
+
+
+def _claim_or_check(study: Any, study_id: str, ours: dict[str, Any]) -> None:
+    """Record ``ours`` in a study that has no record and no trials, then refuse the run if
+    the study's record is not ``ours`` (see :class:`Search`)."""
+    recorded = study.user_attrs.get(STUDY_SETTINGS_ATTR)
+    if recorded is None:
+        trials = len(study.get_trials(deepcopy=False))
+        if trials:
+            raise SearchError(f"study {study_id!r} in the storage has {trials} trial(s) but no "
+                              "record of the settings they were run with (made by Optuna "
+                              "itself, another program or an earlier regplug): use another "
+                              "--study-name")
+        study.set_user_attr(STUDY_SETTINGS_ATTR, ours)
+        # read back: another process creating the study at the same moment may have won
+        recorded = study.user_attrs.get(STUDY_SETTINGS_ATTR, ours)
+    differences = settings_differences(recorded if isinstance(recorded, Mapping) else {}, ours)
+    if differences is not None:
+        raise SearchError(f"study {study_id!r} in the storage {differences}: use another "
+                          "--study-name or the same settings")
 
 
 def _one_line(err: BaseException) -> str:
