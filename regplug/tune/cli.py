@@ -232,6 +232,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         Search,
         SearchError,
         check_storage_url,
+        check_study_name,
         check_warmup,
         import_optuna,
     )
@@ -244,6 +245,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.study_name is not None and args.storage is None:
         raise SearchError("--study-name names the studies in a --storage; give --storage "
                           "too (without it the studies live in memory)")
+    if args.study_name is not None:
+        check_study_name(args.study_name)
     if args.storage is not None:
         check_storage_url(args.storage)
         if args.out is not None:

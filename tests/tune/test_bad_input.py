@@ -60,6 +60,8 @@ def test_mistakes_are_named_in_one_line_before_any_framework_is_imported(tmp_pat
                            ["journal file", "does not exist"]),
         "study name": (["--strategies", "l2", "--study-name", "s"],
                        ["--study-name", "give --storage too"]),
+        "empty study name": (["--strategies", "l2", "--storage", "journal:j.log",
+                              "--study-name", ""], ["--study-name"]),
         "config missing": (["--config", "missing.toml"], ["'missing.toml'", "cannot be read"]),
         "config range": (["--config", "bad.toml", "--strategies", "l2"],
                          ["tune.l2.l2", "'low' must be < 'high'"]),
