@@ -34,6 +34,7 @@ import functools
 import inspect
 import math
 import numbers
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -267,16 +268,28 @@ def parse_range(value: object, *, where: str) -> SearchRange:
             choices = value["choices"]
             if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
                 raise ValueError(f"'choices' must be a list, got {describe_value(choices)}")
+            if not choices:
+                raise ValueError("'choices' must hold at least one value, e.g. "
+                                 "{choices = [0.1, 0.2]}")
             return Choice(tuple(choices))
         missing = [k for k in ("low", "high") if k not in value]
         if missing:
             raise ValueError(f"a range needs 'low' and 'high'; {' and '.join(missing)} missing")
         low, high, log = value["low"], value["high"], value.get("log", False)
+        if (isinstance(low, (int, float)) and isinstance(high, (int, float))
+                and not isinstance(low, bool) and not isinstance(high, bool)
+                and _finite(low) and _finite(high) and not low < high):
+            raise ValueError(f"'low' must be < 'high', got low = {_toml(low)}, high = "
+                             f"{_toml(high)}; to fix the value write {{choices = "
+                             f"[{_toml(low)}]}}")
         if _is_int(low) and _is_int(high):
             return IntRange(low, high, log=log)
         return FloatRange(low, high, log=log)
     except ValueError as err:
-        raise SpaceError(f"{where}: {err}") from None
+        # the classes' own messages name them (``FloatRange: 'log' must be ...``): a config
+        # speaks of keys, not of classes
+        message = re.sub(r"^(FloatRange|IntRange|Choice): ", "", str(err))
+        raise SpaceError(f"{where}: {message}") from None
 
 
 def _toml(value: object) -> str:

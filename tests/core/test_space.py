@@ -184,10 +184,13 @@ WHERE = "config 'tune.toml': tune.l2.l2"
     ([1, 2], "got [1, 2]"),
     ({"low": 1e-6, "hi": 1e-2}, "unknown key(s) 'hi' in a range table; allowed: low, high, log"),
     ({"low": 1e-6}, "a range needs 'low' and 'high'; high missing"),
-    ({"low": 1e-2, "high": 1e-6}, "FloatRange: 'low' must be < 'high', got low=0.01, high=1e-06"),
+    ({"low": 1e-2, "high": 1e-6}, "'low' must be < 'high', got low = 0.01, high = 1e-06; to fix "
+                                  "the value write {choices = [0.01]}"),
+    ({"low": 3, "high": 3}, "'low' must be < 'high', got low = 3, high = 3; to fix the value "
+                            "write {choices = [3]}"),
     ({"low": 0.0, "high": 1.0, "log": True}, "a log range needs 'low' > 0"),
-    ({"low": 1, "high": 10, "log": "yes"}, "IntRange: 'log' must be True or False"),
-    ({"choices": []}, "Choice: 'options' must hold at least one value"),
+    ({"low": 1, "high": 10, "log": "yes"}, "'log' must be True or False"),
+    ({"choices": []}, "'choices' must hold at least one value, e.g. {choices = [0.1, 0.2]}"),
     ({"choices": "gl"}, "'choices' must be a list, got the string 'gl'"),
     ({"choices": [1], "low": 0}, "'choices' cannot be combined with 'low'"),
 ])
@@ -196,6 +199,8 @@ def test_parse_range_errors_name_the_key_path(value, message):
         parse_range(value, where=WHERE)
     assert str(caught.value).startswith(f"{WHERE}: ")
     assert message in str(caught.value)
+    # a config's mistakes speak of its keys, never of the Python classes behind them
+    assert not re.search(r"FloatRange|IntRange|Choice", str(caught.value))
 
 
 def test_parse_range_kinds_follow_the_bounds():
