@@ -185,8 +185,9 @@ def check_warmup(warmup: int, *, epochs: int) -> None:
 def make_pruner(kind: str, *, epochs: int, warmup: int = DEFAULT_WARMUP_EPOCHS) -> Any:
     """An Optuna pruner. ``median``: stop a trial whose metric is worse than the median of
     the earlier trials at the same epoch (after :data:`MEDIAN_STARTUP_TRIALS` trials, from
-    epoch ``warmup`` on, counted from 0); ``hyperband``: successive halving over
-    ``warmup + 1`` to ``epochs`` epochs, keeping one trial in
+    epoch ``warmup`` on, counted from 0); ``hyperband``: successive halving up to ``epochs``
+    epochs, its first rung at epoch ``max(warmup, 1)`` (Optuna decides at a step once the
+    trial has run that many steps before it), keeping one trial in
     :data:`HYPERBAND_REDUCTION_FACTOR` at each rung; ``none``: never."""
     check_warmup(warmup, epochs=epochs)
     optuna = import_optuna()
