@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import dataclasses
 import platform
-import re
 import shlex
 import sys
 import textwrap
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from .spaces import StrategySpace, TuneConfig
 
 __all__ = ["add_tune_parser", "cmd_tune", "DEFAULT_TRIALS", "DEFAULT_GRID_POINTS",
-           "MAX_GRID_POINTS", "MAX_GRID_SIZE", "check_grid", "storage_file",
+           "MAX_GRID_POINTS", "MAX_GRID_SIZE", "check_grid",
            "check_storage_outside_out"]
 
 DEFAULT_TRIALS = 20
@@ -46,8 +45,6 @@ MAX_GRID_SIZE = 100_000
 DEFAULT_STUDY_NAME = "regplug-tune"
 #: The strategy-name groups ``--strategies`` accepts besides names (as ``regplug compare``).
 _GROUPS = ("default", "all")
-_SQLITE_FILE = re.compile(r"^sqlite(\+\w+)?:///(?P<path>[^?]*)")
-_JOURNAL = "journal:"
 
 _EPILOG = """\
 examples:
@@ -355,26 +352,10 @@ def check_grid(spaces: Sequence[StrategySpace], points: int) -> None:
                 "or random")
 
 
-def storage_file(url: str) -> Path | None:
-    """The file a ``--storage`` URL keeps the studies in: ``sqlite:///relative.db``,
-    ``sqlite:////absolute.db`` or ``journal:PATH``; ``None`` for a database server.
-
-    >>> [str(storage_file(url)) for url in ("sqlite:///runs/study.db",
-    ...                                     "sqlite:////tmp/s.db?timeout=9", "journal:s.log")]
-    ['runs/study.db', '/tmp/s.db', 's.log']
-    >>> storage_file("postgresql://user@host/db") is None
-    True
-    """
-    if url.startswith(_JOURNAL):
-        return Path(url[len(_JOURNAL):])
-    found = _SQLITE_FILE.match(url)
-    return Path(found["path"]) if found and found["path"] else None
-
-
 def check_storage_outside_out(url: str, out: str) -> None:
     """Refuse a ``--storage`` file inside ``--out``: the output folder is written all at once
     at the end, and one holding a file regplug did not write is refused — after the search."""
-    from .search import SearchError
+    from .search import SearchError, storage_file
 
     path = storage_file(url)
     if path is None:

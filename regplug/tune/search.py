@@ -40,7 +40,7 @@ from .spaces import Parameter, StrategySpace
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "Objective", "TrialRecord", "StrategyStudy",
            "BestSetting", "Search", "SearchError", "import_optuna", "make_sampler",
-           "make_pruner", "open_storage", "check_storage_url", "check_study_name",
+           "make_pruner", "open_storage", "check_storage_url", "storage_file", "check_study_name",
            "round_robin", "RoundRobin", "TrialFailed", "STUDY_SETTINGS_ATTR", "study_settings",
            "settings_differences", "data_fingerprint", "looks_like_journal"]
 
@@ -73,6 +73,7 @@ _JOURNAL = "journal:"
 _OPEN_ATTEMPTS = 5
 _RACES = ("IntegrityError", "OperationalError")
 _RDB_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SQLITE_FILE = re.compile(r"^sqlite(\+\w+)?:///(?P<path>[^?]*)")
 #: The first bytes of every SQLite 3 database file.
 _SQLITE_HEADER = b"SQLite format 3\x00"
 #: How Optuna's ``JournalFileBackend`` starts every line: one JSON record, ``op_code`` first
@@ -203,6 +204,22 @@ def make_pruner(kind: str, *, epochs: int, warmup: int = DEFAULT_WARMUP_EPOCHS) 
     raise SearchError(f"--pruner {kind!r}: choose {', '.join(PRUNERS)}")
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a ``--storage`` URL keeps the studies in: ``sqlite:///relative.db``,
+    ``sqlite:////absolute.db`` or ``journal:PATH``; ``None`` for a database server.
+
+    >>> [str(storage_file(url)) for url in ("sqlite:///runs/study.db",
+    ...                                     "sqlite:////tmp/s.db?timeout=9", "journal:s.log")]
+    ['runs/study.db', '/tmp/s.db', 's.log']
+    >>> storage_file("postgresql://user@host/db") is None
+    True
+    """
+    if url.startswith(_JOURNAL):
+        return Path(url[len(_JOURNAL):])
+    found = _SQLITE_FILE.match(url)
+    return Path(found["path"]) if found and found["path"] else None
+
+
 def check_storage_url(url: str) -> None:
     """Refuse a ``--storage`` that is neither an RDB URL (``sqlite:///study.db``) nor
     ``journal:PATH``, whose file's folder does not exist, or whose existing, non-empty file is
@@ -216,7 +233,6 @@ def check_storage_url(url: str) -> None:
     regplug.tune.search.SearchError: --storage 'study.db': expected an Optuna RDB URL (sqlite:///study.db, postgresql://user@host/db) or journal:PATH (a journal file several processes can share)
     """  # noqa: E501
     if url.startswith(_JOURNAL):
-        path = Path(url[len(_JOURNAL):])
         what = "journal file"
     elif _RDB_URL.match(url):
         if not url.startswith("sqlite:"):
@@ -225,13 +241,13 @@ def check_storage_url(url: str) -> None:
         if not rest or rest == ":memory:":
             raise SearchError(f"--storage {url!r}: an in-memory SQLite database is not shared "
                               "with other processes; give a file, sqlite:///study.db")
-        path = Path(rest)
         what = "SQLite file"
     else:
         raise SearchError(f"--storage {url!r}: expected an Optuna RDB URL (sqlite:///study.db, "
                           "postgresql://user@host/db) or journal:PATH (a journal file several "
                           "processes can share)")
-    if not str(path) or path.is_dir():
+    path = storage_file(url)
+    if path is None or not str(path) or path.is_dir():
         raise SearchError(f"--storage {url!r}: the {what} must be a file path")
     if not path.absolute().parent.is_dir():
         raise SearchError(f"--storage {url!r}: the folder of the {what} "
@@ -483,11 +499,23 @@ def study_settings(*, runner: FrameworkRunner, splits: Splits, model: ModelChoic
     framework, the data (its description and a SHA-256 of its rows), the model, the training
     settings, the objective, the search space and the strategy's fixed arguments — as a
     storage gives them back (JSON)."""
-    recorded = {"framework": runner.name,
-                "data": f"{splits.describe()}, rows sha256 {data_fingerprint(splits)}",
-                "model": str(model), **dataclasses.asdict(settings),
-                "objective": objective.metric,
-                "space": "; ".join(p.describe() for p in space.parameters),
+    return _space_settings(_run_settings(runner=runner, splits=splits, model=model,
+                                         settings=settings, objective=objective), space)
+
+
+def _run_settings(*, runner: FrameworkRunner, splits: Splits, model: ModelChoice,
+                  settings: TrainSettings, objective: Objective) -> dict[str, Any]:
+    """The part of :func:`study_settings` every strategy of a run shares (the data hashed
+    once per run, not once per strategy)."""
+    return {"framework": runner.name,
+            "data": f"{splits.describe()}, rows sha256 {data_fingerprint(splits)}",
+            "model": str(model), **dataclasses.asdict(settings),
+            "objective": objective.metric}
+
+
+def _space_settings(run: Mapping[str, Any], space: StrategySpace) -> dict[str, Any]:
+    """:func:`study_settings` of ``space``, given the run's part."""
+    recorded = {**run, "space": "; ".join(p.describe() for p in space.parameters),
                 "strategy": _fixed_arguments(space)}
     return dict(json.loads(json.dumps(recorded)))
 
@@ -587,6 +615,7 @@ class Search:
         # With a storage, processes share a study: the same seed would have every one of
         # them propose the same settings, so each process adds entropy of its own.
         shared = storage is not None
+        run_settings: dict[str, Any] | None = None  # what every study records, computed once
         with _quiet_optuna():
             for space in spaces:
                 name = space.strategy.name
@@ -610,9 +639,10 @@ class Search:
                         f"{objective.metric} is {objective.direction}d: use another "
                         "--study-name")
                 if shared:
-                    ours = study_settings(runner=runner, splits=splits, model=model,
-                                          settings=settings, objective=objective, space=space)
-                    _claim_or_check(study, study_id, ours)
+                    if run_settings is None:
+                        run_settings = _run_settings(runner=runner, splits=splits, model=model,
+                                                     settings=settings, objective=objective)
+                    _claim_or_check(study, study_id, _space_settings(run_settings, space))
                 grid = space.grid_size(grid_points) if sampler == "grid" else None
                 self.studies[name] = StrategyStudy(space, study, grid)
 

@@ -19,9 +19,8 @@ from regplug.tune.cli import (
     _resolve_strategies,
     check_grid,
     check_storage_outside_out,
-    storage_file,
 )
-from regplug.tune.search import Objective, SearchError, TrialRecord
+from regplug.tune.search import Objective, SearchError, TrialRecord, storage_file
 from regplug.tune.spaces import strategy_space
 
 

@@ -227,6 +227,18 @@ def test_an_sqlite_url_to_another_file_is_refused_untouched(tmp_path, fake_runne
     assert fake_runner.calls == []
 
 
+def test_an_sqlite_url_with_a_query_checks_the_file_it_names(tmp_path, fake_runner, capsys):
+    # the file is the URL's path without its query: the checks read the one Optuna opens
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"hello world\n")
+    url = f"sqlite:///{path}?timeout=9"
+    code, _, err = tune(capsys, "--strategies", "l2", "--trials", "1", "--storage", url)
+    assert code == 2
+    assert err == f"regplug: error: --storage {url!r}: {str(path)!r} {NOT_SQLITE}\n"
+    assert path.read_bytes() == b"hello world\n"
+    assert fake_runner.calls == []
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_an_empty_file_or_an_existing_storage_is_used(tmp_path, kind, fake_runner):
     path = tmp_path / ("study.db" if kind == "sqlite" else "study.log")
