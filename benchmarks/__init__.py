@@ -15,10 +15,11 @@ command still exits with status 0.
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict
 
-__all__ = ["Result", "interleave", "result"]
+__all__ = ["Result", "interleave", "result", "load_now"]
 
 
 class Result(TypedDict):
@@ -92,3 +93,11 @@ def interleave(variants: Mapping[str, Callable[[], float]], rounds: int
         if gc_was_enabled:
             gc.enable()
     return samples
+
+
+def load_now() -> str:
+    """The 1-minute load average for a row's notes: ``"load 0.96 on 2 cores"`` (``"load
+    unknown"`` where the platform has none)."""
+    if not hasattr(os, "getloadavg"):
+        return "load unknown"
+    return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import Result, interleave, result
+from . import Result, interleave, load_now, result
 
 __all__ = ["run", "TARGET_S", "BUDGETS_S", "IMPORTS"]
 
@@ -55,10 +55,6 @@ IMPORTS = ("regplug.cli", "regplug.compare.cli", "regplug.data",
            "regplug.compare.plots", "regplug.compare.report")
 
 _ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load() -> str:
-    return f"load {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "load unknown"
 
 
 def _python(code: str, *args: str) -> tuple[dict[str, Any], float]:
@@ -151,7 +147,7 @@ _COMPARE = ("import json, sys; from benchmarks.bench_compare import _timed_compa
 
 def _compare_rows(quick: bool) -> list[Result]:
     args = ["-q", *(("--strategies", "none,l2,dropout", "--epochs", "2") if quick else ())]
-    load = _load()
+    load = load_now()
     with tempfile.TemporaryDirectory() as folder:
         phases, wall = _python(_COMPARE, *args, "--out", str(Path(folder) / "run"))
     phases["start-up"] += wall - phases["total"]  # + the interpreter, before our clock
@@ -159,7 +155,7 @@ def _compare_rows(quick: bool) -> list[Result]:
     rows = [result("compare_default_wall", regplug_s=wall, baselines_s={"target": TARGET_S},
                    ratio=wall / TARGET_S, ratio_of="wall / 50 s target", at_most=1.0,
                    notes=[f"{command} in a fresh process; {load} before, "
-                          f"{_load()} after" + ("; quick: not the target run" if quick
+                          f"{load_now()} after" + ("; quick: not the target run" if quick
                                                 else "")])]
     notes = {"start-up": "interpreter, imports, data, checks: up to the first strategy",
              "torch training": "every train_strategy: model, training loop, accuracies",
@@ -187,7 +183,7 @@ _IMPORTS = ("import importlib, json, sys, time\n"
 
 
 def _import_row() -> Result:
-    load = _load()
+    load = load_now()
     seconds, wall = _python(_IMPORTS, *IMPORTS)
     total = sum(seconds.values())
     each = ", ".join(f"{name} {s:.2f} s" for name, s in seconds.items())
@@ -225,7 +221,7 @@ def _keras_fit_row(quick: bool) -> Result:
     if histories[True] != (fit(False), histories[False])[1]:
         raise AssertionError("benchmark invalid: the pipeline's fit and the NumPy batches' "
                              "fit give different histories")
-    load = _load()
+    load = load_now()
     samples = interleave({"numpy": lambda: fit(False), "pipelines": lambda: fit(True)},
                          rounds=1 if quick else 3)
     numpy_s = statistics.median(samples["numpy"])
@@ -236,7 +232,7 @@ def _keras_fit_row(quick: bool) -> Result:
                   ratio_of="numpy batches / pipeline", at_least=1.5,
                   notes=[f"strategy l2, {settings.epochs} epochs, digits, fit only; median of "
                          f"{len(samples['numpy'])} interleaved pairs; same history checked; "
-                         f"{load} before, {_load()} after"])
+                         f"{load} before, {load_now()} after"])
 
 
 def run(quick: bool) -> list[Result]:

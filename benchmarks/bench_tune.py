@@ -46,14 +46,13 @@ Run (about 10 minutes; ``--quick`` is a smoke run of seconds)::
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import Result, result
+from . import Result, load_now, result
 
 __all__ = ["run", "set_threads", "STRATEGIES", "TARGET_SAVED", "TARGET_NOISE_STDS"]
 
@@ -268,7 +267,7 @@ def _rows(label: str, setup: _Setup, pairs: Sequence[tuple[_SearchRun, _SearchRu
     trials = plan.trials
     context = (f"{', '.join(STRATEGIES)}; {trials} trials of {plan.epochs} epochs per strategy, "
                f"sampler {sampler}, seeds {', '.join(str(p.seed) for p, _ in pairs)}; torch, "
-               f"{setup.data}, {setup.objective.describe()}; {_load()}")
+               f"{setup.data}, {setup.objective.describe()}; {load_now()}")
     if same_search:
         check = ("checked: both searches tried the same parameters in the same order, and "
                  "every pruned trial reported the unpruned trial's values at its epochs")
@@ -288,12 +287,6 @@ def _rows(label: str, setup: _Setup, pairs: Sequence[tuple[_SearchRun, _SearchRu
                        at_most=TARGET_NOISE_STDS,
                        notes=[context, *(g.describe(minimize) for g in gaps)]))
     return rows
-
-
-def _load() -> str:
-    if not hasattr(os, "getloadavg"):
-        return "load unknown"
-    return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
 
 
 def _pruner_settings(epochs: int) -> str:
