@@ -1,4 +1,9 @@
-"""regplug's built-in plugins. Each works unchanged in the PyTorch and Keras adapters."""
+"""regplug's built-in plugins. Each works unchanged in every adapter: a plain PyTorch loop,
+Keras ``model.fit``, the Lightning ``Trainer`` and the Hugging Face ``Trainer`` (where an
+adapter cannot serve a plugin, it refuses it at the start of training and says why).
+
+Docs: docs/plugins/index.md.
+"""
 
 from .constraints import MaxNorm
 from .decay import DecoupledWeightDecay

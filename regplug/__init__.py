@@ -1,9 +1,14 @@
 """regplug: regularization plugins for existing training loops.
 
 The core is framework-neutral: hook specifications (:mod:`regplug.hookspecs`), a plugin
-manager on pluggy, the :class:`Run` that plugins see, and the ops protocol. Built-in plugins
-live in :mod:`regplug.plugins`; :mod:`regplug.adapters.torch` and :mod:`regplug.adapters.keras`
-wire the same plugin objects into a PyTorch loop or ``model.fit``.
+manager on pluggy, the :class:`Run` that plugins see, the ops protocol, and the epoch clock
+and step window that decide when hooks fire. Built-in plugins live in :mod:`regplug.plugins`.
+The adapters wire the same plugin objects into four loops: a plain PyTorch loop
+(:mod:`regplug.adapters.torch`), Keras ``model.fit`` (:mod:`regplug.adapters.keras`), the
+Lightning ``Trainer`` (:mod:`regplug.adapters.lightning`) and the Hugging Face ``Trainer``
+(:mod:`regplug.adapters.transformers`).
+
+Docs: docs/index.md (the API reference: docs/api/core.md).
 """
 
 from __future__ import annotations

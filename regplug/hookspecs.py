@@ -1,36 +1,18 @@
 """The hooks a regplug plugin can implement — the one file a plugin author needs.
 
 A plugin is any object with methods named after these hooks, preferably marked with
-``@regplug.hookimpl``. Each method may take any *subset* of the arguments listed in the spec
-(pluggy passes them by name). The adapters call the hooks; plugins never call each other.
-
-The training clock, the same in every framework:
-
-======================  ==============================  ======================================
-hook                    PyTorch loop (``attach``)       Keras ``model.fit`` (callback)
-======================  ==============================  ======================================
-``on_train_begin``      ``attach(...)`` / ``with``      ``on_train_begin``
-``on_epoch_begin``      first training forward of an    ``on_epoch_begin``
-                        epoch
-``on_batch_begin``      every training forward          ``on_train_batch_begin``
-                        (module pre-hook)
-``on_loss``             ``reg.loss(loss)``              traced into the compiled train step
-``on_before_step``      optimizer step pre-hook         inside the compiled step, before the
-                                                        optimizer applies the update
-``on_step``             optimizer step post-hook        inside the compiled step, after the
-                                                        update
-``on_epoch_end``        ``reg.epoch_end(logs)``         ``on_epoch_end`` (with validation logs)
-``on_train_end``        ``reg.close()`` / end of        ``on_train_end``
-                        ``with``
-======================  ==============================  ======================================
+``@regplug.hookimpl``; each method may take any *subset* of its spec's arguments (pluggy
+passes them by name). The adapters call the hooks; plugins never call each other, and act on
+the framework only through ``run`` (:class:`regplug.Run`: parameter handles, ``ops``, ``stop``).
+Each spec below says when it fires in each of the four loops — a plain PyTorch loop, Keras
+``model.fit``, the Lightning ``Trainer``, the Hugging Face ``Trainer``.
 
 Several plugins implementing one hook are called in the order the user listed them, in every
-hook and every adapter, as Keras, Lightning and fastai call their callbacks — so a plugin can
-read what an earlier one added (``[GeneralizationGap(), EarlyStopping(monitor="gap")]``).
-``@hookimpl(tryfirst=True)``/``(trylast=True)`` move an implementation to the front or the
-back. Results combine as each spec says, in that order.
-Plugins act on the framework only through ``run`` (see :class:`regplug.Run`): its parameter
-handles, its ``ops``, and its ``stop`` requests.
+hook and every adapter (as Keras, Lightning and fastai call their callbacks), so a plugin can
+read what an earlier one added; ``@hookimpl(tryfirst=True)``/``(trylast=True)`` move one to
+the front or the back. Results combine as each spec says, in that order.
+
+Docs: docs/clock-and-window.md (the table of when each hook fires in each loop).
 """
 
 from __future__ import annotations
@@ -56,8 +38,10 @@ def on_train_begin(run: Run) -> None:
     :param run: the run, with its parameters, ops and clock (``run.step == 0`` on a fresh
         run, or the restored counters after :meth:`load_state_dict`).
 
-    Fires once per training run: when a PyTorch loop is wrapped with ``attach`` (or its
-    ``with`` block is entered), and from Keras' ``on_train_begin`` (so once per ``fit`` call).
+    Fires once per training run. PyTorch loop: at ``attach(...)`` (or entering its ``with``
+    block). Keras: the callback's ``on_train_begin``, so once per ``fit`` call. Lightning:
+    ``on_train_start``, once the optimizer exists (a checkpoint's regplug state is applied
+    right after). Hugging Face: the callback's ``on_train_begin``, once per ``train()``.
     Use it to look at the model, take snapshots, validate that the selection matches what the
     plugin expects, or run a sanity check. Return values are ignored.
     """
@@ -70,9 +54,12 @@ def on_epoch_begin(run: Run, epoch: int) -> None:
     :param run: the run.
     :param epoch: index of the epoch about to start, from 0 (equal to ``run.epoch``).
 
-    PyTorch: fires just before the first *training-mode* forward pass of the epoch (a module
-    forward pre-hook), so changes made here — e.g. dropout rates — apply to that very batch.
-    Keras: from the callback's ``on_epoch_begin``. Return values are ignored.
+    PyTorch loop: fires just before the first *training-mode* forward pass of the epoch (a
+    module forward pre-hook), so changes made here — e.g. dropout rates — apply to that very
+    batch. Keras: the callback's ``on_epoch_begin``. Lightning: ``on_train_batch_start`` of
+    the epoch's first batch. Hugging Face: ``on_step_begin`` of the first optimizer step after
+    the previous evaluation (a regplug epoch there is one evaluation period). Return values
+    are ignored.
     """
 
 
@@ -85,11 +72,13 @@ def on_batch_begin(run: Run, step: int) -> None:
 
     Runs as Python before every training batch, outside any compiled step — the place for
     per-step changes the compiled step must read from a variable, e.g. a dropout rate
-    following a schedule step by step (set ``DropoutHandle.rate`` here). PyTorch: a module
-    forward pre-hook on the first training-mode forward after an optimizer step (installed
-    only when a plugin implements this hook or ``on_epoch_begin``). Keras: the callback's
-    ``on_train_batch_begin`` (with ``steps_per_execution=k``, once per k updates). Keep it
-    cheap: it runs at every step. Return values are ignored.
+    following a schedule step by step (set ``DropoutHandle.rate`` here). Once per optimizer
+    update, at its first micro-batch. PyTorch loop: a module forward pre-hook on the first
+    training-mode forward after an optimizer step (installed only when a plugin implements
+    this hook or ``on_epoch_begin``). Keras: the callback's ``on_train_batch_begin`` (with
+    ``steps_per_execution=k``, once per k updates). Lightning: ``on_train_batch_start`` of the
+    first micro-batch after an optimizer step. Hugging Face: ``on_step_begin``. Keep it cheap:
+    it runs at every step. Return values are ignored.
     """
 
 
@@ -108,16 +97,18 @@ def on_loss(run: Run, loss: Any) -> Penalty | None:
     value to the loss, several times cheaper — while any other penalty is added to the loss
     and differentiated by the framework.
 
-    PyTorch: exactly once per optimizer update, at the first ``reg.loss(loss)`` after a step
-    (later calls in the same gradient-accumulation window return the loss unchanged, so
-    accumulation never multiplies a penalty). Keras: while the train (and validation) step
-    is traced — so ``val_loss`` includes the penalties, as with Keras' own regularizers —
-    and once at ``fit`` start with ``loss=None`` to learn the penalties' names. Hugging Face
-    ``Trainer``: once per optimizer update with ``loss=None`` (its callbacks never see the
-    loss). The body
-    therefore runs once per trace, not per step: it must use only ``run.ops`` and values that
-    live in framework variables (strengths obtained from ``run.scalar``), never Python
-    branching on tensors, and must not count calls. Return the same penalty every time.
+    PyTorch loop: exactly once per optimizer update, at the first ``reg.loss(loss)`` after a
+    step (later calls in the same gradient-accumulation window return the loss unchanged, so
+    accumulation never multiplies a penalty). Lightning: ``on_before_backward`` of the first
+    micro-batch of each optimizer update (``self.manual_backward(loss)`` in manual
+    optimization), likewise once per update. Hugging Face: ``on_pre_optimizer_step``, once
+    per update, with ``loss=None`` (its callbacks never see the loss). Keras: while the train
+    (and validation) step is traced — so ``val_loss`` includes the penalties, as with Keras'
+    own regularizers — and once at ``fit`` start with ``loss=None`` to learn the penalties'
+    names. The body therefore runs once per trace, not per step: it must use only ``run.ops``
+    and values that live in framework variables (strengths obtained from ``run.scalar``),
+    never Python branching on tensors, and must not count calls. Return the same penalty
+    every time.
     """
 
 
@@ -129,10 +120,14 @@ def on_before_step(run: Run, step: int) -> None:
     :param step: index of the update about to happen, from 0 (equal to ``run.step``). In a
         compiled Keras step this is the value at trace time: do not compute with it there.
 
-    PyTorch: an optimizer step pre-hook, i.e. after ``loss.backward()``, gradient clipping
-    and ``GradScaler`` unscaling, inside ``optimizer.step()`` (skipped with the step itself
-    when ``GradScaler`` finds non-finite gradients). Keras: inside the compiled train step,
-    immediately before the optimizer applies the gradients. Plugins change gradients or
+    PyTorch loop: an optimizer step pre-hook, i.e. after ``loss.backward()``, gradient
+    clipping and ``GradScaler`` unscaling, inside ``optimizer.step()`` (skipped with the step
+    itself when ``GradScaler`` finds non-finite gradients). Keras: inside the compiled train
+    step, immediately before the optimizer applies the gradients. Lightning:
+    ``on_before_optimizer_step``, after the closure's backward pass and the unscaling but
+    *before* Lightning clips them (``gradient_clip_val``). Hugging Face:
+    ``on_pre_optimizer_step``, *after* the Trainer clipped them (``max_grad_norm``). In every
+    loop the fused penalties' gradients are already in. Plugins change gradients or
     parameters in place through ``run.ops`` (decoupled weight decay shrinks the weights here,
     exactly as ``torch.optim.AdamW`` does). Return values are ignored.
     """
@@ -146,11 +141,13 @@ def on_step(run: Run, step: int) -> None:
     :param step: index of the update that just happened, from 0 (``run.step`` is already
         ``step + 1``).
 
-    PyTorch: an optimizer step post-hook. Keras: inside the compiled train step, after the
+    PyTorch loop and Lightning: the optimizer's step post-hook (Lightning has no callback
+    method right after the update). Keras: inside the compiled train step, after the
     optimizer update (with ``steps_per_execution=k`` it still fires after every one of the k
-    updates, because it is part of the traced step). Projections belong here: proximal
-    operators (soft-thresholding), norm constraints. Change parameters in place through
-    ``run.ops``. Return values are ignored.
+    updates, because it is part of the traced step). Hugging Face: ``on_optimizer_step``. A
+    step that ``GradScaler`` skipped (non-finite gradients) has no ``on_step``. Projections
+    belong here: proximal operators (soft-thresholding), norm constraints. Change parameters
+    in place through ``run.ops``. Return values are ignored.
     """
 
 
@@ -160,13 +157,19 @@ def on_epoch_end(run: Run, epoch: int, logs: dict[str, float]) -> None:
 
     :param run: the run; ``run.history`` already contains this epoch's ``logs``.
     :param epoch: index of the epoch that finished, from 0.
-    :param logs: metrics of the epoch as plain floats: whatever the PyTorch loop passed to
-        ``reg.epoch_end(logs)``, or Keras' logs (``loss``, ``val_loss``, metrics, and each
-        penalty under its own name). Plugins may add entries.
+    :param logs: metrics of the epoch as plain floats, with each penalty's value under its
+        own name: whatever the PyTorch loop passed to ``reg.epoch_end(logs)``; Keras' logs
+        (``loss``, ``val_loss``, metrics); Lightning's ``trainer.callback_metrics``; the
+        Hugging Face evaluation's metrics (``eval_loss``, also as ``val_loss``) and the
+        training logs since the previous evaluation. Plugins may add entries.
 
-    To vote for stopping, call ``run.stop("reason")``; the run stops when any plugin votes
-    (on several processes: when any process votes, all stop together). Return values are
-    ignored.
+    PyTorch loop: ``reg.epoch_end(logs)``. Keras: the callback's ``on_epoch_end``, after
+    validation. Lightning: ``on_train_epoch_end``, after the epoch's validation. Hugging Face:
+    ``on_evaluate`` during training (one regplug epoch per evaluation), or the Trainer's
+    ``on_epoch_end`` with ``eval_strategy="no"``. To vote for stopping, call
+    ``run.stop("reason")``; the run stops when any plugin votes (on several processes: the
+    logs are averaged first, and when any process votes, all stop together). Return values
+    are ignored.
     """
 
 
@@ -175,12 +178,14 @@ def on_train_end(run: Run) -> None:
     """Training has finished, by exhausting its epochs or by a stop request.
 
     :param run: the run; ``run.stop_requests`` says why it stopped, if it did, and
-        ``run.exception`` is the exception that ended it, if one did (PyTorch: leaving the
-        ``with`` block by an exception; Keras does not call this hook then). Leave the model
-        as the error left it in that case.
+        ``run.exception`` is the exception that ended it, if one did (PyTorch loop: leaving
+        the ``with`` block by an exception; Lightning: ``on_exception``; Keras and Hugging
+        Face do not call this hook then). Leave the model as the error left it in that case.
 
-    PyTorch: ``reg.close()`` or leaving the ``with`` block. Keras: ``on_train_end`` of each
-    ``fit``. Restore best weights and report here. Return values are ignored.
+    PyTorch loop: ``reg.close()`` or leaving the ``with`` block. Keras: ``on_train_end`` of
+    each ``fit``. Lightning: ``on_train_end`` (or ``on_exception``). Hugging Face:
+    ``on_train_end``, after the Trainer's ``load_best_model_at_end``. Restore best weights
+    and report here. Return values are ignored.
     """
 
 
