@@ -10,10 +10,7 @@ Adapters translate these into their framework's types; none of them restates a r
 * how a parameter is named for plugins, the same way in every framework
   (:func:`param_name`).
 
->>> is_bias_name("bias"), is_bias_name("in_proj_bias"), is_bias_name("bias_ih_l0")
-(True, True, True)
->>> is_bias_name("biased_weight")
-False
+Docs: docs/plugin-guide.md (what a plugin sees of the parameters).
 """
 
 from __future__ import annotations
@@ -55,6 +52,11 @@ def is_bias_name(name: str) -> bool:
     ``bias_ih_l0`` (recurrent layers), ``recurrent_bias``. Layer types decide first (a
     normalization layer's offset is ``normalization``, an embedding table ``embedding``);
     this rule applies to the parameters of every other layer.
+
+    >>> is_bias_name("bias"), is_bias_name("in_proj_bias"), is_bias_name("bias_ih_l0")
+    (True, True, True)
+    >>> is_bias_name("biased_weight")
+    False
     """
     leaf = name.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
     return leaf == "bias" or leaf.endswith("_bias") or leaf.startswith("bias_")

@@ -9,13 +9,9 @@ defines the semantics and lets plugins be tested without any framework.
 Conventions: methods ending in ``_`` change parameters or gradients in place and return
 ``None``; ``factor``/``alpha``/``threshold`` arguments may be Python floats or framework
 scalars (e.g. a Keras variable holding a scheduled strength); nothing on the per-step path
-may copy a value to the host.
+may copy a value to the host. Frozen parameters: see :class:`Ops`.
 
-Frozen parameters follow the framework's own optimizers: the in-place ops never touch a
-parameter that does not train (``requires_grad=False`` in PyTorch; Keras hands out trainable
-variables only), and during an optimizer update (``on_before_step``/``on_step``) they skip a
-parameter that got no gradient in this step, as ``torch.optim.AdamW`` does. The values
-(``sum_squares``, ``sum_abs``) leave frozen parameters out too.
+Docs: docs/plugin-guide.md (the table of ``run.ops``).
 """
 
 from __future__ import annotations
@@ -31,7 +27,14 @@ Scalar = Any  # a Python float or a framework scalar (tensor, variable)
 
 @runtime_checkable
 class Ops(Protocol):
-    """Array operations over parameter handles."""
+    """Array operations over parameter handles.
+
+    Frozen parameters follow the framework's own optimizers: the in-place ops never touch a
+    parameter that does not train (``requires_grad=False`` in PyTorch; Keras hands out
+    trainable variables only), and during an optimizer update (``on_before_step``/``on_step``)
+    they skip a parameter that got no gradient in this step, as ``torch.optim.AdamW`` does.
+    The values (``sum_squares``, ``sum_abs``) leave frozen parameters out too.
+    """
 
     framework: str
 

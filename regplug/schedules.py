@@ -1,41 +1,12 @@
 """Schedules: how a strength or a rate changes during training.
 
-A schedule is a pure function of the training clock: ``schedule(step, epoch) -> float``, where
-``step`` counts optimizer updates and ``epoch`` counts epochs, both from 0. Plugins accept a
-plain number (a :class:`Constant`) or a schedule wherever they take a strength or a rate.
-Adapters evaluate the schedules of a run before every training batch and hand the value to the
-compiled step (a Python float in PyTorch, a non-trainable variable in Keras), so a schedule
-takes effect from the step it is due.
+A schedule is a pure function of the training clock, ``schedule(step, epoch) -> float``.
+Plugins accept a plain number (a :class:`Constant`) or a schedule wherever they take a
+strength or a rate; :func:`as_schedule` turns a number, a schedule or a config table into one
+and checks its range. :class:`Schedule` describes the two clocks, lists every schedule with
+its formula and shows the config form.
 
-Every schedule below except :class:`Constant` and :class:`LinearWarmup` follows one clock,
-named explicitly with ``per="step"`` (lengths count optimizer updates; the value may change at
-every batch) or ``per="epoch"`` (lengths count epochs; the value changes only between epochs).
-There is no default: ``cutoff=50`` means something very different in steps and in epochs.
-
-=====================  ===================================  =====================================
-config name            class                                value at clock ``t``
-=====================  ===================================  =====================================
-``constant``           ``Constant(value)``                  ``value``
-``linear_warmup``      ``LinearWarmup(value, warmup_*=n)``  ``start → value`` over ``n``, held
-``linear``             ``Linear(start, end, span=n)``       ``start → end`` over ``n``, held
-``cosine``             ``Cosine(start, end, span=n)``       half a cosine, ``start → end``
-``step``               ``Step(value, every=k, gamma=g)``    ``value · g^⌊t/k⌋``
-``piecewise``          ``Piecewise(values, boundaries=b)``  ``values[i]`` if ``b[i-1] ≤ t < b[i]``
-``exponential_ramp``   ``ExponentialRamp(value, gamma=g)``  ``value · (1 − e^(−g·t))``
-``early_dropout``      ``EarlyDropout(value, cutoff=c)``    ``value`` while ``t < c``, then 0
-``late_dropout``       ``LateDropout(value, cutoff=c)``     0 while ``t < c``, then ``value``
-=====================  ===================================  =====================================
-
-In a config (TOML, or a dict) a schedule is a table naming it:
-``rate = {schedule = "linear", start = 0.0, end = 0.3, span = 10, per = "epoch"}``;
-:meth:`Schedule.to_config` writes that form back.
-
->>> warm = LinearWarmup(0.01, warmup_steps=100)
->>> warm(0, 0), warm(50, 0), warm(500, 3)
-(0.0, 0.005, 0.01)
->>> as_schedule({"schedule": "early_dropout", "value": 0.1, "cutoff": 2, "per": "epoch"},
-...             owner="demo", arg="rate")
-EarlyDropout(value=0.1, cutoff=2, per='epoch')
+Docs: docs/plugins/dropout.md (schedules for every plugin's strengths and rates).
 """
 
 from __future__ import annotations
@@ -57,7 +28,44 @@ CLOCKS: tuple[str, ...] = ("step", "epoch")
 
 
 class Schedule(ABC):
-    """A value that depends on the training clock."""
+    """A value that depends on the training clock: ``schedule(step, epoch) -> float``.
+
+    ``step`` counts optimizer updates and ``epoch`` counts epochs, both from 0. Adapters
+    evaluate the schedules of a run before every training batch and hand the value to the
+    compiled step (a Python float in PyTorch, a non-trainable variable in Keras), so a
+    schedule takes effect from the step it is due.
+
+    Every schedule below except :class:`Constant` and :class:`LinearWarmup` follows one
+    clock, named explicitly with ``per="step"`` (lengths count optimizer updates; the value
+    may change at every batch) or ``per="epoch"`` (lengths count epochs; the value changes
+    only between epochs). There is no default: ``cutoff=50`` means something very different
+    in steps and in epochs.
+
+    ====================  ===================================  ==============================
+    config name           class                                value at clock ``t``
+    ====================  ===================================  ==============================
+    ``constant``          ``Constant(value)``                  ``value``
+    ``linear_warmup``     ``LinearWarmup(value, warmup_*=n)``  ``start → value`` over ``n``, held
+    ``linear``            ``Linear(start, end, span=n)``       ``start → end`` over ``n``, held
+    ``cosine``            ``Cosine(start, end, span=n)``       half a cosine, ``start → end``
+    ``step``              ``Step(value, every=k, gamma=g)``    ``value · g^⌊t/k⌋``
+    ``piecewise``         ``Piecewise(values, boundaries=b)``  ``values[i]``, ``b[i-1] ≤ t < b[i]``
+    ``exponential_ramp``  ``ExponentialRamp(value, gamma=g)``  ``value · (1 − e^(−g·t))``
+    ``early_dropout``     ``EarlyDropout(value, cutoff=c)``    ``value`` while ``t < c``, then 0
+    ``late_dropout``      ``LateDropout(value, cutoff=c)``     0 while ``t < c``, then ``value``
+    ====================  ===================================  ==============================
+
+    In a config (TOML, or a dict) a schedule is a table naming it:
+    ``rate = {schedule = "linear", start = 0.0, end = 0.3, span = 10, per = "epoch"}``;
+    :meth:`to_config` writes that form back and :func:`as_schedule` reads it.
+
+    >>> warm = LinearWarmup(0.01, warmup_steps=100)
+    >>> warm(0, 0), warm(50, 0), warm(500, 3)
+    (0.0, 0.005, 0.01)
+    >>> as_schedule({"schedule": "early_dropout", "value": 0.1, "cutoff": 2, "per": "epoch"},
+    ...             owner="demo", arg="rate")
+    EarlyDropout(value=0.1, cutoff=2, per='epoch')
+    """
 
     @abstractmethod
     def __call__(self, step: int, epoch: int) -> float:

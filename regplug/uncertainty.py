@@ -5,36 +5,10 @@ Bayesian model: keep dropout sampling at prediction time, run the same input T t
 the spread of the T outputs estimates the model's (epistemic) uncertainty. The adapters
 (``regplug.adapters.torch.mc_predict``, ``regplug.adapters.keras.mc_predict``) run the
 forward passes; this module holds the framework-free part — the result type
-:class:`MCPrediction`, the statistics, and the argument checks both adapters share.
+:class:`MCPrediction` (whose docstring states the conventions), the statistics
+(:func:`summarize`, :class:`MCAccumulator`), and the argument checks both adapters share.
 
-Conventions, the same everywhere:
-
-* ``std`` is the population standard deviation of the T samples (divisor T), Gal's
-  estimator of the predictive spread; the observation noise of the data (his τ⁻¹) is not
-  included — add it when you need a predictive interval for new observations.
-* The interval is central, at coverage ``level`` (default 0.95). ``interval="quantile"``
-  (default) takes the empirical ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the
-  samples (NumPy's default linear interpolation): it follows skewed or bounded outputs
-  (probabilities) but needs every sample in memory. ``interval="normal"`` gives
-  ``mean ± z·std`` with ``z`` the normal quantile of ``level`` (1.96 for 0.95): it needs no
-  stored samples, so mean and std are accumulated in one pass (Chan et al.'s parallel form
-  of Welford's update) and T is limited only by time.
-* Statistics are computed and returned in float64, whatever the model's output dtype.
-* Prefix reuse: when the model is a plain chain of layers (a ``Sequential``, or a Keras
-  functional chain) whose first layers are provably deterministic while sampling — no
-  dropout in them, built-in layers that run in inference mode — those layers are computed
-  once per row block and only the rest of the chain runs T times. The samples have the
-  same distribution as T full forward passes; :attr:`MCPrediction.reused` names the layers
-  computed once (empty when every sample ran the whole model), and the adapters log the
-  split, or why there was none, at DEBUG level. ``reuse_prefix=False`` opts out.
-
->>> import numpy as np
->>> draws = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [4.0, 10.0]])  # T=4, two outputs
->>> p = summarize(draws, level=0.5)
->>> p
-MCPrediction(T=4, shape=(2,), level=0.5, interval='quantile')
->>> p.mean, p.std.round(4), p.lower, p.upper
-(array([ 2.5, 10. ]), array([1.118, 0.   ]), array([ 1.75, 10.  ]), array([ 3.25, 10.  ]))
+Docs: docs/plugins/uncertainty.md.
 """
 
 from __future__ import annotations
@@ -87,7 +61,27 @@ class MCPrediction:
         samples (the deterministic prefix of a chain); ``()`` when every sample ran the
         whole model.
 
-    The arrays are read-only, like the rest of the (frozen) result.
+    The arrays are read-only, like the rest of the (frozen) result. Conventions, the same in
+    every adapter:
+
+    * ``std`` is the population standard deviation of the T samples (divisor T), Gal's
+      estimator of the predictive spread; the observation noise of the data (his τ⁻¹) is not
+      included — add it when you need a predictive interval for new observations.
+    * The interval is central, at coverage ``level`` (default 0.95). ``interval="quantile"``
+      (default) takes the empirical ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the
+      samples (NumPy's default linear interpolation): it follows skewed or bounded outputs
+      (probabilities) but needs every sample in memory. ``interval="normal"`` gives
+      ``mean ± z·std`` with ``z`` the normal quantile of ``level`` (1.96 for 0.95): it needs
+      no stored samples, so mean and std are accumulated in one pass (Chan et al.'s parallel
+      form of Welford's update, :class:`MCAccumulator`) and T is limited only by time.
+    * Statistics are computed and returned in float64, whatever the model's output dtype.
+    * Prefix reuse: when the model is a plain chain of layers (a ``Sequential``, or a Keras
+      functional chain) whose first layers are provably deterministic while sampling — no
+      dropout in them, built-in layers that run in inference mode — those layers are
+      computed once per row block and only the rest of the chain runs T times. The samples
+      have the same distribution as T full forward passes; ``reused`` names the layers
+      computed once, and the adapters log the split, or why there was none, at DEBUG level.
+      ``reuse_prefix=False`` opts out.
 
     >>> import numpy as np
     >>> p = summarize(np.array([[0.0], [2.0]]), interval="normal", level=0.95)
@@ -225,6 +219,12 @@ def summarize(samples: np.ndarray, *, level: float = 0.95, interval: str = "quan
     """Summarize a ``(T, …)`` stack of stochastic predictions (axis 0 indexes the samples).
 
     >>> import numpy as np
+    >>> draws = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [4.0, 10.0]])  # T=4, 2 outputs
+    >>> p = summarize(draws, level=0.5)
+    >>> p
+    MCPrediction(T=4, shape=(2,), level=0.5, interval='quantile')
+    >>> p.mean, p.std.round(4), p.lower, p.upper
+    (array([ 2.5, 10. ]), array([1.118, 0.   ]), array([ 1.75, 10.  ]), array([ 3.25, 10.  ]))
     >>> p = summarize(np.arange(5.0).reshape(5, 1), level=0.5, keep_samples=True)
     >>> float(p.mean[0]), float(p.lower[0]), float(p.upper[0]), p.samples.shape
     (2.0, 1.0, 3.0, (5, 1))

@@ -4,51 +4,12 @@ inference mode, on the TensorFlow, JAX and torch backends.
 ``model.predict`` always calls the model with ``training=False``, which switches dropout
 off; ``model(x, training=True)`` switches dropout on but also makes ``BatchNormalization``
 normalize with batch statistics (and update its moving averages). :func:`mc_predict` calls
-the model with ``training=False`` while the ``call`` of each dropout layer is temporarily
-replaced, on that layer instance only, by one that passes ``training=True`` to the original
-— so the dropout layers sample with Keras' own implementation and every other layer stays
-in inference mode. The replacement is removed afterwards, also when the call raises.
+the model in inference mode with only the dropout layers sampling, through
+``model.stateless_call`` (so sampling writes no variable of the model), traced once per
+model, with the deterministic first layers of a chain computed once (prefix reuse). The
+statistics and the result type are in :mod:`regplug.uncertainty`.
 
-The forward pass runs through ``model.stateless_call``: weights and random-seed states go
-in as values and the new seed states come back out, so sampling writes no variable of the
-model — not the BatchNorm statistics, not the dropout layers' seed generators. With
-``compiled=True`` (default) that function is traced once (``tf.function`` on TensorFlow,
-``jax.jit`` on JAX; the torch backend runs eagerly) and kept for later calls on the same
-model. Every forward pass of a call has the same shape (the last batch of rows and the
-smaller chunks of samples are padded, and the padding dropped), so a call traces at most
-once, and ``compiled=False`` draws the same dropout masks.
-
-Prefix reuse (``reuse_prefix=True``, the default): when the model is a ``Sequential`` or a
-functional model that is a chain (one input, one output, each layer fed by the one before)
-and the input is one tensor of the model's input dtype, its leading layers that are
-provably deterministic while sampling — built-in Keras layers in inference mode, with no
-sampling layer, seed generator, instance-level ``call`` or mask inside, and not ``Lambda``
-or a wrapper of foreign code — run once per row block (a traced function of their own);
-the rest of the chain runs ``samples`` times on stacked copies of their output, within the
-bound of :data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`. The rest sees the same
-shapes and seed states as the whole model did, so it draws the same dropout masks as
-``reuse_prefix=False``: the samples equal those of the whole-model path up to the float
-rounding of the prefix (bit for bit where the backend computes a row the same way in a
-smaller batch). Any other model runs whole for every sample, as before;
-``MCPrediction.reused`` names the layers computed once, and the ``regplug`` logger says at
-DEBUG level what was split, or why nothing was.
-
-Seeding: every seed generator of the model starts from a state derived from ``seed``, so an
-integer seed gives the same samples on every call and touches no global random state (on
-the torch backend, unseeded dropout layers draw from torch's RNG, which is forked and
-seeded for the call). ``seed=None`` derives those states from Python's ``random`` module —
-which ``keras.utils.set_random_seed`` seeds — so results repeat after that call too.
-
->>> import keras, numpy as np
->>> from regplug.adapters.keras import mc_predict
->>> keras.utils.set_random_seed(0)
->>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(32, activation="relu"),
-...                           keras.layers.Dropout(0.2), keras.layers.Dense(1)])
->>> p = mc_predict(model, np.linspace(-1, 1, 4)[:, None], samples=50, seed=0)
->>> p
-MCPrediction(T=50, shape=(4, 1), level=0.95, interval='quantile')
->>> bool((p.std > 0).all()), bool((p.lower <= p.mean).all())
-(True, True)
+Docs: docs/plugins/uncertainty.md.
 """
 
 from __future__ import annotations
@@ -130,7 +91,7 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
         ``max(batch rows, 1024)`` rows (:data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`).
         Use 1 for a model whose rows are not independent in inference mode.
     :param seed: an integer gives reproducible samples and leaves every global random state
-        alone; ``None`` seeds from Python's ``random`` (see the module documentation).
+        alone; ``None`` seeds from Python's ``random`` (see "Seeding" below).
     :param level: coverage of the central interval, in (0, 1).
     :param interval: ``"quantile"`` (empirical quantiles of the samples) or ``"normal"``
         (``mean ± z·std``; needs no stored samples, so memory does not grow with T).
@@ -141,12 +102,56 @@ def mc_predict(model: Any, x: Any, *, samples: int = 30, batch_size: int | None 
     :param compiled: trace the forward pass (``tf.function``/``jax.jit``); ``False`` runs it
         eagerly, for models whose ``call`` cannot be traced. Ignored on the torch backend.
     :param reuse_prefix: compute the deterministic leading layers of a chain once per row
-        block (see the module documentation); ``False`` runs the whole model for every
-        sample.
+        block (see "Prefix reuse" below); ``False`` runs the whole model for every sample.
     :returns: an :class:`regplug.uncertainty.MCPrediction` of NumPy float64 arrays.
 
     A :class:`regplug.RegplugWarning` says when ``samples > 1`` predictions came out all
     identical (no dropout found, or rates of 0).
+
+    Sampling: the ``call`` of each dropout layer is temporarily replaced, on that layer
+    instance only, by one that passes ``training=True`` to the original — so the dropout
+    layers sample with Keras' own implementation and every other layer stays in inference
+    mode. The replacement is removed afterwards, also when the call raises. The forward pass
+    runs through ``model.stateless_call``: weights and random-seed states go in as values and
+    the new seed states come back out, so sampling writes no variable of the model — not the
+    BatchNorm statistics, not the dropout layers' seed generators. With ``compiled=True``
+    that function is traced once (``tf.function`` on TensorFlow, ``jax.jit`` on JAX; the
+    torch backend runs eagerly) and kept for later calls on the same model. Every forward
+    pass of a call has the same shape (the last batch of rows and the smaller chunks of
+    samples are padded, and the padding dropped), so a call traces at most once, and
+    ``compiled=False`` draws the same dropout masks.
+
+    Prefix reuse: when the model is a ``Sequential`` or a functional model that is a chain
+    (one input, one output, each layer fed by the one before) and the input is one tensor of
+    the model's input dtype, its leading layers that are provably deterministic while
+    sampling — built-in Keras layers in inference mode, with no sampling layer, seed
+    generator, instance-level ``call`` or mask inside, and not ``Lambda`` or a wrapper of
+    foreign code — run once per row block (a traced function of their own); the rest of the
+    chain runs ``samples`` times on stacked copies of their output, within the bound of
+    :data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`. The rest sees the same shapes and
+    seed states as the whole model did, so it draws the same dropout masks as
+    ``reuse_prefix=False``: the samples equal those of the whole-model path up to the float
+    rounding of the prefix (bit for bit where the backend computes a row the same way in a
+    smaller batch). Any other model runs whole for every sample; ``MCPrediction.reused``
+    names the layers computed once, and the ``regplug`` logger says at DEBUG level what was
+    split, or why nothing was.
+
+    Seeding: every seed generator of the model starts from a state derived from ``seed``, so
+    an integer seed gives the same samples on every call and touches no global random state
+    (on the torch backend, unseeded dropout layers draw from torch's RNG, which is forked and
+    seeded for the call). ``seed=None`` derives those states from Python's ``random`` module
+    — which ``keras.utils.set_random_seed`` seeds — so results repeat after that call too.
+
+    >>> import keras, numpy as np
+    >>> from regplug.adapters.keras import mc_predict
+    >>> keras.utils.set_random_seed(0)
+    >>> model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(32, activation="relu"),
+    ...                           keras.layers.Dropout(0.2), keras.layers.Dense(1)])
+    >>> p = mc_predict(model, np.linspace(-1, 1, 4)[:, None], samples=50, seed=0)
+    >>> p
+    MCPrediction(T=50, shape=(4, 1), level=0.95, interval='quantile')
+    >>> bool((p.std > 0).all()), bool((p.lower <= p.mean).all())
+    (True, True)
     """
     check_mc_arguments(_OWNER, samples=samples, level=level, interval=interval,
                        batch_size=batch_size, samples_per_batch=samples_per_batch, seed=seed,

@@ -2,43 +2,13 @@
 
 ``model.eval()`` switches dropout off and ``model.train()`` also makes BatchNorm normalize
 with the batch statistics *and update its running averages* — neither is MC dropout.
-:func:`mc_predict` sets every module to eval mode except the dropout ones, runs ``samples``
-forward passes under ``torch.no_grad()``, and puts every module's ``training`` flag back
-afterwards, also when the forward raises.
+:func:`mc_predict` samples with the dropout modules alone in training mode, under
+``torch.no_grad()``, and puts every module's ``training`` flag back afterwards, also when the
+forward raises; several samples share one forward pass, and the deterministic first modules
+of an ``nn.Sequential`` run once (prefix reuse). The statistics and the result type are in
+:mod:`regplug.uncertainty`.
 
-Several samples share one forward pass: the input batch is repeated along its first axis
-(``samples_per_batch`` copies), and each row gets its own dropout mask, so a stacked pass
-draws exactly as many independent samples as separate passes would. With a ``seed`` the
-result repeats exactly for the same arguments (on the same device and torch version), and
-the caller's global RNG state is left as it was (``torch.random.fork_rng``); a different
-``samples_per_batch`` or ``batch_size`` draws other masks from the same distribution.
-
-Prefix reuse (``reuse_prefix=True``, the default): when the model is an ``nn.Sequential``
-(nested plain ``Sequential`` containers are flattened into the chain), its leading modules
-that are provably deterministic while sampling — built-in ``torch.nn`` modules, in eval
-mode, without dropout or ``is_dropout`` modules inside, without forward hooks — run once
-per row block; the rest of the chain runs on stacked copies of their output (within the
-bound of :data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`). A plain ``nn.Dropout`` of
-that rest, on a float32/float64 CPU tensor, draws its mask as ``torch.rand(…) >= p`` (4×
-faster than ``nn.Dropout``'s Bernoulli kernel) and scales it as ``nn.Dropout`` does: the
-same values for a given mask, the same distribution of masks (to the 2⁻²⁴ resolution of
-``torch.rand``, that of torch's own float Bernoulli), but other masks for a given seed than
-``reuse_prefix=False``, which runs every module as before. Any other model (a custom
-``forward``, several inputs, global forward hooks, a first module that samples or is not
-provably deterministic) runs whole for every sample, drawing the same numbers as before;
-``MCPrediction.reused`` names the modules computed once, and the ``regplug`` logger says at
-DEBUG level what was split, or why nothing was.
-
->>> import torch
->>> from regplug.adapters.torch import mc_predict
->>> _ = torch.manual_seed(0)
->>> model = torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
-...                             torch.nn.Linear(32, 1))
->>> p = mc_predict(model, torch.linspace(-1, 1, 5).unsqueeze(1), samples=50, seed=0)
->>> p
-MCPrediction(T=50, shape=(5, 1), level=0.95, interval='quantile')
->>> bool((p.std > 0).all()), bool((p.lower <= p.mean).all()), model.training
-(True, True, True)
+Docs: docs/plugins/uncertainty.md.
 """
 
 from __future__ import annotations
@@ -120,14 +90,47 @@ def mc_predict(model: nn.Module, x: Any, *, samples: int = 30, batch_size: int |
         your own dropout modules with e.g. ``lambda m: is_dropout_module(m) or
         isinstance(m, MyDropout)``. Every other module runs in eval mode.
     :param reuse_prefix: compute the deterministic leading modules of an ``nn.Sequential``
-        once per row block (see the module documentation); ``False`` runs the whole model
-        for every sample, drawing the masks exactly as earlier versions did.
+        once per row block (below); ``False`` runs the whole model for every sample, drawing
+        the masks exactly as earlier versions did.
     :returns: an :class:`regplug.uncertainty.MCPrediction` of NumPy float64 arrays.
 
     A :class:`regplug.RegplugWarning` says when ``samples > 1`` predictions came out all
     identical (no dropout found, rates of 0, or a forward that bypasses the dropout).
     PyTorch's fused inference path of ``nn.MultiheadAttention``/``nn.TransformerEncoderLayer``
     (which skips dropout modules) is switched off while sampling.
+
+    Stacked samples: the input batch is repeated along its first axis (``samples_per_batch``
+    copies), and each row gets its own dropout mask, so a stacked pass draws exactly as many
+    independent samples as separate passes would. With a ``seed`` the result repeats exactly
+    for the same arguments (on the same device and torch version), and the caller's global
+    RNG state is left as it was (``torch.random.fork_rng``); a different
+    ``samples_per_batch`` or ``batch_size`` draws other masks from the same distribution.
+
+    Prefix reuse: when the model is an ``nn.Sequential`` (nested plain ``Sequential``
+    containers are flattened into the chain), its leading modules that are provably
+    deterministic while sampling — built-in ``torch.nn`` modules, in eval mode, without
+    dropout or ``is_dropout`` modules inside, without forward hooks — run once per row block;
+    the rest of the chain runs on stacked copies of their output (within the bound of
+    :data:`regplug.uncertainty.DEFAULT_ROWS_PER_FORWARD`). A plain ``nn.Dropout`` of that
+    rest, on a float32/float64 CPU tensor, draws its mask as ``torch.rand(…) >= p`` (4×
+    faster than ``nn.Dropout``'s Bernoulli kernel) and scales it as ``nn.Dropout`` does: the
+    same values for a given mask, the same distribution of masks (to the 2⁻²⁴ resolution of
+    ``torch.rand``, that of torch's own float Bernoulli), but other masks for a given seed
+    than ``reuse_prefix=False``. Any other model (a custom ``forward``, several inputs,
+    global forward hooks, a first module that samples or is not provably deterministic) runs
+    whole for every sample; ``MCPrediction.reused`` names the modules computed once, and the
+    ``regplug`` logger says at DEBUG level what was split, or why nothing was.
+
+    >>> import torch
+    >>> from regplug.adapters.torch import mc_predict
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(1, 32), torch.nn.ReLU(),
+    ...                             torch.nn.Dropout(0.2), torch.nn.Linear(32, 1))
+    >>> p = mc_predict(model, torch.linspace(-1, 1, 5).unsqueeze(1), samples=50, seed=0)
+    >>> p
+    MCPrediction(T=50, shape=(5, 1), level=0.95, interval='quantile')
+    >>> bool((p.std > 0).all()), bool((p.lower <= p.mean).all()), model.training
+    (True, True, True)
     """
     check_mc_arguments(_OWNER, samples=samples, level=level, interval=interval,
                        batch_size=batch_size, samples_per_batch=samples_per_batch, seed=seed,
