@@ -1,0 +1,71 @@
+"""Every page of the built docs site, and the report.html of a `regplug compare` run, opened in
+headless Chromium at 1280x900: no console error, no failed request, no missing image, no
+same-site link to a missing page or anchor. A full-page screenshot of each is kept (the run
+prints where). Run by tox -e docs; conftest.py says how to run them by hand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def _shot_name(page: str) -> str:
+    """loops/torch/index.html -> loops-torch; index.html -> index; 404.html -> 404."""
+    parts = page.removesuffix(".html").split("/")
+    if len(parts) > 1 and parts[-1] == "index":
+        parts.pop()
+    return "-".join(parts)
+
+
+def test_the_site_was_built(site: Path) -> None:
+    assert (site / "index.html").is_file(), f"{site} has no index.html: not a built site"
+    assert (site / "api" / "index.html").is_file(), f"{site} has no API reference (api/)"
+
+
+def test_site_page(site_page: str | None, site: Path, site_server: Any,
+                   page_checker: Any) -> None:
+    """site_page: each HTML file of the build (conftest.py's pytest_generate_tests)."""
+    assert site_page is not None, f"no HTML page in {site}"
+    relative = site_page.removesuffix("index.html")  # the folder's URL, as a reader has it
+    report = page_checker(site_server, relative, f"site/{_shot_name(site_page)}")
+    assert not report.problems(), report.describe()
+
+
+# Fast runs (two strategies, two epochs, torch): one seed, and two (the seeds' report).
+REPORT_RUNS = {
+    "one-seed": ["--framework", "torch", "--strategies", "none,l2", "--epochs", "2"],
+    "two-seeds": ["--framework", "torch", "--strategies", "none,l2", "--epochs", "2",
+                  "--seeds", "2"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(REPORT_RUNS))
+def compare_report(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """A `regplug compare --out DIR` folder (report.html, figures, results files)."""
+    name = request.param
+    out = tmp_path_factory.mktemp(f"compare-{name}") / "out"
+    command = [sys.executable, "-m", "regplug", "compare", *REPORT_RUNS[name], "-q",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          cwd=out.parent)
+    assert done.returncode == 0, (f"{' '.join(command)} exited with {done.returncode}:\n"
+                                  f"{done.stdout}\n{done.stderr}")
+    assert (out / "report.html").is_file(), f"no report.html in {out}: {sorted(out.iterdir())}"
+    return name, out
+
+
+def test_compare_report(compare_report: tuple[str, Path], serve: Any,
+                        page_checker: Any) -> None:
+    name, out = compare_report
+    with serve(out) as server:
+        report = page_checker(server, "report.html", f"report/{name}")
+    assert not report.problems(), report.describe()
+    # The figures and the links to the results files were there to check.
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert report.images == len(figures) >= 3, (report.images, figures)
+    assert report.links >= 2, report.links  # results.csv, results.json
