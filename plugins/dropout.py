@@ -56,10 +56,10 @@ class DropoutSchedule(ConfiguredPlugin):
         every value it can take must lie in ``[0, 1)``.
     :param layers: layer type names (or globs) to act on, e.g. ``"Dropout"`` or
         ``["Dropout2d", "SpatialDropout2D"]``. Default: every dropout layer the adapter hands
-        out — PyTorch ``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``,
-        ``FeatureAlphaDropout`` (and their subclasses); Keras ``Dropout``,
-        ``SpatialDropout1D/2D/3D``. A spatial (or feature) dropout layer drops whole channels
-        with the scheduled probability.
+        out — PyTorch ``Dropout``, ``Dropout1d/2d/3d`` (and their subclasses); Keras
+        ``Dropout``, ``SpatialDropout1D/2D/3D``. A spatial dropout layer drops whole channels
+        with the scheduled probability. Alpha and Gaussian dropout, whose rate means another
+        formula, are never rescheduled.
     :param include, exclude: layer name patterns (globs on the qualified module name in
         PyTorch, ``"encoder.*"``; on the layer name in Keras, ``"dropout_*"``), as for
         the parameter plugins' selections.
