@@ -14,7 +14,22 @@ from .penalties import L1, L2, ElasticNet
 from .proximal import ProximalL1
 from .pruning import OptunaPruning
 from .sanity import OverfitBatch, OverfitBatchError
+from .stopping_criteria import (
+    DivergenceThreshold,
+    GeneralizationLoss,
+    MetricHistory,
+    NonFinite,
+    Patience,
+    ProgressQuotient,
+    RisingStrips,
+    StoppingCriterion,
+    StoppingThreshold,
+)
 
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
            "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard",
-           "OverfitBatch", "OverfitBatchError", "OptunaPruning"]
+           "OverfitBatch", "OverfitBatchError", "OptunaPruning",
+           # EarlyStopping's criteria (plugins/stopping_criteria.py)
+           "MetricHistory", "StoppingCriterion", "Patience", "StoppingThreshold",
+           "DivergenceThreshold", "NonFinite", "GeneralizationLoss", "ProgressQuotient",
+           "RisingStrips"]

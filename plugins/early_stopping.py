@@ -1,13 +1,21 @@
-"""Early stopping: stop when the monitored metric stops improving, keep the best weights."""
+"""Early stopping: stop when the monitored metric stops improving, keep the best weights.
+
+:class:`EarlyStopping` is the hook layer: it records the monitored metric in a
+:class:`~regplug.plugins.MetricHistory`, asks its criteria (``plugins/stopping_criteria.py``:
+Keras' patience, Lightning's thresholds, Prechelt's GL/PQ/UP, or your own), keeps and restores
+the best epoch's weights, and saves and loads its state for resuming.
+
+Docs: docs/plugins/early-stopping.md
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from regplug import functional as F
 from regplug.hookspecs import hookimpl
 from regplug.plugin import Plugin
 from regplug.run import Run
@@ -15,6 +23,20 @@ from regplug.space import IntRange, SearchRange
 from regplug.validation import check_bool, check_choice, check_int, check_real
 
 from ._tracker import MetricTracker
+from .stopping_criteria import (
+    Criterion,
+    DivergenceThreshold,
+    GeneralizationLoss,
+    MetricHistory,
+    NonFinite,
+    Patience,
+    ProgressQuotient,
+    RisingStrips,
+    StoppingCriterion,
+    StoppingThreshold,
+    criterion_name,
+    first_stop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +49,14 @@ CRITERIA: dict[str, str] = {
     "up": "validation error higher than a strip earlier at the end of `strips` successive "
           "strips of `strip_length` epochs (Prechelt's UP_s)",
 }
-_DEFAULT_ALPHA = {"gl": 5.0, "pq": 0.5}
+
+# Which criterion each criterion-specific argument belongs to: one given for another
+# criterion (or beside criteria=[...]) is refused, since it was meant to matter.
+_USED_BY: dict[str, tuple[str, ...]] = {
+    "alpha": ("gl", "pq"), "patience": ("patience",), "baseline": ("patience",),
+    "strip_length": ("pq", "up"), "strips": ("up",), "train_monitor": ("pq",)}
+_CRITERION_CLASSES = ("Patience", "StoppingThreshold", "DivergenceThreshold", "NonFinite",
+                      "GeneralizationLoss", "ProgressQuotient", "RisingStrips")
 
 
 class EarlyStopping(Plugin):
@@ -38,7 +67,8 @@ class EarlyStopping(Plugin):
     ``restore_best_weights``, ``start_from_epoch``) — with the one difference that
     **restore_best_weights is on by default**. Lightning's ``check_finite``,
     ``stopping_threshold`` and ``divergence_threshold`` are added, and Prechelt's criteria
-    (1998) can replace the patience rule (``criterion="gl"|"pq"|"up"``).
+    (1998) can replace the patience rule (``criterion="gl"|"pq"|"up"``), as can criteria of
+    your own (``criteria=[...]``).
 
     Epochs are counted from 0 in :attr:`best_epoch` and :attr:`stopped_epoch` (as in
     ``run.epoch`` and Keras), from 1 in the messages (as in progress bars).
@@ -63,6 +93,10 @@ class EarlyStopping(Plugin):
     :param strips: successive rising strips that stop ``up`` (``s``, default 3).
     :param train_monitor: the training error ``pq`` measures progress on (default
         ``"loss"``).
+    :param criteria: stopping criteria used *instead of* ``criterion`` (and its arguments):
+        objects with ``evaluate(history) -> (stop, reason)``, built-in
+        (:class:`~regplug.plugins.Patience`, …) or your own; the first that says stop decides.
+        ``check_finite`` and the thresholds still apply, before them.
     :param best_weights_on: ``"device"`` (default: one copy beside the model, reused at
         every improvement) or ``"host"`` (in host memory, for models that barely fit).
     :param verbose: ``1`` prints when it stops and when it restores, as Keras' callback does.
@@ -74,7 +108,7 @@ class EarlyStopping(Plugin):
     exception (an error, Ctrl-C), nothing is restored: the weights stay as the error left them.
 
     After training, :attr:`stop_reason` says why it stopped (``None`` if it did not), and
-    :attr:`best`, :attr:`best_epoch` what it kept.
+    :attr:`best`, :attr:`best_epoch` what it kept; :attr:`history` is what the criteria saw.
 
     >>> import numpy as np
     >>> from regplug.testing import NumpyLoop
@@ -98,53 +132,54 @@ class EarlyStopping(Plugin):
                  divergence_threshold: float | None = None, criterion: str = "patience",
                  alpha: float | None = None, strip_length: int | None = None,
                  strips: int | None = None, train_monitor: str | None = None,
+                 criteria: Sequence[Criterion] | None = None,
                  best_weights_on: str = "device", verbose: int = 0) -> None:
         owner = type(self).__name__
         self.tracker = MetricTracker(owner, monitor, mode, min_delta)
         self.monitor, self.mode, self.min_delta = monitor, self.tracker.mode, self.tracker.min_delta
-        self.patience = check_int(owner, "patience", patience)
-        self.baseline = _optional_real(owner, "baseline", baseline)
         self.restore_best_weights = check_bool(owner, "restore_best_weights",
                                                 restore_best_weights)
         self.start_from_epoch = check_int(owner, "start_from_epoch", start_from_epoch)
         self.check_finite = check_bool(owner, "check_finite", check_finite)
-        self.stopping_threshold = _optional_real(owner, "stopping_threshold", stopping_threshold)
-        self.divergence_threshold = _optional_real(owner, "divergence_threshold",
-                                                   divergence_threshold)
-        self.criterion = check_choice(owner, "criterion", criterion, tuple(CRITERIA))
-        if self.criterion != "patience" and self.mode != "min":
-            raise ValueError(
-                f"{owner}: criterion={criterion!r} (Prechelt's) measures a validation *error*, "
-                f"but {monitor!r} is maximized (mode='max'); monitor a loss or error, or use "
-                "criterion='patience'")
-        # An argument the chosen criterion would ignore is refused: it was meant to matter.
-        for arg, given, used_by in (
-                ("alpha", alpha is not None, ("gl", "pq")),
-                ("patience", patience != 0, ("patience",)),
-                ("baseline", baseline is not None, ("patience",)),
-                ("strip_length", strip_length is not None, ("pq", "up")),
-                ("strips", strips is not None, ("up",)),
-                ("train_monitor", train_monitor is not None, ("pq",))):
-            if given and self.criterion not in used_by:
-                raise ValueError(
-                    f"{owner}: argument {arg!r} applies to criterion "
-                    f"{' or '.join(map(repr, used_by))}, not {self.criterion!r}")
-        self.alpha = check_real(owner, "alpha", alpha if alpha is not None
-                                else _DEFAULT_ALPHA.get(self.criterion, 0.0))
-        self.strip_length = check_int(owner, "strip_length",
-                                      5 if strip_length is None else strip_length, low=1)
-        self.strips = check_int(owner, "strips", 3 if strips is None else strips, low=1)
-        train_monitor = "loss" if train_monitor is None else train_monitor
-        if not isinstance(train_monitor, str) or not train_monitor:
-            raise TypeError(f"{owner}: argument 'train_monitor' must be a metric name, "
-                            f"got {train_monitor!r}")
-        self.train_monitor = train_monitor
+        unset = type(patience) is int and patience == 0  # Keras' default: not "given"
+        given = {"alpha": alpha, "patience": None if unset else patience, "baseline": baseline,
+                 "strip_length": strip_length, "strips": strips, "train_monitor": train_monitor}
+        with _as_argument_of(owner):
+            if criteria is None:
+                self.criterion = check_choice(owner, "criterion", criterion, tuple(CRITERIA))
+                _refuse_unused(owner, self.criterion, given)
+                main: list[Criterion] = [_builtin(self.criterion, given)]
+            else:
+                if criterion != "patience":
+                    raise ValueError(f"{owner}: pass criterion={criterion!r} or criteria=[...], "
+                                     "not both")
+                self.criterion = "custom"
+                _refuse_unused(owner, "custom", given)
+                main = _check_criteria(owner, criteria)
+            guards: list[Criterion] = [NonFinite()] if self.check_finite else []
+            if stopping_threshold is not None:
+                check_real(owner, "stopping_threshold", stopping_threshold, low=-math.inf)
+                guards.append(StoppingThreshold(stopping_threshold))
+            if divergence_threshold is not None:
+                check_real(owner, "divergence_threshold", divergence_threshold, low=-math.inf)
+                guards.append(DivergenceThreshold(divergence_threshold))
+            for each in main:
+                check = getattr(each, "check", None)
+                if callable(check):
+                    check(monitor, self.mode)
+        self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
+        self.divergence_threshold = (None if divergence_threshold is None
+                                     else float(divergence_threshold))
         if (self.stopping_threshold is not None and self.divergence_threshold is not None
                 and not self.tracker.better(self.stopping_threshold, self.divergence_threshold)):
             raise ValueError(
                 f"{owner}: stopping_threshold={self.stopping_threshold:g} must be better than "
                 f"divergence_threshold={self.divergence_threshold:g} in mode={self.mode!r}, "
                 "or every value would stop training at once")
+        #: Every criterion asked at the end of an epoch, in order.
+        self.criteria: tuple[Criterion, ...] = (*guards, *main)
+        self._main = tuple(main)
+        self._describe_builtin(main[0] if self.criterion != "custom" else None)
         self.verbose = check_int(owner, "verbose", verbose)
         self.best_weights_on = check_choice(owner, "best_weights_on", best_weights_on,
                                             ("device", "host"))
@@ -155,17 +190,42 @@ class EarlyStopping(Plugin):
         self._resumed = False
         self._reset()
 
+    def _describe_builtin(self, main: Criterion | None) -> None:
+        """The built-in criterion's arguments as attributes (their defaults when unused)."""
+        self.patience = main.patience if isinstance(main, Patience) else 0
+        self.baseline = main.baseline if isinstance(main, Patience) else None
+        self.alpha = (main.alpha if isinstance(main, (GeneralizationLoss, ProgressQuotient))
+                      else 0.0)
+        self.strip_length = (main.strip_length if isinstance(main, (ProgressQuotient,
+                                                                    RisingStrips)) else 5)
+        self.strips = main.strips if isinstance(main, RisingStrips) else 3
+        self.train_monitor = main.train_monitor if isinstance(main, ProgressQuotient) else "loss"
+
     def _reset(self) -> None:
-        self.wait = 0
-        self.best: float | None = None
-        self.best_epoch: int | None = None
+        #: The monitored metric's record this run: what the criteria decide on.
+        self.history = MetricHistory(self.monitor, self.mode, self.min_delta)
         self.stopped_epoch: int | None = None
         self.stop_reason: str | None = None
         self.restored_epoch: int | None = None
-        self._val: list[float] = []      # monitored values since start_from_epoch
-        self._train: list[float] = []    # train_monitor values, same epochs (pq)
-        self._rising = 0                 # successive rising strips (up)
         self._best_weights: Any = None
+
+    # -- what the history says ---------------------------------------------------------------
+    @property
+    def best(self) -> float | None:
+        """The best monitored value so far (``None`` before the first finite one)."""
+        return self.history.best
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch of :attr:`best`, counted from 0."""
+        return self.history.best_epoch
+
+    @property
+    def wait(self) -> int:
+        """Keras' patience count: epochs since it last restarted."""
+        patience = next((c for c in self._main if isinstance(c, Patience)), None)
+        return (patience.wait(self.history) if patience is not None
+                else self.history.since_improvement())
 
     # -- hooks ---------------------------------------------------------------------------
     @hookimpl
@@ -184,11 +244,14 @@ class EarlyStopping(Plugin):
         current = self.tracker.read(logs)
         if current is None or epoch < self.start_from_epoch:
             return
-        reason = self._update(run, epoch, current, logs)
-        if reason is not None:
+        self.history = self.history.append(epoch, current, logs)
+        if self.history.improved and self.restore_best_weights:
+            self._keep_weights(run)
+        stop, reason = first_stop(self.criteria, self.history)
+        if stop:
             self.stopped_epoch = epoch
             self.stop_reason = reason
-            run.stop(reason, source=self.name)
+            run.stop(str(reason), source=self.name)
             self._say(f"Epoch {epoch + 1}: early stopping: {reason}")
 
     @hookimpl
@@ -212,83 +275,6 @@ class EarlyStopping(Plugin):
             print(message)
         log.info("%s: %s", self.name, message)
 
-    # -- the decision ----------------------------------------------------------------------
-    def _update(self, run: Run, epoch: int, current: float,
-                logs: Mapping[str, float]) -> str | None:
-        """Record this epoch; return the reason to stop, or ``None``."""
-        at = f"at epoch {epoch + 1}"
-        finite = math.isfinite(current)
-        if not finite and self.check_finite:
-            return f"{self.monitor} is {current} {at}{self._best_text()}"
-        tracker = self.tracker
-        self.wait += 1
-        # A non-finite value (check_finite=False) is never an improvement, as in Keras; it
-        # counts toward patience, and Prechelt's series skip it.
-        improved = finite and tracker.improves(current, self.best)
-        if improved:
-            self.best, self.best_epoch = current, epoch
-            if self.restore_best_weights:
-                self._keep_weights(run)
-            if self.baseline is None or tracker.improves(current, self.baseline):
-                self.wait = 0
-        if not finite:
-            if self.criterion == "patience" and self.wait >= self.patience and epoch > 0:
-                return (f"patience exhausted {at}: {self.monitor} did not improve for "
-                        f"{self.wait} epoch{'s' if self.wait != 1 else ''} (it is {current})"
-                        f"{self._best_text(';')}")
-            return None
-        if self.stopping_threshold is not None and tracker.better(current,
-                                                                  self.stopping_threshold):
-            return (f"{self.monitor} = {current:.6g} reached the stopping threshold "
-                    f"{self.stopping_threshold:g} {at}")
-        if self.divergence_threshold is not None and tracker.better(self.divergence_threshold,
-                                                                    current):
-            return (f"{self.monitor} = {current:.6g} diverged beyond "
-                    f"{self.divergence_threshold:g} {at}{self._best_text()}")
-        if self.criterion == "patience":
-            if not improved and self.wait >= self.patience and epoch > 0:
-                return (f"patience exhausted {at}: {self.monitor} did not improve for "
-                        f"{self.wait} epoch{'s' if self.wait != 1 else ''}{self._best_text(';')}")
-            return None
-        return self._prechelt(current, logs, at)
-
-    def _prechelt(self, current: float, logs: Mapping[str, float], at: str) -> str | None:
-        best = self.best if self.best is not None else current
-        self._val.append(current)
-        if self.criterion == "gl":
-            gl = F.generalization_loss(current, best)
-            if gl > self.alpha:
-                return (f"generalization loss GL = {gl:.3g}% > {self.alpha:g}% {at}: "
-                        f"{self.monitor} {current:.6g}{self._best_text(' vs')}")
-            return None
-        k = self.strip_length
-        if self.criterion == "pq":
-            train = logs.get(self.train_monitor)
-            if train is None:
-                raise ValueError(f"{type(self).__name__}: criterion 'pq' needs the training error "
-                               f"{self.train_monitor!r} in the logs of every epoch (set "
-                               "train_monitor to a key that is there)")
-            self._train.append(float(train))
-        if len(self._val) % k:
-            return None  # Prechelt evaluates pq and up only at the end of a strip
-        if self.criterion == "pq":
-            pq = F.progress_quotient(current, best, self._train[-k:])
-            if pq > self.alpha:
-                return (f"progress quotient PQ = {pq:.3g} > {self.alpha:g} {at}: "
-                        f"{self.monitor} {current:.6g}{self._best_text(' vs')}")
-            return None
-        previous = self._val[-k - 1] if len(self._val) > k else None
-        self._rising = self._rising + 1 if previous is not None and current > previous else 0
-        if self._rising >= self.strips:
-            return (f"{self.monitor} rose in {self._rising} successive strips of {k} epochs "
-                    f"{at}{self._best_text(';')}")
-        return None
-
-    def _best_text(self, sep: str = ",") -> str:
-        if self.best is None or self.best_epoch is None:
-            return ""
-        return f"{sep} best {self.best:.6g} at epoch {self.best_epoch + 1}"
-
     # -- best weights ----------------------------------------------------------------------
     def _keep_weights(self, run: Run) -> None:
         self._loaded_weights = None
@@ -303,46 +289,81 @@ class EarlyStopping(Plugin):
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Counters, best value and epoch, and the best weights as NumPy arrays."""
+        """The history, the counters read from it, and the best weights as NumPy arrays."""
         weights = self._loaded_weights
         if self._best_weights is not None and self._run is not None:
             weights = self._run.model_state.to_numpy(self._best_weights)
-        return {"monitor": self.monitor, "criterion": self.criterion, "wait": self.wait,
+        history = self.history
+        return {"monitor": self.monitor, "criterion": self.criterion,
+                "criteria": [criterion_name(c) for c in self._main], "wait": self.wait,
                 "mode": self.mode, "best": self.best, "best_epoch": self.best_epoch,
                 "stopped_epoch": self.stopped_epoch, "stop_reason": self.stop_reason,
-                "val": list(self._val), "train": list(self._train), "rising": self._rising,
+                "history": {"epochs": list(history.epochs), "values": list(history.values),
+                            "logs": [dict(entry) for entry in history.logs]},
                 "best_weights": weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue a run from :meth:`state_dict` (before or after training begins)."""
+        """Continue a run from :meth:`state_dict` (before or after training begins). Also
+        reads the state regplug 0.1.0 wrote (counters and Prechelt's series, no history)."""
         for key, mine in (("monitor", self.monitor), ("mode", self.mode),
-                          ("criterion", self.criterion)):
-            if state.get(key, mine) != mine:
+                          ("criterion", self.criterion),
+                          ("criteria", [criterion_name(c) for c in self._main])):
+            theirs = state.get(key, mine)
+            if (list(theirs) if key == "criteria" else theirs) != mine:
                 raise ValueError(f"{self.name}: the checkpoint was written for {key}="
-                                 f"{state[key]!r}, this plugin has {key}={mine!r}")
+                                 f"{theirs!r}, this plugin has {key}={mine!r}")
         weights, snapshot = state.get("best_weights"), None
         if weights is not None and self._training and self._run is not None:
             snapshot = self._run.model_state.from_numpy(weights)  # refuses before any change
+        wait = int(state["wait"])
+        history = (self._history_from(state["history"]) if "history" in state
+                   else self._history_from_0_1(state, wait))
         self._reset()
-        self.wait = int(state["wait"])
-        self.best = None if state["best"] is None else float(state["best"])
-        self.best_epoch = None if state["best_epoch"] is None else int(state["best_epoch"])
+        self.history = history
         self.stopped_epoch = state.get("stopped_epoch")
         self.stop_reason = state.get("stop_reason")
-        self._val = [float(v) for v in state.get("val", [])]
-        self._train = [float(v) for v in state.get("train", [])]
-        self._rising = int(state.get("rising", 0))
         self._best_weights = snapshot
         self._loaded_weights = weights if snapshot is None else None
         self._resumed = not self._training
+
+    def _history_from(self, saved: Mapping[str, Any]) -> MetricHistory:
+        return MetricHistory.of(saved["values"], monitor=self.monitor, mode=self.mode,
+                                min_delta=self.min_delta, epochs=saved["epochs"],
+                                logs=[{str(k): float(v) for k, v in entry.items()}
+                                      for entry in saved["logs"]])
+
+    def _history_from_0_1(self, state: Mapping[str, Any], wait: int) -> MetricHistory:
+        """A history that makes the criteria decide as 0.1.0's counters would: Prechelt's
+        series as saved; for patience, ``best`` then as many non-improving entries as
+        ``wait`` says (best is never beaten by itself)."""
+        best = None if state["best"] is None else float(state["best"])
+        best_epoch = 0 if state["best_epoch"] is None else int(state["best_epoch"])
+        if self.criterion in ("gl", "pq", "up"):
+            values = [float(v) for v in state.get("val", [])]
+            train = [float(v) for v in state.get("train", [])] or [math.nan] * len(values)
+            logs = [{self.train_monitor: t} for t in train]
+        else:
+            restarts = self.baseline is None or (best is not None and self.tracker.improves(
+                best, self.baseline))
+            count = (wait + 1 if restarts else max(wait, 1)) if best is not None else wait
+            values = [math.nan if best is None else best] * count
+            logs = [{} for _ in values]
+        probe = MetricHistory.of(values, monitor=self.monitor, mode=self.mode,
+                                 min_delta=self.min_delta, logs=logs)
+        shift = best_epoch - (probe.best_epoch or 0)
+        return MetricHistory.of(values, monitor=self.monitor, mode=self.mode,
+                                min_delta=self.min_delta, logs=logs,
+                                epochs=[e + shift for e in probe.epochs])
 
     def __repr__(self) -> str:
         args = [f"monitor={self.monitor!r}"]
         if self.criterion == "patience":
             args.append(f"patience={self.patience}")
+        elif self.criterion == "custom":
+            args.append(f"criteria={list(self._main)!r}")
         else:
             args.append(f"criterion={self.criterion!r}")
-            if self.criterion in _DEFAULT_ALPHA:
+            if self.criterion in ("gl", "pq"):
                 args.append(f"alpha={self.alpha:g}")
         for arg in ("min_delta", "baseline", "stopping_threshold", "divergence_threshold"):
             value = getattr(self, arg)
@@ -353,8 +374,47 @@ class EarlyStopping(Plugin):
         return f"EarlyStopping({', '.join(args)})"
 
 
-def _optional_real(owner: str, arg: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    return check_real(owner, arg, value, low=-math.inf)
+def _builtin(criterion: str, given: Mapping[str, Any]) -> StoppingCriterion:
+    """The built-in criterion ``criterion`` names, with the arguments given for it."""
+    args = {k: v for k, v in given.items() if v is not None}
+    if criterion == "patience":
+        return Patience(0 if given["patience"] is None else given["patience"],
+                        baseline=given["baseline"])
+    if criterion == "gl":
+        return GeneralizationLoss(**args)
+    if criterion == "pq":
+        return ProgressQuotient(**args)
+    return RisingStrips(**args)
 
+
+def _refuse_unused(owner: str, criterion: str, given: Mapping[str, Any]) -> None:
+    for arg, used_by in _USED_BY.items():
+        if given[arg] is not None and criterion not in used_by:
+            where = ("with criteria=[...], give it to the criterion in the list"
+                     if criterion == "custom" else f"not {criterion!r}")
+            raise ValueError(f"{owner}: argument {arg!r} applies to criterion "
+                             f"{' or '.join(map(repr, used_by))}, {where}")
+
+
+def _check_criteria(owner: str, criteria: object) -> list[Criterion]:
+    if isinstance(criteria, (str, bytes)) or not isinstance(criteria, Sequence) or not criteria:
+        raise TypeError(f"{owner}: argument 'criteria' must be a non-empty list of stopping "
+                        f"criteria (objects with evaluate(history) -> (stop, reason)), "
+                        f"got {criteria!r}")
+    for each in criteria:
+        if not callable(getattr(each, "evaluate", None)):
+            raise TypeError(f"{owner}: argument 'criteria' holds {each!r}, which has no "
+                            "evaluate(history) -> (stop, reason) method")
+    return list(criteria)
+
+
+@contextmanager
+def _as_argument_of(owner: str) -> Iterator[None]:
+    """A built-in criterion's argument error, named as the plugin's argument it came from."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        head, sep, rest = str(err).partition(": ")
+        if sep and head in _CRITERION_CLASSES:
+            raise type(err)(f"{owner}: {rest}") from None
+        raise
