@@ -8,6 +8,7 @@ import importlib.util
 import pkgutil
 import re
 import shlex
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def _modules() -> list[str]:
 
 
 MODULES = _modules()
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -51,58 +54,152 @@ def test_docstring_examples(name):
     assert result.failed == 0
 
 
-def _python_blocks():
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+# -- every ```python block of README.md and docs/**/*.md -------------------------------------
+# Each block runs alone, in a fresh namespace, with a temporary folder as the working
+# directory, as a reader pastes it: no `regplug` or other name handed in. A block using a
+# class an earlier block of its page defines says so in its first line ("# uses ShrinkHead,
+# ...") and runs after that block. A block that cannot run in a test starts with
+# "# not run by the tests: <reason>" (reported as a skip with its reason; a test keeps them
+# few). A block importing a framework that is not installed is skipped. ```text blocks show
+# output and are not run. docs/plugin-guide.md's blocks run in the guide's own tests below
+# (each after every earlier block defining a plugin class, as the guide reads in order).
+
+OWN_RUNNER = {DOCS / "plugin-guide.md"}
+NOT_RUN = "# not run by the tests:"
+# the optional packages a block may need, by import name
+OPTIONAL = ("torch", "keras", "tensorflow", "jax", "lightning", "pytorch_lightning",
+            "transformers", "accelerate", "optuna", "matplotlib", "sklearn", "mlxtend")
 
 
-@pytest.mark.parametrize("index", range(len(_python_blocks())))
-def test_readme_python_examples_run(index, tmp_path, monkeypatch):
-    """Each block runs alone, in a fresh namespace, as a reader pastes it: no `regplug` or
-    other name handed in. A block using a class an earlier block defines says so in its
-    first line ("# uses ShrinkHead, ...") and runs after that block."""
-    code = _python_blocks()[index]
-    if "torch" in code:
-        pytest.importorskip("torch")
-    if "keras" in code:
-        pytest.importorskip("keras")
-    if "lightning" in code:
-        pytest.importorskip("lightning")
-    if "transformers" in code:
-        pytest.importorskip("transformers")
-    if "optuna" in code:
-        pytest.importorskip("optuna")
+def _pages() -> list[Path]:
+    return [README] + sorted(page for page in DOCS.rglob("*.md") if "_hooks" not in page.parts)
+
+
+def _fenced(page: Path) -> list[tuple[str, str]]:
+    """(info string, body) of each fenced block of a page, in order; indented fences (in a
+    list item) are dedented."""
+    found = re.findall(r"^([ \t]*)```([\w ]*)\n(.*?)^[ \t]*```", page.read_text(), re.S | re.M)
+    return [(info.strip(), textwrap.dedent(indent + body) if indent else body)
+            for indent, info, body in found]
+
+
+def _python_blocks(page: Path = README) -> list[str]:
+    return [body for info, body in _fenced(page) if info == "python"]
+
+
+def _label(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+BLOCKS = [(page, index) for page in _pages() if page not in OWN_RUNNER
+          for index in range(len(_python_blocks(page)))]
+
+
+def _needs(code: str) -> list[str]:
+    """The optional packages a block imports, directly or through an adapter or app."""
+    needs = {name for name in OPTIONAL
+             if re.search(rf"^\s*(import|from)\s+{name}\b", code, re.M)
+             or re.search(rf"regplug\.adapters\.{name}\b", code)
+             or re.search(rf"^\s*from\s+regplug\.adapters\s+import\s.*\b{name}\b", code, re.M)}
+    if re.search(r"\bOptunaPruning\b|regplug\.tune\b", code):
+        needs.add("optuna")
+    return sorted(needs)
+
+
+def _classes(code: str) -> list[str]:
+    return re.findall(r"^class (\w+)", code, re.M)
+
+
+def _run_block(page: Path, index: int, namespace: dict[str, object], done: set[int]) -> None:
+    """Run block ``index`` of ``page`` in ``namespace``, after the earlier blocks whose classes
+    it declares it uses (and theirs), each once."""
+    blocks = _python_blocks(page)
+    code = blocks[index]
+    first = code.splitlines()[0] if code.strip() else ""
+    declared = set(re.findall(r"\w+", first[len("# uses"):])) if first.startswith("# uses") else set()
+    own = set(_classes(code))
+    for earlier in range(index):
+        used = [name for name in _classes(blocks[earlier])
+                if name not in own and re.search(rf"\b{name}\b", code)]
+        for name in used:
+            assert name in declared, (
+                f"{_label(page)}, python block {index + 1} uses {name} from block {earlier + 1} "
+                f"without saying so: start it with '# uses {name}'")
+        if used and earlier not in done:
+            _run_block(page, earlier, namespace, done)
+    exec(compile(code, f"{_label(page)}:python block {index + 1}", "exec"), namespace)
+    done.add(index)
+
+
+def _write_named_files(page: Path, code: str, folder: Path) -> None:
+    """A block reading a file the page shows (a ```toml block starting with '# name.toml')
+    finds it in its working directory."""
+    for info, body in _fenced(page):
+        match = re.match(r"#\s*([\w.-]+\.(?:toml|json|cfg))\s*\n", body)
+        if match and match.group(1) in code:
+            (folder / match.group(1)).write_text(body[match.end():])
+
+
+@pytest.mark.parametrize(("page", "index"), BLOCKS,
+                         ids=[f"{_label(page)}:{index + 1}" for page, index in BLOCKS])
+def test_docs_python_examples_run(page, index, tmp_path, monkeypatch):
+    code = _python_blocks(page)[index]
+    if code.startswith(NOT_RUN):
+        pytest.skip(f"{_label(page)}, python block {index + 1}: "
+                    f"{code.splitlines()[0][2:].strip()}")
+    for name in _needs(code):
+        pytest.importorskip(name)
     monkeypatch.chdir(tmp_path)
-    if "regularization.toml" in code:
-        toml = re.search(r"```toml\n# regularization.toml\n(.*?)```", README.read_text(), re.S)
-        (tmp_path / "regularization.toml").write_text(toml.group(1))
-    namespace: dict[str, object] = {"__name__": "__readme__"}
-    for previous in _python_blocks()[:index]:
-        for name in re.findall(r"^class (\w+)", previous, re.M):
-            if re.search(rf"\b{name}\b", code):
-                assert code.startswith(f"# uses {name}"), (
-                    f"this README block uses {name} from an earlier block without saying so")
-                exec(compile(previous, "README.md", "exec"), namespace)
-    exec(compile(code, "README.md", "exec"), namespace)
+    _write_named_files(page, code, tmp_path)
+    _run_block(page, index, {"__name__": "__docs__"}, set())
 
 
-def test_readme_blocks_import_what_they_use():
+def test_the_docs_blocks_are_found_and_few_are_left_unrun():
+    pages = {page for page, _ in BLOCKS}
+    assert README in pages and len(BLOCKS) >= 10
+    unrun = [(page, code) for page, index in BLOCKS
+             if (code := _python_blocks(page)[index]).startswith(NOT_RUN)]
+    for page, code in unrun:
+        reason = code.splitlines()[0][len(NOT_RUN):].strip()
+        assert len(reason) >= 10, f"{_label(page)}: say why the block is not run: {code[:80]}"
+    assert len(unrun) <= max(2, len(BLOCKS) // 10), [_label(page) for page, _ in unrun]
+
+
+def test_the_docs_blocks_import_what_they_use():
     """The newcomer's NameError: a block writing `regplug.X` must import regplug itself."""
-    for code in _python_blocks():
-        body = "\n".join(line for line in code.splitlines()
-                         if not re.match(r"\s*(from|import) ", line))
-        if re.search(r"(?<![\w.])regplug\.\w", body):
-            assert re.search(r"^import regplug\b", code, re.M), code
+    for page in _pages():
+        if page in OWN_RUNNER:
+            continue  # the guide's blocks run in order, in one namespace (its tests below)
+        for code in _python_blocks(page):
+            body = "\n".join(line for line in code.splitlines()
+                             if not re.match(r"\s*(from|import) ", line))
+            if re.search(r"(?<![\w.])regplug\.\w", body):
+                assert re.search(r"^import regplug\b", code, re.M), f"{_label(page)}: {code}"
 
 
-def test_the_readme_plugin_table_lists_the_hooks_regplug_plugins_lists():
-    from regplug.cli import plugin_listing
+def _plugin_table_page() -> Path:
+    """The page holding the table of built-in plugins and their hooks: the plugins overview
+    once it has it, else the README."""
+    overview = DOCS / "plugins" / "index.md"
+    if overview.exists() and _plugin_table(overview):
+        return overview
+    return README
 
-    listing = {r["name"]: ", ".join(r["hooks"]) for r in plugin_listing() if r["builtin"]}
+
+def _plugin_table(page: Path) -> dict[str, str]:
     table = {}
-    for line in README.read_text().splitlines():
+    for line in page.read_text().splitlines():
         match = re.match(r"\| `(\w+)` \| .*? \| (`on_.*?) \| ", line)
         if match:
             table[match.group(1)] = match.group(2).replace("`", "")
+    return table
+
+
+def test_the_plugin_table_lists_the_hooks_regplug_plugins_lists():
+    from regplug.cli import plugin_listing
+
+    listing = {r["name"]: ", ".join(r["hooks"]) for r in plugin_listing() if r["builtin"]}
+    table = _plugin_table(_plugin_table_page())
     assert table == {name: hooks for name, hooks in listing.items() if name in table}
     assert set(listing) - set(table) == {"overfit_batch"} or set(table) == set(listing)
 
@@ -112,7 +209,6 @@ def test_the_readme_plugin_table_lists_the_hooks_regplug_plugins_lists():
 # plugin class); "python excerpt" blocks must be verbatim parts of the example package's
 # source; the other blocks are checked against what they show.
 
-ROOT = README.parent
 GUIDE = ROOT / "docs" / "plugin-guide.md"
 EXAMPLE = ROOT / "examples" / "regplug-group-lasso"
 

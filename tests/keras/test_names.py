@@ -18,15 +18,18 @@ from regplug import Selection
 from regplug.adapters.keras import Regularize, discover_parameters
 from regplug.plugins import L2
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+# The ShrinkHead example of the README or of the docs pages, wherever it is now.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def readme_shrink_head() -> type:
-    """The README's ``ShrinkHead`` example, run as written."""
-    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-                 if "class ShrinkHead" in b)
+    """The docs' ``ShrinkHead`` example (README.md or docs/), run as written."""
+    page, block = next((page, b) for page in PAGES
+                       for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+                       if "class ShrinkHead" in b)
     namespace: dict[str, Any] = {}
-    exec(compile(block, f"{README}:ShrinkHead", "exec"), namespace)
+    exec(compile(block, f"{page}:ShrinkHead", "exec"), namespace)
     return namespace["ShrinkHead"]
 
 
