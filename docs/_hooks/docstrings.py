@@ -4,7 +4,8 @@ reST forms they use into Markdown before mkdocstrings renders them.
 - roles (``:class:`~regplug.run.Run```) become code spans (`Run`);
 - ``>>>`` examples become ``pycon`` code blocks (not text whose ``[0.1, 0.2]`` reads as a link);
 - literal blocks introduced by ``::`` become code blocks;
-- simple tables (columns under ``====  ====`` rules) become Markdown tables.
+- simple tables (columns under ``====  ====`` rules) become Markdown tables;
+- field lists (``:param name: text``, ``:returns:``, ``:raises X:``) become bullet lists.
 
 Loaded by mkdocs.yml (mkdocstrings' python handler, ``extensions``). The sources are unchanged.
 """
@@ -17,6 +18,9 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:class|func|mod|meth|attr|data|exc|obj|const)(?:\:)?`(~?)([^`]+)`")
+FIELD = re.compile(r"^(\s*):(param|parameter|arg|argument|key|keyword|returns?|raises?|yields?)"
+                   r"(?:\s+([^:]+))?:(?:\s+(.*))?$")
+FIELD_BULLET = re.compile(r"^\s*- \*\*")
 RULE = re.compile(r"^(\s*)(=+)((?:\s+=+)+)\s*$")
 
 
@@ -108,6 +112,24 @@ def to_markdown(text: str) -> str:
             while block and not block[-1].strip():
                 block.pop()
             out += [pad + "```", *(pad + b if b else "" for b in block), pad + "```", ""]
+            continue
+        field = FIELD.match(line)
+        if field:
+            pad, kind, names, text = field.groups()
+            if kind.startswith(("return", "yield")):
+                head = f"**{kind.rstrip('s')}s**"
+            elif kind.startswith("raise"):
+                head = f"**raises** `{(names or '').strip()}`"
+            else:
+                head = ", ".join(f"**`{n.strip()}`**" for n in (names or "").split(","))
+            if out and out[-1].strip() and not FIELD_BULLET.match(out[-1]) \
+                    and not out[-1].startswith(pad + "  "):
+                out.append("")
+            out.append(f"{pad}- {head}: {text or ''}".rstrip())
+            i += 1
+            while i < len(lines) and lines[i].strip() and _indent(lines[i]) > len(pad):
+                out.append(pad + "  " + lines[i].strip())
+                i += 1
             continue
         out.append(line)
         i += 1
