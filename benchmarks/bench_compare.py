@@ -50,7 +50,7 @@ BUDGETS_S: dict[str, float] = {"start-up": 8.0, "torch training": 6.0,
                                "keras training": 26.0, "figures, MC toy, report": 8.0,
                                "rest": 2.0}
 #: What the default run imports, in the order it imports them.
-IMPORTS = ("regplug.cli", "regplug.compare.cli", "regplug.data",
+IMPORTS = ("regplug.cli", "regplug.compare.cli", "regplug.experiment.loaders",
            "regplug.adapters.torch.compare", "regplug.adapters.keras.compare",
            "regplug.compare.plots", "regplug.compare.report")
 
@@ -118,14 +118,14 @@ def _timed_compare(argv: list[str]) -> dict[str, Any]:
     """``regplug compare ARGV`` in this process, with its phases timed (the subprocess side)."""
     clock = _Clock()
     from regplug import cli
-    from regplug.compare import plots, runner
-    from regplug.compare.frameworks import get_runner
+    from regplug.compare import comparison, plots
+    from regplug.experiment.frameworks import get_runner
 
     def timed_runner(name: str) -> Any:
         return _TimedRunner(get_runner(name), clock)
 
-    runner.get_runner = timed_runner  # type: ignore[attr-defined]  # run_compare's name for it
-    runner.write_outputs = clock.timed("figures, MC toy, report", runner.write_outputs)
+    comparison.get_runner = timed_runner  # type: ignore[attr-defined]  # run_compare's name for it
+    comparison.write_outputs = clock.timed("figures, MC toy, report", comparison.write_outputs)
     for name in dir(plots):
         if name.startswith("plot_"):
             setattr(plots, name, clock.timed("figures", getattr(plots, name)))
@@ -198,10 +198,10 @@ def _keras_fit_row(quick: bool) -> Result:
     import keras
 
     from regplug.adapters.keras import compare as keras_compare
-    from regplug.compare import TrainSettings
-    from regplug.compare.datasets import resolve_data, split_validation
-    from regplug.compare.models import resolve_model
-    from regplug.compare.strategies import BUILTIN_STRATEGIES
+    from regplug.experiment import TrainSettings
+    from regplug.experiment.datasets import resolve_data, split_validation
+    from regplug.experiment.models import resolve_model
+    from regplug.experiment.strategies import BUILTIN_STRATEGIES
 
     if keras.backend.backend() != "tensorflow":
         raise ImportError(f"the pipelines serve the TensorFlow backend, not "

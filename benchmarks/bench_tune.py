@@ -97,9 +97,9 @@ class _Setup:
 
     @classmethod
     def build(cls, epochs: int, data: str = "digits") -> _Setup:
-        from regplug.compare.datasets import resolve_data, split_validation
-        from regplug.compare.frameworks import TrainSettings, get_runner
-        from regplug.compare.models import resolve_model
+        from regplug.experiment.datasets import resolve_data, split_validation
+        from regplug.experiment.frameworks import TrainSettings, get_runner
+        from regplug.experiment.models import resolve_model
         from regplug.tune.search import Objective
 
         splits = split_validation(resolve_data(data, seed=0), seed=0)
@@ -108,7 +108,7 @@ class _Setup:
 
     def search(self, sampler: str, pruner: str, seed: int, trials: int,
                warmup: int = 0) -> _SearchRun:
-        from regplug.compare.strategies import BUILTIN_STRATEGIES
+        from regplug.experiment.strategies import BUILTIN_STRATEGIES
         from regplug.tune.search import Search
         from regplug.tune.spaces import strategy_space
 
@@ -124,7 +124,7 @@ class _Setup:
     def seed_values(self, tuned: Any, seeds: int) -> list[float]:
         """The objective of strategy ``tuned`` trained with training seeds 0, 1, ... (the
         split unchanged); seed 0 is the searches' own training."""
-        from regplug.compare.runner import restored_epoch
+        from regplug.experiment.training import restored_epoch
 
         values = []
         for k in range(seeds):

@@ -1,6 +1,6 @@
 """The Keras side of ``regplug compare``: ``model.fit`` with one :class:`Regularize` callback.
 
-The same hyper-parameters as the PyTorch runner (:class:`regplug.compare.TrainSettings`):
+The same hyper-parameters as the PyTorch runner (:class:`regplug.experiment.TrainSettings`):
 SGD with momentum, cross-entropy on logits, Keras' default Glorot-uniform weights and zero
 biases. Validation runs through ``fit``'s ``validation_data``, so ``val_loss`` includes the
 penalties, as it does with Keras' own regularizers. Runs on whichever Keras backend is
@@ -26,12 +26,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from regplug.compare.datasets import Splits
-from regplug.compare.frameworks import EpochCallback, TrainSettings
-from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec
-from regplug.compare.results import TrainOutcome, WeightArray
-from regplug.compare.strategies import Strategy
-from regplug.compare.toy import (
+from regplug.experiment.datasets import Splits
+from regplug.experiment.frameworks import EpochCallback, TrainSettings
+from regplug.experiment.models import FactoryCheck, ModelChoice, ModelSpec
+from regplug.experiment.strategies import Strategy
+from regplug.experiment.toy import (
     TOY_DROPOUT,
     TOY_EPOCHS,
     TOY_HIDDEN,
@@ -39,6 +38,7 @@ from regplug.compare.toy import (
     TOY_SAMPLES,
     RegressionToy,
 )
+from regplug.experiment.training import TrainOutcome, WeightArray
 from regplug.uncertainty import MCPrediction
 
 from .callback import Regularize
@@ -307,7 +307,7 @@ def mc_dropout(toy: RegressionToy, *, seed: int = 0) -> MCPrediction:
 
 class KerasRunner:
     """The Keras runner of ``regplug compare``
-    (:class:`regplug.compare.frameworks.FrameworkRunner`), registered as entry point
+    (:class:`regplug.experiment.frameworks.FrameworkRunner`), registered as entry point
     ``keras`` of group ``regplug.frameworks``."""
 
     name = "keras"

@@ -2,7 +2,7 @@
 
 The loop is the one the README shows — ``attach``, ``reg.loss``, ``reg.epoch_end`` — so it
 doubles as a complete example. Hyper-parameters come from
-:class:`regplug.compare.TrainSettings`, identical to the Keras runner's: SGD with momentum,
+:class:`regplug.experiment.TrainSettings`, identical to the Keras runner's: SGD with momentum,
 cross-entropy on logits, Glorot-uniform weights and zero biases (Keras' defaults, so both
 frameworks start from the same kind of network), batch normalization with Keras' momentum
 and epsilon.
@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from regplug.compare.datasets import Splits
-from regplug.compare.frameworks import EpochCallback, TrainSettings
-from regplug.compare.models import FactoryCheck, ModelChoice, ModelSpec
-from regplug.compare.results import TrainOutcome, WeightArray
-from regplug.compare.strategies import Strategy
-from regplug.compare.toy import (
+from regplug.experiment.datasets import Splits
+from regplug.experiment.frameworks import EpochCallback, TrainSettings
+from regplug.experiment.models import FactoryCheck, ModelChoice, ModelSpec
+from regplug.experiment.strategies import Strategy
+from regplug.experiment.toy import (
     TOY_DROPOUT,
     TOY_EPOCHS,
     TOY_HIDDEN,
@@ -32,6 +31,7 @@ from regplug.compare.toy import (
     TOY_SAMPLES,
     RegressionToy,
 )
+from regplug.experiment.training import TrainOutcome, WeightArray
 from regplug.uncertainty import MCPrediction
 
 from .discovery import SCHEDULABLE_DROPOUT_TYPES, is_batch_norm
@@ -140,7 +140,7 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Mo
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """SGD with momentum, as :class:`regplug.compare.TrainSettings` describes (Keras' update)."""
+    """SGD with momentum, as :class:`regplug.experiment.TrainSettings` describes (Keras' update)."""
     return torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
                            momentum=settings.momentum)
 
@@ -255,7 +255,7 @@ def mc_dropout(toy: RegressionToy, *, seed: int = 0) -> MCPrediction:
 
 class TorchRunner:
     """The PyTorch runner of ``regplug compare``
-    (:class:`regplug.compare.frameworks.FrameworkRunner`), registered as entry point
+    (:class:`regplug.experiment.frameworks.FrameworkRunner`), registered as entry point
     ``torch`` of group ``regplug.frameworks``."""
 
     name = "torch"

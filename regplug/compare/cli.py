@@ -10,10 +10,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arguments import SEED_MAX, add_training_arguments, positive_int, seed
+from ..experiment.arguments import SEED_MAX, add_training_arguments, positive_int, seed
 
 if TYPE_CHECKING:
-    from .frameworks import TrainSettings
+    from ..experiment.frameworks import TrainSettings
 
 __all__ = ["add_compare_parser", "cmd_compare", "cmd_demo"]
 
@@ -49,7 +49,7 @@ A --config file defines strategies by plugin name and arguments (third-party plu
 
 def add_compare_parser(sub: Any) -> None:
     """Add ``compare`` and its deprecated alias ``demo`` to the ``regplug`` subcommands."""
-    from .runner import TrainSettings
+    from ..experiment.frameworks import TrainSettings
 
     defaults = TrainSettings()
     p = sub.add_parser(
@@ -113,8 +113,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _list(custom: dict[str, Any]) -> int:
-    from .models import BUILTIN_MODELS
-    from .strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES
+    from ..experiment.models import BUILTIN_MODELS
+    from ..experiment.strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES
 
     print("strategies (* = in the default run):")
     for name, strategy in {**BUILTIN_STRATEGIES, **custom}.items():
@@ -124,20 +124,20 @@ def _list(custom: dict[str, Any]) -> int:
     print("models:")
     for name, model in BUILTIN_MODELS.items():
         print(f"    {name:<24}{model.describe()}")
-    print("    module:factory          your own (see regplug.compare.ModelSpec)")
+    print("    module:factory          your own (see regplug.experiment.ModelSpec)")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Resolve everything a mistake could be in, then train, print and write."""
-    from .datasets import BUNDLED_DATA, splits_per_seed
-    from .frameworks import TrainSettings, get_runner
-    from .models import resolve_model
-    from .output import StagedOutput, exit_cleanly_on_sigterm
+    from ..experiment.datasets import BUNDLED_DATA, splits_per_seed
+    from ..experiment.frameworks import TrainSettings, get_runner
+    from ..experiment.models import resolve_model
+    from ..experiment.output import StagedOutput, exit_cleanly_on_sigterm
+    from ..experiment.strategies import load_strategies, select_strategies
+    from .comparison import run_compare
     from .progress import Progress
     from .results import baseline_statement, format_summary_table, format_table, summarize
-    from .runner import run_compare
-    from .strategies import load_strategies, select_strategies
 
     # Everything a mistake could be in is checked before a framework is imported (seconds).
     custom = load_strategies(args.config) if args.config else {}
@@ -211,7 +211,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _describe_training(settings: TrainSettings, seeds: int) -> str:
     """:meth:`TrainSettings.describe`, with the range of seeds when there are several.
 
-    >>> from regplug.compare.frameworks import TrainSettings
+    >>> from regplug.experiment.frameworks import TrainSettings
     >>> _describe_training(TrainSettings(seed=3), 4)
     'SGD(lr=0.05, momentum=0.9), batch 128, 30 epochs, seeds 3 to 6 (4 runs per strategy)'
     """

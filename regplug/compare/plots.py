@@ -13,18 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..experiment.reporting import new_figure, save_figure
+
 if TYPE_CHECKING:
+    from ..experiment.strategies import Strategy
+    from ..experiment.toy import RegressionToy
     from ..uncertainty import MCPrediction
     from .results import StrategyResult, StrategySummary
-    from .strategies import Strategy
-    from .toy import RegressionToy
 
 __all__ = ["plot_loss_curves", "plot_weight_histograms", "plot_uncertainty", "draw_loss_curves",
            "loss_curves_caption", "curve_band", "plot_seed_spread", "draw_seed_spread",
            "seed_spread_caption",
            "draw_weight_histograms", "draw_uncertainty", "weight_strategies",
            "weight_histogram_caption", "uncertainty_by_region", "uncertainty_caption",
-           "WEIGHT_HOOKS", "MAX_WEIGHT_PANELS", "new_figure", "save_figure"]
+           "WEIGHT_HOOKS", "MAX_WEIGHT_PANELS"]
 
 #: A strategy whose plugins implement one of these hooks penalizes or changes the weights
 #: (a penalty in the loss; decoupled decay before the update; a proximal step or a norm
@@ -35,25 +37,6 @@ MAX_WEIGHT_PANELS = 8
 #: Panel colours, one per strategy shown, in order (matplotlib's tab10 without grey).
 _COLOURS = ("#9d8ec7", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#8c564b", "#e377c2",
             "#17becf", "#bcbd22")
-
-
-def new_figure(width: float, height: float) -> Any:
-    """A matplotlib ``Figure`` of ``width`` x ``height`` inches (100 dpi, constrained layout)
-    on its own Agg canvas: no ``pyplot``, so no global state changes."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError("the plots need matplotlib: pip install 'regplug[plots]'") from err
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Write ``fig`` to ``path`` as a PNG; returns ``path``."""
-    fig.savefig(path, format="png")
-    return path
 
 
 def plot_loss_curves(results: Sequence[StrategyResult], path: Path, *, title: str) -> Path:
@@ -258,7 +241,7 @@ def weight_strategies(strategies: Sequence[Strategy], *, limit: int = MAX_WEIGHT
     :data:`WEIGHT_HOOKS` — built-in, from ``--config`` or third-party alike — in the order
     given, at most ``limit`` in all.
 
-    >>> from regplug.compare import BUILTIN_STRATEGIES as B
+    >>> from regplug.experiment import BUILTIN_STRATEGIES as B
     >>> weight_strategies([B[n] for n in ("none", "l2", "dropout", "early_stopping", "max_norm")])
     (['none', 'l2', 'max_norm'], [])
     """
@@ -354,7 +337,7 @@ def uncertainty_by_region(toy: RegressionToy, prediction: MCPrediction) -> dict[
     """The mean standard deviation of the predictions where the training data lie
     (``data``), in the gap between their two intervals (``gap``) and beyond them
     (``beyond``): what the uncertainty figure's caption states."""
-    from .toy import TOY_INTERVALS
+    from ..experiment.toy import TOY_INTERVALS
 
     x, std = toy.x_grid.ravel(), np.asarray(prediction.std, dtype=np.float64).ravel()
     (a, b), (c, d) = TOY_INTERVALS
@@ -400,7 +383,7 @@ def draw_uncertainty(toy: RegressionToy, prediction: MCPrediction, *, title: str
     """MC-dropout prediction on the 1-D toy: the data, the mean, and mean ± 1 and 2 std
     (top), and the standard deviation itself with its mean per region (bottom); the gap
     between the training intervals is shaded in both. Returns the matplotlib figure."""
-    from .toy import TOY_INTERVALS
+    from ..experiment.toy import TOY_INTERVALS
 
     fig = new_figure(7.0, 5.6)
     ax, low = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..experiment.reporting import REPORT_STYLE
 from .results import (
     COLUMNS,
     SUMMARY_COLUMNS,
@@ -21,25 +22,7 @@ from .results import (
     summary_cells,
 )
 
-__all__ = ["write_report", "REPORT_STYLE"]
-
-#: The pages' CSS (``regplug compare``'s and ``regplug tune``'s reports).
-REPORT_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #222; }
-table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }
-th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
-td.desc { text-align: left; color: #555; }
-th:last-child { text-align: left; }
-table.summary td:nth-last-child(-n+3), table.summary th:nth-last-child(-n+3) {
-  text-align: left; }
-p.test { font-size: 14px; color: #333; }
-figure { margin: 1.5em 0; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 14px; }
-code { background: #f4f4f4; padding: 0 3px; }
-"""
+__all__ = ["write_report"]
 
 
 def _cell(value: Any, fmt: str) -> str:

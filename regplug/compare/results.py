@@ -19,63 +19,19 @@ from typing import Any
 import numpy as np
 
 from ..clock import EpochClock, Wording
+from ..experiment.reporting import csv_text, json_safe
+from ..experiment.training import TrainOutcome, WeightArray
 from ..hookspecs import implemented_hooks
 from ..manager import PluginManager
 from ..numpy_ops import NumpyOps
 from ..penalty import check_penalties
 from ..run import ParamHandle, Run
 
-__all__ = ["WeightArray", "TrainOutcome", "StrategyResult", "COLUMNS", "format_table",
+__all__ = ["StrategyResult", "COLUMNS", "format_table",
            "Spread", "BaselineTest", "StrategySummary", "summarize", "baseline_statement",
            "format_summary_table", "summary_cells", "write_summary_csv", "BASELINE",
            "TESTED_METRICS", "ALPHA", "MIN_TEST_SEEDS", "SUMMARY_COLUMNS",
-           "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result", "csv_text",
-           "json_safe"]
-
-
-@dataclass(frozen=True, eq=False)
-class WeightArray:
-    """One trainable parameter at the end of training, as a NumPy array.
-
-    ``name``, ``kind``, ``layer_type``, ``unit_axis`` and ``native_name`` are those the
-    framework's adapter gave the parameter (see :class:`regplug.ParamHandle`), so plugin
-    selections mean the same here.
-    """
-
-    name: str
-    kind: str
-    layer_type: str
-    unit_axis: int | None
-    array: np.ndarray
-    native_name: str = ""
-
-
-@dataclass(eq=False)
-class TrainOutcome:
-    """What a framework's runner returns for one strategy.
-
-    :param history: per-epoch values: ``loss``/``val_loss`` (the training objective,
-        penalties included, as the framework reports it), ``cross_entropy`` /
-        ``val_cross_entropy`` (the data term alone), ``accuracy``/``val_accuracy``, and each
-        penalty under its log name.
-    :param acc_train, acc_test: accuracies of the final model (after early stopping restored
-        its best weights) on the training and the test rows, in inference mode.
-    :param weights: every trainable parameter at the end.
-    :param steps: optimizer updates done.
-    :param stop_reason: why a plugin stopped training early, else ``None``.
-    """
-
-    history: dict[str, list[float]]
-    acc_train: float
-    acc_test: float
-    weights: list[WeightArray]
-    steps: int
-    seconds: float
-    stop_reason: str | None = None
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history.get("loss", ()))
+           "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result"]
 
 
 @dataclass(eq=False)
@@ -228,20 +184,6 @@ def _plain_cell(value: Any) -> Any:
     return csv_text(value) if isinstance(value, str) else _plain(value)
 
 
-#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_text(text: str) -> str:
-    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading
-    single quote (the OWASP rule); any other text is unchanged.
-
-    >>> print(csv_text("=1+2"), csv_text("-x"), csv_text("L2, 1e-4"))
-    '=1+2 '-x L2, 1e-4
-    """
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
-
-
 def write_json(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
                *, extra: Mapping[str, Any] | None = None) -> None:
     """The settings, every row and its per-epoch history (NaN written as ``null``)."""
@@ -254,24 +196,6 @@ def write_json(path: Path, results: Sequence[StrategyResult], settings: Mapping[
 def _plain(value: Any) -> Any:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else repr(value)
-    return value
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with what JSON cannot hold made plain: NaN and infinities as ``None``, NumPy
-    scalars as Python numbers, tuples as lists, mapping keys as strings.
-
-    >>> json_safe({1: (float("nan"), np.float32(0.5)), "x": float("inf")})
-    {'1': [None, 0.5], 'x': None}
-    """
-    if isinstance(value, float):
-        return None if not math.isfinite(value) else value
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
     return value
 
 

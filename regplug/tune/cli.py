@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..compare.arguments import (
+from ..experiment.arguments import (
     add_training_arguments,
     non_negative_int,
     positive_float,
@@ -26,7 +26,7 @@ from ..compare.arguments import (
 )
 
 if TYPE_CHECKING:
-    from ..compare.strategies import Strategy
+    from ..experiment.strategies import Strategy
     from .search import BestSetting, Objective, RoundRobin, Search, TrialRecord
     from .spaces import StrategySpace, TuneConfig
 
@@ -90,7 +90,7 @@ def _grid_points(text: str) -> int:
 
 def add_tune_parser(sub: Any) -> None:
     """Add ``tune`` to the ``regplug`` subcommands."""
-    from ..compare.frameworks import TrainSettings
+    from ..experiment.frameworks import TrainSettings
     from .search import OBJECTIVES, PRUNERS, SAMPLERS
 
     defaults = TrainSettings()
@@ -175,7 +175,7 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
     the command line (or written in the config, without --strategies) must have something
     to tune; ``default``, ``all`` and the default selection stand for their members that
     have, and a note names the ones left out."""
-    from ..compare.strategies import BUILTIN_STRATEGIES, select_strategies
+    from ..experiment.strategies import BUILTIN_STRATEGIES, select_strategies
     from .search import SearchError
     from .spaces import strategy_space, untunable_error
 
@@ -220,10 +220,10 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Check everything a mistake could be in, then search, print and write."""
-    from ..compare.datasets import load_splits
-    from ..compare.frameworks import TrainSettings, get_runner
-    from ..compare.models import resolve_model
-    from ..compare.output import StagedOutput, exit_cleanly_on_sigterm
+    from ..experiment.datasets import load_splits
+    from ..experiment.frameworks import TrainSettings, get_runner
+    from ..experiment.models import resolve_model
+    from ..experiment.output import StagedOutput, exit_cleanly_on_sigterm
     from .search import (
         Objective,
         Search,
@@ -370,7 +370,7 @@ def check_storage_outside_out(url: str, out: str) -> None:
 
 @contextlib.contextmanager
 def _interrupts_unmasked() -> Iterator[None]:
-    """Re-raise a Ctrl-C or SIGTERM (:class:`~regplug.compare.output.Terminated`) that
+    """Re-raise a Ctrl-C or SIGTERM (:class:`~regplug.experiment.output.Terminated`) that
     Optuna masked: one arriving while it records a trial's result makes Optuna 5's
     ``_run_trial`` raise ``UnboundLocalError`` from its ``finally`` block instead."""
     try:

@@ -1,7 +1,7 @@
 """What ``regplug tune --out`` writes besides figures and report: ``trials.csv``,
 ``best.toml`` (a strategies file ``regplug compare --config`` reads) and ``results.json``.
 
->>> from regplug.compare.strategies import Strategy
+>>> from regplug.experiment.strategies import Strategy
 >>> tuned = Strategy("l2_tuned", plugins=({"name": "l2", "l2": 0.000123},))
 >>> print(strategy_toml(tuned, comment="val_cross_entropy 0.0812 at trial 3"), end="")
 # val_cross_entropy 0.0812 at trial 3
@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compare.results import csv_text, json_safe
-from ..compare.strategies import Strategy
+from ..experiment.reporting import csv_text, json_safe
+from ..experiment.strategies import Strategy
 from .search import TrialRecord
 
 __all__ = ["TUNED_SUFFIX", "tuned_name", "toml_value", "strategy_toml", "write_trials_csv",
@@ -116,8 +116,8 @@ def write_trials_csv(path: Path, records: Sequence[TrialRecord], parameters: Seq
                      metric: str) -> None:
     """Every trial, one row each: strategy, number, state, each parameter (empty where a
     strategy has no such parameter), the objective (for a pruned trial its last reported
-    value), epochs, seconds, pruned epoch and error. Text cells go through compare's
-    formula-injection guard (:func:`regplug.compare.results.csv_text`)."""
+    value), epochs, seconds, pruned epoch and error. Text cells go through the
+    formula-injection guard (:func:`regplug.experiment.reporting.csv_text`)."""
     head, tail = CSV_FIELDS
     fields = [*head, *parameters, metric, *tail]
     with path.open("w", newline="", encoding="utf-8") as fh:

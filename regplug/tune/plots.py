@@ -1,5 +1,5 @@
 """The search's figures, as PNG files, drawn on matplotlib's Agg canvas (no ``pyplot``, as
-:mod:`regplug.compare.plots` does): the objective against each searched parameter, and the
+:mod:`regplug.experiment.reporting`): the objective against each searched parameter, and the
 objective per trial with the best so far.
 
 Complete trials are filled dots; pruned ones grey crosses at the last value they reported
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compare.plots import new_figure, save_figure
+from ..experiment.reporting import new_figure, save_figure
 from ..space import Choice
 from .search import Objective, TrialRecord
 from .spaces import StrategySpace

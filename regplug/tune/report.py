@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..compare.report import REPORT_STYLE
+from ..experiment.reporting import REPORT_STYLE
 
 __all__ = ["write_report"]
 

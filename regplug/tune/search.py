@@ -1,5 +1,5 @@
 """The search: one Optuna study per strategy, driven round-robin, each trial trained by a
-framework's runner (:class:`~regplug.compare.frameworks.FrameworkRunner`).
+framework's runner (:class:`~regplug.experiment.frameworks.FrameworkRunner`).
 
 A trial suggests the strategy's parameters (:mod:`.spaces`), builds its plugins, appends an
 :class:`~regplug.plugins.OptunaPruning` that reports the objective's metric after every
@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ..compare.datasets import Splits
-from ..compare.frameworks import FrameworkRunner, TrainSettings
-from ..compare.models import ModelChoice, ModelError
-from ..compare.runner import restored_epoch
 from ..errors import RegplugError
+from ..experiment.datasets import Splits
+from ..experiment.frameworks import FrameworkRunner, TrainSettings
+from ..experiment.models import ModelChoice, ModelError
+from ..experiment.training import restored_epoch, train_strategy
 from ..space import Choice, FloatRange, apply_value
 from .spaces import Parameter, StrategySpace
 
@@ -650,10 +650,8 @@ class Search:
     def train(self, strategy: Any, extra: Sequence[object] = ()) -> tuple[Any, list[object]]:
         """Train ``strategy`` with the runner (``extra`` plugins appended): the outcome and
         the strategy's own plugins (to ask which epoch's weights they restored)."""
-        plugins = strategy.build_plugins()
-        outcome = self.runner.train_strategy(self.splits, strategy, [*plugins, *extra],
-                                             self.model, self.settings)
-        return outcome, plugins
+        return train_strategy(self.runner, strategy, self.splits, self.model, self.settings,
+                              extra=extra)
 
     def _objective(self, entry: StrategyStudy) -> Callable[[Any], float]:
         from ..plugins import OptunaPruning

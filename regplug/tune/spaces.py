@@ -6,7 +6,7 @@ or extended by a config's ``[tune.<plugin name>]`` tables; the strategy's own dr
 searched over :data:`DEFAULT_DROPOUT_RANGE` unless ``[tune.model]`` says otherwise. Nothing
 here imports Optuna or a framework, so every mistake is found before any training.
 
->>> from regplug.compare.strategies import BUILTIN_STRATEGIES as B
+>>> from regplug.experiment.strategies import BUILTIN_STRATEGIES as B
 >>> space = strategy_space(B["batch_norm_dropout"])
 >>> [(p.name, p.space.describe()) for p in space.parameters]
 [('model.dropout', '0.0 .. 0.7')]
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..compare.strategies import Strategy, strategies_from_tables
 from ..configfile import ConfigError, describe_value, read_toml
+from ..experiment.strategies import Strategy, strategies_from_tables
 from ..registry import available_plugins
 from ..space import (
     Choice,

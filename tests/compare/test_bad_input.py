@@ -62,7 +62,7 @@ def test_digits_without_scikit_learn_is_the_same_one_line_error_in_compare_and_t
 
 def test_a_function_s_data_is_read_once_and_each_seed_splits_its_training_rows(
         tmp_path, monkeypatch):
-    from regplug.compare.datasets import splits_per_seed
+    from regplug.experiment.datasets import splits_per_seed
 
     monkeypatch.syspath_prepend(str(tmp_path))
     module = write_module(tmp_path, "blobs_once", """
@@ -212,7 +212,7 @@ def test_a_torch_model_with_nothing_to_train_is_a_one_line_error(tmp_path, capsy
 def test_a_keras_model_with_every_layer_frozen_is_named_with_model_and_strategy():
     keras = pytest.importorskip("keras")
     from regplug.adapters.keras.compare import build_model
-    from regplug.compare.models import ModelChoice, ModelError, ModelSpec
+    from regplug.experiment.models import ModelChoice, ModelError, ModelSpec
 
     def factory(spec):
         return keras.Sequential([keras.Input((spec.n_features,)),
@@ -256,7 +256,7 @@ def test_a_description_that_starts_like_a_formula_is_text_in_csv_and_exact_in_js
 
 @given(st.text(max_size=20))
 def test_no_csv_text_cell_starts_like_a_formula(text):
-    from regplug.compare.results import FORMULA_STARTS, csv_text
+    from regplug.experiment.reporting import FORMULA_STARTS, csv_text
 
     cell = csv_text(text)
     assert not cell.startswith(FORMULA_STARTS)

@@ -18,20 +18,20 @@ import numpy as np
 import pytest
 from _compare_cli import TABLE_COLUMNS, assert_one_line_error, run_cli, table_rows
 
-from regplug.compare import (
+from regplug.compare.results import (
+    StrategyResult,
+    final_penalty,
+    format_table,
+    zero_fraction,
+)
+from regplug.experiment import (
     BUILTIN_STRATEGIES,
     DEFAULT_STRATEGIES,
     load_strategies,
     select_strategies,
 )
-from regplug.compare.results import (
-    StrategyResult,
-    WeightArray,
-    final_penalty,
-    format_table,
-    zero_fraction,
-)
-from regplug.compare.strategies import StrategyError
+from regplug.experiment.strategies import StrategyError
+from regplug.experiment.training import WeightArray
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -344,7 +344,7 @@ def test_rerun_into_the_same_out_replaces_the_earlier_result(tmp_path, capsys):
 
 @torch_needed
 def test_a_failure_while_training_leaves_no_result_behind(tmp_path, capsys, monkeypatch):
-    from regplug.compare import get_runner
+    from regplug.experiment import get_runner
 
     runner = get_runner("torch")
     calls = []

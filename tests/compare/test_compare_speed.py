@@ -20,11 +20,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from regplug.compare import TrainSettings
-from regplug.compare.datasets import Splits, resolve_data, split_validation
-from regplug.compare.models import resolve_model
-from regplug.compare.results import TrainOutcome
-from regplug.compare.strategies import BUILTIN_STRATEGIES, Strategy
+from regplug.experiment import TrainSettings
+from regplug.experiment.datasets import Splits, resolve_data, split_validation
+from regplug.experiment.models import resolve_model
+from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
+from regplug.experiment.training import TrainOutcome
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("sklearn")

@@ -15,10 +15,12 @@ pytest.importorskip("matplotlib")
 
 from _compare_cli import run_cli
 
-from regplug.compare import BUILTIN_STRATEGIES, load_strategies, plots
+from regplug.compare import plots
 from regplug.compare.report import write_report
-from regplug.compare.results import StrategyResult, WeightArray
-from regplug.compare.toy import TOY_INTERVALS, regression_toy
+from regplug.compare.results import StrategyResult
+from regplug.experiment import BUILTIN_STRATEGIES, load_strategies
+from regplug.experiment.toy import TOY_INTERVALS, regression_toy
+from regplug.experiment.training import WeightArray
 from regplug.uncertainty import summarize
 
 

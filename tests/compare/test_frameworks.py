@@ -1,4 +1,4 @@
-"""regplug.compare.frameworks: the FrameworkRunner protocol and the registry of runners
+"""regplug.experiment.frameworks: the FrameworkRunner protocol and the registry of runners
 (entry points of group ``regplug.frameworks``, and runners registered in code); and that the
 framework-neutral package never imports an adapter itself."""
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import regplug
-from regplug.compare import frameworks
-from regplug.compare.frameworks import (
+from regplug.errors import RegplugError
+from regplug.experiment import frameworks
+from regplug.experiment.frameworks import (
     ENTRY_POINT_GROUP,
     FrameworkRunner,
     FrameworkUnavailable,
@@ -22,7 +23,6 @@ from regplug.compare.frameworks import (
     get_runner,
     register_runner,
 )
-from regplug.errors import RegplugError
 
 
 @pytest.fixture
@@ -187,8 +187,9 @@ def test_an_unknown_frameworks_import_failure_names_its_entry_point(registry, mo
 # -- the dependency points one way ----------------------------------------------------------
 def test_importing_regplug_compare_imports_no_adapter_module(tmp_path):
     code = ("import sys\n"
-            "import regplug.compare, regplug.compare.cli, regplug.compare.runner\n"
-            "import regplug.compare.frameworks as f\n"
+            "import regplug.compare, regplug.compare.cli, regplug.compare.comparison\n"
+            "import regplug.experiment, regplug.experiment.training, regplug.tune.cli\n"
+            "import regplug.experiment.frameworks as f\n"
             "f.framework_names()\n"
             "loaded = sorted(m for m in sys.modules if m.startswith('regplug.adapters'))\n"
             "assert not loaded, loaded\n"

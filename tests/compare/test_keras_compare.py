@@ -102,8 +102,8 @@ def test_torch_and_keras_runners_train_the_same_network_the_same_way():
 
     from regplug.adapters.keras import compare as keras_compare
     from regplug.adapters.torch import compare as torch_compare
-    from regplug.compare import ModelSpec, TrainSettings
-    from regplug.data import load_digits
+    from regplug.experiment import ModelSpec, TrainSettings
+    from regplug.experiment.loaders import load_digits
 
     settings = TrainSettings()
     keras.utils.set_random_seed(1)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from _compare_cli import assert_one_line_error, run_cli
 
-from regplug.compare.output import MANIFEST, OutputError, StagedOutput
+from regplug.experiment.output import MANIFEST, OutputError, StagedOutput
 
 
 def user_files(folder: Path) -> dict[str, str]:
@@ -164,7 +164,7 @@ _SLOW_RUN = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from regplug import cli
-    from regplug.compare.frameworks import register_runner
+    from regplug.experiment.frameworks import register_runner
 
     class SlowRunner:  # stands in for torch: trains "forever" once the staging folder exists
         name = "torch"
@@ -207,7 +207,7 @@ def test_sigterm_during_a_run_removes_the_staging_folder_and_exits_143(tmp_path)
 
 
 def test_the_sigterm_handler_is_only_ours_while_a_run_lasts():
-    from regplug.compare.output import Terminated, exit_cleanly_on_sigterm
+    from regplug.experiment.output import Terminated, exit_cleanly_on_sigterm
 
     def terminate_self() -> None:
         with exit_cleanly_on_sigterm():

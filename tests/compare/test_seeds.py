@@ -195,7 +195,7 @@ def test_three_seeds_write_paired_runs_and_a_summary_that_agree(tmp_path, capsys
 @torch_needed
 def test_run_i_of_every_strategy_uses_seed_i_for_data_and_training(tmp_path, capsys,
                                                                     monkeypatch):
-    from regplug.compare import get_runner
+    from regplug.experiment import get_runner
 
     runner = get_runner("torch")
     original = runner.train_strategy
@@ -229,7 +229,7 @@ def test_run_i_of_every_strategy_uses_seed_i_for_data_and_training(tmp_path, cap
 @torch_needed
 def test_a_file_s_test_rows_stay_and_only_the_validation_split_changes(tmp_path, capsys,
                                                                        monkeypatch):
-    from regplug.compare import get_runner
+    from regplug.experiment import get_runner
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 160)

@@ -120,7 +120,7 @@ def test_plugins_mentions_disabled_discovery(capsys, monkeypatch):
 def test_demo_is_a_deprecated_alias_of_compare_on_torch(capsys):
     pytest.importorskip("sklearn")
     pytest.importorskip("torch")
-    from regplug.compare import DEFAULT_STRATEGIES
+    from regplug.experiment import DEFAULT_STRATEGIES
 
     assert cli.main(["demo", "--epochs", "1", "--seed", "3"]) == 0
     captured = capsys.readouterr()

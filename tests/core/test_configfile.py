@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 import regplug
 from regplug.builtins import BUILTIN_PLUGINS
 from regplug.cli import main
-from regplug.compare.strategies import StrategyError, load_strategies, strategy_from_table
 from regplug.configfile import MAX_NESTING, ConfigError, ConfigTypeError, read_toml
 from regplug.errors import RegplugError
+from regplug.experiment.strategies import StrategyError, load_strategies, strategy_from_table
 
 
 def write(tmp_path, text: str | bytes, name: str = "c.toml"):

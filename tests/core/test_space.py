@@ -16,8 +16,8 @@ import tomllib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from regplug.compare.strategies import BUILTIN_STRATEGIES
 from regplug.configfile import ConfigError
+from regplug.experiment.strategies import BUILTIN_STRATEGIES
 from regplug.registry import available_plugins, build_plugins
 from regplug.space import (
     Choice,

@@ -13,7 +13,7 @@ import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("tune_fake", {conftest!r})
 fake = sys.modules["tune_fake"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fake)
-from regplug.compare import frameworks
+from regplug.experiment import frameworks
 runner = fake.FakeRunner()
 original = runner.train_strategy
 def slow(*args, **kwargs):

@@ -19,8 +19,8 @@ import pytest
 from keras import ops
 
 from regplug.adapters.keras import compare as keras_compare
-from regplug.compare import TrainSettings
-from regplug.compare.datasets import Splits
+from regplug.experiment import TrainSettings
+from regplug.experiment.datasets import Splits
 
 ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
 #: The input paths of this backend: ``_fit_inputs``' ``pipeline`` argument.

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from regplug.compare import frameworks
-from regplug.compare.results import TrainOutcome, WeightArray
+from regplug.experiment import frameworks
+from regplug.experiment.training import TrainOutcome, WeightArray
 from regplug.testing import NumpyLoop
 
 #: The fake's best L2 strength and dropout rate (where its validation cross-entropy is least).

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from regplug.cli import build_parser
-from regplug.compare.datasets import BUNDLED_DATA, BundledData
+from regplug.experiment.datasets import BUNDLED_DATA, BundledData
 
 FRAMEWORKS = ("torch", "tensorflow", "keras", "jax")
 

@@ -10,8 +10,8 @@ import types
 import pytest
 
 from regplug import cli
-from regplug.compare.frameworks import TrainSettings
-from regplug.compare.strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, Strategy
+from regplug.experiment.frameworks import TrainSettings
+from regplug.experiment.strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, Strategy
 from regplug.space import SpaceError
 from regplug.tune.cli import (
     MAX_GRID_SIZE,

@@ -131,7 +131,7 @@ def test_keras_search_writes_a_best_toml_compare_reads(capsys, tmp_path):
     assert "framework:  keras" in printed
     rows = rows_of(out)
     assert [(r["state"], r["epochs"]) for r in rows] == [("COMPLETE", "2")] * 2
-    from regplug.compare.strategies import load_strategies
+    from regplug.experiment.strategies import load_strategies
 
     tuned = load_strategies(out / "best.toml")["l2_tuned"]
     best = min(rows, key=lambda r: float(r["val_cross_entropy"]))

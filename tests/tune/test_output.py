@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from regplug import cli
-from regplug.compare.output import MANIFEST
-from regplug.compare.strategies import Strategy, load_strategies
 from regplug.configfile import tomllib
+from regplug.experiment.output import MANIFEST
+from regplug.experiment.strategies import Strategy, load_strategies
 from regplug.tune.output import strategy_toml, toml_value, write_trials_csv
 from regplug.tune.search import TrialRecord
 
@@ -170,7 +170,7 @@ def test_an_interrupt_while_optuna_records_a_trial_still_leaves_nothing_behind(
         fake_runner, capsys, tmp_path, monkeypatch, interrupt, code, message):
     """Optuna 5 masks an interrupt that arrives while it records a trial's result (an
     UnboundLocalError from its ``finally`` block); the command still ends as interrupted."""
-    from regplug.compare import output
+    from regplug.experiment import output
 
     _optimize = pytest.importorskip("optuna.study._optimize")  # Optuna's private module:
     # an interrupt raised where the real one landed (inside _tell_with_warning)

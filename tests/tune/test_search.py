@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from regplug import cli
-from regplug.compare.datasets import Splits
-from regplug.compare.frameworks import TrainSettings
-from regplug.compare.models import BUILTIN_MODELS
-from regplug.compare.strategies import BUILTIN_STRATEGIES, Strategy
+from regplug.experiment.datasets import Splits
+from regplug.experiment.frameworks import TrainSettings
+from regplug.experiment.models import BUILTIN_MODELS
+from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
 from regplug.space import grid_values
 from regplug.tune.search import Objective, Search, SearchError, round_robin
 from regplug.tune.spaces import strategy_space

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from regplug.compare.strategies import BUILTIN_STRATEGIES, Strategy
 from regplug.configfile import ConfigError
+from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
 from regplug.plugins import L2, EarlyStopping
 from regplug.space import FloatRange, IntRange, SpaceError, grid_values
 from regplug.tune.spaces import (

@@ -15,10 +15,10 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from regplug import cli
-from regplug.compare.datasets import Splits
-from regplug.compare.frameworks import TrainSettings
-from regplug.compare.models import BUILTIN_MODELS
-from regplug.compare.strategies import BUILTIN_STRATEGIES, Strategy
+from regplug.experiment.datasets import Splits
+from regplug.experiment.frameworks import TrainSettings
+from regplug.experiment.models import BUILTIN_MODELS
+from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
 from regplug.space import IntRange
 from regplug.tune.search import (
     STUDY_SETTINGS_ATTR,

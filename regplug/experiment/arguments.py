@@ -1,4 +1,4 @@
-"""Arguments shared by the ``regplug compare`` and ``regplug tune`` command lines.
+"""The options both ``regplug compare`` and ``regplug tune`` take, and their argument types.
 
 :func:`add_training_arguments` adds the data, model and training options both commands take.
 The argument types each take the option's text and return its value, or raise
@@ -9,6 +9,8 @@ The argument types each take the option's text and return its value, or raise
 >>> positive_int("0")
 Traceback (most recent call last):
 argparse.ArgumentTypeError: must be at least 1, got 0
+
+Docs: docs/compare.md, docs/tune.md
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
     parser.add_argument("--model", metavar="SPEC",
                         help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> "
                              "classes; wide_mlp; linear) or module:factory taking a "
-                             "regplug.compare.ModelSpec")
+                             "regplug.experiment.ModelSpec")
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
                         help=f"epochs per {per} (default {defaults.epochs})")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,

@@ -1,5 +1,5 @@
 """``--out DIR`` written all at once: files go to a hidden staging folder beside ``DIR``,
-which is renamed to ``DIR`` only when everything is written.
+which is renamed to ``DIR`` only when everything is written (both commands' output).
 
 So an interrupted or failed run leaves no folder that looks like a result (the staging
 folder is removed on the way out — on an exception, Ctrl-C or SIGTERM — and its name starts
@@ -8,6 +8,8 @@ with a dot). Every file written is listed, with its size and SHA-256, in
 listed there unchanged: a folder regplug did not write, a file added or edited since, a
 symbolic link or a path inside another run's staging folder is refused, naming what is in
 the way — regplug never deletes what it did not write.
+
+Docs: docs/compare.md, docs/tune.md
 """
 
 from __future__ import annotations

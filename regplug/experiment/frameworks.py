@@ -1,20 +1,17 @@
-"""The frameworks an application can train with: one protocol, one registry.
+"""The frameworks an experiment can train with: one protocol, one registry.
 
-``regplug compare`` (and any other application built on the same runners) never imports an
-adapter by name. A framework's runner implements :class:`FrameworkRunner` and is found by
-name in the registry: registered in code with :func:`register_runner`, or declared as an
-entry point of group ``regplug.frameworks`` — regplug declares its own two that way::
-
-    [project.entry-points."regplug.frameworks"]
-    torch = "regplug.adapters.torch.compare:TorchRunner"
-    keras = "regplug.adapters.keras.compare:KerasRunner"
-
-So the dependency points one way: the adapters' runners import this package (for the
-settings, strategies and result types), and this package loads them only through the
-registry, when their framework is asked for.
+``regplug compare`` and ``regplug tune`` never import an adapter by name. A framework's
+runner implements :class:`FrameworkRunner` and is found by name in the registry: registered
+in code with :func:`register_runner`, or declared as an entry point of group
+``regplug.frameworks`` (regplug's own: ``regplug.adapters.torch.compare:TorchRunner`` and
+``regplug.adapters.keras.compare:KerasRunner``). So the dependency points one way: the
+runners import this package (settings, strategies, result types), and this package loads
+them only through the registry, when their framework is asked for.
 
 >>> sorted(framework_names())
 ['keras', 'torch']
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations
@@ -31,9 +28,9 @@ if TYPE_CHECKING:
     from ..uncertainty import MCPrediction
     from .datasets import Splits
     from .models import ModelChoice
-    from .results import TrainOutcome
     from .strategies import Strategy
     from .toy import RegressionToy
+    from .training import TrainOutcome
 
 __all__ = ["TrainSettings", "EpochCallback", "FrameworkRunner", "FrameworkUnavailable",
            "ENTRY_POINT_GROUP", "register_runner", "get_runner", "framework_names"]
@@ -147,7 +144,7 @@ def get_runner(name: str) -> FrameworkRunner:
     runner = factory()
     if not isinstance(runner, FrameworkRunner):
         raise TypeError(f"the runner of framework {name!r} ({type(runner).__name__}) does not "
-                        "implement regplug.compare.FrameworkRunner (name, describe, "
+                        "implement regplug.experiment.FrameworkRunner (name, describe, "
                         "train_strategy, mc_dropout)")
     _loaded[name] = runner
     return runner

@@ -1,10 +1,12 @@
-"""A 1-D regression toy for the MC-dropout uncertainty figure.
+"""A 1-D regression toy for the MC-dropout uncertainty figure (every runner's ``mc_dropout``).
 
 Noisy samples of a smooth curve on two intervals with a gap between them; predictions are
 drawn on a grid that also covers the gap and both sides beyond the data, where a network
 trained with dropout might be expected to be less certain. Beyond the data it is; in the
 gap it is not (:func:`regplug.compare.plots.uncertainty_by_region` measures it, and the
 figure's caption says what it measured).
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

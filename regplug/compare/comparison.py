@@ -1,7 +1,10 @@
-"""Run a comparison: every strategy under every framework, then the table, files and figures.
+"""A comparison: every strategy under every framework (and seed), then its files and figures.
 
-The frameworks' runners (:class:`~regplug.compare.frameworks.FrameworkRunner`) come from the
-registry in :mod:`regplug.compare.frameworks`, loaded only when their framework is asked for.
+Each run is one :func:`~regplug.experiment.training.train_strategy`; the frameworks' runners
+come from the registry in :mod:`regplug.experiment.frameworks`, loaded only when their
+framework is asked for.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from typing import Any
 
 from .. import __version__
 from ..errors import RegplugError
-from .datasets import VALIDATION_FRACTION, Splits
-from .frameworks import EpochCallback, FrameworkRunner, TrainSettings, get_runner
-from .models import ModelChoice, ModelError
-from .output import StagedOutput
+from ..experiment.datasets import VALIDATION_FRACTION, Splits
+from ..experiment.frameworks import FrameworkRunner, TrainSettings, get_runner
+from ..experiment.models import ModelChoice, ModelError
+from ..experiment.output import StagedOutput
+from ..experiment.strategies import Strategy
+from ..experiment.training import restored_epoch, train_strategy
 from .progress import Progress
 from .results import (
     StrategyResult,
@@ -32,9 +37,8 @@ from .results import (
     write_json,
     write_summary_csv,
 )
-from .strategies import Strategy
 
-__all__ = ["TrainSettings", "run_compare", "write_outputs", "EpochCallback", "CompareError"]
+__all__ = ["run_compare", "run_settings", "write_outputs", "CompareError"]
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +104,9 @@ def _train_one(runner: FrameworkRunner, framework: str, strategy: Strategy, spli
     ``shown``: (run, runs) for the progress line, when there are several seeds."""
     progress.start(framework, strategy.name, epochs=settings.epochs,
                    seed=seed if shown else None, run=shown)
-    plugins = strategy.build_plugins()
     try:
-        outcome = runner.train_strategy(splits, strategy, plugins, model, settings,
-                                        on_epoch=progress.epoch)
+        outcome, plugins = train_strategy(runner, strategy, splits, model, settings,
+                                          on_epoch=progress.epoch)
     except ModelError:
         raise  # names the model, the strategy and the framework already
     except (RegplugError, ValueError) as err:  # e.g. a plugin the adapter refuses
@@ -114,16 +117,6 @@ def _train_one(runner: FrameworkRunner, framework: str, strategy: Strategy, spli
     result.restored_epoch = restored_epoch(plugins)
     progress.finish(result)
     return result
-
-
-def restored_epoch(plugins: Sequence[object]) -> int | None:
-    """The epoch (from 0) whose weights a plugin put back at the end of training — the
-    ``restored_epoch`` of :class:`regplug.plugins.EarlyStopping` — else ``None``."""
-    for plugin in plugins:
-        epoch = getattr(plugin, "restored_epoch", None)
-        if isinstance(epoch, int) and not isinstance(epoch, bool):
-            return epoch
-    return None
 
 
 def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[Strategy],
@@ -159,9 +152,9 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
     ``strategies`` decide which results the weight histograms show
     (:func:`~regplug.compare.plots.weight_strategies`); without them, every result's.
     """
+    from ..experiment.toy import TOY_DROPOUT, regression_toy
     from . import plots
     from .report import write_report
-    from .toy import TOY_DROPOUT, regression_toy
 
     seeds = sorted({r.seed for r in results if r.seed is not None})
     several = len(seeds) > 1

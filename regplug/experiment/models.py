@@ -1,4 +1,7 @@
-"""The model ``regplug compare`` trains: a built-in MLP, or a factory of your own."""
+"""The model an experiment trains: a built-in MLP, or a factory of your own (``--model``).
+
+Docs: docs/compare.md
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RegplugError
-from .loading import is_reference, load_reference
+from .references import is_reference, load_reference
 
 __all__ = ["ModelSpec", "ModelChoice", "BUILTIN_MODELS", "resolve_model", "ModelError",
            "FactoryCheck"]
@@ -87,8 +90,8 @@ def resolve_model(text: str | None) -> ModelChoice:
     (50, 250)
     >>> resolve_model("cnn")
     Traceback (most recent call last):
-    regplug.compare.models.ModelError: unknown model 'cnn'; built-in models: mlp, wide_mlp, linear,
-    or give module:factory
+    regplug.experiment.models.ModelError: unknown model 'cnn'; built-in models: mlp, wide_mlp,
+    linear, or give module:factory
     """
     if text is None:
         return BUILTIN_MODELS["mlp"]
@@ -114,9 +117,9 @@ class FactoryCheck:
     >>> check.verify(ModelSpec("torch", 4, 3, dropout=0.2), has_dropout=False,
     ...              has_batch_norm=False, output_shape=(2, 3))
     Traceback (most recent call last):
-    regplug.compare.models.ModelError: --model 'm:f' (strategy 'dropout', torch): the strategy needs
-    a dropout layer (spec.dropout=0.2) but the model has none; add torch.nn.Dropout(spec.dropout)
-    where it should act
+    regplug.experiment.models.ModelError: --model 'm:f' (strategy 'dropout', torch): the strategy
+    needs a dropout layer (spec.dropout=0.2) but the model has none; add
+    torch.nn.Dropout(spec.dropout) where it should act
     """
 
     where: str

@@ -1,9 +1,12 @@
-"""Strategies: what ``regplug compare`` trains the model under.
+"""Strategies: what an experiment trains the model under (``regplug compare`` compares them,
+``regplug tune`` searches their strengths).
 
 A strategy is the model's own regularizing layers (a dropout rate, batch normalization)
 plus a list of plugins, given by registry name and keyword arguments — so a third-party
 plugin installed through the ``regplug`` entry-point group is as easy to name as a built-in.
 Nothing here imports a framework; each framework's runner builds the model and the plugins.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations
@@ -247,7 +250,7 @@ def strategies_from_tables(tables: object, *, label: str,
     (['a'], 'L2(l2=0.001)')
     >>> strategies_from_tables({"name": "a"}, label="config 'x.toml'")
     Traceback (most recent call last):
-    regplug.compare.strategies.StrategyError: config 'x.toml': write each strategy as a [[strategies]] block (an array of tables), not [strategies]
+    regplug.experiment.strategies.StrategyError: config 'x.toml': write each strategy as a [[strategies]] block (an array of tables), not [strategies]
     """  # noqa: E501
     if isinstance(tables, Mapping):
         raise StrategyError(f"{label}: write each strategy as a [[strategies]] "
@@ -277,7 +280,7 @@ def select_strategies(selection: str | Iterable[str] | None,
     ['none', 'l2']
     >>> select_strategies("l3")
     Traceback (most recent call last):
-    regplug.compare.strategies.StrategyError: unknown strategy 'l3' (did you mean 'l2'?); valid:
+    regplug.experiment.strategies.StrategyError: unknown strategy 'l3' (did you mean 'l2'?); valid:
     none, l2, l1, dropout, batch_norm, batch_norm_dropout, early_stopping, decoupled_weight_decay,
     proximal_l1, dropout_schedule, max_norm, elastic_net, default, all
     """

