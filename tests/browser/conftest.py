@@ -58,16 +58,19 @@ def _run_by_tox_docs() -> None:
                     "tests/browser")
 
 
-def chromium_path() -> str | None:
-    """Debian's chromium (or the binary ``REGPLUG_CHROMIUM`` names), None when absent."""
+def chromium_path() -> tuple[str | None, str]:
+    """Debian's chromium (or the binary ``REGPLUG_CHROMIUM`` names), else None and why."""
     named = os.environ.get(CHROMIUM_VARIABLE)
     if named:
-        return named if Path(named).is_file() else None
-    for candidate in ("chromium", "chromium-browser"):
+        if Path(named).is_file():
+            return named, ""
+        return None, f"no browser: {CHROMIUM_VARIABLE}={named} is not a file"
+    for candidate in ("chromium", "chromium-browser", "/usr/bin/chromium"):
         found = shutil.which(candidate)
         if found:
-            return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+            return found, ""
+    return None, ("no browser: Chromium is not installed (apt-get install -y chromium, as "
+                  f".ci/run does; or set {CHROMIUM_VARIABLE} to a Chromium binary)")
 
 
 @pytest.fixture(scope="session")
@@ -79,10 +82,9 @@ def browser() -> Iterator[Any]:
         pytest.skip("no browser driver: Playwright for Python is not installed (pip install "
                     "playwright; tox -e docs installs it). It drives Debian's chromium: "
                     "never `playwright install`")
-    executable = chromium_path()
+    executable, missing = chromium_path()
     if executable is None:
-        pytest.skip("no browser: Chromium is not installed (apt-get install -y chromium, as "
-                    f".ci/run does; or set {CHROMIUM_VARIABLE} to a Chromium binary)")
+        pytest.skip(missing)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=CHROMIUM_FLAGS)
