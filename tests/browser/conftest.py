@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -94,18 +95,31 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-class _QuietHandler(SimpleHTTPRequestHandler):
+class _Handler(SimpleHTTPRequestHandler):
+    """Serves the folder under a URL prefix ("/" or, for a site built with a site_url, its
+    path): anything outside the prefix is a 404, as on the deployed site."""
+
+    prefix = "/"
+
+    def translate_path(self, path: str) -> str:
+        if not path.startswith(self.prefix):
+            return str(Path(self.directory) / ".regplug-not-served" / "missing")
+        return super().translate_path("/" + path[len(self.prefix):])
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 class Server:
-    """A folder served over HTTP on 127.0.0.1 (a free port) from a background thread."""
+    """A folder served over HTTP on 127.0.0.1 (a free port) from a background thread, under
+    the URL path ``prefix``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, prefix: str = "/") -> None:
         self.root = root.resolve()
-        handler = functools.partial(_QuietHandler, directory=str(self.root))
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+        handler = type("Handler", (_Handler,), {"prefix": self.prefix})
+        self._httpd = ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(self.root)))
         self._httpd.daemon_threads = True
         host, port = self._httpd.server_address[:2]
         self.origin = f"http://{host!s}:{port}"
@@ -122,18 +136,29 @@ class Server:
 
     def url(self, relative: str) -> str:
         """The URL of a file under the root (``relative`` in URL form, e.g. "api/")."""
-        return f"{self.origin}/{relative.lstrip('/')}"
+        return f"{self.origin}{self.prefix}{relative.lstrip('/')}"
 
     def file_for(self, url: str) -> Path | None:
         """The file a same-site URL serves (a folder serves its index.html), None when the
         URL is another site's or names no file."""
         parts = urlsplit(url)
-        if f"{parts.scheme}://{parts.netloc}" != self.origin:
+        path_in_url = unquote(parts.path)
+        if (f"{parts.scheme}://{parts.netloc}" != self.origin
+                or not (path_in_url + "/").startswith(self.prefix)):
             return None
-        path = self.root / unquote(parts.path).lstrip("/")
+        path = self.root / path_in_url[len(self.prefix):]
         if path.is_dir():
             path = path / "index.html"
         return path if path.is_file() else None
+
+
+def site_prefix(site: Path) -> str:
+    """The URL path the site is built for: that of its site_url (the shortest URL of its
+    sitemap.xml), "/" when it was built without one."""
+    sitemap = site / "sitemap.xml"
+    text = sitemap.read_text(encoding="utf-8") if sitemap.is_file() else ""
+    urls = re.findall(r"<loc>\s*([^<\s]+)\s*</loc>", text)
+    return (urlsplit(min(urls, key=len)).path or "/") if urls else "/"
 
 
 @pytest.fixture(scope="session")
@@ -148,14 +173,22 @@ def site() -> Path:
 
 @pytest.fixture(scope="session")
 def site_server(site: Path) -> Iterator[Server]:
-    with Server(site) as server:
+    """The built site on 127.0.0.1, under its site_url's path (the 404 page's links are
+    absolute)."""
+    with Server(site, site_prefix(site)) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def serve() -> type[Server]:
-    """``with serve(folder) as server:`` serves a folder of one's own on 127.0.0.1."""
+    """``with serve(folder[, prefix]) as server:`` serves a folder of one's own."""
     return Server
+
+
+@pytest.fixture(scope="session")
+def prefix_of_site() -> Any:
+    """site_prefix: the URL path a built site is served under."""
+    return site_prefix
 
 
 def _site_pages() -> list[Any]:

@@ -32,6 +32,8 @@ PAGES = {
         <a href="nowhere.html">missing page</a> <a href="clean.html#no-such-anchor">bad
         anchor</a> <a href="#not-here">bad own anchor</a> <a href="clean.html#top">fine</a>
         <a href="sub/#sub">fine folder anchor</a> <a href="missing-folder/">missing folder</a>""",
+    "absolute_links.html": """<a href="/docs/clean.html">inside</a>
+        <a href="/clean.html">outside the prefix</a>""",
     "external.html": """<link rel="stylesheet" href="https://fonts.example.org/font.css">
         <p>x</p>""",
 }
@@ -118,3 +120,25 @@ def test_a_request_to_another_site_is_reported(check: Any) -> None:
     report = check("external.html")
     assert any(r.startswith("https://fonts.example.org/font.css: another site's")
                for r in report.failed_requests), report.describe()
+
+
+def test_a_site_is_served_under_its_prefix(fixture_site: Path, serve: Any,
+                                           page_checker: Any) -> None:
+    # mkdocs' 404 page links absolutely, by the site_url's path: served under it, as deployed
+    with serve(fixture_site, "/docs/") as server:
+        report = page_checker(server, "absolute_links.html", "checker/absolute_links")
+    assert [b.split(": ", 1)[1] for b in report.broken_links] == ["no such file in the build"]
+    assert report.broken_links[0].startswith(f"{server.origin}/clean.html")
+    assert report.links == 2
+
+
+def test_the_prefix_is_read_from_the_sitemap(tmp_path: Path, prefix_of_site: Any) -> None:
+    assert prefix_of_site(tmp_path) == "/"  # no sitemap
+    (tmp_path / "sitemap.xml").write_text(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n</urlset>')
+    assert prefix_of_site(tmp_path) == "/"  # built without a site_url
+    (tmp_path / "sitemap.xml").write_text(
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        "<url><loc>https://example.org/regplug/api/</loc></url>"
+        "<url><loc>https://example.org/regplug/</loc></url></urlset>")
+    assert prefix_of_site(tmp_path) == "/regplug/"
