@@ -8,10 +8,10 @@ Runs on the TensorFlow, torch and JAX backends. One module per job (how they act
 compiled train step: ``docs/keras-internals.md``):
 
 - :mod:`.callback` — :class:`Regularize` and :func:`detach`, the Python-side events of ``fit``;
-- :mod:`.patches` — what regplug traces into the train step for one ``fit``, and its removal;
+- :mod:`.patches` — what regplug traces into the train step for one ``fit``, and its removal:
+  one module per job (loss, optimizer, dropout, JAX step, guards) and the attachment of all;
 - :mod:`.ops` — :class:`KerasOps`, the operations plugins call, written with ``keras.ops``;
 - :mod:`.discovery` — parameter handles, their kinds, the dropout layers;
-- :mod:`.dropout` — the dropout ``call`` that reads its rate from a variable;
 - :mod:`.scalars` — :class:`KerasScheduledValue`, strengths held in variables;
 - :mod:`.state` — :class:`KerasModelState`, snapshots of ``model.weights``;
 - :mod:`.trial` — :class:`KerasTrial`, side-effect-free training on one batch;

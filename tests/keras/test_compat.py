@@ -345,10 +345,11 @@ def test_the_scan_for_private_keras_api_sees_code_but_not_prose(tmp_path):
 
 def test_adapter_modules_other_than_compat_use_no_private_keras_api():
     files = sorted({f for folder in regplug.adapters.keras.__path__
-                    for f in Path(folder).glob("*.py")})
+                    for f in Path(folder).rglob("*.py")})  # subpackages too (patches/)
     assert any(f.name == "_compat.py" for f in files), files
     sources = [f for f in files if f.name != "_compat.py"]
     assert len(sources) >= 5, sources
+    assert any(f.parent.name == "patches" and f.name == "attachment.py" for f in sources), sources
     offences = [f"{path}:{number}: {line}"
                 for source in sources for path, number, line in _private_uses(source)]
     assert not offences, "private Keras API outside _compat.py:\n" + "\n".join(offences)
