@@ -176,7 +176,7 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
     to tune; ``default``, ``all`` and the default selection stand for their members that
     have, and a note names the ones left out."""
     from ..experiment.strategies import BUILTIN_STRATEGIES, select_strategies
-    from .search import SearchError
+    from .errors import SearchError
     from .spaces import strategy_space, untunable_error
 
     custom = config.strategies if config is not None else {}
@@ -224,17 +224,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..experiment.frameworks import TrainSettings, get_runner
     from ..experiment.models import resolve_model
     from ..experiment.output import StagedOutput, exit_cleanly_on_sigterm
-    from .search import (
-        Objective,
-        Search,
-        SearchError,
-        check_storage_url,
-        check_study_name,
-        check_warmup,
-        import_optuna,
-    )
-    from .search import open_storage as open_storage_url
+    from .errors import SearchError, import_optuna
+    from .search import Objective, Search, check_warmup
     from .spaces import load_tune_config
+    from .storage import check_storage_url, check_study_name
+    from .storage import open_storage as open_storage_url
 
     # Everything a mistake could be in is checked before a framework is imported (seconds).
     optuna = import_optuna()
@@ -340,7 +334,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def check_grid(spaces: Sequence[StrategySpace], points: int) -> None:
     """Refuse a strategy whose grid of ``points`` per range would hold more than
     :data:`MAX_GRID_SIZE` settings (before Optuna builds it)."""
-    from .search import SearchError
+    from .errors import SearchError
 
     for space in spaces:
         size = space.grid_size(points)
@@ -355,7 +349,8 @@ def check_grid(spaces: Sequence[StrategySpace], points: int) -> None:
 def check_storage_outside_out(url: str, out: str) -> None:
     """Refuse a ``--storage`` file inside ``--out``: the output folder is written all at once
     at the end, and one holding a file regplug did not write is refused — after the search."""
-    from .search import SearchError, storage_file
+    from .errors import SearchError
+    from .storage import storage_file
 
     path = storage_file(url)
     if path is None:

@@ -8,41 +8,36 @@ metric at the epoch whose weights the model ends with — the last, or the one e
 restored — never the test rows, which are used once, after selection, for the best setting
 of each strategy (:meth:`Search.measure_best`).
 
-Optuna is imported here only inside functions (:func:`import_optuna`), so ``regplug`` and
-``regplug --help`` never import it.
+Optuna is imported only inside functions (:func:`~regplug.tune.errors.import_optuna`), so
+``regplug`` and ``regplug --help`` never import it. Where the studies are kept: :mod:`.storage`.
+
+Docs: docs/tune.md
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import RegplugError
 from ..experiment.datasets import Splits
 from ..experiment.frameworks import FrameworkRunner, TrainSettings
 from ..experiment.models import ModelChoice, ModelError
 from ..experiment.training import restored_epoch, train_strategy
-from ..space import Choice, FloatRange, apply_value
+from ..space import Choice, FloatRange
+from .errors import SearchError, TrialFailed, import_optuna
 from .spaces import Parameter, StrategySpace
+from .storage import check_study_name, claim_or_check, run_settings, space_settings
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "Objective", "TrialRecord", "StrategyStudy",
-           "BestSetting", "Search", "SearchError", "import_optuna", "make_sampler",
-           "make_pruner", "open_storage", "check_storage_url", "storage_file", "check_study_name",
-           "round_robin", "RoundRobin", "TrialFailed", "STUDY_SETTINGS_ATTR", "study_settings",
-           "settings_differences", "data_fingerprint", "looks_like_journal"]
+           "BestSetting", "Search", "SearchError", "TrialFailed", "import_optuna",
+           "make_sampler", "make_pruner", "round_robin", "RoundRobin"]
 
 log = logging.getLogger(__name__)
 
@@ -67,48 +62,6 @@ HYPERBAND_REDUCTION_FACTOR = 3
 #: settings. ``--warmup-epochs`` about a third of the epochs (MNIST: 10 of 30) keeps the
 #: unpruned best and still saves epochs.
 DEFAULT_WARMUP_EPOCHS = 0
-_JOURNAL = "journal:"
-#: Opening a storage is tried this often when the error is one of ``_RACES`` (SQLAlchemy's
-#: errors of two processes creating the same database's tables at once).
-_OPEN_ATTEMPTS = 5
-_RACES = ("IntegrityError", "OperationalError")
-_RDB_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SQLITE_FILE = re.compile(r"^sqlite(\+\w+)?:///(?P<path>[^?]*)")
-#: The first bytes of every SQLite 3 database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
-#: How Optuna's ``JournalFileBackend`` starts every line: one JSON record, ``op_code`` first
-#: (``json.dumps({"op_code": ..., ...}, separators=(",", ":"))``, Optuna 3.1 to 5).
-_JOURNAL_RECORD_START = b'{"op_code":'
-#: How much of an existing journal is read to find its first record (a study's creation,
-#: some hundred bytes).
-_JOURNAL_PEEK = 1 << 16
-#: The study user attribute recording what its trials were run with (:func:`study_settings`).
-STUDY_SETTINGS_ATTR = "regplug.settings"
-#: How the refusal names each recorded setting (the command line's spelling where it has one).
-_SETTING_LABELS = {"framework": "--framework", "data": "--data", "model": "--model",
-                   "epochs": "--epochs", "batch_size": "--batch-size",
-                   "learning_rate": "--lr", "momentum": "momentum", "seed": "--seed",
-                   "objective": "--objective", "space": "search space",
-                   "strategy": "fixed strategy arguments"}
-
-
-class SearchError(RegplugError, ValueError):
-    """A search that cannot run as asked (a storage, a study, a runner's history)."""
-
-
-class TrialFailed(RegplugError):
-    """One trial could not give a value (its training failed or diverged); the study marks it
-    FAIL and goes on."""
-
-
-def import_optuna() -> Any:
-    """The ``optuna`` module, or an ``ImportError`` that says what to install (one line)."""
-    try:
-        import optuna
-    except ImportError as err:
-        raise ImportError(f"regplug tune needs Optuna ({err.name or err} is not installed): "
-                          "pip install 'regplug[tune]'") from None
-    return optuna
 
 
 @dataclass(frozen=True)
@@ -202,119 +155,6 @@ def make_pruner(kind: str, *, epochs: int, warmup: int = DEFAULT_WARMUP_EPOCHS) 
     if kind == "none":
         return optuna.pruners.NopPruner()
     raise SearchError(f"--pruner {kind!r}: choose {', '.join(PRUNERS)}")
-
-
-def storage_file(url: str) -> Path | None:
-    """The file a ``--storage`` URL keeps the studies in: ``sqlite:///relative.db``,
-    ``sqlite:////absolute.db`` or ``journal:PATH``; ``None`` for a database server.
-
-    >>> [str(storage_file(url)) for url in ("sqlite:///runs/study.db",
-    ...                                     "sqlite:////tmp/s.db?timeout=9", "journal:s.log")]
-    ['runs/study.db', '/tmp/s.db', 's.log']
-    >>> storage_file("postgresql://user@host/db") is None
-    True
-    """
-    if url.startswith(_JOURNAL):
-        return Path(url[len(_JOURNAL):])
-    found = _SQLITE_FILE.match(url)
-    return Path(found["path"]) if found and found["path"] else None
-
-
-def check_storage_url(url: str) -> None:
-    """Refuse a ``--storage`` that is neither an RDB URL (``sqlite:///study.db``) nor
-    ``journal:PATH``, whose file's folder does not exist, or whose existing, non-empty file is
-    not what it should be — an SQLite database, an Optuna journal — (without importing Optuna,
-    and before anything is written to the file: Optuna would append a journal record to any
-    file, and then fail to read it back).
-
-    >>> check_storage_url("sqlite:///study.db"); check_storage_url("journal:study.log")
-    >>> check_storage_url("study.db")
-    Traceback (most recent call last):
-    regplug.tune.search.SearchError: --storage 'study.db': expected an Optuna RDB URL (sqlite:///study.db, postgresql://user@host/db) or journal:PATH (a journal file several processes can share)
-    """  # noqa: E501
-    if url.startswith(_JOURNAL):
-        what = "journal file"
-    elif _RDB_URL.match(url):
-        if not url.startswith("sqlite:"):
-            return
-        rest = url.partition(":///")[2]
-        if not rest or rest == ":memory:":
-            raise SearchError(f"--storage {url!r}: an in-memory SQLite database is not shared "
-                              "with other processes; give a file, sqlite:///study.db")
-        what = "SQLite file"
-    else:
-        raise SearchError(f"--storage {url!r}: expected an Optuna RDB URL (sqlite:///study.db, "
-                          "postgresql://user@host/db) or journal:PATH (a journal file several "
-                          "processes can share)")
-    path = storage_file(url)
-    if path is None or not str(path) or path.is_dir():
-        raise SearchError(f"--storage {url!r}: the {what} must be a file path")
-    if not path.absolute().parent.is_dir():
-        raise SearchError(f"--storage {url!r}: the folder of the {what} "
-                          f"({str(path.absolute().parent)!r}) does not exist")
-    if not path.is_file() or path.stat().st_size == 0:
-        return  # a new storage (an empty file is one another process has just created)
-    if what == "SQLite file":
-        with path.open("rb") as fh:
-            if fh.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
-                raise SearchError(f"--storage {url!r}: {str(path)!r} is not an SQLite database "
-                                  "(it does not start with SQLite's header); give a new file "
-                                  "or an existing database")
-    elif not looks_like_journal(path):
-        raise SearchError(f"--storage {url!r}: {str(path)!r} is not an Optuna journal file "
-                          "(its first line is not a journal record); give a new file or an "
-                          "existing journal")
-
-
-def looks_like_journal(path: Path) -> bool:
-    """Whether the non-empty file ``path`` starts with an Optuna journal record: a JSON
-    object with an ``op_code``, or the start of one that another process is still writing."""
-    with path.open("rb") as fh:
-        head = fh.read(_JOURNAL_PEEK)
-    line, newline, _ = head.partition(b"\n")
-    if not newline:
-        return head.startswith(_JOURNAL_RECORD_START)
-    try:
-        record = json.loads(line)
-    except ValueError:  # not JSON, or not UTF-8
-        return False
-    return isinstance(record, dict) and "op_code" in record
-
-
-def check_study_name(name: str) -> None:
-    """Refuse an empty or blank ``--study-name`` (it would name no study of its own)."""
-    if not name.strip():
-        raise SearchError(f"--study-name {name!r}: the studies' name must not be empty; give "
-                          "one (run1), or leave --study-name out for 'regplug-tune'")
-
-
-def open_storage(url: str | None) -> Any:
-    """``None`` (each study in memory), or the storage ``url`` names, opened now so that a
-    storage that cannot be used fails before any training."""
-    if url is None:
-        return None
-    check_storage_url(url)
-    optuna = import_optuna()
-    for attempt in range(_OPEN_ATTEMPTS):
-        try:
-            if url.startswith(_JOURNAL):
-                from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-                return JournalStorage(JournalFileBackend(url[len(_JOURNAL):]))
-            return optuna.storages.RDBStorage(url)
-        except ImportError as err:
-            raise ImportError(f"--storage {url!r}: its database driver is not installed "
-                              f"({err.name or err}); pip install it") from None
-        except Exception as err:  # SQLAlchemy's and the journal's errors have no common base
-            # Processes started together race to create a new database's tables (one of
-            # them meets the other's rows): a moment later the tables are there.
-            if attempt + 1 < _OPEN_ATTEMPTS and type(err).__name__ in _RACES:
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            first = (str(err).strip().splitlines() or [""])[0]
-            raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
-                              f"{first}") from None
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -490,106 +330,21 @@ class BestSetting:
     refit_value: float | None = None
 
 
-# -- what makes one study's trials comparable --------------------------------------------
-
-def study_settings(*, runner: FrameworkRunner, splits: Splits, model: ModelChoice,
-                   settings: TrainSettings, objective: Objective,
-                   space: StrategySpace) -> dict[str, Any]:
-    """What a study's trials must share for their values to be ranked on one objective: the
-    framework, the data (its description and a SHA-256 of its rows), the model, the training
-    settings, the objective, the search space and the strategy's fixed arguments — as a
-    storage gives them back (JSON)."""
-    return _space_settings(_run_settings(runner=runner, splits=splits, model=model,
-                                         settings=settings, objective=objective), space)
-
-
-def _run_settings(*, runner: FrameworkRunner, splits: Splits, model: ModelChoice,
-                  settings: TrainSettings, objective: Objective) -> dict[str, Any]:
-    """The part of :func:`study_settings` every strategy of a run shares (the data hashed
-    once per run, not once per strategy)."""
-    return {"framework": runner.name,
-            "data": f"{splits.describe()}, rows sha256 {data_fingerprint(splits)}",
-            "model": str(model), **dataclasses.asdict(settings),
-            "objective": objective.metric}
-
-
-def _space_settings(run: Mapping[str, Any], space: StrategySpace) -> dict[str, Any]:
-    """:func:`study_settings` of ``space``, given the run's part."""
-    recorded = {**run, "space": "; ".join(p.describe() for p in space.parameters),
-                "strategy": _fixed_arguments(space)}
-    return dict(json.loads(json.dumps(recorded)))
-
-
-def data_fingerprint(splits: Splits) -> str:
-    """The first 16 hex digits of a SHA-256 of every row, label, shape and dtype."""
-    digest = hashlib.sha256()
-    for array in (splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test,
-                  splits.y_test):
-        rows = np.asarray(array)
-        digest.update(f"{rows.dtype.str}{rows.shape}".encode())
-        digest.update(rows.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _fixed_arguments(space: StrategySpace) -> str:
-    """The strategy's plugin configs and model options, each searched value masked."""
-    plugins = [dict(p) for p in space.strategy.plugins]
-    dropout: Any = space.strategy.dropout
-    for parameter in space.parameters:
-        if parameter.plugin is None:
-            dropout = "searched"
-        else:
-            plugins[parameter.plugin] = apply_value(plugins[parameter.plugin], parameter.key,
-                                                    "searched")
-    # an object without a JSON form is named by its type (its repr may hold an address)
-    return json.dumps({"plugins": plugins, "dropout": dropout,
-                       "batch_norm": space.strategy.batch_norm}, sort_keys=True,
-                      default=lambda o: f"<{type(o).__module__}.{type(o).__qualname__}>")
-
-
-_NOT_RECORDED = object()
-
-
-def settings_differences(recorded: Mapping[str, Any], ours: Mapping[str, Any]) -> str | None:
-    """``None`` where ``recorded`` (a study's :func:`study_settings`) equals ``ours``, else
-    both sides of each difference, as the refusal shows them.
-
-    >>> settings_differences({"epochs": 2, "seed": 0}, {"epochs": 10, "seed": 0})
-    'was run with --epochs 2, this run has --epochs 10'
-    >>> settings_differences({"epochs": 2}, {"epochs": 2}) is None
-    True
-    """
-    keys = [k for k in dict.fromkeys([*ours, *recorded])
-            if recorded.get(k, _NOT_RECORDED) != ours.get(k, _NOT_RECORDED)]
-    if not keys:
-        return None
-
-    def show(key: str, value: Any) -> str:
-        label = _SETTING_LABELS.get(key, key)
-        if value is _NOT_RECORDED:
-            return f"no {label} recorded"
-        text = str(value)
-        return f"{label} {text!r}" if not text or any(c.isspace() for c in text) \
-            else f"{label} {text}"
-
-    there = " and ".join(show(k, recorded.get(k, _NOT_RECORDED)) for k in keys)
-    here = " and ".join(show(k, ours.get(k, _NOT_RECORDED)) for k in keys)
-    return f"was run with {there}, this run has {here}"
-
-
 class Search:
     """The studies of one ``regplug tune`` run and how each trial trains.
 
     :param spaces: what to search, one entry per strategy.
     :param runner: the framework's runner (the training loop of ``regplug compare``).
-    :param storage: an opened storage (:func:`open_storage`) or ``None``: in memory.
+    :param storage: an opened storage (:func:`~regplug.tune.storage.open_storage`) or
+        ``None``: in memory.
     :param study_name: with a storage, each strategy's study is ``<study_name>/<strategy>``,
         loaded if it exists, so several processes add trials to one study; empty is refused.
     :param warmup_epochs: epochs (from the first) in which the pruner never stops a trial
         (:func:`make_pruner`).
 
-    A study in a storage records what its trials were run with (:func:`study_settings`, the
-    study user attribute :data:`STUDY_SETTINGS_ATTR`, written when the study is created); a
+    A study in a storage records what its trials were run with
+    (:func:`~regplug.tune.storage.study_settings`, the study user attribute
+    :data:`~regplug.tune.storage.STUDY_SETTINGS_ATTR`, written when the study is created); a
     run whose settings differ is refused, naming each difference, before any training — its
     trials would be ranked with others on one objective, trained differently. A study without
     the record (made by Optuna itself, another program, or a development version of regplug
@@ -615,7 +370,7 @@ class Search:
         # With a storage, processes share a study: the same seed would have every one of
         # them propose the same settings, so each process adds entropy of its own.
         shared = storage is not None
-        run_settings: dict[str, Any] | None = None  # what every study records, computed once
+        shared_run: dict[str, Any] | None = None  # what every study records, computed once
         with _quiet_optuna():
             for space in spaces:
                 name = space.strategy.name
@@ -639,10 +394,10 @@ class Search:
                         f"{objective.metric} is {objective.direction}d: use another "
                         "--study-name")
                 if shared:
-                    if run_settings is None:
-                        run_settings = _run_settings(runner=runner, splits=splits, model=model,
-                                                     settings=settings, objective=objective)
-                    _claim_or_check(study, study_id, _space_settings(run_settings, space))
+                    if shared_run is None:
+                        shared_run = run_settings(runner=runner, splits=splits, model=model,
+                                                   settings=settings, objective=objective)
+                    claim_or_check(study, study_id, space_settings(shared_run, space))
                 grid = space.grid_size(grid_points) if sampler == "grid" else None
                 self.studies[name] = StrategyStudy(space, study, grid)
 
@@ -748,26 +503,6 @@ def _divergence(pruning: Any) -> str | None:
     if value is None or math.isfinite(value):
         return None
     return f"{pruning.monitor} is {value} at epoch {epoch + 1} (the training diverged)"
-
-
-def _claim_or_check(study: Any, study_id: str, ours: dict[str, Any]) -> None:
-    """Record ``ours`` in a study that has no record and no trials, then refuse the run if
-    the study's record is not ``ours`` (see :class:`Search`)."""
-    recorded = study.user_attrs.get(STUDY_SETTINGS_ATTR)
-    if recorded is None:
-        trials = len(study.get_trials(deepcopy=False))
-        if trials:
-            raise SearchError(f"study {study_id!r} in the storage has {trials} trial(s) but no "
-                              "record of the settings they were run with (made by Optuna "
-                              "itself, another program or an earlier regplug): use another "
-                              "--study-name")
-        study.set_user_attr(STUDY_SETTINGS_ATTR, ours)
-        # read back: another process creating the study at the same moment may have won
-        recorded = study.user_attrs.get(STUDY_SETTINGS_ATTR, ours)
-    differences = settings_differences(recorded if isinstance(recorded, Mapping) else {}, ours)
-    if differences is not None:
-        raise SearchError(f"study {study_id!r} in the storage {differences}: use another "
-                          "--study-name or the same settings")
 
 
 def _one_line(err: BaseException) -> str:

@@ -20,8 +20,9 @@ from regplug.tune.cli import (
     check_grid,
     check_storage_outside_out,
 )
-from regplug.tune.search import Objective, SearchError, TrialRecord, storage_file
+from regplug.tune.search import Objective, SearchError, TrialRecord
 from regplug.tune.spaces import strategy_space
+from regplug.tune.storage import storage_file
 
 
 def tune(capsys, *args: str) -> tuple[int, str, str]:
