@@ -1,4 +1,4 @@
-"""regplug in PyTorch Lightning: one callback, :class:`Regularize`.
+"""regplug in PyTorch Lightning: one callback, :class:`Regularize`, for the ``Trainer``.
 
 ::
 
@@ -8,77 +8,10 @@
 
 A thin event source over the PyTorch building blocks (:func:`regplug.adapters.torch.build_run`,
 :class:`regplug.clock.EpochClock`, :class:`regplug.window.StepWindow`): it holds no
-regularization logic, it tells the clock and the window what Lightning did.
+regularization logic, it tells the clock and the window what Lightning did. Works with
+``lightning.pytorch`` and, where only that is installed, ``pytorch_lightning``.
 
-Which Lightning event drives which regplug event, and why:
-
-=============================================  ==============================================
-Lightning                                      regplug
-=============================================  ==============================================
-``on_train_start``                             the run is built over the optimizer's
-                                               parameters; ``on_train_begin``; a checkpoint's
-                                               regplug state is applied
-``on_train_batch_start`` (first micro-batch    ``on_epoch_begin`` (first batch of an epoch),
-after an optimizer step)                       ``on_batch_begin``
-``on_before_backward``                         the step window's loss: ``on_loss`` once per
-                                               optimizer step, however many micro-batches
-``on_before_optimizer_step``                   penalties' gradients join, then
-                                               ``on_before_step``
-the optimizer's own step post-hook             ``on_step``; the window closes
-(``register_step_post_hook``)
-``on_train_epoch_end``                         ``on_epoch_end`` with ``trainer.callback_metrics``
-                                               (validation has run by then) and the penalties'
-                                               values; a stop sets ``trainer.should_stop``
-``on_train_end`` / ``on_exception``            ``on_train_end`` (EarlyStopping restores the best
-                                               weights; after an exception nothing is
-                                               restored)
-``state_dict`` / ``load_state_dict``           the run's clock, history and plugin states ride
-                                               in Lightning's checkpoints
-=============================================  ==============================================
-
-- **Automatic optimization**: Lightning calls ``optimizer.step(closure)`` and runs the forward
-  and backward passes inside it, so torch's step pre-hook would come before the loss. Lightning
-  calls ``on_before_optimizer_step`` after the closure (after ``GradScaler`` unscaled the
-  gradients) and *before* it clips them (``gradient_clip_val``): a penalty's gradient added
-  there is clipped with the data gradient, exactly as the penalty written in
-  ``training_step``. Penalties with a closed-form gradient (L1, L2, elastic net) are one fused
-  ``grad += c·θ``; any other penalty (a third-party one, or every penalty with
-  ``fused=False``) is differentiated by autograd there and its gradient added, the same
-  numbers as the penalty in the loss (no loss scaling is involved: the gradients are unscaled
-  by then). Lightning has no callback hook after the update itself (``on_train_batch_end``
-  comes once per batch, also for micro-batches that did not step, and once for several
-  manual steps), so ``on_step`` rides on torch's public step post-hook of the optimizer.
-- **Gradient accumulation** (``accumulate_grad_batches=k``): Lightning divides each micro-batch
-  loss by ``k``; the penalty enters once per optimizer step at full strength — what the
-  penalty added to each micro-batch's ``training_step`` loss sums to.
-- **Manual optimization**: call ``self.manual_backward(loss)`` (it fires
-  ``on_before_backward``) and ``opt.step()`` on the optimizers from ``self.optimizers()``;
-  an update without a loss handed over is refused before the parameters change.
-- **Several optimizers** (manual optimization): one run per optimizer. A :class:`Regularize`
-  serves one optimizer, ``Regularize(plugins, optimizer=i)`` (index into
-  ``configure_optimizers``' optimizers); give each optimizer its own callback and plugins.
-  Each of that optimizer's steps is one step window; the others' steps do not touch its
-  parameters. Several optimizers without ``optimizer=`` are refused at fit start.
-- **Epoch logs** are ``trainer.callback_metrics`` at ``on_train_epoch_end``, which Lightning
-  calls after the epoch's validation (the same moment Lightning's own ``EarlyStopping``
-  checks by default). Log validation metrics in ``validation_step`` (``self.log("val_loss",
-  loss)``); metrics a LightningModule logs in its own ``on_train_epoch_end`` come after the
-  callbacks and are not seen. Each penalty's value at the epoch's end weights is logged
-  through Lightning (``pl_module.log("l2_penalty", ...)``, so loggers and ``callback_metrics``
-  have it) and is in the epoch's logs.
-- **Stopping** sets ``trainer.should_stop``. Under DDP the decision is collective (the logs are
-  averaged over the processes and any process's vote stops all), as in
-  :func:`~regplug.adapters.torch.attach`.
-- **Checkpoints**: the callback's ``state_dict`` holds the run's clock, history and every
-  plugin's state (e.g. early stopping's best weights, as CPU tensors); resuming with
-  ``trainer.fit(..., ckpt_path=...)`` continues as if never interrupted. A checkpoint entry
-  that does not fit (not written by ``Regularize.state_dict()``, other plugins, a state a plugin
-  refuses) stops the fit with a ``ValueError`` naming ``Regularize.load_state_dict`` and the
-  ``ckpt_path``; nothing of it is loaded.
-- **Closure optimizers** that evaluate the closure several times per step (LBFGS) are refused:
-  regplug cannot add the penalty to the objective Lightning's closure returns.
-
-Works with ``lightning.pytorch`` and, where only that is installed, ``pytorch_lightning``.
+Docs: docs/loops/lightning.md (which Lightning event drives which hook, and the pitfalls).
 """
 
 from __future__ import annotations

@@ -8,72 +8,10 @@
     trainer.train()
 
 A thin event source over the PyTorch building blocks (:func:`regplug.adapters.torch.build_run`,
-:class:`regplug.clock.EpochClock`, :class:`regplug.window.StepWindow`): it holds no
-regularization logic, it tells the clock and the window what the Trainer did.
+:class:`regplug.clock.EpochClock`, :class:`regplug.window.StepWindow`); a regplug epoch is one
+evaluation. :class:`PenaltiesBeforeClipping`: the penalty-in-the-loss meaning under clipping.
 
-Which ``TrainerCallback`` event drives which regplug event:
-
-=============================================  ==============================================
-Trainer                                        regplug
-=============================================  ==============================================
-``on_train_begin``                             the run is built over the parameters of the
-                                               optimizer inside accelerate's
-                                               ``AcceleratedOptimizer``; ``on_train_begin``
-``on_step_begin`` (first micro-batch of each   ``on_epoch_begin`` (first batch of an epoch),
-optimizer step)                                ``on_batch_begin``
-``on_pre_optimizer_step`` (after the Trainer   ``on_loss`` (``loss=None``: a callback never
-clipped the gradients)                         sees the loss), the penalties' gradients join,
-                                               ``on_before_step``
-``on_optimizer_step``                          ``on_step``; the window closes (a step the
-                                               fp16 ``GradScaler`` skipped closes it without)
-``on_evaluate`` during training                ``on_epoch_end`` with the evaluation metrics
-                                               (``eval_loss`` … and ``val_loss`` …), the
-                                               training logs since the previous one and the
-                                               penalties' values; a stop sets
-                                               ``control.should_training_stop``
-``on_epoch_end`` with ``eval_strategy="no"``   ``on_epoch_end`` (no evaluation will come)
-``on_train_end``                               ``on_train_end``: EarlyStopping restores the
-                                               best weights
-=============================================  ==============================================
-
-- **A regplug epoch is one evaluation**: with ``eval_strategy="epoch"`` the Trainer's epoch;
-  with ``"steps"`` each ``eval_steps`` (as for HF's own ``EarlyStoppingCallback``, patience
-  counts evaluations); with ``"no"`` each Trainer epoch, with no validation metrics. An
-  evaluation with no optimizer step since the previous one (``eval_on_start``) is not an
-  epoch.
-- **Epoch logs** are the metrics of the evaluation as the Trainer names them (``eval_loss``,
-  ``eval_accuracy`` from ``compute_metrics``, …), each also under its ``val_`` name
-  (``val_loss``, ``val_accuracy``) unless that key exists — so ``EarlyStopping()`` (which
-  monitors ``val_loss``) and ``EarlyStopping(monitor="eval_loss")`` watch the same number, and
-  one plugin list serves every adapter — plus the training ``loss``, ``grad_norm`` and
-  ``learning_rate`` the Trainer logged since the previous evaluation (``logging_strategy`` =
-  ``eval_strategy`` makes them the period's) and each penalty's value.
-- **Where the penalty goes**: the Trainer clips the gradients (``max_grad_norm``, default 1.0)
-  *before* ``on_pre_optimizer_step``, the first moment a callback sees the final gradients.
-  So the callback's penalties join the clipped data gradient, as ``torch.optim``'s own
-  ``weight_decay`` does: ``L2(λ)`` gives ``Trainer(optim="sgd", weight_decay=2λ)``'s weights on
-  the same parameters, not those of ``λ·Σθ²`` added to the loss (whose gradient the Trainer
-  would clip too). Penalties with a closed-form gradient (L1, L2, elastic net) join as one
-  fused ``grad += c·θ`` (skipping parameters without a gradient this step, as torch's
-  ``weight_decay``); any other penalty (a third-party one without ``add_grad``, or every
-  penalty with ``fused=False``) is differentiated by autograd there — never skipped.
-  **The penalty in the loss, exactly:** ``max_grad_norm=0`` (no clipping), or keep clipping
-  and mix :class:`PenaltiesBeforeClipping` into the Trainer class (the gradients join after
-  the last micro-batch's backward pass, before the Trainer clips).
-- **Update plugins** do not touch gradients, so clipping does not concern them:
-  ``DecoupledWeightDecay`` acts before the optimizer step, ``ProximalL1`` and ``MaxNorm`` after
-  it. ``DecoupledWeightDecay(wd, kinds=["weight", "embedding"])`` gives
-  ``Trainer(weight_decay=wd)``'s weights (the Trainer decays every parameter except biases and
-  LayerNorm parameters: weights and embeddings in regplug's kinds; regplug's default selects
-  weights only, leaving embeddings undecayed).
-- **Gradient accumulation** (``gradient_accumulation_steps=k``): one window per optimizer
-  step; each penalty enters once per step at full strength.
-- **Stopping** sets ``control.should_training_stop`` (the Trainer ends the epoch's loop there).
-  ``on_train_end`` fires after the Trainer's ``load_best_model_at_end``, so regplug's
-  restoration is the one that stays. A ``train()`` that raised never gets ``on_train_end``:
-  the next ``train()`` starts a new run (nothing is restored).
-- Plugin state does not ride in the Trainer's checkpoints (``trainer_state.json`` holds JSON,
-  not weights): ``resume_from_checkpoint`` starts regplug's run afresh.
+Docs: docs/loops/transformers.md (which Trainer event drives which hook, and the pitfalls).
 """
 
 from __future__ import annotations

@@ -1,21 +1,16 @@
-"""Wire regplug plugins into Keras 3 ``model.fit`` with one callback.
+"""The Python-side events of Keras 3 ``model.fit``: :class:`Regularize` and :func:`detach`.
 
-The whole change to a Keras training script::
-
-    from regplug.adapters.keras import Regularize
-    from regplug.plugins import L2, MaxNorm
+::
 
     model.fit(x, y, epochs=10, callbacks=[Regularize([L2(1e-4), MaxNorm(3.0)])])
 
-The same plugin objects work in a PyTorch loop (:mod:`regplug.adapters.torch`). The
-callback's Python-side methods drive the run's epoch clock; penalties and updates are traced
-into the compiled train step by the attachment (:mod:`.patches`). How that works inside
-``fit`` on each backend, and why this way: ``docs/keras-internals.md``.
+The callback's methods drive the run's epoch clock; penalties and updates are traced into the
+compiled train step by the attachment (:mod:`.patches`). If an exception (Ctrl-C included)
+ends ``fit``, Keras skips ``on_train_end``: the patches then act as the originals, and the
+model's next ``fit``/``evaluate``/``predict``/``save``/... removes them (:func:`detach` by hand).
 
-If ``fit`` is interrupted by an exception (Ctrl-C included), Keras does not call
-``on_train_end``. The patches then act as the originals at once, and the model's next
-``fit``/``evaluate``/``predict``/``save``/... call removes them before doing its work
-(:func:`detach` does it by hand); the plugins' run ends without ``on_train_end``.
+Docs: docs/loops/keras.md (when each hook fires; options, pitfalls); how the patches work on
+each backend: docs/keras-internals.md.
 """
 
 from __future__ import annotations

@@ -1,54 +1,16 @@
-"""Wire regplug plugins into an existing PyTorch training loop with three added lines.
+"""The hand-written PyTorch loop's events: :func:`attach` and :class:`TorchRegularizer`::
 
-The supported pattern::
-
-    from regplug.adapters.torch import attach
-    from regplug.plugins import L2, DecoupledWeightDecay
-
-    with attach(model, optimizer, [L2(1e-4)]) as reg:          # 1: on_train_begin
+    with attach(model, optimizer, [L2(1e-4)]) as reg:              # on_train_begin
         for epoch in range(epochs):
             for x, y in loader:
                 optimizer.zero_grad()
-                loss = reg.loss(criterion(model(x), y))            # 2: on_loss
+                loss = reg.loss(criterion(model(x), y))            # on_loss
                 loss.backward()
                 optimizer.step()                                   # on_before_step / on_step
-            if reg.epoch_end({"val_loss": evaluate(model)}):       # 3: on_epoch_end
-                break
-                                                                   # on_train_end on exit
+            if reg.epoch_end({"val_loss": evaluate(model)}):       # on_epoch_end
+                break                                              # on_train_end on exit
 
-``on_epoch_begin`` fires at the first training-mode forward pass of each epoch, and
-``on_batch_begin`` at the first one after each optimizer step (where no plugin implements
-them, scheduled strengths are brought up to date at ``reg.loss``);
-``on_before_step``/``on_step`` fire through ``optimizer.step()``'s own hooks, so gradient
-clipping, ``GradScaler`` and learning-rate schedulers keep working unchanged.
-
-``optimizer.step(closure)`` (LBFGS, Lightning): call ``reg.loss`` inside the closure; each
-evaluation is the penalized objective, and ``on_before_step`` runs after the first
-evaluation's backward pass. Fused penalties join inside ``step()``, after any gradient
-clipping (torch's ``weight_decay`` meaning); ``reg.add_penalty_grads()`` before clipping gives
-the meaning of the penalty in the loss.
-
-Gradient accumulation: call ``reg.loss`` on every micro-batch loss; the penalty enters once
-per optimizer step (call it on the loss you backpropagate, after dividing by the number of
-micro-batches). Mixed precision: penalties are computed in float32 with autocast off, and
-closed-form ones are applied after ``GradScaler`` has unscaled the gradients.
-
-Distributed (``torch.distributed``, e.g. DDP started with ``torchrun``): attach on every
-rank, to the wrapped model (parameter names are those of the module inside). Penalties
-and updates need nothing more: DDP averages the gradients during ``backward``, a fused
-penalty is added after that inside ``optimizer.step()`` and an autograd one is in every
-rank's loss, so each counts once, and the update plugins act alike on every rank's
-identical weights. Stop votes are collective: when the process group is initialised,
-``attach`` picks :class:`TorchWorld`, and ``reg.epoch_end`` all-reduces whether any rank's
-plugins voted, so every rank gets the same answer and leaves the loop at the same epoch
-(a rank stopped by another records "another process voted to stop"). So **call
-``reg.epoch_end`` on every rank, every epoch** — not only on rank 0 — or the other ranks
-wait for it. Each rank passes its own metrics, with the same keys on every rank: the logs
-are averaged over the ranks before any plugin sees them, so every rank makes the same
-decisions (``EarlyStopping`` restores the same best epoch everywhere and the replicas stay
-identical). Metrics a rank already all-reduced are unchanged by the averaging.
-A rank whose process dies makes the others' next vote fail at once; a rank that stays
-alive without calling ``reg.epoch_end`` holds them until the process group's ``timeout``.
+Docs: docs/loops/torch.md (when each hook fires; clipping, closures, accumulation, AMP, DDP).
 """
 
 from __future__ import annotations

@@ -61,10 +61,14 @@ def test_docstring_examples(name):
 # ...") and runs after that block. A block that cannot run in a test starts with
 # "# not run by the tests: <reason>" (reported as a skip with its reason; a test keeps them
 # few). A block importing a framework that is not installed is skipped. ```text blocks show
-# output and are not run. docs/plugin-guide.md's blocks run in the guide's own tests below
-# (each after every earlier block defining a plugin class, as the guide reads in order).
+# output and are not run. Two pages' blocks run in tests of their own: docs/plugin-guide.md's
+# in the guide's tests below (each after every earlier block defining a plugin class, as the
+# guide reads in order), docs/tuning-in-your-loop.md's in each framework's test_pruning.py
+# (with the reader's own model and data handed in, and fewer trials).
 
-OWN_RUNNER = {DOCS / "plugin-guide.md"}
+OWN_RUNNER = {DOCS / "plugin-guide.md", DOCS / "tuning-in-your-loop.md"}
+PRUNING_TESTS = [ROOT / "tests" / framework / "test_pruning.py"
+                 for framework in ("torch", "keras", "lightning", "transformers")]
 NOT_RUN = "# not run by the tests:"
 # the optional packages a block may need, by import name
 OPTIONAL = ("torch", "keras", "tensorflow", "jax", "lightning", "pytorch_lightning",
@@ -163,6 +167,17 @@ def test_the_docs_blocks_are_found_and_few_are_left_unrun():
         reason = code.splitlines()[0][len(NOT_RUN):].strip()
         assert len(reason) >= 10, f"{_label(page)}: say why the block is not run: {code[:80]}"
     assert len(unrun) <= max(2, len(BLOCKS) // 10), [_label(page) for page, _ in unrun]
+
+
+def test_each_block_of_tuning_in_your_loop_is_run_by_a_framework_test():
+    """Its blocks are titled ("# Keras fit"); a framework's test_pruning.py picks each by title."""
+    sources = "\n".join(path.read_text() for path in PRUNING_TESTS)
+    blocks = _python_blocks(DOCS / "tuning-in-your-loop.md")
+    assert blocks
+    for code in blocks:
+        title = code.splitlines()[0].removeprefix("# ")
+        assert f'"# {title}\\n"' in sources or f'doc_block("{title}")' in sources, (
+            f"docs/tuning-in-your-loop.md: no test runs the block titled {title!r}")
 
 
 def test_the_docs_blocks_import_what_they_use():
