@@ -1,23 +1,17 @@
-"""regplug in Keras 3: :class:`Regularize`, one callback for ``model.fit``.
-
-::
+"""regplug in Keras 3: :class:`Regularize`, one callback for ``model.fit``, on the TensorFlow,
+torch and JAX backends::
 
     model.fit(x, y, epochs=10, callbacks=[Regularize([L2(1e-4), EarlyStopping(patience=3)])])
 
-Runs on the TensorFlow, torch and JAX backends. One module per job (how they act inside the
-compiled train step: ``docs/keras-internals.md``):
+One module per job. :mod:`.callback`: :class:`Regularize` and :func:`detach`, the Python-side
+events of ``fit``. :mod:`.patches`: what regplug traces into the train step for one ``fit``
+(loss, optimizer, dropout, JAX step, guards, one module each) and its removal. :mod:`.ops`:
+:class:`KerasOps`, written with ``keras.ops``. :mod:`.discovery`: parameters, kinds, dropout
+layers. :mod:`.scalars`: :class:`KerasScheduledValue`. :mod:`.state`: :class:`KerasModelState`.
+:mod:`.trial`: :class:`KerasTrial`. :mod:`.uncertainty`: :func:`mc_predict`. :mod:`.compare`:
+the runner of ``regplug compare``. :mod:`._compat`: every use of Keras API that is not public.
 
-- :mod:`.callback` — :class:`Regularize` and :func:`detach`, the Python-side events of ``fit``;
-- :mod:`.patches` — what regplug traces into the train step for one ``fit``, and its removal:
-  one module per job (loss, optimizer, dropout, JAX step, guards) and the attachment of all;
-- :mod:`.ops` — :class:`KerasOps`, the operations plugins call, written with ``keras.ops``;
-- :mod:`.discovery` — parameter handles, their kinds, the dropout layers;
-- :mod:`.scalars` — :class:`KerasScheduledValue`, strengths held in variables;
-- :mod:`.state` — :class:`KerasModelState`, snapshots of ``model.weights``;
-- :mod:`.trial` — :class:`KerasTrial`, side-effect-free training on one batch;
-- :mod:`.uncertainty` — :func:`mc_predict`, MC-dropout predictions;
-- :mod:`.compare` — the Keras runner of ``regplug compare``;
-- :mod:`._compat` — every use of Keras API that is not public.
+Docs: docs/loops/keras.md; inside the compiled step: docs/keras-internals.md.
 """
 
 from __future__ import annotations
