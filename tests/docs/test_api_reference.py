@@ -145,6 +145,16 @@ def test_every_public_name_has_an_entry_in_the_api_reference(module):
                          f"docs/api/*.md: {missing}")
 
 
+def test_every_hook_has_an_entry_in_the_api_reference():
+    (names,) = [ast.literal_eval(node.value) for node in parse("regplug.hookspecs").body
+                if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and node.target.id == "HOOK_NAMES"]
+    assert "on_loss" in names
+    rendered = documented()
+    missing = [name for name in names if f"regplug.hookspecs.{name}" not in rendered]
+    assert not missing, f"hooks without an entry in docs/api/hooks.md: {missing}"
+
+
 def test_every_entry_names_something_and_nothing_is_rendered_twice():
     # documented() fails on an entry naming nothing (a renamed or removed object); an object
     # rendered twice gets two anchors, and cross-references to it would be ambiguous
