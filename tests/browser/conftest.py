@@ -41,7 +41,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync"]
 PAGE_TIMEOUT_MS = 30_000
 
-_SCREENSHOTS_TAKEN = pytest.StashKey[list[Path]]()
+SECTIONS = ("site", "report", "checker")  # the screenshots' folders, one per kind of page
+_SCREENSHOTS_USED = pytest.StashKey[Path]()
 
 
 def built_site() -> Path | None:
@@ -352,31 +353,28 @@ def screenshots_folder(config: pytest.Config) -> Path:
 def screenshots(request: pytest.FixtureRequest) -> Path:
     """The folder of this run's screenshots, emptied of an earlier run's."""
     folder = screenshots_folder(request.config)
-    for section in ("site", "report", "checker"):
+    for section in SECTIONS:
         shutil.rmtree(folder / section, ignore_errors=True)
-    request.config.stash[_SCREENSHOTS_TAKEN] = []
+        (folder / section).mkdir(parents=True)
+    request.config.stash[_SCREENSHOTS_USED] = folder
     return folder
 
 
 @pytest.fixture
-def page_checker(browser: Any, screenshots: Path,
-                 request: pytest.FixtureRequest) -> Any:
+def page_checker(browser: Any, screenshots: Path) -> Any:
     """``page_checker(server, relative, shot)``: check_page, its screenshot kept as
     ``<screenshots>/<shot>.png``."""
-    taken = request.config.stash[_SCREENSHOTS_TAKEN]
 
     def check(server: Server, relative: str, shot: str) -> PageReport:
-        report = check_page(browser, server, relative, screenshots / f"{shot}.png")
-        if report.screenshot is not None:
-            taken.append(report.screenshot)
-        return report
+        return check_page(browser, server, relative, screenshots / f"{shot}.png")
 
     return check
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    taken = config.stash.get(_SCREENSHOTS_TAKEN, [])
-    if taken:
+    folder = config.stash.get(_SCREENSHOTS_USED, None)
+    if folder is not None:
+        taken = sum(1 for section in SECTIONS for _ in (folder / section).rglob("*.png"))
         terminalreporter.write_sep("-", "browser screenshots")
-        terminalreporter.write_line(f"{len(taken)} full-page screenshots (1280x900 viewport) "
-                                    f"in {screenshots_folder(config)}")
+        terminalreporter.write_line(f"{taken} screenshots (1280x900 viewport, pages in full) in "
+                                    f"{folder}")

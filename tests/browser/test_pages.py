@@ -71,3 +71,26 @@ def test_compare_report(compare_report: tuple[str, Path], serve: Any,
     figures = sorted(p.name for p in out.glob("*.png"))
     assert report.images == len(figures) >= 3, (report.images, figures)
     assert report.links >= 2, report.links  # results.csv, results.json
+
+
+def test_search_finds_a_plugin(browser: Any, site_server: Any, screenshots: Path) -> None:
+    """The site's search (material's, from the local index, in a web worker) answers in the
+    browser, and its results lead to pages of the build."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(site_server.url(""), wait_until="load")
+        page.fill("input.md-search__input", "ProximalL1")
+        page.wait_for_selector(".md-search-result__item", timeout=15_000)
+        links = page.eval_on_selector_all(".md-search-result__item a",
+                                          "links => links.map(a => a.href)")
+        page.screenshot(path=str(screenshots / "site" / "search-ProximalL1.png"))
+    finally:
+        context.close()
+    assert errors == []
+    assert links, "no search result for ProximalL1"
+    missing = [link for link in links if site_server.file_for(link) is None]
+    assert missing == [], f"search results that lead nowhere: {missing}"
