@@ -5,6 +5,8 @@ methods in Keras and in the trainers) and tells the clock what happened; the clo
 the run's epoch, calls the hooks in the order the plugins were listed, and decides — the same
 way in every framework — whether training stops. The per-step hooks belong to the step
 window (:mod:`regplug.window`).
+
+Docs: docs/clock-and-window.md.
 """
 
 from __future__ import annotations

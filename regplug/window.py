@@ -1,17 +1,17 @@
 """The step window: from the first loss of an optimizer step to the update, shared by the
-PyTorch adapter and the trainers built on PyTorch.
+PyTorch adapter and the trainers built on it (Lightning, Hugging Face).
 
 One window per optimizer update, however many micro-batches it accumulates: ``on_loss`` fires
 once, at the window's first loss; penalties that know their gradient are kept for the update,
-the others go into the loss; at the update ``on_before_step`` (after the fused gradients) and
-``on_step`` fire, and the clock's step advances. An adapter may add the fused gradients
-earlier (:meth:`StepWindow.add_penalty_grads`, e.g. before gradient clipping) and open a
-fresh window per evaluation of an optimizer's closure (:meth:`StepWindow.reset`). The usage
-checks that keep a penalty from silently going missing live here too, worded by the adapter
-(:class:`regplug.clock.Wording`).
+the others are handed to the adapter for autograd; at the update ``on_before_step`` (after
+the fused gradients) and ``on_step`` fire, and the clock's step advances. An adapter may add
+the fused gradients earlier (:meth:`StepWindow.add_penalty_grads`, e.g. before gradient
+clipping) and open a fresh window per evaluation of an optimizer's closure
+(:meth:`StepWindow.reset`). The usage checks that keep a penalty from silently going missing
+live here too, worded by the adapter (:class:`regplug.clock.Wording`). Keras traces the same
+three hooks into its compiled train step instead, through the same dispatch.
 
-Keras traces the same three hooks into its compiled train step instead; it calls them through
-the same dispatch (:meth:`regplug.PluginManager.caller`), without a Python-side window.
+Docs: docs/clock-and-window.md.
 """
 
 from __future__ import annotations
