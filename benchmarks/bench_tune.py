@@ -110,7 +110,7 @@ class _Setup:
                warmup: int = 0) -> _SearchRun:
         from regplug.experiment.strategies import BUILTIN_STRATEGIES
         from regplug.tune.search import Search
-        from regplug.tune.spaces import strategy_space
+        from regplug.tune.strategy_space import strategy_space
 
         spaces = [strategy_space(BUILTIN_STRATEGIES[name]) for name in STRATEGIES]
         search = Search(spaces=spaces, runner=self.runner, splits=self.splits,

@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from regplug.hookspecs import hookimpl
+from regplug.ranges import FloatRange, SearchRange
 from regplug.run import Run
-from regplug.space import FloatRange, SearchRange
 
 from ._base import ParameterPlugin, Strength
 

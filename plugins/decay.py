@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from regplug.functional import decoupled_decay_factor
 from regplug.hookspecs import hookimpl
+from regplug.ranges import FloatRange, SearchRange
 from regplug.run import Run
-from regplug.space import FloatRange, SearchRange
 
 from ._base import ParameterPlugin, Strength
 

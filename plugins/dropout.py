@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from regplug.errors import RegplugWarning
+from regplug.ranges import FloatRange, SearchRange
 from regplug.run import DropoutHandle, Run
 from regplug.schedules import Constant, Schedule, as_schedule
 from regplug.selection import _patterns
-from regplug.space import FloatRange, SearchRange
 
 from ._base import ConfiguredPlugin
 

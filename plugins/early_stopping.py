@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 from regplug.hookspecs import hookimpl
 from regplug.plugin import Plugin
+from regplug.ranges import IntRange, SearchRange
 from regplug.run import Run
-from regplug.space import IntRange, SearchRange
 from regplug.validation import check_bool, check_choice, check_int, check_real
 
 from ._tracker import MetricTracker

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from regplug.hookspecs import hookimpl
 from regplug.penalty import Penalty
+from regplug.ranges import FloatRange, SearchRange
 from regplug.run import Run
-from regplug.space import FloatRange, SearchRange
 
 from ._base import Binding, ParameterPlugin, Strength
 

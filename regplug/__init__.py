@@ -30,6 +30,7 @@ from .manager import PluginManager
 from .ops import Ops
 from .penalty import Penalty
 from .plugin import CAPABILITIES, Plugin
+from .ranges import Choice, FloatRange, IntRange, SearchRange, SpaceError, tunable_arguments
 from .registry import available_plugins, build_plugins, create_plugin, load_config
 from .run import DropoutHandle, LocalWorld, ParamHandle, Run, ScheduledValue, StopRequest
 from .schedules import (
@@ -45,7 +46,6 @@ from .schedules import (
     Step,
 )
 from .selection import DEFAULT_KINDS, PARAM_KINDS, Selection
-from .space import Choice, FloatRange, IntRange, SearchRange, SpaceError, tunable_arguments
 from .uncertainty import MCPrediction
 
 __version__ = "0.1.0"

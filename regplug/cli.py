@@ -16,8 +16,8 @@ from .compare.cli import add_compare_parser
 from .errors import PluginLoadError, PluginValidationError, RegplugError
 from .hookspecs import HOOK_NAMES, implemented_hooks
 from .manager import validate_plugin_class
+from .ranges import SpaceError, tunable_arguments
 from .registry import DISABLE_AUTOLOAD_ENV, autoload_disabled, available_plugins
-from .space import SpaceError, tunable_arguments
 from .tune.cli import add_tune_parser
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from .builtins import BUILTIN_PLUGINS
 from .configfile import ConfigError, ConfigTypeError, describe_value, read_toml
 from .errors import PluginLoadError, RegplugError, UnknownPluginError
-from .space import SearchRange, tunable_arguments
+from .ranges import SearchRange, tunable_arguments
 
 ENTRY_POINT_GROUP = "regplug"
 DISABLE_AUTOLOAD_ENV = "REGPLUG_DISABLE_PLUGIN_AUTOLOAD"
@@ -62,10 +62,10 @@ class PluginInfo:
     def tunable(self) -> dict[str, SearchRange]:
         """The arguments the plugin declares worth tuning and their ranges (its ``tunable``
         attribute, checked against its constructor by
-        :func:`~regplug.space.tunable_arguments`); ``{}`` when it declares none.
+        :func:`~regplug.ranges.tunable_arguments`); ``{}`` when it declares none.
 
         Loads the plugin: a :class:`~regplug.errors.PluginLoadError` when it cannot be
-        imported, a :class:`~regplug.space.SpaceError` naming it when the declaration is
+        imported, a :class:`~regplug.ranges.SpaceError` naming it when the declaration is
         unusable.
 
         >>> available_plugins()["l2"].tunable()

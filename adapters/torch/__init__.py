@@ -2,7 +2,7 @@
 
 One module per job; the trainer callbacks (:mod:`regplug.adapters.lightning`,
 :mod:`regplug.adapters.transformers`) are thin event sources over them. :mod:`.loop`:
-:func:`attach`, :class:`TorchRegularizer`. :mod:`.run`: :func:`build_run`, the
+:func:`attach`, :class:`TorchRegularizer`. :mod:`.build`: :func:`build_run`, the
 :class:`regplug.Run` of a model and its optimizer. :mod:`.ops`: :class:`TorchOps`, the fused
 in-place operations plugins call. :mod:`.grads`: penalties' gradients added outside the
 loss. :mod:`.discovery`: parameter handles, their kinds, dropout modules. :mod:`.state`:
@@ -16,10 +16,10 @@ Docs: docs/loops/torch.md (API: docs/api/torch.md).
 
 from __future__ import annotations
 
+from .build import LearningRates, build_run
 from .discovery import discover_dropout, discover_parameters, unwrap
 from .loop import TorchRegularizer, attach
 from .ops import TorchOps
-from .run import LearningRates, build_run
 from .state import TorchModelState
 from .trial import TorchTrial
 from .uncertainty import is_dropout_module, mc_predict

@@ -31,8 +31,8 @@ from regplug.plugin import check_requirements
 from regplug.run import StopRequest
 from regplug.window import StepWindow
 
+from .build import build_run
 from .ops import TorchOps, without_grad
-from .run import build_run
 from .state import load_run_state, run_state_dict
 from .trial import TorchTrial
 

@@ -28,7 +28,7 @@ from ..experiment.arguments import (
 if TYPE_CHECKING:
     from ..experiment.strategies import Strategy
     from .search import BestSetting, Objective, RoundRobin, Search, TrialRecord
-    from .spaces import StrategySpace, TuneConfig
+    from .strategy_space import StrategySpace, TuneConfig
 
 __all__ = ["add_tune_parser", "cmd_tune", "DEFAULT_TRIALS", "DEFAULT_GRID_POINTS",
            "MAX_GRID_POINTS", "MAX_GRID_SIZE", "check_grid",
@@ -177,7 +177,7 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
     have, and a note names the ones left out."""
     from ..experiment.strategies import BUILTIN_STRATEGIES, select_strategies
     from .errors import SearchError
-    from .spaces import strategy_space, untunable_error
+    from .strategy_space import strategy_space, untunable_error
 
     custom = config.strategies if config is not None else {}
     ranges = config.ranges if config is not None else {}
@@ -226,9 +226,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from ..experiment.output import StagedOutput, exit_cleanly_on_sigterm
     from .errors import SearchError, import_optuna
     from .search import Objective, Search, check_warmup
-    from .spaces import load_tune_config
     from .storage import check_storage_url, check_study_name
     from .storage import open_storage as open_storage_url
+    from .strategy_space import load_tune_config
 
     # Everything a mistake could be in is checked before a framework is imported (seconds).
     optuna = import_optuna()

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..experiment.reporting import new_figure, save_figure
-from ..space import Choice
+from ..ranges import Choice
 from .search import Objective, TrialRecord
-from .spaces import StrategySpace
+from .strategy_space import StrategySpace
 
 __all__ = ["PARAMETERS_FIGURE", "HISTORY_FIGURE", "draw_parameters", "draw_history",
            "plot_parameters", "plot_history", "parameters_caption", "history_caption"]

@@ -1,7 +1,7 @@
 """The search: one Optuna study per strategy, driven round-robin, each trial trained by a
 framework's runner (:class:`~regplug.experiment.frameworks.FrameworkRunner`).
 
-A trial suggests the strategy's parameters (:mod:`.spaces`), builds its plugins, appends an
+A trial suggests the strategy's parameters (:mod:`.strategy_space`), builds its plugins, appends an
 :class:`~regplug.plugins.OptunaPruning` that reports the objective's metric after every
 epoch (and votes to stop when the pruner says so), and trains. Its value is the validation
 metric at the epoch whose weights the model ends with — the last, or the one early stopping
@@ -30,10 +30,10 @@ from ..experiment.datasets import Splits
 from ..experiment.frameworks import FrameworkRunner, TrainSettings
 from ..experiment.models import ModelChoice, ModelError
 from ..experiment.training import restored_epoch, train_strategy
-from ..space import Choice, FloatRange
+from ..ranges import Choice, FloatRange
 from .errors import SearchError, TrialFailed, import_optuna
-from .spaces import Parameter, StrategySpace
 from .storage import check_study_name, claim_or_check, run_settings, space_settings
+from .strategy_space import Parameter, StrategySpace
 
 __all__ = ["OBJECTIVES", "SAMPLERS", "PRUNERS", "Objective", "TrialRecord", "StrategyStudy",
            "BestSetting", "Search", "SearchError", "TrialFailed", "import_optuna",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..space import apply_value
+from ..ranges import apply_value
 from .errors import SearchError, import_optuna
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..experiment.frameworks import FrameworkRunner, TrainSettings
     from ..experiment.models import ModelChoice
     from .search import Objective
-    from .spaces import StrategySpace
+    from .strategy_space import StrategySpace
 
 __all__ = ["storage_file", "check_storage_url", "looks_like_journal", "check_study_name",
            "open_storage", "STUDY_SETTINGS_ATTR", "study_settings", "run_settings",

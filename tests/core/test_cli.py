@@ -44,7 +44,7 @@ def _acme_plugins(monkeypatch) -> None:
     from regplug import registry
     from regplug.hookspecs import hookimpl
     from regplug.plugin import Plugin
-    from regplug.space import Choice, FloatRange, SearchRange
+    from regplug.ranges import Choice, FloatRange, SearchRange
 
     module = types.ModuleType("acme_tunable")
 
@@ -91,7 +91,7 @@ def test_plugins_lists_each_plugins_tunable_ranges_under_its_row(capsys, monkeyp
 def test_plugins_json_holds_the_tunable_ranges_and_the_space_error(capsys, monkeypatch):
     import json
 
-    from regplug.space import describe_space, tunable_arguments
+    from regplug.ranges import describe_space, tunable_arguments
 
     _acme_plugins(monkeypatch)
     assert cli.main(["plugins", "--json"]) == 0
@@ -101,7 +101,7 @@ def test_plugins_json_holds_the_tunable_ranges_and_the_space_error(capsys, monke
     assert records["acme_smooth"]["status"] == "ok"
     assert records["acme_bad"]["tunable"] == {} and records["acme_bad"]["status"] == "broken"
     assert records["acme_bad"]["error"].startswith("SpaceError: plugin 'acme_bad'")
-    # the built-ins' text is their declared ranges', as regplug.space describes them
+    # the built-ins' text is their declared ranges', as regplug.ranges describes them
     from regplug.registry import available_plugins
 
     for name, info in available_plugins().items():

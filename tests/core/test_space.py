@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 from regplug.configfile import ConfigError
 from regplug.experiment.strategies import BUILTIN_STRATEGIES
-from regplug.registry import available_plugins, build_plugins
-from regplug.space import (
+from regplug.ranges import (
     Choice,
     FloatRange,
     IntRange,
@@ -31,6 +30,7 @@ from regplug.space import (
     parse_range,
     tunable_arguments,
 )
+from regplug.registry import available_plugins, build_plugins
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-300, max_value=1e300)

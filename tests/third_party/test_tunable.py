@@ -20,8 +20,8 @@ import pytest
 import tomllib
 
 import regplug
+from regplug.ranges import FloatRange, SpaceError, apply_value, grid_values, parse_overrides
 from regplug.registry import available_plugins, build_plugins
-from regplug.space import FloatRange, SpaceError, apply_value, grid_values, parse_overrides
 from regplug.testing import NumpyLoop
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "regplug-group-lasso"
@@ -75,7 +75,7 @@ def test_a_tune_config_overrides_the_third_party_range(group_lasso):
 
 
 MODULE = textwrap.dedent("""
-    from regplug.space import Choice, FloatRange
+    from regplug.ranges import Choice, FloatRange
 
     class Smoothing:  # no regplug.Plugin: any object with hooks and the attribute will do
         tunable = {"eps": FloatRange(0.0, 0.3), "per": Choice(["step", "epoch"])}
@@ -110,7 +110,7 @@ def acme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_plain_class_is_tunable_and_a_misdeclared_one_is_named(acme):
     plugins = available_plugins()
     assert plugins["smoothing"].tunable() == {
-        "eps": FloatRange(0.0, 0.3), "per": regplug.space.Choice(("step", "epoch"))}
+        "eps": FloatRange(0.0, 0.3), "per": regplug.ranges.Choice(("step", "epoch"))}
     with pytest.raises(SpaceError, match=r"^plugin 'misdeclared' \(acme_tunable\.Misdeclared\): "
                                          r"tunable key 'strenght' is not an argument of its "
                                          r"constructor; it accepts strength$"):

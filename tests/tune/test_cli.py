@@ -12,7 +12,7 @@ import pytest
 from regplug import cli
 from regplug.experiment.frameworks import TrainSettings
 from regplug.experiment.strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES, Strategy
-from regplug.space import SpaceError
+from regplug.ranges import SpaceError
 from regplug.tune.cli import (
     MAX_GRID_SIZE,
     Summary,
@@ -21,8 +21,8 @@ from regplug.tune.cli import (
     check_storage_outside_out,
 )
 from regplug.tune.search import Objective, SearchError, TrialRecord
-from regplug.tune.spaces import strategy_space
 from regplug.tune.storage import storage_file
+from regplug.tune.strategy_space import strategy_space
 
 
 def tune(capsys, *args: str) -> tuple[int, str, str]:

@@ -15,9 +15,9 @@ from regplug.experiment.datasets import Splits
 from regplug.experiment.frameworks import TrainSettings
 from regplug.experiment.models import BUILTIN_MODELS
 from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
-from regplug.space import grid_values
+from regplug.ranges import grid_values
 from regplug.tune.search import Objective, Search, SearchError, round_robin
-from regplug.tune.spaces import strategy_space
+from regplug.tune.strategy_space import strategy_space
 
 
 def tiny_splits() -> Splits:

@@ -10,8 +10,8 @@ import pytest
 from regplug.configfile import ConfigError
 from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
 from regplug.plugins import L2, EarlyStopping
-from regplug.space import FloatRange, IntRange, SpaceError, grid_values
-from regplug.tune.spaces import (
+from regplug.ranges import FloatRange, IntRange, SpaceError, grid_values
+from regplug.tune.strategy_space import (
     DEFAULT_DROPOUT_RANGE,
     load_tune_config,
     strategy_space,

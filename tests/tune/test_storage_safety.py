@@ -19,15 +19,15 @@ from regplug.experiment.datasets import Splits
 from regplug.experiment.frameworks import TrainSettings
 from regplug.experiment.models import BUILTIN_MODELS
 from regplug.experiment.strategies import BUILTIN_STRATEGIES, Strategy
-from regplug.space import IntRange
+from regplug.ranges import IntRange
 from regplug.tune.search import Objective, Search, SearchError
-from regplug.tune.spaces import strategy_space
 from regplug.tune.storage import (
     STUDY_SETTINGS_ATTR,
     check_storage_url,
     open_storage,
     study_settings,
 )
+from regplug.tune.strategy_space import strategy_space
 
 NOT_A_JOURNAL = ("is not an Optuna journal file (its first line is not a journal record); give "
                  "a new file or an existing journal")

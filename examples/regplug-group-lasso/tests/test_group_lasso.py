@@ -12,7 +12,7 @@ import pytest
 
 import regplug
 import regplug_group_lasso
-from regplug.space import FloatRange, grid_values, parse_overrides, tunable_arguments
+from regplug.ranges import FloatRange, grid_values, parse_overrides, tunable_arguments
 from regplug.testing import NumpyLoop, numpy_run
 from regplug_group_lasso import EPS, GroupLasso, add_group_lasso_grad, group_lasso_value
 from regplug_group_lasso import plugin as plugin_module

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import regplug
+from regplug.ranges import FloatRange, SearchRange
 from regplug.schedules import Schedule, as_schedule
-from regplug.space import FloatRange, SearchRange
 
 #: Added to each ``Σθ_g²`` under the square root, so that the penalty has a gradient (zero)
 #: at ``θ_g = 0`` instead of a division by zero; it adds ``√EPS = 1e-12`` per group.

@@ -1,6 +1,9 @@
-"""The :class:`regplug.Run` of a PyTorch model and its optimizer: what every torch event
-source (the hand-written loop's :func:`~regplug.adapters.torch.attach`, a trainer's callback)
-hands to the plugins."""
+"""Building the :class:`regplug.Run` of a PyTorch model and its optimizer (:func:`build_run`):
+what every torch event source (the hand-written loop's :func:`~regplug.adapters.torch.attach`,
+a trainer's callback) hands to the plugins.
+
+Docs: docs/loops/torch.md
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What ``regplug tune`` searches for one strategy: its tunable plugin arguments and, for a
 strategy with a dropout layer, that layer's rate — each a named range.
 
-The ranges come from the plugins' ``tunable`` declarations (:mod:`regplug.space`), replaced
+The ranges come from the plugins' ``tunable`` declarations (:mod:`regplug.ranges`), replaced
 or extended by a config's ``[tune.<plugin name>]`` tables; the strategy's own dropout rate is
 searched over :data:`DEFAULT_DROPOUT_RANGE` unless ``[tune.model]`` says otherwise. Nothing
 here imports Optuna or a framework, so every mistake is found before any training.
@@ -26,8 +26,7 @@ from typing import Any
 
 from ..configfile import ConfigError, describe_value, read_toml
 from ..experiment.strategies import Strategy, strategies_from_tables
-from ..registry import available_plugins
-from ..space import (
+from ..ranges import (
     Choice,
     FloatRange,
     IntRange,
@@ -39,6 +38,7 @@ from ..space import (
     parse_range,
     tunable_arguments,
 )
+from ..registry import available_plugins
 
 __all__ = ["Parameter", "StrategySpace", "TuneConfig", "DEFAULT_DROPOUT_RANGE", "MODEL_TABLE",
            "strategy_space", "load_tune_config", "untunable_error", "probe_values"]
