@@ -1,4 +1,7 @@
-"""``regplug compare``: the command line of the comparison (registered by :mod:`regplug.cli`)."""
+"""``regplug compare``: the command line of the comparison (registered by :mod:`regplug.cli`).
+
+Docs: docs/compare.md
+"""
 
 from __future__ import annotations
 

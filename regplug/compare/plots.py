@@ -2,6 +2,8 @@
 
 Figures are drawn on matplotlib's Agg canvas directly (no ``pyplot``), so nothing changes
 the backend or the global state of a program or notebook that calls this.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Hand-written rather than rich's or tqdm's progress bars: neither prints the per-
 line that a log needs (tqdm writes its ``\\r`` redraws into a pipe too, rich's live display
 stays silent there), and at a narrow width both cut or fold the text instead of dropping
 whole parts in order; what is left is the ``\\r`` redraw below.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The figures are linked by their file names (they sit beside the report), so the page stays
 small and opens from the output folder in any browser.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

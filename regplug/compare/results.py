@@ -3,6 +3,8 @@
 The frameworks' runners return a :class:`TrainOutcome` (history, accuracies, final weights);
 the metrics that must mean the same in every framework — the fraction of exact-zero weights
 and the final penalty — are computed here, from the final weights, by NumPy.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

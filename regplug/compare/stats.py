@@ -10,6 +10,8 @@ converges fast on the side of the symmetry point where it is used. Its values ag
 (5.1962, 0.0138, 0.015)
 >>> holm([0.01, 0.04, 0.03])
 [0.03, 0.06, 0.06]
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Nothing here imports Optuna or a framework at import time: ``regplug --help`` stays fast
 and works without either.
+
+Docs: docs/tune.md
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
 [[strategies]]
 name = "l2_tuned"
 plugins = [{name = "l2", l2 = 0.000123}]
+
+Docs: docs/tune.md
 """
 
 from __future__ import annotations

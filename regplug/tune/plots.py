@@ -5,6 +5,8 @@ objective per trial with the best so far.
 Complete trials are filled dots; pruned ones grey crosses at the last value they reported
 (a pruned trial stopped early, so its value is of an earlier epoch than the others'); the
 best trial of each strategy a red star. Failed trials have no value and are not drawn.
+
+Docs: docs/tune.md
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """``report.html`` of a search: the command, the settings, the summary table, the figures
 and ``best.toml``, in one page that opens from the output folder (figures are linked by
-their file names, beside it)."""
+their file names, beside it).
+
+Docs: docs/tune.md
+"""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ here imports Optuna or a framework, so every mistake is found before any trainin
 >>> space = strategy_space(B["batch_norm_dropout"])
 >>> [(p.name, p.space.describe()) for p in space.parameters]
 [('model.dropout', '0.0 .. 0.7')]
->>> space.apply({"model.dropout": 0.35}).dropout
-0.35
+
+Docs: docs/tune.md
 """
 
 from __future__ import annotations
