@@ -5,7 +5,10 @@ reST forms they use into Markdown before mkdocstrings renders them.
 - ``>>>`` examples become ``pycon`` code blocks (not text whose ``[0.1, 0.2]`` reads as a link);
 - literal blocks introduced by ``::`` become code blocks;
 - simple tables (columns under ``====  ====`` rules) become Markdown tables;
-- field lists (``:param name: text``, ``:returns:``, ``:raises X:``) become bullet lists.
+- field lists (``:param name: text``, ``:returns:``, ``:raises X:``) become bullet lists;
+- a docs page named by its repository path (``Docs: docs/loops/torch.md``) becomes a link to
+  that page of the site (the docstrings render only on the API pages, docs/api/*.md, so the
+  link is relative to docs/api/; mkdocs checks it and writes its URL).
 
 Loaded by mkdocs.yml (mkdocstrings' python handler, ``extensions``). The sources are unchanged.
 """
@@ -13,9 +16,15 @@ Loaded by mkdocs.yml (mkdocstrings' python handler, ``extensions``). The sources
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
+
+DOCS = Path(__file__).resolve().parents[1]
+#: from an API page (docs/api/<page>.md) to docs/
+SITE_ROOT = "../"
+DOCS_PATH = re.compile(r"`{0,2}\bdocs/((?:[\w-]+/)*[\w-]+)\.md`{0,2}")
 
 ROLE = re.compile(r":(?:py:)?(?:class|func|mod|meth|attr|data|exc|obj|const)(?:\:)?`(~?)([^`]+)`")
 FIELD = re.compile(r"^(\s*):(param|parameter|arg|argument|key|keyword|returns?|raises?|yields?)"
@@ -29,6 +38,20 @@ def _role(match: re.Match[str]) -> str:
     if tilde:
         target = target.rsplit(".", 1)[-1]
     return f"`{target.lstrip('.')}`"
+
+
+def _page_link(match: re.Match[str]) -> str:
+    page = match.group(1)
+    if not (DOCS / f"{page}.md").is_file():
+        return match.group(0)
+    titles = [line[2:].strip() for line in (DOCS / f"{page}.md").read_text().splitlines()
+              if line.startswith("# ")]
+    title = titles[0].replace("[", "").replace("]", "") if titles else f"{page}.md"
+    return f"[{title}]({SITE_ROOT}{page}.md)"
+
+
+def _links(line: str) -> str:
+    return DOCS_PATH.sub(_page_link, line)
 
 
 def _indent(line: str) -> int:
@@ -125,13 +148,13 @@ def to_markdown(text: str) -> str:
             if out and out[-1].strip() and not FIELD_BULLET.match(out[-1]) \
                     and not out[-1].startswith(pad + "  "):
                 out.append("")
-            out.append(f"{pad}- {head}: {text or ''}".rstrip())
+            out.append(_links(f"{pad}- {head}: {text or ''}".rstrip()))
             i += 1
             while i < len(lines) and lines[i].strip() and _indent(lines[i]) > len(pad):
-                out.append(pad + "  " + lines[i].strip())
+                out.append(_links(pad + "  " + lines[i].strip()))
                 i += 1
             continue
-        out.append(line)
+        out.append(_links(line))
         i += 1
     return "\n".join(out)
 
