@@ -17,13 +17,6 @@ from regplug.hookspecs import HOOK_NAMES
 MAX_LINES = 15
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
-#: Modules still over the budget that another part of issue 17 is trimming; each is expected
-#: to fail until its owner trims it (then it passes: the mark is not strict).
-NOT_YET_TRIMMED: frozenset[str] = frozenset({
-    "regplug.space",
-})
-
-
 def _sources() -> dict[str, Path]:
     """Every module of regplug, regplug.plugins and regplug.adapters, by dotted name, found
     as files in the installed package (nothing is imported: no framework is needed)."""
@@ -55,11 +48,7 @@ def test_the_modules_are_found():
             "regplug.adapters", "regplug.adapters.torch.uncertainty"} <= set(SOURCES)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(
-        strict=False, reason=f"{name}: its docstring is still a manual; trimmed by another "
-                             "part of issue 17")) if name in NOT_YET_TRIMMED else name
-    for name in sorted(SOURCES)])
+@pytest.mark.parametrize("name", sorted(SOURCES))
 def test_module_docstring_is_short(name):
     doc = _docstring(SOURCES[name])
     assert doc, f"{name} has no module docstring: say in one line what the module is"
