@@ -55,7 +55,8 @@ def fixture_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def check(fixture_site: Path, serve: Any, page_checker: Any) -> Any:
     def run(page: str) -> Any:
         with serve(fixture_site) as server:
-            return page_checker(server, page, f"checker/{page.replace('/', '-')}")
+            return page_checker(server, page,
+                                f"checker/{page.removesuffix('.html').replace('/', '-')}")
     return run
 
 
