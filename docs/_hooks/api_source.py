@@ -4,14 +4,17 @@ In the repository regplug.plugins lives in plugins/ and regplug.adapters in adap
 wheel maps them under regplug/. griffe reads source files, not import hooks (and resolves
 symlinks), so this hook copies the sources to build/docs-api-src/regplug/ in the installed
 layout: regplug/ with plugins/ and adapters/ inside. mkdocs.yml points mkdocstrings' ``paths``
-there. It runs when mkdocs loads its hooks, before any page renders; each file is swapped in
-atomically, so two builds at once do not read half-written files.
+there. It runs at mkdocs' ``on_startup`` event, before mkdocstrings sets up its Python
+handler (whose search paths must exist by then), and again at each ``on_config`` (the
+rebuilds of ``mkdocs serve``); each file is swapped in atomically, so two builds at once do
+not read half-written files.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGE = ROOT / "build" / "docs-api-src"
@@ -48,4 +51,12 @@ def stage() -> Path:
     return STAGE
 
 
-stage()
+def on_startup(command: str, dirty: bool) -> None:
+    """mkdocs' first event: lay out the sources before mkdocstrings looks for them."""
+    stage()
+
+
+def on_config(config: Any) -> Any:
+    """mkdocs' event at every (re)build: bring the copy up to date."""
+    stage()
+    return config
