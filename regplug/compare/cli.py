@@ -6,19 +6,25 @@ Docs: docs/compare.md
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..experiment.arguments import SEED_MAX, add_training_arguments, positive_int, seed
 
 if TYPE_CHECKING:
-    from ..experiment.frameworks import TrainSettings
+    from ..experiment.datasets import Splits
+    from ..experiment.frameworks import FrameworkRunner, TrainSettings
+    from ..experiment.models import ModelChoice
+    from ..experiment.strategies import Strategy
+    from .results import StrategyResult
 
-__all__ = ["add_compare_parser", "cmd_compare", "cmd_demo"]
+__all__ = ["add_compare_parser", "cmd_compare", "cmd_demo", "plan_compare", "print_plan",
+           "print_results", "ComparePlan"]
 
 _EPILOG = """\
 examples:
@@ -133,19 +139,52 @@ def _list(custom: dict[str, Any]) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Resolve everything a mistake could be in, then train, print and write."""
-    from ..experiment.datasets import BUNDLED_DATA, splits_per_seed
-    from ..experiment.frameworks import TrainSettings, get_runner
-    from ..experiment.models import resolve_model
-    from ..experiment.output import StagedOutput, exit_cleanly_on_sigterm
-    from ..experiment.strategies import load_strategies, select_strategies
+    from ..experiment.output import exit_cleanly_on_sigterm
+    from ..experiment.strategies import load_strategies
     from .comparison import run_compare
     from .progress import Progress
-    from .results import baseline_statement, format_summary_table, format_table, summarize
 
-    # Everything a mistake could be in is checked before a framework is imported (seconds).
     custom = load_strategies(args.config) if args.config else {}
     if args.list:
         return _list(custom)
+    plan = plan_compare(args, custom)
+    print_plan(args, plan)
+    start = time.perf_counter()
+    with exit_cleanly_on_sigterm():  # SIGTERM unwinds like Ctrl-C: no staging folder left
+        results = run_compare(frameworks=plan.frameworks, strategies=plan.strategies,
+                              splits=plan.splits, model=plan.model, settings=plan.settings,
+                              out=args.out,
+                              progress=Progress(enabled=False if args.quiet else None),
+                              command=plan.command, seeds=plan.seeds,
+                              splits_for=plan.splits_for)
+    print_results(args, plan, results, seconds=time.perf_counter() - start)
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparePlan:
+    """What :func:`plan_compare` resolved: the runs to train and how."""
+
+    strategies: list[Strategy]
+    model: ModelChoice
+    frameworks: tuple[str, ...]
+    seeds: int
+    splits: Splits
+    splits_for: Callable[[int], Splits]
+    runners: dict[str, FrameworkRunner]
+    settings: TrainSettings
+    command: str
+
+
+def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> ComparePlan:
+    """Refuse every mistake the command line can hold (before a framework is imported:
+    seconds), then load the data and the frameworks' runners."""
+    from ..experiment.datasets import splits_per_seed
+    from ..experiment.frameworks import TrainSettings, get_runner
+    from ..experiment.models import resolve_model
+    from ..experiment.output import StagedOutput
+    from ..experiment.strategies import select_strategies
+
     strategies = select_strategies(args.strategies, custom)
     model = resolve_model(args.model)
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
@@ -166,32 +205,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or defaults.batch_size,
         learning_rate=args.lr or defaults.learning_rate)
     command = "regplug compare " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
+    return ComparePlan(strategies=strategies, model=model, frameworks=frameworks,
+                       seeds=seeds, splits=splits, splits_for=splits_for, runners=runners,
+                       settings=settings, command=command)
 
-    print(f"data:       {splits.describe()}")
+
+def print_plan(args: argparse.Namespace, plan: ComparePlan) -> None:
+    """Print what will be trained, and how."""
+    from ..experiment.datasets import BUNDLED_DATA
+
+    seeds = plan.seeds
+    print(f"data:       {plan.splits.describe()}")
     if seeds > 1:
         print("            " + ("(per seed: the test rows and the validation split)"
                                 if args.data in BUNDLED_DATA else
                                 "(per seed: the validation split; the test rows are the "
                                 "data's own, the same for every seed)"))
-    print(f"model:      {model}")
-    print(f"training:   {_describe_training(settings, seeds)}")
-    print(f"frameworks: {', '.join(runner.describe() for runner in runners.values())}")
+    print(f"model:      {plan.model}")
+    print(f"training:   {_describe_training(plan.settings, seeds)}")
+    print(f"frameworks: {', '.join(runner.describe() for runner in plan.runners.values())}")
     print("strategies:")
-    for strategy in strategies:
+    for strategy in plan.strategies:
         print(f"  {strategy.name:<24}{strategy.describe()}")
     if seeds > 1:
+        frameworks, strategies = plan.frameworks, plan.strategies
         print(f"runs:       {len(frameworks) * len(strategies) * seeds} = "
               f"{len(frameworks)} framework{'s' if len(frameworks) > 1 else ''} × "
               f"{len(strategies)} strateg{'ies' if len(strategies) > 1 else 'y'} × "
               f"{seeds} seeds ({args.seed} to {args.seed + seeds - 1})")
     sys.stdout.flush()
-    start = time.perf_counter()
-    with exit_cleanly_on_sigterm():  # SIGTERM unwinds like Ctrl-C: no staging folder left
-        results = run_compare(frameworks=frameworks, strategies=strategies, splits=splits,
-                              model=model, settings=settings, out=args.out,
-                              progress=Progress(enabled=False if args.quiet else None),
-                              command=command, seeds=seeds, splits_for=splits_for)
-    total = time.perf_counter() - start
+
+
+def print_results(args: argparse.Namespace, plan: ComparePlan,
+                  results: Sequence[StrategyResult], *, seconds: float) -> None:
+    """Print the table (with several seeds: mean ± std and the tests against ``none``), the
+    time taken and what was written."""
+    from .results import baseline_statement, format_summary_table, format_table, summarize
+
+    seeds = plan.seeds
     print()
     if seeds > 1:
         summaries = summarize(results)
@@ -202,13 +253,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(format_table(results))
     per_framework = ", ".join(
-        f"{fw} {sum(r.seconds for r in results if r.framework == fw):.1f}s" for fw in frameworks)
+        f"{fw} {sum(r.seconds for r in results if r.framework == fw):.1f}s"
+        for fw in plan.frameworks)
     runs = f"{len(results)} run{'' if len(results) == 1 else 's'}"
-    print(f"\n{runs} in {total:.1f}s (training: {per_framework})")
+    print(f"\n{runs} in {seconds:.1f}s (training: {per_framework})")
     if args.out is not None:
         print(f"wrote {args.out}: report.html, results.csv, "
               + ("summary.csv, " if seeds > 1 else "") + "results.json and the figures")
-    return 0
 
 
 def _describe_training(settings: TrainSettings, seeds: int) -> str:

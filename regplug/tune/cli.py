@@ -28,12 +28,16 @@ from ..experiment.arguments import (
 )
 
 if TYPE_CHECKING:
+    from ..experiment.datasets import Splits
+    from ..experiment.frameworks import FrameworkRunner, TrainSettings
+    from ..experiment.models import ModelChoice
     from ..experiment.strategies import Strategy
     from .search import BestSetting, Objective, RoundRobin, Search, TrialRecord
     from .strategy_space import StrategySpace, TuneConfig
 
-__all__ = ["add_tune_parser", "cmd_tune", "DEFAULT_TRIALS", "DEFAULT_GRID_POINTS",
-           "MAX_GRID_POINTS", "MAX_GRID_SIZE", "check_grid",
+__all__ = ["add_tune_parser", "cmd_tune", "check_arguments", "wire_search", "print_plan",
+           "run_search", "write_outputs", "CheckedArguments", "SearchPlan", "DEFAULT_TRIALS",
+           "DEFAULT_GRID_POINTS", "MAX_GRID_POINTS", "MAX_GRID_SIZE", "check_grid",
            "check_storage_outside_out"]
 
 DEFAULT_TRIALS = 20
@@ -222,17 +226,45 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Check everything a mistake could be in, then search, print and write."""
-    from ..experiment.datasets import load_splits
-    from ..experiment.frameworks import TrainSettings, get_runner
+    from ..experiment.output import exit_cleanly_on_sigterm
+
+    plan = wire_search(args, check_arguments(args))
+    width = print_plan(args, plan)
+    start = time.perf_counter()
+    # SIGTERM unwinds like Ctrl-C: no staging folder left
+    with exit_cleanly_on_sigterm(), _interrupts_unmasked():
+        summary = run_search(args, plan, width=width, start=start)
+        print()
+        print(summary.text())
+        if args.out is not None:
+            write_outputs(args, plan, summary)
+            print(f"wrote {args.out}: report.html, trials.csv, best.toml, results.json and "
+                  "the figures")
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedArguments:
+    """What :func:`check_arguments` found in the command line, every mistake refused."""
+
+    objective: Objective
+    spaces: list[StrategySpace]
+    notes: list[str]
+    model: ModelChoice
+    grid_points: int
+    optuna_version: str
+
+
+def check_arguments(args: argparse.Namespace) -> CheckedArguments:
+    """Refuse every mistake the command line, the config or ``--out`` can hold, before a
+    framework is imported or any data loaded (seconds)."""
     from ..experiment.models import resolve_model
-    from ..experiment.output import StagedOutput, exit_cleanly_on_sigterm
+    from ..experiment.output import StagedOutput
     from .errors import SearchError, import_optuna
-    from .search import Objective, Search, check_warmup
+    from .search import Objective, check_warmup
     from .storage import check_storage_url, check_study_name
-    from .storage import open_storage as open_storage_url
     from .strategy_space import load_tune_config
 
-    # Everything a mistake could be in is checked before a framework is imported (seconds).
     optuna = import_optuna()
     objective = Objective(args.objective)
     if args.study_name is not None and args.storage is None:
@@ -259,78 +291,117 @@ def cmd_tune(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
-    storage = open_storage_url(args.storage)
+    return CheckedArguments(objective=objective, spaces=spaces, notes=notes, model=model,
+                            grid_points=grid_points, optuna_version=optuna.__version__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchPlan:
+    """The search :func:`wire_search` built: its studies, data, runner and settings."""
+
+    checked: CheckedArguments
+    search: Search
+    splits: Splits
+    runner: FrameworkRunner
+    settings: TrainSettings
+    study_name: str
+    notes: list[str]
+    command: str
+
+
+def wire_search(args: argparse.Namespace, checked: CheckedArguments) -> SearchPlan:
+    """Open the storage, load the data and the framework's runner, and build the
+    :class:`~regplug.tune.search.Search` with one study per strategy."""
+    from ..experiment.datasets import load_splits
+    from ..experiment.frameworks import TrainSettings, get_runner
+    from .search import Search
+    from .storage import open_storage
+
+    storage = open_storage(args.storage)
     splits = load_splits(args.data, seed=args.seed)
     runner = get_runner(args.framework)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, seed=args.seed)
     study_name = args.study_name or DEFAULT_STUDY_NAME
-    search = Search(spaces=spaces, runner=runner, splits=splits, model=model,
-                    settings=settings, objective=objective, sampler=args.sampler,
-                    pruner=args.pruner, grid_points=grid_points, seed=args.seed,
+    search = Search(spaces=checked.spaces, runner=runner, splits=splits, model=checked.model,
+                    settings=settings, objective=checked.objective, sampler=args.sampler,
+                    pruner=args.pruner, grid_points=checked.grid_points, seed=args.seed,
                     storage=storage, study_name=study_name,
                     warmup_epochs=args.warmup_epochs)
+    notes = list(checked.notes)
     if args.sampler == "grid":
         for entry in search.studies.values():
             if entry.grid_size is not None and entry.grid_size < args.trials:
                 notes.append(f"grid: {entry.name} has {entry.grid_size} setting(s) "
-                             f"({grid_points} points per range); --trials {args.trials} "
-                             f"runs at most {entry.grid_size}")
+                             f"({checked.grid_points} points per range); --trials "
+                             f"{args.trials} runs at most {entry.grid_size}")
     command = "regplug tune " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
+    return SearchPlan(checked=checked, search=search, splits=splits, runner=runner,
+                      settings=settings, study_name=study_name, notes=notes, command=command)
 
-    print(f"data:       {splits.describe()}")
-    print(f"model:      {model}")
-    print(f"training:   {settings.describe()}")
-    print(f"framework:  {runner.describe()}")
-    print(f"objective:  {objective.describe()}, on the validation rows")
+
+def print_plan(args: argparse.Namespace, plan: SearchPlan) -> int:
+    """Print what will be searched, and how; the width of the strategy-name column."""
+    checked = plan.checked
+    print(f"data:       {plan.splits.describe()}")
+    print(f"model:      {checked.model}")
+    print(f"training:   {plan.settings.describe()}")
+    print(f"framework:  {plan.runner.describe()}")
+    print(f"objective:  {checked.objective.describe()}, on the validation rows")
     print(f"search:     {args.trials} trial(s) per strategy, sampler {args.sampler}, pruner "
           f"{args.pruner}"
           + (f" (warm-up {_count(args.warmup_epochs, 'epoch')})"
              if args.warmup_epochs else "")
           + (f", timeout {args.timeout:g}s" if args.timeout else "")
-          + (f", storage {args.storage} (studies {study_name}/<strategy>)"
+          + (f", storage {args.storage} (studies {plan.study_name}/<strategy>)"
              if args.storage else ""))
-    width = max(len(space.strategy.name) for space in spaces) + 2
+    width = max(len(space.strategy.name) for space in checked.spaces) + 2
     print("strategies:")
-    for space in spaces:
+    for space in checked.spaces:
         print(f"  {space.strategy.name:<{width}}"
               + "; ".join(p.describe() for p in space.parameters))
-    for note in notes:
+    for note in plan.notes:
         print(f"note: {note}")
     sys.stdout.flush()
+    return width
 
-    start = time.perf_counter()
-    # SIGTERM unwinds like Ctrl-C: no staging folder left
-    with exit_cleanly_on_sigterm(), _interrupts_unmasked():
-        schedule = search.run(trials=args.trials, timeout=args.timeout,
-                              on_trial=None if args.quiet else _trial_printer(objective, width))
-        records = search.records()
-        bests = {name: search.best(name) for name in search.studies}
-        for best in bests.values():
-            if best is not None:
-                search.measure_best(best)
-        seconds = time.perf_counter() - start
-        summary = Summary(search, records, bests, schedule, settings, seconds)
-        print()
-        print(summary.text())
-        if args.out is not None:
-            info = {
-                "command": command, "data": splits.describe(), "model": str(model),
-                "training": settings.describe(), "framework": runner.describe(),
-                "objective": objective.describe(), "trials_per_strategy": args.trials,
-                "timeout_s": args.timeout, "sampler": args.sampler,
-                "grid_points": grid_points if args.sampler == "grid" else None,
-                "pruner": args.pruner,
-                "warmup_epochs": args.warmup_epochs, "seed": args.seed, "storage": args.storage,
-                "study_name": study_name if args.storage else None,
-                "config": args.config, "regplug": _version(),
-                "optuna": optuna.__version__, "python": platform.python_version()}
-            with StagedOutput(args.out) as staged:
-                write_all(staged.path, summary, info, command=command)
-                staged.commit()
-            print(f"wrote {args.out}: report.html, trials.csv, best.toml, results.json and "
-                  "the figures")
-    return 0
+
+def run_search(args: argparse.Namespace, plan: SearchPlan, *, width: int,
+               start: float) -> Summary:
+    """Run the trials (one line each unless ``--quiet``), then measure each strategy's best
+    setting once on the test rows; what was found, timed from ``start``."""
+    search = plan.search
+    schedule = search.run(trials=args.trials, timeout=args.timeout,
+                          on_trial=None if args.quiet
+                          else _trial_printer(plan.checked.objective, width))
+    records = search.records()
+    bests = {name: search.best(name) for name in search.studies}
+    for best in bests.values():
+        if best is not None:
+            search.measure_best(best)
+    seconds = time.perf_counter() - start
+    return Summary(search, records, bests, schedule, plan.settings, seconds)
+
+
+def write_outputs(args: argparse.Namespace, plan: SearchPlan, summary: Summary) -> None:
+    """Write ``--out`` all at once (:func:`write_all`), with the settings of the run."""
+    from ..experiment.output import StagedOutput
+
+    checked = plan.checked
+    info = {
+        "command": plan.command, "data": plan.splits.describe(), "model": str(checked.model),
+        "training": plan.settings.describe(), "framework": plan.runner.describe(),
+        "objective": checked.objective.describe(), "trials_per_strategy": args.trials,
+        "timeout_s": args.timeout, "sampler": args.sampler,
+        "grid_points": checked.grid_points if args.sampler == "grid" else None,
+        "pruner": args.pruner,
+        "warmup_epochs": args.warmup_epochs, "seed": args.seed, "storage": args.storage,
+        "study_name": plan.study_name if args.storage else None,
+        "config": args.config, "regplug": _version(),
+        "optuna": checked.optuna_version, "python": platform.python_version()}
+    with StagedOutput(args.out) as staged:
+        write_all(staged.path, summary, info, command=plan.command)
+        staged.commit()
 
 
 def check_grid(spaces: Sequence[StrategySpace], points: int) -> None:
