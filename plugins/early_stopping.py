@@ -244,10 +244,12 @@ class EarlyStopping(Plugin):
         current = self.tracker.read(logs)
         if current is None or epoch < self.start_from_epoch:
             return
-        self.history = self.history.append(epoch, current, logs)
-        if self.history.improved and self.restore_best_weights:
+        history = self.history.append(epoch, current, logs)
+        if history.improved and self.restore_best_weights:
             self._keep_weights(run)
-        stop, reason = first_stop(self.criteria, self.history)
+        stop, reason = first_stop(self.criteria, history)
+        if not (self.check_finite and not math.isfinite(current)):
+            self.history = history  # an epoch check_finite stops on is no measurement
         if stop:
             self.stopped_epoch = epoch
             self.stop_reason = reason

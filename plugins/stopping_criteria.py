@@ -50,7 +50,8 @@ class MetricHistory:
     :param logs: each entry's whole logs (e.g. the training ``loss`` :class:`ProgressQuotient`
         needs); read them, never change them.
 
-    ``improvements`` (derived) holds the indexes of the entries that set a new best.
+    Derived: ``improvements``, the indexes of the entries that set a new best, and
+    ``finite_indexes``, those of the finite values (the series Prechelt's criteria measure).
     :meth:`of` builds one from a list of values, :meth:`append` adds an epoch.
 
     >>> h = MetricHistory.of([0.9, 0.7, 0.8, 0.75])
@@ -65,6 +66,7 @@ class MetricHistory:
     values: tuple[float, ...] = ()
     logs: tuple[Mapping[str, float], ...] = ()
     improvements: tuple[int, ...] = field(init=False, default=())
+    finite_indexes: tuple[int, ...] = field(init=False, default=())
     _prefix: InitVar[MetricHistory | None] = None
 
     def __post_init__(self, _prefix: MetricHistory | None) -> None:
@@ -75,14 +77,18 @@ class MetricHistory:
             raise ValueError(f"MetricHistory: 'epochs', 'values' and 'logs' must have one entry "
                              f"per epoch each, got {len(self.epochs)}, {len(self.values)} and "
                              f"{len(self.logs)}")
-        start, found = (len(_prefix.values), list(_prefix.improvements)) if _prefix else (0, [])
+        start, found, finite = ((len(_prefix.values), list(_prefix.improvements),
+                                 list(_prefix.finite_indexes)) if _prefix else (0, [], []))
         best = self.values[found[-1]] if found else None
         for index in range(start, len(self.values)):  # only the new entry after append()
             value = self.values[index]
-            if math.isfinite(value) and self.improves(value, best):
-                best = value
-                found.append(index)
+            if math.isfinite(value):
+                finite.append(index)
+                if self.improves(value, best):
+                    best = value
+                    found.append(index)
         object.__setattr__(self, "improvements", tuple(found))
+        object.__setattr__(self, "finite_indexes", tuple(finite))
 
     @classmethod
     def of(cls, values: Iterable[float], *, monitor: str = "val_loss", mode: str = "min",
@@ -155,10 +161,6 @@ class MetricHistory:
         last = self.improvements[-1] if self.improvements else -1
         return len(self.values) - 1 - last
 
-    def finite(self) -> list[int]:
-        """Indexes of the finite values: the series Prechelt's criteria measure."""
-        return [i for i, v in enumerate(self.values) if math.isfinite(v)]
-
     def describe_best(self, sep: str = ",") -> str:
         """``", best 0.7 at epoch 2"`` (epochs from 1) for a reason; ``""`` before any."""
         best, epoch = self.best, self.best_epoch
@@ -172,7 +174,8 @@ class Criterion(Protocol):
     """What :class:`~regplug.plugins.EarlyStopping` needs of a criterion: one pure method."""
 
     def evaluate(self, history: MetricHistory) -> Decision:
-        """``(True, reason)`` to stop after this epoch, ``(False, None)`` to go on."""
+        """``(True, reason)`` to stop after this epoch, ``(False, None)`` to go on; the
+        history holds at least this epoch."""
         ...
 
 
@@ -321,12 +324,9 @@ class _Prechelt(StoppingCriterion):
                 "loss or error, or use another criterion")
 
     @staticmethod
-    def _strip_end(history: MetricHistory, k: int) -> list[int] | None:
-        """The finite entries' indexes when this epoch ends a strip of ``k`` of them."""
-        if not math.isfinite(history.current):
-            return None
-        finite = history.finite()
-        return finite if len(finite) % k == 0 else None
+    def _strip_end(history: MetricHistory, k: int) -> bool:
+        """Whether this epoch ends a strip of ``k`` finite values."""
+        return math.isfinite(history.current) and len(history.finite_indexes) % k == 0
 
     @staticmethod
     def _best(history: MetricHistory) -> float:
@@ -392,11 +392,10 @@ class ProgressQuotient(_Prechelt):
             raise ValueError(f"EarlyStopping: criterion 'pq' needs the training error "
                              f"{self.train_monitor!r} in the logs of every epoch (set "
                              "train_monitor to a key that is there)")
-        finite = self._strip_end(history, self.strip_length)
-        if finite is None:
+        if not self._strip_end(history, self.strip_length):
             return _GO_ON  # Prechelt evaluates PQ only at the end of a strip
         strip = [float(history.logs[i][self.train_monitor])
-                 for i in finite[-self.strip_length:]]
+                 for i in history.finite_indexes[-self.strip_length:]]
         value = history.current
         pq = F.progress_quotient(value, self._best(history), strip)
         if pq <= self.alpha:
@@ -430,15 +429,15 @@ class RisingStrips(_Prechelt):
 
     def rising(self, history: MetricHistory) -> int:
         """Successive strip ends, up to this epoch, whose value rose over the one before."""
-        k = self.strip_length
-        series = [history.values[i] for i in history.finite()]
+        k, finite, values = self.strip_length, history.finite_indexes, history.values
+        end = len(finite) // k * k - 1  # the last strip end, in the finite series
         count = 0
-        for end in range(k - 1, len(series), k):
-            count = count + 1 if end >= k and series[end] > series[end - k] else 0
+        while end - k >= 0 and values[finite[end]] > values[finite[end - k]]:
+            count, end = count + 1, end - k
         return count
 
     def evaluate(self, history: MetricHistory) -> Decision:
-        if self._strip_end(history, self.strip_length) is None:
+        if not self._strip_end(history, self.strip_length):
             return _GO_ON
         rising = self.rising(history)
         if rising < self.strips:

@@ -55,7 +55,7 @@ def test_append_leaves_the_history_it_came_from_unchanged():
 
 def test_non_finite_values_never_improve():
     h = MetricHistory.of([math.nan, 0.5, math.inf, -math.inf])
-    assert h.improvements == (1,) and h.finite() == [1] and h.since_improvement() == 2
+    assert h.improvements == (1,) and h.finite_indexes == (1,) and h.since_improvement() == 2
 
 
 def test_history_refuses_inconsistent_fields():
@@ -435,3 +435,15 @@ def test_bad_criteria_arguments_of_early_stopping_name_the_plugin(kwargs, error,
     with pytest.raises(error, match=match) as info:
         EarlyStopping(**kwargs)
     assert str(info.value).startswith("EarlyStopping: ")
+
+
+def test_an_epoch_check_finite_stops_on_is_left_out_of_the_history():
+    stopper = EarlyStopping(patience=5)
+    loop = NumpyLoop({"w": np.zeros((1, 1))}, [stopper])
+    loop.epoch_end({"val_loss": 0.5})
+    assert loop.epoch_end({"val_loss": math.nan})  # stops ...
+    assert stopper.history.values == (0.5,) and stopper.wait == 0  # ... and is no measurement
+    loop.close()
+    stopper = EarlyStopping(patience=5, check_finite=False)
+    run(stopper, [0.5, math.nan])
+    assert len(stopper.history) == 2 and stopper.wait == 1  # counted as no improvement (Keras)
