@@ -145,37 +145,16 @@ class EarlyStopping(Plugin):
         given = {"alpha": alpha, "patience": None if unset else patience, "baseline": baseline,
                  "strip_length": strip_length, "strips": strips, "train_monitor": train_monitor}
         with _as_argument_of(owner):
-            if criteria is None:
-                self.criterion = check_choice(owner, "criterion", criterion, tuple(CRITERIA))
-                _refuse_unused(owner, self.criterion, given)
-                main: list[Criterion] = [_builtin(self.criterion, given)]
-            else:
-                if criterion != "patience":
-                    raise ValueError(f"{owner}: pass criterion={criterion!r} or criteria=[...], "
-                                     "not both")
-                self.criterion = "custom"
-                _refuse_unused(owner, "custom", given)
-                main = _check_criteria(owner, criteria)
-            guards: list[Criterion] = [NonFinite()] if self.check_finite else []
-            if stopping_threshold is not None:
-                check_real(owner, "stopping_threshold", stopping_threshold, low=-math.inf)
-                guards.append(StoppingThreshold(stopping_threshold))
-            if divergence_threshold is not None:
-                check_real(owner, "divergence_threshold", divergence_threshold, low=-math.inf)
-                guards.append(DivergenceThreshold(divergence_threshold))
+            self.criterion, main = _main_criteria(owner, criterion, criteria, given)
             for each in main:
                 check = getattr(each, "check", None)
                 if callable(check):
                     check(monitor, self.mode)
+            guards = _guards(owner, self.tracker, self.check_finite, stopping_threshold,
+                             divergence_threshold)
         self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
         self.divergence_threshold = (None if divergence_threshold is None
                                      else float(divergence_threshold))
-        if (self.stopping_threshold is not None and self.divergence_threshold is not None
-                and not self.tracker.better(self.stopping_threshold, self.divergence_threshold)):
-            raise ValueError(
-                f"{owner}: stopping_threshold={self.stopping_threshold:g} must be better than "
-                f"divergence_threshold={self.divergence_threshold:g} in mode={self.mode!r}, "
-                "or every value would stop training at once")
         #: Every criterion asked at the end of an epoch, in order.
         self.criteria: tuple[Criterion, ...] = (*guards, *main)
         self._main = tuple(main)
@@ -387,6 +366,39 @@ def _builtin(criterion: str, given: Mapping[str, Any]) -> StoppingCriterion:
     if criterion == "pq":
         return ProgressQuotient(**args)
     return RisingStrips(**args)
+
+
+def _main_criteria(owner: str, criterion: str, criteria: Sequence[Criterion] | None,
+                   given: Mapping[str, Any]) -> tuple[str, list[Criterion]]:
+    """The criterion's name (``"custom"`` for ``criteria=[...]``) and the main criteria."""
+    if criteria is None:
+        name = check_choice(owner, "criterion", criterion, tuple(CRITERIA))
+        _refuse_unused(owner, name, given)
+        return name, [_builtin(name, given)]
+    if criterion != "patience":
+        raise ValueError(f"{owner}: pass criterion={criterion!r} or criteria=[...], not both")
+    _refuse_unused(owner, "custom", given)
+    return "custom", _check_criteria(owner, criteria)
+
+
+def _guards(owner: str, tracker: MetricTracker, check_finite: bool,
+            stopping_threshold: float | None,
+            divergence_threshold: float | None) -> list[Criterion]:
+    """The criteria asked first: the non-finite check and Lightning's thresholds."""
+    guards: list[Criterion] = [NonFinite()] if check_finite else []
+    if stopping_threshold is not None:
+        check_real(owner, "stopping_threshold", stopping_threshold, low=-math.inf)
+        guards.append(StoppingThreshold(stopping_threshold))
+    if divergence_threshold is not None:
+        check_real(owner, "divergence_threshold", divergence_threshold, low=-math.inf)
+        guards.append(DivergenceThreshold(divergence_threshold))
+    if (stopping_threshold is not None and divergence_threshold is not None
+            and not tracker.better(stopping_threshold, divergence_threshold)):
+        raise ValueError(
+            f"{owner}: stopping_threshold={stopping_threshold:g} must be better than "
+            f"divergence_threshold={divergence_threshold:g} in mode={tracker.mode!r}, "
+            "or every value would stop training at once")
+    return guards
 
 
 def _refuse_unused(owner: str, criterion: str, given: Mapping[str, Any]) -> None:
