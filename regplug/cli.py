@@ -6,6 +6,7 @@ import argparse
 import inspect
 import json
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -90,14 +91,61 @@ def plugin_listing() -> list[dict[str, Any]]:
     return records
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    """Print every available plugin with its origin and hooks, and under it the ranges of
-    its tunable arguments (``regplug tune`` searches them); broken ones with their error."""
-    records = plugin_listing()
-    if args.json:
-        print(json.dumps({"third_party_discovery": not autoload_disabled(),
-                          "plugins": records}, indent=2))
-        return 0
+WIDTH = 80  # the default listing fits a terminal this wide; --wide prints everything
+NAME_WIDTH = 24  # the longest name that sets the width of the name column
+
+
+def plugin_summary(factory: object) -> str:
+    """The first sentence of a plugin's own docstring as plain text (reST roles and literals
+    unwrapped), ``""`` when it has none; a class without a docstring of its own does not
+    borrow its base class's.
+
+    >>> from regplug.plugins import L2
+    >>> plugin_summary(L2)
+    'Add l2 · Σθ² over the selected parameters to the loss (a Gaussian prior).'
+    """
+    doc = vars(factory).get("__doc__") if inspect.isclass(factory) else \
+        getattr(factory, "__doc__", None)
+    if not isinstance(doc, str) or not doc.strip():
+        return ""
+    paragraph = " ".join(inspect.cleandoc(doc).split("\n\n", 1)[0].split())
+    paragraph = re.sub(r":[\w:]+:`~[\w.]*?(\w+)`", r"\1", paragraph)  # :class:`~a.B` -> B
+    paragraph = re.sub(r":[\w:]+:`([^`]*)`", r"\1", paragraph)  # :func:`a.f` -> a.f
+    paragraph = re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "",
+                       paragraph)
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph, maxsplit=1)[0]
+
+
+def _shorten(text: str, room: int) -> str:
+    """``text`` if it fits in ``room`` characters, else cut with "…": at the last clause
+    break outside parentheses (", ", "; ", " (") in the last third of the room, else at the
+    end of the last whole word."""
+    if len(text) <= room:
+        return text
+    if room < 2:
+        return ""
+    limit = room - 1  # characters before the "…"
+    depth, clause = 0, -1
+    for i, char in enumerate(text[:limit + 1]):
+        if char == "(":
+            if depth == 0 and text[i - 1:i] == " ":
+                clause = i - 1
+            depth += 1
+        elif char == ")":
+            depth = max(depth - 1, 0)
+        elif char in ",;" and depth == 0 and text[i + 1:i + 2] == " ":
+            clause = i
+    if clause >= 2 * room // 3:
+        cut = text[:clause]
+    else:
+        cut = text[:limit]
+        if text[limit] != " " and " " in cut.strip():
+            cut = cut[:cut.rstrip().rfind(" ")]
+    return cut.rstrip(" ,;:(-—") + "…"
+
+
+def _print_wide(records: list[dict[str, Any]]) -> None:
+    """Every plugin with its origin, target, hooks and status; its tunable ranges under it."""
     rows = [(r["name"], r["distribution"], r["target"],
              ", ".join(r["hooks"]) or ("-" if r["error"] else "(no hooks)"),
              "ok" if r["error"] is None else f"BROKEN: {r['error']}") for r in records]
@@ -108,6 +156,45 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
         if record["tunable"]:  # its own line: the row keeps ending in its status
             print("    tune: " + "; ".join(f"{k}: {v}" for k, v in record["tunable"].items()))
+
+
+def _print_short(records: list[dict[str, Any]], summaries: dict[str, str]) -> None:
+    """One line per plugin, at most :data:`WIDTH` characters: its name and the first sentence
+    of its docstring (a third-party one's distribution first; a broken one's error)."""
+    # a name longer than NAME_WIDTH takes the room of its own description only
+    name_width = max([len("name"), *(len(r["name"]) for r in records
+                                     if len(r["name"]) <= NAME_WIDTH)])
+    print("name".ljust(name_width) + "  description")
+    for record in records:
+        if record["error"] is not None:
+            text = f"BROKEN: {record['error']}"
+        else:
+            text = summaries.get(record["name"]) or "(no description)"
+        if not record["builtin"]:
+            text = f"({record['distribution']}) {text}"
+        name = record["name"].ljust(name_width)
+        short = _shorten(text, WIDTH - len(name) - 2)
+        print(name + "  " + short if short else record["name"])
+    print("(regplug plugins --wide: each plugin's origin, class, hooks and tunable ranges)")
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Print every available plugin: by default one line each (its name and what it does,
+    in 80 columns); with ``--wide`` its origin and hooks, and under it the ranges of its
+    tunable arguments (``regplug tune`` searches them); broken ones with their error."""
+    records = plugin_listing()
+    if args.json:
+        print(json.dumps({"third_party_discovery": not autoload_disabled(),
+                          "plugins": records}, indent=2))
+        return 0
+    if args.wide:
+        _print_wide(records)
+    else:
+        summaries: dict[str, str] = {}
+        for name, info in available_plugins().items():
+            if any(r["name"] == name and r["error"] is None for r in records):
+                summaries[name] = plugin_summary(info.load())
+        _print_short(records, summaries)
     if autoload_disabled():
         print(f"(third-party discovery is off: {DISABLE_AUTOLOAD_ENV} is set)")
     return 0
@@ -125,11 +212,16 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="regplug", description="Regularization plugins for PyTorch loops and Keras fit.")
+        prog="regplug",
+        description="Regularization plugins for four training loops: a plain PyTorch loop, "
+                    "Keras fit, Lightning and the Hugging Face Trainer.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("--version", action="version", version=f"regplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plugins", help="list available plugins (built-in and discovered)")
+    p.add_argument("--wide", action="store_true",
+                   help="one row per plugin with its origin, target, hooks and status, and "
+                        "the ranges of its tunable arguments under it (wider than 80 columns)")
     p.add_argument("--json", action="store_true",
                    help="print the listing as JSON (name, distribution, target, hooks, "
                         "tunable ranges, status, error of each plugin)")

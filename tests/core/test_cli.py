@@ -11,8 +11,8 @@ from _compare_cli import table_rows
 from regplug import cli
 
 
-def test_plugins_lists_origin_and_hooks(capsys):
-    assert cli.main(["plugins"]) == 0
+def test_plugins_wide_lists_origin_and_hooks(capsys):
+    assert cli.main(["plugins", "--wide"]) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("proximal_l1"))
     assert "regplug (built-in)" in line and "on_step" in line and line.endswith("ok")
@@ -70,9 +70,9 @@ def _acme_plugins(monkeypatch) -> None:
     monkeypatch.setattr(cli_module, "available_plugins", lambda: found)
 
 
-def test_plugins_lists_each_plugins_tunable_ranges_under_its_row(capsys, monkeypatch):
+def test_plugins_wide_lists_each_plugins_tunable_ranges_under_its_row(capsys, monkeypatch):
     _acme_plugins(monkeypatch)
-    assert cli.main(["plugins"]) == 0
+    assert cli.main(["plugins", "--wide"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: i for i, line in enumerate(lines) if not line.startswith(" ")}
     assert lines[rows["l2"] + 1] == "    tune: l2: 1e-06 .. 0.1, log"
@@ -115,6 +115,130 @@ def test_plugins_mentions_disabled_discovery(capsys, monkeypatch):
     monkeypatch.setenv("REGPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")
     cli.main(["plugins"])
     assert "discovery is off" in capsys.readouterr().out
+    cli.main(["plugins", "--wide"])
+    assert "discovery is off" in capsys.readouterr().out
+
+
+LONG_DIST = "acme-regularizers-with-a-rather-long-distribution-name-for-testing 10.20.30"
+LONG_DOC = ("Shrink every weight of the model towards the running mean of its own past values, "
+            "with a strength that follows the schedule the config names (a long summary line).")
+
+
+def _long_third_party_plugins(monkeypatch) -> None:
+    """Beside the built-ins: a plugin with a long name whose docstring's first sentence is far
+    longer than 80 columns; a factory function; one that fails to import; and, from a
+    distribution with a long name, one without a docstring of its own (its base class has
+    one)."""
+    import types
+
+    from regplug import cli as cli_module
+    from regplug import registry
+    from regplug.hookspecs import hookimpl
+    from regplug.plugin import Plugin
+
+    module = types.ModuleType("acme_long")
+
+    class Verbose(Plugin):
+        @hookimpl
+        def on_train_begin(self, run):
+            pass
+
+    Verbose.__doc__ = LONG_DOC + "\n\n    :param x: not part of the summary.\n"
+
+    class Quiet(Plugin):
+        @hookimpl
+        def on_train_begin(self, run):
+            pass
+
+    def make_verbose() -> Verbose:
+        """Build a :class:`~acme_long.Verbose` with ``x=1``. Second sentence, not shown."""
+        return Verbose()
+
+    module.Verbose, module.Quiet, module.make_verbose = Verbose, Quiet, make_verbose
+    monkeypatch.setitem(sys.modules, "acme_long", module)
+    found = dict(registry.available_plugins())
+    for name, target, dist in (
+            ("acme_shrink_towards_the_running_mean", "acme_long:Verbose", "acme-reg 1.2.0"),
+            ("acme_factory", "acme_long:make_verbose", "acme-reg 1.2.0"),
+            ("acme_missing", "acme_not_installed_module:Thing", "acme-reg 1.2.0"),
+            ("acme_quiet", "acme_long:Quiet", LONG_DIST)):
+        found[name] = registry.PluginInfo(name, target, dist, False)
+    monkeypatch.setattr(cli_module, "available_plugins", lambda: found)
+
+
+def test_plugins_prints_one_line_per_plugin_in_80_columns(capsys, monkeypatch):
+    _long_third_party_plugins(monkeypatch)
+    listed = cli.available_plugins()  # the built-ins and the four above
+    builtins = sorted(n for n, info in listed.items() if info.builtin)
+    assert cli.main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert lines[0].split() == ["name", "description"]
+    assert lines[-1].startswith("(regplug plugins --wide")
+    rows = lines[1:-1]
+    # one line per plugin, built-ins first, each starting with its name
+    assert [row.split()[0] for row in rows] == builtins + sorted(set(listed) - set(builtins))
+    by_name = {row.split()[0]: row[row.index("  "):].strip() for row in rows}
+    # a built-in's description is its docstring's first sentence, shortened to fit
+    assert by_name["l2"] == "Add l2 · Σθ² over the selected parameters to the loss…"
+    assert by_name["early_stopping"] == "Stop training when monitor stops improving…"
+    assert not any("``" in text or ":class:" in text for text in by_name.values())
+    # third-party: the distribution first, then as much of the sentence as fits
+    long_row = next(r for r in rows if r.startswith("acme_shrink_towards_the_running_mean"))
+    assert long_row.startswith("acme_shrink_towards_the_running_mean  (acme-reg 1.2.0) Shrink")
+    assert long_row.endswith("…") and 70 < len(long_row) <= 80
+    assert by_name["acme_factory"] == "(acme-reg 1.2.0) Build a Verbose with x=1."
+    assert by_name["acme_missing"].startswith(
+        "(acme-reg 1.2.0) BROKEN: ModuleNotFoundError: No module")
+    # a class without a docstring of its own does not show Plugin's
+    assert by_name["acme_quiet"].startswith("(acme-regularizers-with") and \
+        by_name["acme_quiet"].endswith("…")
+    # --wide is the full listing: every plugin's target, hooks and status, lines past 80
+    assert cli.main(["plugins", "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert wide[0].split() == ["name", "from", "target", "hooks", "status"]
+    row = next(line for line in wide if line.startswith("acme_missing"))
+    assert "acme_not_installed_module:Thing" in row and "BROKEN: ModuleNotFoundError" in row
+    assert next(line for line in wide if line.startswith("l2 ")).endswith("  ok")
+    assert max(len(line) for line in wide) > 80
+
+
+def test_plugin_summary_is_the_first_sentence_in_plain_text():
+    from regplug.cli import plugin_summary
+    from regplug.plugins import DecoupledWeightDecay
+
+    assert plugin_summary(DecoupledWeightDecay) == (
+        "Multiply the selected weights by 1 − lr·weight_decay at every optimizer update.")
+
+    class Documented:
+        """Use :func:`math.exp` and :class:`~regplug.plugins.L2`, ``x``; e.g. `y`.
+
+        More text."""
+
+    class Undocumented(Documented):
+        pass
+
+    assert plugin_summary(Documented) == "Use math.exp and L2, x; e.g. y."
+    assert plugin_summary(Undocumented) == ""
+
+
+@pytest.mark.parametrize("room", range(2, 90))
+def test_a_shortened_description_fits_its_room_and_says_it_was_cut(room):
+    from regplug.cli import _shorten
+
+    for text in (LONG_DOC, "x" * 100, "Add l1 · Σ|θ| + l2 · Σθ² (Keras regularizers.L1L2; both "
+                 "default to 0).", "short"):
+        short = _shorten(text, room)
+        assert len(short) <= room
+        assert short == text or (short.endswith("…") and text.startswith(short[:-1]))
+
+
+def test_the_parser_names_the_four_loops(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("four training loops: a plain PyTorch loop, Keras fit, Lightning and the Hugging "
+            "Face Trainer") in text
 
 
 def test_demo_is_a_deprecated_alias_of_compare_on_torch(capsys):

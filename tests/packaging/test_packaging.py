@@ -62,7 +62,7 @@ def test_core_and_plugins_import_no_framework(tmp_path):
 
 
 def test_cli_lists_the_builtins(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "regplug", "plugins"], check=True,
+    out = subprocess.run([sys.executable, "-m", "regplug", "plugins", "--wide"], check=True,
                          capture_output=True, text=True, cwd=tmp_path).stdout
     for name in BUILTIN_PLUGINS:
         assert name in out

@@ -64,7 +64,7 @@ def test_the_installed_example_is_the_one_in_this_checkout():
 
 
 def test_regplug_plugins_lists_it_with_its_distribution_and_hooks(tmp_path):
-    text = regplug_cli("plugins", cwd=tmp_path)
+    text = regplug_cli("plugins", "--wide", cwd=tmp_path)
     assert text.returncode == 0, text.stderr
     line = row(text.stdout, "group_lasso")
     assert DIST in line and "regplug_group_lasso:GroupLasso" in line
@@ -211,7 +211,7 @@ def broken_neighbour(tmp_path):
 
 
 def test_a_broken_plugin_is_reported_without_breaking_the_others(tmp_path, broken_neighbour):
-    text = regplug_cli("plugins", cwd=tmp_path, env=broken_neighbour)
+    text = regplug_cli("plugins", "--wide", cwd=tmp_path, env=broken_neighbour)
     assert text.returncode == 0, text.stderr
     assert row(text.stdout, "broken").endswith("BROKEN: ImportError: needs libfoo")
     assert "acme-broken 2.0" in row(text.stdout, "broken")
