@@ -144,10 +144,11 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
                   command: str, strategies: Sequence[Strategy] = ()) -> None:
     """Figures, CSV, report and (last) results.json into ``folder``.
 
-    With several seeds: ``summary.csv`` (mean ± std and the tests against ``none``), a
-    figure of every seed's accuracy and gap per strategy, loss curves as mean and min–max
-    band; the weight histograms show the first seed's runs, and the MC-dropout toy trains
-    once, with ``settings.seed``.
+    Always: the gap per strategy (bars), loss and accuracy curves per framework. With
+    several seeds: ``summary.csv`` (mean ± std and the tests against ``none``), a figure of
+    every seed's accuracy and gap per strategy, the curves as mean and min–max band; the
+    weight histograms show the first seed's runs, and the MC-dropout toy trains once, with
+    ``settings.seed``.
 
     ``strategies`` decide which results the weight histograms show
     (:func:`~regplug.compare.plots.weight_strategies`); without them, every result's.
@@ -166,12 +167,17 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
     if several:
         plots.plot_seed_spread(summaries, results, folder / "seed_spread.png")
         figures.append(("seed_spread.png", plots.seed_spread_caption(summaries)))
+    plots.plot_gap_bars(results, folder / plots.GAP_FIGURE, summaries=summaries)
+    figures.append((plots.GAP_FIGURE, plots.gap_caption(results, summaries)))
     for framework, rows in by_framework.items():
-        name = f"loss_curves_{framework}.png"
-        plots.plot_loss_curves(rows, folder / name,
-                               title=f"{framework}: training vs validation cross-entropy"
-                                     + (f", {len(seeds)} seeds" if several else ""))
-        figures.append((name, plots.loss_curves_caption(framework, seeds=len(seeds))))
+        for kind, plot, describe in (
+                ("loss", plots.plot_loss_curves, plots.loss_curves_caption),
+                ("accuracy", plots.plot_accuracy_curves, plots.accuracy_curves_caption)):
+            name = f"{kind}_curves_{framework}.png"
+            what = "cross-entropy" if kind == "loss" else "accuracy"
+            plot(rows, folder / name, title=f"{framework}: training vs validation {what}"
+                                            + (f", {len(seeds)} seeds" if several else ""))
+            figures.append((name, describe(framework, seeds=len(seeds))))
     if strategies:
         shown, left_out = plots.weight_strategies(strategies)
     else:

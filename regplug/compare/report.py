@@ -18,13 +18,14 @@ from ..experiment.reporting import REPORT_STYLE
 from .results import (
     COLUMNS,
     SUMMARY_COLUMNS,
+    Spread,
     StrategyResult,
     StrategySummary,
     baseline_statement,
     summary_cells,
 )
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "spread_cell"]
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -39,8 +40,27 @@ def _fact(value: Any) -> str:
     return str(value)
 
 
+#: The seeds table's columns that hold a mean ± std (shown compact, full digits on hover).
+_SPREAD_COLUMNS = ("acc_train", "acc_test", "pct_diff")
+
+
+def spread_cell(spread: Spread) -> str:
+    """A mean ± std cell of the seeds table: 3 decimals, the ± std in grey, on one line;
+    the 4-decimal text (the printed table's) as its tooltip.
+
+    >>> print(spread_cell(Spread(0.96123, 0.00412)))
+    <td class='num' title='0.9612 ± 0.0041'>0.961<span class='sd'> ± 0.004</span></td>
+    """
+    if math.isnan(spread.mean):
+        return "<td class='num'>nan</td>"
+    std = "nan" if math.isnan(spread.std) else f"{spread.std:.3f}"
+    return (f"<td class='num' title='{html.escape(spread.text('.4f'))}'>{spread.mean:.3f}"
+            f"<span class='sd'> ± {std}</span></td>")
+
+
 def _runs_table(results: Sequence[StrategyResult], *, seeds: bool) -> str:
-    """One row per run (with a ``seed`` column when ``seeds``)."""
+    """One row per run (with a ``seed`` column when ``seeds``); the description, the one
+    column that wraps, last."""
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _, _ in COLUMNS[:2])
     head += "<th>seed</th>" if seeds else ""
     head += "".join(f"<th>{html.escape(h)}</th>" for _, h, _, _ in COLUMNS[2:])
@@ -58,16 +78,22 @@ def _runs_table(results: Sequence[StrategyResult], *, seeds: bool) -> str:
 
 
 def _summary_table(summaries: Sequence[StrategySummary]) -> str:
-    """Mean ± std per framework × strategy and the verdicts against ``none``."""
+    """Mean ± std per framework × strategy and the verdicts against ``none``, one line a
+    row; the strategies' descriptions follow the table (and are each row's tooltip)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in SUMMARY_COLUMNS)
     rows = []
     for summary in summaries:
         cells = summary_cells(summary)
-        rows.append("<tr>" + "".join(f"<td>{html.escape(cells[k])}</td>"
-                                     for k, _, _ in SUMMARY_COLUMNS)
-                    + f"<td class='desc'>{html.escape(summary.description)}</td></tr>")
-    return (f"<table class='summary'><thead><tr>{head}<th>description</th></tr></thead>"
-            f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>")
+        rows.append(f"<tr title='{html.escape(summary.description)}'>" + "".join(
+            spread_cell(getattr(summary, k)) if k in _SPREAD_COLUMNS
+            else f"<td>{html.escape(cells[k])}</td>" for k, _, _ in SUMMARY_COLUMNS)
+            + "</tr>")
+    described = dict.fromkeys((s.strategy, s.description) for s in summaries)
+    legend = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(text)}</li>"
+                     for name, text in described)
+    return (f"<table class='summary'><thead><tr>{head}</tr></thead>"
+            f"<tbody>\n{chr(10).join(rows)}\n</tbody></table>\n"
+            f"<ul class='strategies'>{legend}</ul>")
 
 
 def write_report(path: Path, results: Sequence[StrategyResult], settings: Mapping[str, Any],
@@ -87,8 +113,9 @@ def write_report(path: Path, results: Sequence[StrategyResult], settings: Mappin
     if summaries:
         seeds = sorted({s for summary in summaries for s in summary.seeds})
         tables = f"""<h2>Over {len(seeds)} seeds ({seeds[0]} to {seeds[-1]})</h2>
-<p>Mean ± sample standard deviation (ddof=1) over the seeds; <code>epochs</code>,
-<code>zeros</code> and <code>penalty</code> are means.</p>
+<p>Mean ± sample standard deviation (ddof=1) over the seeds, to 3 decimals (4 when you
+point at a cell; every digit in summary.csv); <code>epochs</code>, <code>zeros</code> and
+<code>penalty</code> are means.</p>
 {_summary_table(summaries)}
 <p class='test'>{html.escape(baseline_statement(summaries))}</p>
 <details><summary>Every run ({len(results)})</summary>

@@ -40,17 +40,23 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-#: The pages' CSS (``regplug compare``'s and ``regplug tune``'s reports).
+#: The pages' CSS (``regplug compare``'s and ``regplug tune``'s reports). Table cells stay on
+#: one line (a mean ± std never breaks), except a description (``td.desc``), which wraps in
+#: the room left: the tables fit a 1280-px window.
 REPORT_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 2em auto; padding: 0 1em;
        color: #222; }
-table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: right; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 14px;
+        max-width: 100%; }
+th, td { padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right;
+         white-space: nowrap; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
-td.desc { text-align: left; color: #555; }
+td.desc { text-align: left; color: #555; white-space: normal; min-width: 12em; }
 th:last-child { text-align: left; }
-table.summary td:nth-last-child(-n+3), table.summary th:nth-last-child(-n+3) {
+td .sd { color: #777; font-size: 12px; }
+table.summary td:nth-last-child(-n+2), table.summary th:nth-last-child(-n+2) {
   text-align: left; }
+ul.strategies { font-size: 13px; color: #555; columns: 2; padding-left: 1.2em; }
 p.test { font-size: 14px; color: #333; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }

@@ -300,7 +300,8 @@ def test_torch_run_writes_table_csv_json_figures_and_report_that_agree(tmp_path,
     assert by_name["proximal_l1"]["zero_fraction"] > 0 == by_name["none"]["zero_fraction"]
     assert payload["settings"]["train_epochs"] == 2 and payload["settings"]["train_seed"] == 0
 
-    figures = ["loss_curves_torch.png", "weight_histograms.png", "uncertainty_mc_dropout.png"]
+    figures = ["pct_diff.png", "loss_curves_torch.png", "accuracy_curves_torch.png",
+               "weight_histograms.png", "uncertainty_mc_dropout.png"]
     assert payload["figures"] == figures
     import matplotlib.image
 
