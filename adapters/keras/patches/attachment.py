@@ -72,28 +72,36 @@ class Attachment:
         self.optimizer = innermost_optimizer(model.optimizer)
         self.ops = KerasOps()
         self.fit_token = owner.params  # one dict per CallbackList, i.e. per fit() call
-        self.active = False
         self.wants = {h: self.manager.implements(h) for h in STEP_HOOKS}
         self.eager = step_is_eager(model)
-        self.trace_step = 0  # the `step` the traced hooks get (see on_before_step's spec)
         self.dirty = False   # the traced step predates a patch
         self.run: Run | None = None
         self.on_release: Callable[[Attachment], None] | None = None  # told of a release
-        # The parts, one job each.
-        self.variables = StepVariables(model, jax=self.jax, changed=self._changed)
+        # The parts, one job each. `live` (whether the patches act) is the guards' own, so
+        # a patch asks it without a detour.
         self.fit = FitGuards(model, on_entry=self._on_entry)
+        self.variables = StepVariables(model, jax=self.jax, changed=self._changed)
         self.loss = LossPatch(model, self.manager, wanted=self.wants["on_loss"],
-                              log_penalties=owner.log_penalties, live=self.live,
+                              log_penalties=owner.log_penalties, live=self.fit.live,
                               call_hook=self._traced_hook, variables=self.variables)
         self.updates = OptimizerPatch(self.optimizer, self.ops,
                                       before_step=self.wants["on_before_step"],
-                                      after_step=self.wants["on_step"], step=self._hook_step,
-                                      live=self.live, call_hook=self._traced_hook,
+                                      after_step=self.wants["on_step"], eager=self.eager,
+                                      live=self.fit.live, call_hook=self._traced_hook,
                                       variables=self.variables)
-        self.dropout = DropoutPatch(model, self.variables, live=self.live,
+        self.dropout = DropoutPatch(model, self.variables, live=self.fit.live,
                                     changed=self._changed)
 
     # -- what the callback reads -------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """Whether the attachment serves a fit (set by the callback)."""
+        return self.fit.active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self.fit.active = value
+
     @property
     def patched_loss(self) -> bool:
         return self.loss.patched
@@ -123,7 +131,7 @@ class Attachment:
                   model_state_provider=KerasModelState(self.model, sync),
                   trial_training_provider=KerasTrial(self.model, sync))
         run.step = self.read_iterations()
-        self.run = run
+        self.run = self.updates.run = run
         return run
 
     def read_iterations(self) -> int:
@@ -131,11 +139,6 @@ class Attachment:
 
     def _changed(self) -> None:
         self.dirty = True
-
-    def _hook_step(self) -> int:
-        if self.eager and self.run is not None:
-            return self.run.step
-        return self.trace_step
 
     def _traced_hook(self, name: str, **kwargs: Any) -> list[Any]:
         """Call hook ``name`` from inside the step, explaining errors raised while tracing."""
@@ -156,19 +159,19 @@ class Attachment:
 
     def fit_running(self) -> bool:
         """Whether the fit this attachment serves is known and still running (any thread)."""
-        return self.active and self.fit.running()
+        return self.fit.fit_running()
 
     def in_own_fit(self) -> bool:
         """Whether the caller runs inside the fit this attachment serves (same thread)."""
-        return self.active and self.fit.on_this_thread()
+        return self.fit.in_own_fit()
 
     def live(self) -> bool:
         """Whether the patches act (called by each patch, also while the step is traced)."""
-        return self.active and self.fit.live()
+        return self.fit.live()
 
     def stale(self) -> bool:
         """Active, but its fit ended without on_train_end."""
-        return self.active and self.fit.gone()
+        return self.fit.stale()
 
     def _on_entry(self, name: str) -> None:
         if self.stale():
@@ -204,7 +207,7 @@ class Attachment:
 
     def retrace(self) -> None:
         self.variables.sync()
-        self.trace_step = self.run.step if self.run is not None else 0
+        self.updates.trace_step = self.run.step if self.run is not None else 0
         self.model.make_train_function(force=True)
         self.model.test_function = None  # validation sees the penalties too, as with Keras'
         self.dirty = False

@@ -63,13 +63,15 @@ def _on_this_thread(frame: FrameType) -> bool:
 class FitGuards:
     """The frame of the fit one attachment serves, and guards on the model's entry points.
 
-    ``on_entry(name)`` is called by the guard of ``model.<name>`` before the method runs; the
-    attachment releases itself there if it is stale.
+    ``active``: the attachment serves a fit (set by the callback through
+    ``Attachment.active``). ``on_entry(name)`` is called by the guard of ``model.<name>``
+    before the method runs; the attachment releases itself there if it is stale.
     """
 
     def __init__(self, model: Any, on_entry: Callable[[str], None]) -> None:
         self.model = model
         self.on_entry = on_entry
+        self.active = False
         self.frame: FrameType | None = None
         self.guards: list[tuple[str, Any, Any]] = []
         self._compiling: Callable[[], bool] | None = None
@@ -87,25 +89,27 @@ class FitGuards:
             return
         self.guard_entry_points()
 
-    def running(self) -> bool:
+    def fit_running(self) -> bool:
         """Whether the fit is known and still running (any thread)."""
         frame = self.frame
-        return frame is not None and _frame_running(frame)
+        return self.active and frame is not None and _frame_running(frame)
 
-    def on_this_thread(self) -> bool:
+    def in_own_fit(self) -> bool:
         """Whether the caller runs inside the fit (same thread)."""
         frame = self.frame
-        return frame is not None and _on_this_thread(frame)
+        return self.active and frame is not None and _on_this_thread(frame)
 
     def live(self) -> bool:
-        """Whether the patches of an active attachment act (also while the step is traced)."""
+        """Whether the patches act (called by each patch, also while the step is traced)."""
+        if not self.active:
+            return False
         if self._compiling is not None and self._compiling():
             return True  # only a running fit compiles the patched step
         return self.frame is None or _frame_running(self.frame)
 
-    def gone(self) -> bool:
-        """Whether the fit is known and has ended."""
-        return self.frame is not None and not self.running()
+    def stale(self) -> bool:
+        """Active, but the fit ended without ``on_train_end``."""
+        return self.active and self.frame is not None and not self.fit_running()
 
     def guard_entry_points(self) -> None:
         model = self.model

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from regplug.run import ParamHandle
+from regplug.run import ParamHandle, Run
 
 from .. import _compat
 from ..ops import KerasOps
@@ -34,18 +34,22 @@ class OptimizerPatch:
     """The optimizer's ``apply`` with ``on_before_step`` before and ``on_step`` after it.
 
     ``before_step``/``after_step``: a plugin implements ``on_before_step``/``on_step``.
-    ``step()``: the ``step`` the hooks get. ``live()`` and ``call_hook``: as for the loss
-    (:class:`~.loss.LossPatch`).
+    ``eager``: the step runs as Python at every batch, so the hooks get ``run.step``; in a
+    traced step they get ``trace_step``, the step at trace time (see ``on_before_step``'s
+    spec); the attachment sets both ``run`` and ``trace_step``. ``live()`` and
+    ``call_hook``: as for the loss (:class:`~.loss.LossPatch`).
     """
 
     def __init__(self, optimizer: Any, ops: KerasOps, *, before_step: bool, after_step: bool,
-                 step: Callable[[], int], live: Callable[[], bool],
-                 call_hook: Callable[..., list[Any]], variables: StepVariables) -> None:
+                 eager: bool, live: Callable[[], bool], call_hook: Callable[..., list[Any]],
+                 variables: StepVariables) -> None:
         self.optimizer = optimizer
         self.ops = ops
         self.before_step = before_step
         self.after_step = after_step
-        self.step = step
+        self.eager = eager
+        self.run: Run | None = None
+        self.trace_step = 0
         self.live = live
         self.call_hook = call_hook
         self.variables = variables
@@ -70,7 +74,9 @@ class OptimizerPatch:
             if not self.live():  # its fit is gone: act as the original
                 return original(grads, trainable_variables)
             self.seen = True
-            step = self.step()
+            step = self.trace_step
+            if self.eager and self.run is not None:
+                step = self.run.step
             variables = (list(trainable_variables) if trainable_variables is not None
                          else _compat.optimizer_variables(optimizer))
             if self.jax:
