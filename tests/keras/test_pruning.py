@@ -99,3 +99,46 @@ def test_the_documented_objective_runs_a_study_and_is_pruned_at_the_pruners_epoc
     study.optimize(namespace["objective"], n_trials=1)
     (frozen,) = study.trials
     assert frozen.state == PRUNED and sorted(frozen.intermediate_values) == [0, 1, 2]
+
+
+def test_the_documented_search_prefers_the_strength_the_penalty_free_error_prefers(
+        tmp_path, monkeypatch):
+    """The documented objective returns, and its pruning reports, a validation error the
+    penalty does not enter: the study's best trial is the one whose model has the lowest
+    mean squared error on the validation rows, recomputed here from its predictions. (With
+    Keras' ``val_loss``, which includes ``l2·Σθ²``, the weakest L2 would win.)"""
+    monkeypatch.chdir(tmp_path)
+    models: list[keras.Model] = []
+    sequential = keras.Sequential
+
+    def recorded(*args: object, **kwargs: object) -> keras.Model:
+        models.append(sequential(*args, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr(keras, "Sequential", recorded)  # the doc's objective builds with it
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    (code,) = [b for b in blocks if b.startswith("# Keras fit\n")]
+    search = "study.optimize(objective, n_trials=20)"
+    assert search in code
+    strengths = (1e-5, 1e-1, 1e-3)  # the first two complete (MedianPruner's start-up trials)
+    code = code.replace(search, "for value in STRENGTHS:\n    study.enqueue_trial({'l2': value})\n"
+                                "study.optimize(objective, n_trials=len(STRENGTHS))")
+    keras.utils.set_random_seed(0)
+    namespace: dict[str, object] = {"__name__": "__doc__", "STRENGTHS": strengths}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    study = namespace["study"]
+    assert [t.params["l2"] for t in study.trials] == pytest.approx(list(strengths))
+    assert len(models) == len(strengths)
+    x_val, y_val = namespace["x_val"], namespace["y_val"]
+    # each model as fit returned it: the restored epoch's weights, no regplug patch left
+    errors = [float(np.mean((model.predict(x_val, verbose=0) - y_val) ** 2))
+              for model in models]
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(completed) >= 2
+    for trial in completed:
+        # the objective is that error, and the pruner was shown the same numbers
+        assert trial.value == pytest.approx(errors[trial.number], rel=1e-4)
+        assert min(trial.intermediate_values.values()) == pytest.approx(trial.value)
+    assert study.best_trial.number == int(np.argmin(errors)), (errors, study.best_params)
+    # the data make the choice matter: the strongest L2 beats the weakest without penalty
+    assert errors[1] < errors[0]
