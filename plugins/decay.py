@@ -18,9 +18,12 @@ class DecoupledWeightDecay(ParameterPlugin):
 
     Acts right before the update, after the gradients are computed, with the learning rate
     each parameter's optimizer group has at that step — the rule of ``torch.optim.AdamW``, so
-    ``Adam`` + ``DecoupledWeightDecay(wd)`` gives AdamW's weights. Unlike an L2 penalty, the
-    decay does not pass through the optimizer's adaptive scaling. The default selection
-    (weights only) is what most AdamW recipes configure by hand with parameter groups.
+    ``Adam`` + ``DecoupledWeightDecay(wd)`` gives the weights of an AdamW that decays the same
+    parameters. Unlike an L2 penalty, the decay does not pass through the optimizer's adaptive
+    scaling. The default selection (weights only: biases and normalization parameters are not
+    decayed) is what most AdamW recipes configure by hand with parameter groups;
+    ``AdamW(model.parameters())`` decays every parameter, as ``kinds="all"`` does (see
+    docs/plugins/update-rules.md).
 
     :param weight_decay: ``>= 0`` or a schedule (default 0.01, as ``torch.optim.AdamW``).
     :param kinds, include, exclude: parameter selection, as for :class:`~regplug.plugins.L2`.
