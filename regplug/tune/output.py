@@ -26,12 +26,15 @@ from ..experiment.strategies import Strategy
 from .search import TrialRecord
 
 __all__ = ["TUNED_SUFFIX", "tuned_name", "toml_value", "strategy_toml", "write_trials_csv",
-           "write_best_toml", "write_results_json", "CSV_FIELDS"]
+           "write_best_toml", "write_results_json", "pruned_at_epoch", "CSV_FIELDS"]
 
 #: A tuned strategy is written as ``<strategy>_tuned``.
 TUNED_SUFFIX = "_tuned"
-#: ``trials.csv``'s columns before the parameters, and after them.
-CSV_FIELDS = (("strategy", "number", "state"), ("epochs", "seconds", "pruned_epoch", "error"))
+#: ``trials.csv``'s columns before the parameters, and after them. ``epochs``: the epochs a
+#: trial ran; ``pruned_at_epoch``: the epoch a pruned trial stopped at, counted from 1 as the
+#: console counts it ("pruned at epoch 12"), so equal to its ``epochs`` (empty for the others).
+CSV_FIELDS = (("strategy", "number", "state"), ("epochs", "seconds", "pruned_at_epoch",
+                                                 "error"))
 
 
 def tuned_name(strategy: str) -> str:
@@ -117,9 +120,10 @@ def _cell(value: object) -> object:
 def write_trials_csv(path: Path, records: Sequence[TrialRecord], parameters: Sequence[str], *,
                      metric: str) -> None:
     """Every trial, one row each: strategy, number, state, each parameter (empty where a
-    strategy has no such parameter), the objective (for a pruned trial its last reported
-    value), epochs, seconds, pruned epoch and error. Text cells go through the
-    formula-injection guard (:func:`regplug.experiment.reporting.csv_text`)."""
+    strategy has no such parameter), the objective (for a pruned trial its value at the
+    epoch it stopped), epochs, seconds, the epoch a pruned trial stopped at (from 1:
+    :func:`pruned_at_epoch`) and error. Text cells go through the formula-injection guard
+    (:func:`regplug.experiment.reporting.csv_text`)."""
     head, tail = CSV_FIELDS
     fields = [*head, *parameters, metric, *tail]
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -128,12 +132,35 @@ def write_trials_csv(path: Path, records: Sequence[TrialRecord], parameters: Seq
         for r in records:
             row: dict[str, object] = {"strategy": r.strategy, "number": r.number,
                                       "state": r.state, metric: r.value, "epochs": r.epochs,
-                                      "seconds": r.seconds, "pruned_epoch": r.pruned_epoch,
-                                      "error": r.error}
+                                      "seconds": r.seconds,
+                                      "pruned_at_epoch": pruned_at_epoch(r), "error": r.error}
             row.update({p: r.params.get(p) for p in parameters})
             writer.writerow({k: _cell(v) for k, v in row.items()})
 
 
+def pruned_at_epoch(record: TrialRecord) -> int | None:
+    """The epoch a pruned trial stopped at, counted from 1 (the console's "pruned at epoch
+    4"): Optuna's step, which counts from 0, plus one. ``None`` for a trial not pruned.
+
+    >>> pruned_at_epoch(TrialRecord("l2", 0, "PRUNED", {}, 0.3, 4, 1.0, pruned_epoch=3))
+    4
+    """
+    return None if record.pruned_epoch is None else record.pruned_epoch + 1
+
+
+def _trial_json(trial: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial of results.json with its pruned epoch counted from 1 (``pruned_at_epoch``),
+    as trials.csv and the console count it, in place of Optuna's step (``pruned_epoch``)."""
+    return {("pruned_at_epoch" if key == "pruned_epoch" else key):
+            (value + 1 if key == "pruned_epoch" and isinstance(value, int) else value)
+            for key, value in trial.items()}
+
+
 def write_results_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """``payload`` as JSON (NaN and infinities as ``null``)."""
-    path.write_text(json.dumps(json_safe(dict(payload)), indent=2) + "\n", encoding="utf-8")
+    """``payload`` as JSON (NaN and infinities as ``null``); its ``trials`` (records as
+    dictionaries) count a pruned trial's epoch from 1, as ``pruned_at_epoch``."""
+    data = dict(payload)
+    if isinstance(data.get("trials"), list):
+        data["trials"] = [_trial_json(t) if isinstance(t, Mapping) else t
+                          for t in data["trials"]]
+    path.write_text(json.dumps(json_safe(data), indent=2) + "\n", encoding="utf-8")

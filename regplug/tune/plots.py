@@ -2,9 +2,11 @@
 :mod:`regplug.experiment.reporting`): the objective against each searched parameter, and the
 objective per trial with the best so far.
 
-Complete trials are filled dots; pruned ones grey crosses at the last value they reported
-(a pruned trial stopped early, so its value is of an earlier epoch than the others'); the
-best trial of each strategy a red star. Failed trials have no value and are not drawn.
+Complete trials are filled dots; pruned ones hollow grey circles, behind them, at the value
+they reported at the epoch they stopped — an earlier epoch than the complete trials', so not
+comparable with theirs (a curve that rises late has a lower value early); the legend says
+which epochs. The best complete trial of each strategy is a red star. Failed trials have no
+value and are not drawn. Epochs count from 1, as the console and trials.csv count them.
 
 Docs: docs/tune.md
 """
@@ -23,7 +25,8 @@ from .search import Objective, TrialRecord
 from .strategy_space import StrategySpace
 
 __all__ = ["PARAMETERS_FIGURE", "HISTORY_FIGURE", "draw_parameters", "draw_history",
-           "plot_parameters", "plot_history", "parameters_caption", "history_caption"]
+           "plot_parameters", "plot_history", "parameters_caption", "history_caption",
+           "pruned_label"]
 
 PARAMETERS_FIGURE = "objective_vs_parameters.png"
 HISTORY_FIGURE = "optimization_history.png"
@@ -47,6 +50,25 @@ def _y_scale(ax: Any, objective: Objective, values: Sequence[float]) -> None:
         ax.set_yscale("log")
     ax.set_ylabel(objective.metric)
     ax.grid(alpha=0.3, which="both")
+
+
+def pruned_label(pruned: Sequence[TrialRecord]) -> str:
+    """The legend entry of a panel's pruned trials: how many, and at which epochs (from 1,
+    the epochs each ran) their values are.
+
+    >>> from regplug.tune.search import TrialRecord as R
+    >>> pruned_label([R("l2", 1, "PRUNED", {}, 0.3, 4, 1.0),
+    ...               R("l2", 2, "PRUNED", {}, 0.2, 12, 1.0)])
+    'pruned (2): value at the epoch it stopped (4–12)'
+    """
+    epochs = sorted({r.epochs for r in pruned})
+    which = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}–{epochs[-1]}"
+    return f"pruned ({len(pruned)}): value at the epoch it stopped ({which})"
+
+
+def _scatter_pruned(ax: Any, xs: Sequence[float], pruned: Sequence[TrialRecord]) -> None:
+    ax.scatter(xs, [r.value for r in pruned], s=24, marker="o", facecolors="none",
+               edgecolors=_PRUNED, linewidths=0.9, label=pruned_label(pruned), zorder=2)
 
 
 def _best(records: Sequence[TrialRecord], objective: Objective) -> TrialRecord | None:
@@ -80,9 +102,7 @@ def draw_parameters(spaces: Sequence[StrategySpace],
         ax.scatter([x_of(r) for r in complete], [r.value for r in complete], s=22,
                    color=_COMPLETE, label=f"complete ({len(complete)})", zorder=3)
         if pruned:
-            ax.scatter([x_of(r) for r in pruned], [r.value for r in pruned], s=26,
-                       marker="x", color=_PRUNED, label=f"pruned ({len(pruned)}): last value",
-                       zorder=2)
+            _scatter_pruned(ax, [x_of(r) for r in pruned], pruned)
         best = _best(rows, objective)
         if best is not None and parameter.name in best.params:
             ax.scatter([x_of(best)], [best.value], s=120, marker="*", color=_BEST,
@@ -120,8 +140,7 @@ def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
         ax.scatter([r.number for r in complete], [r.value for r in complete], s=18,
                    color=_COMPLETE, label="complete", zorder=3)
         if pruned:
-            ax.scatter([r.number for r in pruned], [r.value for r in pruned], s=22,
-                       marker="x", color=_PRUNED, label="pruned: last value", zorder=2)
+            _scatter_pruned(ax, [float(r.number) for r in pruned], pruned)
         if complete:
             values = [float(r.value) for r in complete]  # type: ignore[arg-type]
             running = list((np.minimum if objective.minimize else np.maximum).accumulate(values))
@@ -153,11 +172,16 @@ def plot_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
 def parameters_caption(objective: Objective) -> str:
     return (f"The objective ({objective.describe()}, on the validation rows) of each trial "
             "against each searched parameter, one panel per strategy and parameter (a log "
-            "axis for a log-scale range). Dots: complete trials; grey crosses: pruned trials, "
-            "at the last value they reported (an earlier epoch); star: the best trial.")
+            "axis for a log-scale range). Dots: complete trials, at the epoch whose weights "
+            "they end with; hollow grey circles: pruned trials, at the value they reported at "
+            "the epoch they stopped (counted from 1; the legend gives the range). A pruned "
+            "trial's value is of an earlier epoch than a complete one's, so it may lie below "
+            "the best without being better: a validation loss that rises late is lower "
+            "early. Star: the best complete trial.")
 
 
 def history_caption(objective: Objective) -> str:
     return (f"Optimization history: {objective.metric} of each trial by trial number, one "
-            "panel per strategy; the red step line is the best complete trial so far; grey "
-            "crosses are pruned trials at their last reported value.")
+            "panel per strategy; the red step line is the best complete trial so far; hollow "
+            "grey circles are pruned trials at the value of the epoch they stopped at (not "
+            "comparable with a complete trial's).")

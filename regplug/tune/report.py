@@ -32,8 +32,10 @@ def write_report(path: Path, *, command: str, settings: Mapping[str, Any],
     sentences under it (the test accuracies, a timeout, a grid smaller than --trials);
     ``figures``: ``(file name, caption)`` pairs."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                     for row in rows)
+    # cells stay on one line (REPORT_STYLE), but the last (the best parameters) may wrap
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row[:-1])
+                     + "".join(f"<td class='desc'>{html.escape(c)}</td>" for c in row[-1:])
+                     + "</tr>" for row in rows)
     facts = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(_fact(v))}</li>"
                     for k, v in settings.items() if k != "command")
     paragraphs = "".join(f"<p>{html.escape(n)}</p>" for n in notes)

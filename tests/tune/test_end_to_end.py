@@ -65,7 +65,7 @@ def test_median_pruning_stops_trials_early_in_a_real_torch_search(capsys, tmp_pa
     for row in pruned:
         # a prune at the last epoch would save nothing: such a trial is complete (below)
         assert 1 <= int(row["epochs"]) < 6
-        assert int(row["pruned_epoch"]) == int(row["epochs"]) - 1, (rows, printed)
+        assert int(row["pruned_at_epoch"]) == int(row["epochs"]), (rows, printed)
         assert f"#{row['number']}" in printed
     assert "pruned at epoch" in printed
     summary = printed[printed.index("summary"):]
@@ -77,8 +77,8 @@ def test_median_pruning_stops_trials_early_in_a_real_torch_search(capsys, tmp_pa
 def test_a_trial_pruned_at_epoch_k_from_0_ran_k_plus_1_epochs_in_torch(capsys, tmp_path,
                                                                       monkeypatch, refuse_from):
     """The real torch loop stops right after the epoch whose report the pruner refused, and
-    trials.csv and the printed line say so: pruned_epoch k (from 0), epochs k + 1, "pruned at
-    epoch k + 1". Optuna's ThresholdPruner with upper=0 refuses every cross-entropy from step
+    trials.csv, results.json and the printed line say so, counting from 1: pruned_at_epoch
+    k + 1, epochs k + 1, "pruned at epoch k + 1". Optuna's ThresholdPruner with upper=0 refuses every cross-entropy from step
     ``refuse_from`` on, so the epoch is known without depending on other trials' numbers (as
     MedianPruner's decisions do); refuse_from 0 is a prune at the very first report."""
     optuna = pytest.importorskip("optuna")
@@ -91,10 +91,11 @@ def test_a_trial_pruned_at_epoch_k_from_0_ran_k_plus_1_epochs_in_torch(capsys, t
                               "--out", str(out))
     assert code == 0, err
     rows = rows_of(out)
-    assert [(r["state"], r["pruned_epoch"], r["epochs"]) for r in rows] == (
-        [("PRUNED", str(refuse_from), str(refuse_from + 1))] * 2)
+    assert [(r["state"], r["pruned_at_epoch"], r["epochs"]) for r in rows] == (
+        [("PRUNED", str(refuse_from + 1), str(refuse_from + 1))] * 2)
     trials = json.loads((out / "results.json").read_text())["trials"]
-    assert [(t["pruned_epoch"], t["epochs"]) for t in trials] == [(refuse_from, refuse_from + 1)] * 2
+    assert [(t["pruned_at_epoch"], t["epochs"]) for t in trials] == (
+        [(refuse_from + 1, refuse_from + 1)] * 2)
     for row in rows:
         line = next(l for l in printed.splitlines() if f"#{row['number']:<4} " in l)
         assert f"pruned at epoch {refuse_from + 1} (val_cross_entropy" in line
@@ -115,7 +116,8 @@ def test_a_trial_the_pruner_refuses_only_at_its_last_epoch_is_complete(capsys, t
                               "--out", str(out))
     assert code == 0, err
     rows = rows_of(out)
-    assert [(r["state"], r["pruned_epoch"], r["epochs"]) for r in rows] == [("COMPLETE", "", "4")] * 2
+    assert [(r["state"], r["pruned_at_epoch"], r["epochs"]) for r in rows] == (
+        [("COMPLETE", "", "4")] * 2)
     assert all(float(r["val_cross_entropy"]) > 0 for r in rows)
     assert "pruned at epoch" not in printed
 

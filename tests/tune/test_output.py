@@ -83,7 +83,7 @@ def test_the_output_folder_holds_every_trial_and_the_best_settings(fake_runner, 
         "objective_vs_parameters.png", "optimization_history.png"])
     rows = rows_of(out / "trials.csv")
     assert list(rows[0]) == ["strategy", "number", "state", "l2.l2", "model.dropout",
-                             "val_cross_entropy", "epochs", "seconds", "pruned_epoch", "error"]
+                             "val_cross_entropy", "epochs", "seconds", "pruned_at_epoch", "error"]
     assert [(r["strategy"], r["number"]) for r in rows] == (
         [("l2", str(i)) for i in range(6)] + [("dropout", str(i)) for i in range(6)])
     assert all(r["state"] == "COMPLETE" and r["epochs"] == "3" for r in rows)
@@ -221,3 +221,41 @@ def test_sigterm_during_the_search_leaves_nothing_behind(tmp_path):
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM); nothing was written" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_tune.py"]
+
+
+# -- pruned trials: their own style, epochs counted from 1 everywhere ----------------------------
+
+def test_pruned_trials_are_hollow_grey_behind_the_complete_ones_with_the_epochs_they_stopped(
+        tmp_path):
+    """A pruned trial's value is of the epoch it stopped at: drawn apart from the complete
+    trials (hollow, grey, behind them), its legend saying at which epochs, counted from 1
+    as the console and trials.csv count them."""
+    pytest.importorskip("matplotlib")
+    from regplug.experiment import BUILTIN_STRATEGIES
+    from regplug.tune import plots
+    from regplug.tune.search import Objective
+    from regplug.tune.strategy_space import strategy_space
+
+    space = strategy_space(BUILTIN_STRATEGIES["l2"])
+    complete = [TrialRecord("l2", i, "COMPLETE", {"l2.l2": 10.0 ** -i}, 0.30 + 0.01 * i, 10,
+                            1.0) for i in range(1, 4)]
+    pruned = [TrialRecord("l2", 4, "PRUNED", {"l2.l2": 1e-5}, 0.20, 4, 0.4, pruned_epoch=3),
+              TrialRecord("l2", 5, "PRUNED", {"l2.l2": 1e-6}, 0.25, 7, 0.7, pruned_epoch=6)]
+    records = {"l2": complete + pruned}
+    objective = Objective("val_cross_entropy")
+    for fig in (plots.draw_parameters([space], records, objective),
+                plots.draw_history([space], records, objective)):
+        ax = fig.axes[0]
+        by_label = {c.get_label(): c for c in ax.collections}
+        hollow = by_label["pruned (2): value at the epoch it stopped (4–7)"]
+        assert list(hollow.get_offsets()[:, 1]) == [0.20, 0.25]
+        assert len(hollow.get_facecolors()) == 0  # hollow
+        assert tuple(hollow.get_edgecolors()[0][:3]) == pytest.approx((0x88 / 255,) * 3)
+        dots = next(c for label, c in by_label.items() if label.startswith("complete"))
+        assert hollow.get_zorder() < dots.get_zorder()
+    assert "counted from 1" in plots.parameters_caption(objective)
+    # the console's line and trials.csv count the same epoch
+    assert pruned[0].describe_outcome(objective).startswith("pruned at epoch 4 ")
+    write_trials_csv(tmp_path / "t.csv", pruned, ["l2.l2"], metric="val_cross_entropy")
+    rows = rows_of(tmp_path / "t.csv")
+    assert [(r["epochs"], r["pruned_at_epoch"]) for r in rows] == [("4", "4"), ("7", "7")]

@@ -275,8 +275,8 @@ def test_a_trial_pruned_because_its_metric_diverged_says_so_in_trials_csv(
         rows = {float(r["l2.l2"]): r for r in csv.DictReader(fh)}
     assert len(rows) == 3
     diverged = rows[0.1]
-    assert (diverged["state"], diverged["error"], diverged["pruned_epoch"]) == \
-        ("PRUNED", why, "0")
+    assert (diverged["state"], diverged["error"], diverged["pruned_at_epoch"]) == \
+        ("PRUNED", why, "1")
     assert [r["error"] for l2, r in rows.items() if l2 != 0.1] == ["", ""]
 
 
