@@ -94,3 +94,36 @@ def test_search_finds_a_plugin(browser: Any, site_server: Any, screenshots: Path
     assert links, "no search result for ProximalL1"
     missing = [link for link in links if site_server.file_for(link) is None]
     assert missing == [], f"search results that lead nowhere: {missing}"
+
+
+VIEWPORT = {"width": 1280, "height": 900}  # conftest.py's: the laptop window checked
+
+
+def test_compare_report_fits_the_window(compare_report: tuple[str, Path], serve: Any,
+                                        browser: Any, screenshots: Path) -> None:
+    """At 1280x900 the report scrolls only down: no table wider than the window, and each
+    row of the seeds' table on one line (a mean ± std never wraps), the folded table of
+    every run included once opened."""
+    name, out = compare_report
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        with serve(out) as server:
+            page.goto(server.url("report.html"), wait_until="load")
+            page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            tables = page.evaluate("""Array.from(document.querySelectorAll('table')).map(t =>
+                [t.className, t.getBoundingClientRect().right])""")
+            rows = page.evaluate("""Array.from(document.querySelectorAll('table.summary tbody tr'))
+                .map(r => [r.getBoundingClientRect().height,
+                           parseFloat(getComputedStyle(r.cells[0]).lineHeight) ||
+                           1.4 * parseFloat(getComputedStyle(r.cells[0]).fontSize)])""")
+            page.screenshot(path=str(screenshots / "report" / f"{name}-window.png"))
+    finally:
+        context.close()
+    assert width <= VIEWPORT["width"], f"report.html is {width} px wide at {VIEWPORT}"
+    assert all(right <= VIEWPORT["width"] for _, right in tables), tables
+    if name != "one-seed":
+        assert rows, "no seeds table in a run with --seeds"
+    too_tall = [(h, line) for h, line in rows if h > 1.9 * line]  # 2 lines: a cell wrapped
+    assert too_tall == [], f"seeds table rows over one line (height, line height): {too_tall}"
