@@ -192,6 +192,15 @@ def test_the_docs_blocks_import_what_they_use():
                 assert re.search(r"^import regplug\b", code, re.M), f"{_label(page)}: {code}"
 
 
+def test_the_readme_links_point_to_files_of_the_repository():
+    """The README links into the docs (docs/*.md) and the repository; each target exists."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text())
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    assert any(link.startswith("docs/") for link in local)
+    for link in local:
+        assert (ROOT / link).exists(), link
+
+
 def _plugin_table(page: Path) -> dict[str, str]:
     table = {}
     for line in page.read_text().splitlines():
