@@ -59,6 +59,9 @@ class GeneralizationGap(Plugin):
     ([0.1, 0.2, 0.4], 0.1111, 2)
     """
 
+    #: The keys it adds to the epoch's logs (a plugin listed after it may monitor them).
+    log_keys = ("gap", "pct_diff")
+
     def __init__(self, *, patience: int = 3, stop: bool = False, loss: str = "loss",
                  val_loss: str = "val_loss", accuracy: str | None = None,
                  val_accuracy: str | None = None) -> None:

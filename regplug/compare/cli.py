@@ -179,14 +179,15 @@ class ComparePlan:
 def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> ComparePlan:
     """Refuse every mistake the command line can hold (before a framework is imported:
     seconds), then load the data and the frameworks' runners."""
-    from ..experiment.datasets import splits_per_seed
-    from ..experiment.frameworks import TrainSettings, get_runner
+    from ..experiment.datasets import check_data_name, splits_per_seed
+    from ..experiment.frameworks import TrainSettings, get_runner, runner_log_keys
     from ..experiment.models import resolve_model
     from ..experiment.output import StagedOutput
-    from ..experiment.strategies import select_strategies
+    from ..experiment.strategies import check_monitors, select_strategies
 
     strategies = select_strategies(args.strategies, custom)
     model = resolve_model(args.model)
+    check_data_name(args.data)
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
@@ -199,6 +200,9 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     splits_for = splits_per_seed(args.data)
     splits = splits_for(args.seed)
     runners = {fw: get_runner(fw) for fw in frameworks}
+    for fw, runner in runners.items():  # a monitor no log holds would silently do nothing
+        for strategy in strategies:
+            check_monitors(strategy, runner_log_keys(runner), framework=fw)
     defaults = TrainSettings()
     settings = TrainSettings(
         epochs=args.epochs, seed=args.seed,

@@ -20,7 +20,8 @@ from .loaders import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, lo
 from .references import is_reference, load_reference
 
 __all__ = ["Splits", "resolve_data", "split_validation", "load_splits", "splits_per_seed",
-           "BundledData", "BUNDLED_DATA", "bundled_data_help", "VALIDATION_FRACTION"]
+           "BundledData", "BUNDLED_DATA", "bundled_data_help", "VALIDATION_FRACTION",
+           "check_data_name"]
 
 #: Share of the training rows held out for validation (loss curves, early stopping). The
 #: test rows are used only once, for the final test accuracy.
@@ -120,8 +121,39 @@ def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
     if is_reference(text):
         loader = load_reference(text, option="--data")
         return _coerce(loader(), source=f"--data {text!r}", name=text.rpartition(":")[2])
-    raise ValueError(f"--data {text!r}: not an .npz file, nor module:function, nor 'digits' "
-                     "or 'mnist'")
+    raise ValueError(_unknown_data(text))
+
+
+def check_data_name(text: str | None) -> None:
+    """Refuse, without loading anything, a ``--data`` that is none of a bundled name, an
+    ``.npz`` or other existing file, or a ``module:function`` (a misspelt name, say).
+
+    Names are matched exactly: ``--data MNIST`` is refused with "did you mean 'mnist'?", as
+    strategy, model and framework names are (a file called ``MNIST`` is read as a file).
+
+    >>> check_data_name("mnist"), check_data_name("x.npz"), check_data_name("m:load")
+    (None, None, None)
+    >>> check_data_name("MNIST")
+    Traceback (most recent call last):
+    ValueError: --data 'MNIST': no data set is called that (did you mean 'mnist'?); give 'digits', 'mnist', an MNIST-style .npz file, or module:function
+    """  # noqa: E501
+    if text is None or text in BUNDLED_DATA or text.endswith(".npz") or Path(text).is_file() \
+            or is_reference(text):
+        return
+    raise ValueError(_unknown_data(text))
+
+
+def _unknown_data(text: str) -> str:
+    import difflib
+
+    names = [name for name in BUNDLED_DATA if name is not None]
+    lowered = {name.lower(): name for name in names}
+    close = difflib.get_close_matches(text.strip().lower(), list(lowered), n=1, cutoff=0.6)
+    hint = f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+    what = "no such file, and no data set is called that" if (
+        "/" in text or "\\" in text or Path(text).suffix) else "no data set is called that"
+    return (f"--data {text!r}: {what}{hint}; give "
+            f"{', '.join(map(repr, names))}, an MNIST-style .npz file, or module:function")
 
 
 def load_splits(spec: str | None, *, seed: int) -> Splits:

@@ -17,7 +17,8 @@ Docs: docs/compare.md
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from .training import TrainOutcome
 
 __all__ = ["TrainSettings", "EpochCallback", "FrameworkRunner", "FrameworkUnavailable",
-           "ENTRY_POINT_GROUP", "register_runner", "get_runner", "framework_names"]
+           "ENTRY_POINT_GROUP", "register_runner", "get_runner", "framework_names",
+           "RUNNER_LOG_KEYS", "runner_log_keys"]
 
 #: The entry-point group of framework runners.
 ENTRY_POINT_GROUP = "regplug.frameworks"
@@ -41,6 +43,18 @@ ENTRY_POINT_GROUP = "regplug.frameworks"
 #: What to install for a framework whose runner cannot be imported.
 INSTALL_HINTS: dict[str, str] = {"torch": "pip install 'regplug[torch]'",
                                  "keras": "pip install 'regplug[keras]'"}
+
+#: What to install for a Keras backend (``KERAS_BACKEND``) that is missing.
+_KERAS_BACKEND_INSTALL: dict[str, str] = {"jax": "pip install jax",
+                                          "torch": "pip install 'regplug[torch]'",
+                                          "tensorflow": "pip install 'regplug[keras]'",
+                                          "openvino": "pip install openvino"}
+
+#: The keys of every epoch's logs a runner writes (:class:`~.training.TrainOutcome`'s
+#: ``history``), besides each penalty and what the plugins add. A runner whose logs hold
+#: other keys says so in a ``log_keys`` attribute (:func:`runner_log_keys`).
+RUNNER_LOG_KEYS: tuple[str, ...] = ("loss", "accuracy", "cross_entropy", "val_loss",
+                                    "val_accuracy", "val_cross_entropy")
 
 #: Called by a runner after every epoch with the epoch index (from 0) and its logs.
 EpochCallback = Callable[[int, Mapping[str, float]], None]
@@ -73,7 +87,12 @@ class TrainSettings:
 
 @runtime_checkable
 class FrameworkRunner(Protocol):
-    """Trains the comparison's models in one framework."""
+    """Trains the comparison's models in one framework.
+
+    A runner whose epoch logs differ from :data:`RUNNER_LOG_KEYS` also has a ``log_keys``
+    attribute (a tuple of keys): the applications refuse, before training, a plugin that
+    monitors a key no log will hold (:func:`runner_log_keys`).
+    """
 
     #: The name ``--framework`` uses (``"torch"``, ``"keras"``).
     name: str
@@ -138,6 +157,15 @@ def get_runner(name: str) -> FrameworkRunner:
             factory = ep.load()
         except ImportError as err:
             missing = getattr(err, "name", None) or str(err)
+            backend = _missing_keras_backend(name, missing,
+                                             os.environ.get("KERAS_BACKEND"))
+            if backend is not None:
+                raise FrameworkUnavailable(
+                    f"--framework {name}: KERAS_BACKEND={backend} but "
+                    f"{missing.partition('.')[0]} is not "
+                    f"installed: {_KERAS_BACKEND_INSTALL.get(backend, f'pip install {backend}')} "
+                    "(or unset KERAS_BACKEND for TensorFlow, which 'regplug[keras]' "
+                    "installs)") from None
             hint = INSTALL_HINTS.get(name, f"install the framework of entry point {ep.value}")
             raise FrameworkUnavailable(f"--framework {name} needs {missing!r}, which is not "
                                        f"installed: {hint}") from None
@@ -148,3 +176,37 @@ def get_runner(name: str) -> FrameworkRunner:
                         "train_strategy, mc_dropout)")
     _loaded[name] = runner
     return runner
+
+
+def _missing_keras_backend(framework: str, missing: str, backend: str | None) -> str | None:
+    """``backend`` (``KERAS_BACKEND``) when Keras failed to import because the backend's
+    module ``missing`` is not installed (TensorFlow, the default: ``None``, as the extra
+    brings it).
+
+    >>> _missing_keras_backend("keras", "jax", "jax"), _missing_keras_backend("keras", "x", "jax")
+    ('jax', None)
+    """
+    backend = (backend or "").strip().lower()
+    if framework != "keras" or not backend or backend == "tensorflow":
+        return None
+    top = missing.partition(".")[0]
+    return backend if top == backend or (backend == "jax" and top == "jaxlib") else None
+
+
+def runner_log_keys(runner: object) -> tuple[str, ...]:
+    """The keys of the epoch logs ``runner`` writes: its ``log_keys`` attribute where it has
+    one, else :data:`RUNNER_LOG_KEYS` (what regplug's runners write).
+
+    >>> class Mine:
+    ...     log_keys = ("loss", "val_loss", "val_f1")
+    >>> runner_log_keys(Mine()), runner_log_keys(object()) == RUNNER_LOG_KEYS
+    (('loss', 'val_loss', 'val_f1'), True)
+    """
+    keys = getattr(runner, "log_keys", None)
+    if keys is None:
+        return RUNNER_LOG_KEYS
+    if isinstance(keys, str) or not isinstance(keys, Iterable) \
+            or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"the runner {type(runner).__name__}: 'log_keys' must be a tuple of "
+                        f"log keys, got {keys!r}")
+    return tuple(keys)

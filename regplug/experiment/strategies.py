@@ -11,6 +11,8 @@ Docs: docs/compare.md
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,12 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import registry
 from ..configfile import ConfigError, describe_value, read_toml
+from ..errors import PluginValidationError, RegplugError, UnknownPluginError
+from ..hookspecs import implemented_hooks
+from ..manager import plugin_label, validate_plugin_class
 from ..registry import build_plugins
+from .references import is_reference, load_reference
 
 __all__ = ["Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strategies",
            "strategies_from_tables", "strategy_from_table", "select_strategies",
-           "StrategyError"]
+           "StrategyError", "plugin_factory", "check_monitors", "monitored_keys",
+           "added_keys"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 _KEYS = ("name", "description", "dropout", "batch_norm", "plugins")
@@ -61,12 +69,23 @@ class Strategy:
     builtin: bool = field(default=False, compare=False)
 
     def build_plugins(self) -> list[Any]:
-        """Fresh plugin objects (plugins keep state during a run, so every run builds its own)."""
+        """Fresh plugin objects (plugins keep state during a run, so every run builds its own).
+
+        A plugin is named by its registry name, or as ``module:Class`` (``file.py:Class``) for
+        a plugin class (or factory) of your own that no package registers.
+        """
         where = f"strategy {self.name!r}"
+        specs = [dict(p) for p in self.plugins]
         try:
-            return build_plugins([dict(p) for p in self.plugins], where=where)
+            if not any(_is_plugin_reference(spec["name"]) for spec in specs):
+                return build_plugins(specs, where=where)
+            return [_build_one(spec, index, where=where) for index, spec in enumerate(specs)]
         except ConfigError as err:
             raise StrategyError(str(err)) from None
+        except UnknownPluginError as err:
+            raise StrategyError(f"{where}: {err}; or name a plugin class of yours as "
+                                "module:Class (e.g. name = \"my_plugins:GroupLasso\" for "
+                                "my_plugins.py beside you)") from None
         except (TypeError, ValueError, KeyError) as err:
             raise StrategyError(f"{where}: {err}") from None
 
@@ -104,6 +123,139 @@ class Strategy:
             out["batch_norm"] = True
         out["plugins"] = [dict(p) for p in self.plugins]
         return out
+
+
+def _is_plugin_reference(name: object) -> bool:
+    """Whether a strategy's plugin ``name`` is a ``module:Class`` reference (a name the
+    registry knows wins: a third-party plugin shadowing a built-in is ``dist:name``)."""
+    return (isinstance(name, str) and is_reference(name)
+            and name not in registry.available_plugins())
+
+
+def plugin_factory(name: str, *, where: str) -> Any:
+    """The factory (usually a class) of a plugin a strategy names: a registry name, or
+    ``module:Class`` / ``path/to/file.py:Class`` for a plugin of your own that no package
+    registers (imported as ``--model module:factory`` is, the current directory first).
+    Mistakes are a one-line :class:`StrategyError` starting with ``where``."""
+    plugins = registry.available_plugins()
+    if name in plugins:
+        return plugins[name].load()
+    if not is_reference(name):
+        raise StrategyError(f"{where}: unknown plugin {name!r}; see `regplug plugins`, or name "
+                            "a plugin class of yours as module:Class")
+    try:
+        return _referenced_factory(name)
+    except RegplugError as err:
+        raise StrategyError(f"{where}: {err}") from None
+
+
+def _referenced_factory(name: str) -> Any:
+    """Import ``module:Class`` and check the class as registering an instance would."""
+    factory = load_reference(name, option="plugin")
+    if inspect.isclass(factory):
+        try:
+            validate_plugin_class(factory)
+        except PluginValidationError as err:
+            raise StrategyError(f"plugin {name!r}: {err}") from None
+    return factory
+
+
+def _build_one(spec: Mapping[str, Any], index: int, *, where: str) -> Any:
+    """Plugin ``index`` of a strategy: by registry name, or from a ``module:Class``."""
+    name = spec["name"]
+    if not _is_plugin_reference(name):
+        try:
+            return build_plugins([spec], where=where)[0]
+        except ConfigError as err:  # its index in the strategy, not in a list of one
+            raise ConfigError(str(err).replace(f"{where}: plugins[0]",
+                                               f"{where}: plugins[{index}]", 1)) from None
+    factory = plugin_factory(name, where=where)
+    kwargs = {key: value for key, value in spec.items() if key != "name"}
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        raise StrategyError(f"{where}: plugin {name!r}: {err}; it accepts "
+                            f"{_arguments(factory)}") from None
+    except ValueError:  # no signature to read: let the call itself complain
+        pass
+    return factory(**kwargs)
+
+
+def _arguments(factory: Any) -> str:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return "(unknown arguments)"
+    names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return ", ".join(names) if names else "no arguments"
+
+
+def _keys(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return tuple(k for k in value if isinstance(k, str))
+    return ()
+
+
+def monitored_keys(plugin: object) -> tuple[str, ...]:
+    """The log keys a plugin watches: its ``monitor`` attribute, a key or a tuple of keys
+    (``EarlyStopping.monitor``, ``OptunaPruning.monitor``, ``GeneralizationGap``'s
+    validation loss); none without one. The adapters warn mid-run for the same attribute."""
+    return _keys(getattr(plugin, "monitor", None))
+
+
+def added_keys(plugin: object) -> tuple[str, ...]:
+    """The log keys a plugin adds to every epoch's logs: its ``log_keys`` attribute, a key
+    or a tuple of keys (``GeneralizationGap``: ``gap``, ``pct_diff``); none without one.
+    A penalty's key (``l2_penalty``) needs no declaration: the adapters log it."""
+    return _keys(getattr(plugin, "log_keys", None))
+
+
+#: Each penalty is logged under the name its plugin gives it (``l2_penalty``, a second one
+#: ``l2_penalty_2``; Keras also ``val_l2_penalty``).
+_PENALTY_KEY = re.compile(r"^(val_)?\w+_penalty(_\d+)?$")
+
+
+def check_monitors(strategy: Strategy, log_keys: Iterable[str], *, framework: str,
+                   plugins: Sequence[object] | None = None) -> None:
+    """Refuse a plugin of ``strategy`` that monitors a key no epoch's logs will hold: one
+    line naming the strategy, the plugin and the key, with the closest key there is.
+
+    The logs hold ``log_keys`` (what the framework's runner logs,
+    :func:`regplug.experiment.frameworks.runner_log_keys`), each penalty, and what the
+    plugins listed before the monitoring one add (:func:`added_keys`), so
+    ``[generalization_gap, {name = "early_stopping", monitor = "gap"}]`` is valid.
+
+    >>> s = Strategy("es", ({"name": "early_stopping", "monitor": "val_acc"},))
+    >>> check_monitors(s, ["loss", "val_loss", "accuracy", "val_accuracy"], framework="torch")
+    Traceback (most recent call last):
+    regplug.experiment.strategies.StrategyError: strategy 'es': plugin 'early_stopping' monitors 'val_acc', which no epoch's logs hold in torch (did you mean 'val_accuracy'?); they hold accuracy, loss, val_accuracy, val_loss
+    """  # noqa: E501
+    plugins = strategy.build_plugins() if plugins is None else list(plugins)
+    available = list(dict.fromkeys(log_keys))
+    penalties = any("on_loss" in implemented_hooks(p) for p in plugins)
+    for index, plugin in enumerate(plugins):
+        for key in monitored_keys(plugin):
+            if key in available or (penalties and _PENALTY_KEY.match(key)):
+                continue
+            label = plugin_label(plugin)
+            later = [plugin_label(p) for p in plugins[index + 1:] if key in added_keys(p)]
+            if later:
+                raise StrategyError(
+                    f"strategy {strategy.name!r}: plugin {label!r} monitors {key!r}, which "
+                    f"plugin {later[0]!r} adds to the logs, but {later[0]!r} is listed after "
+                    f"it (the plugins see each epoch's logs in their order): list "
+                    f"{later[0]!r} first")
+            lowered = {k.lower(): k for k in available}
+            close = difflib.get_close_matches(key.lower(), list(lowered), n=1)
+            raise StrategyError(
+                f"strategy {strategy.name!r}: plugin {label!r} monitors {key!r}, which no "
+                f"epoch's logs hold in {framework}"
+                + (f" (did you mean {lowered[close[0]]!r}?)" if close else "")
+                + f"; they hold {', '.join(sorted(available)) or 'nothing'}"
+                + (" and each penalty (<name>_penalty)" if penalties else ""))
+        available.extend(k for k in added_keys(plugin) if k not in available)
 
 
 def _requires(plugin: object) -> tuple[str, ...]:

@@ -258,6 +258,7 @@ class CheckedArguments:
 def check_arguments(args: argparse.Namespace) -> CheckedArguments:
     """Refuse every mistake the command line, the config or ``--out`` can hold, before a
     framework is imported or any data loaded (seconds)."""
+    from ..experiment.datasets import check_data_name
     from ..experiment.models import resolve_model
     from ..experiment.output import StagedOutput
     from .errors import SearchError, import_optuna
@@ -289,6 +290,7 @@ def check_arguments(args: argparse.Namespace) -> CheckedArguments:
     if args.sampler == "grid":
         check_grid(spaces, grid_points)
     model = resolve_model(args.model)
+    check_data_name(args.data)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
     return CheckedArguments(objective=objective, spaces=spaces, notes=notes, model=model,
@@ -313,13 +315,16 @@ def wire_search(args: argparse.Namespace, checked: CheckedArguments) -> SearchPl
     """Open the storage, load the data and the framework's runner, and build the
     :class:`~regplug.tune.search.Search` with one study per strategy."""
     from ..experiment.datasets import load_splits
-    from ..experiment.frameworks import TrainSettings, get_runner
+    from ..experiment.frameworks import TrainSettings, get_runner, runner_log_keys
+    from ..experiment.strategies import check_monitors
     from .search import Search
     from .storage import open_storage
 
+    runner = get_runner(args.framework)
+    for space in checked.spaces:  # a monitor no log holds would silently do nothing
+        check_monitors(space.strategy, runner_log_keys(runner), framework=args.framework)
     storage = open_storage(args.storage)
     splits = load_splits(args.data, seed=args.seed)
-    runner = get_runner(args.framework)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, seed=args.seed)
     study_name = args.study_name or DEFAULT_STUDY_NAME

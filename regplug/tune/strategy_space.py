@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configfile import ConfigError, describe_value, read_toml
-from ..experiment.strategies import Strategy, strategies_from_tables
+from ..experiment.strategies import Strategy, plugin_factory, strategies_from_tables
 from ..ranges import (
     Choice,
     FloatRange,
@@ -218,7 +218,9 @@ def strategy_space(strategy: Strategy,
         if name in ranges:
             found = dict(ranges[name])
         else:
-            found = tunable_arguments(plugins[name].load(), name=name)
+            factory = (plugins[name].load() if name in plugins
+                       else plugin_factory(name, where=f"strategy {strategy.name!r}"))
+            found = tunable_arguments(factory, name=name)
         parameters.extend(Parameter(f"{prefix}.{key}", index, key, space)
                           for key, space in found.items())
     if strategy.dropout is not None:

@@ -261,3 +261,81 @@ def test_no_csv_text_cell_starts_like_a_formula(text):
     cell = csv_text(text)
     assert not cell.startswith(FORMULA_STARTS)
     assert cell in (text, "'" + text)
+
+
+# -- caught before training (issue 18): monitors, data names, plugins of one's own -------------
+
+_MONITOR_CONFIG = """\
+[[strategies]]
+name = "es"
+plugins = [{name = "early_stopping", monitor = "val_acc", patience = 3}]
+"""
+
+
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_a_monitor_no_log_holds_is_refused_before_training_with_a_suggestion(
+        tmp_path, capsys, monkeypatch, framework):
+    pytest.importorskip(framework)
+    from regplug.experiment import frameworks
+
+    trained: list[str] = []
+    runner = frameworks.get_runner(framework)
+    monkeypatch.setattr(type(runner), "train_strategy",
+                        lambda self, *a, **k: trained.append("x"))
+    config = tmp_path / "es.toml"
+    config.write_text(_MONITOR_CONFIG)
+    code, out, err = run_cli(capsys, "--config", str(config), "--framework", framework,
+                             "--epochs", "1")
+    assert_one_line_error(code, err, "strategy 'es': plugin 'early_stopping' monitors "
+                          f"'val_acc', which no epoch's logs hold in {framework} (did you "
+                          "mean 'val_accuracy'?)")
+    assert trained == [] and out == ""
+
+
+def test_a_gap_monitored_after_generalization_gap_trains(tmp_path, capsys):
+    pytest.importorskip("torch")
+    config = tmp_path / "gap.toml"
+    config.write_text('[[strategies]]\nname = "gap_es"\nplugins = [{name = '
+                      '"generalization_gap"}, {name = "early_stopping", monitor = "gap"}]\n')
+    code, out, err = run_cli(capsys, "--config", str(config), "--framework", "torch",
+                             "--epochs", "1", "-q")
+    assert code == 0, err
+    assert "gap_es" in out
+
+
+def test_a_misspelt_data_name_is_refused_before_torch_or_keras_is_imported(tmp_path):
+    result = subprocess.run([sys.executable, "-c", _NO_FRAMEWORK, "--data", "MNIST"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert ("regplug: error: --data 'MNIST': no data set is called that (did you mean "
+            "'mnist'?)") in result.stderr
+    assert "LOADED []" in result.stderr
+
+
+def test_a_plugin_class_of_one_s_own_is_named_module_colon_class(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    write_module(tmp_path, "own_plugins_18", """
+        from regplug import Penalty, Plugin
+
+        class Shrink(Plugin):
+            def __init__(self, strength=1e-3):
+                self.strength = strength
+
+            def on_loss(self, run):
+                params, s = run.parameters(), self.strength
+                return Penalty("shrink_penalty", lambda: s * run.ops.sum_squares(params))
+
+            def __repr__(self):
+                return f"Shrink(strength={self.strength})"
+        """)
+    monkeypatch.delitem(sys.modules, "own_plugins_18", raising=False)
+    (tmp_path / "own.toml").write_text('[[strategies]]\nname = "own"\nplugins = [{name = '
+                                       '"own_plugins_18:Shrink", strength = 0.01}]\n')
+    code, out, err = run_cli(capsys, "--config", "own.toml", "--framework", "torch",
+                             "--epochs", "1", "-q")
+    sys.modules.pop("own_plugins_18", None)
+    assert code == 0, err
+    assert "Shrink(strength=0.01)" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("torch "))
+    assert row[1] == "own" and float(row[-1]) > 0  # its penalty is the run's penalty column

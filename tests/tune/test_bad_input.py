@@ -177,3 +177,38 @@ def test_the_data_help_lists_every_bundled_data_set_and_the_other_specs(command,
     for words in ("'digits' (default:", "'toy_set' (a toy data set)",
                   "pip install 'regplug[data]'", "FILE.npz", "module:function"):
         assert words in data_help, words
+
+
+# -- caught before training (issue 18) ----------------------------------------------------------
+
+def test_a_misspelt_data_name_is_one_line_before_any_framework_is_imported(tmp_path):
+    report = run_cases(tmp_path, {"data": ["--strategies", "l2", "--data", "MNIST"]})
+    code, err = report["cases"]["data"]
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == ("regplug: error: --data 'MNIST': no data set is called that (did you "
+                        "mean 'mnist'?); give 'digits', 'mnist', an MNIST-style .npz file, or "
+                        "module:function")
+    assert report["imported"] == []
+
+
+def test_a_monitor_no_log_holds_is_refused_before_any_trial(fake_runner, tmp_path, capsys,
+                                                            monkeypatch):
+    pytest.importorskip("optuna")
+    from regplug import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "es.toml").write_text(
+        '[[strategies]]\nname = "es"\nplugins = [{name = "early_stopping", monitor = '
+        '"val_acc", patience = 3}]\n')
+    code = cli.main(["tune", "--config", "es.toml", "--trials", "1", "--epochs", "2",
+                     "--storage", "sqlite:///study.db"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, captured.err
+    assert lines[0] == ("regplug: error: strategy 'es': plugin 'early_stopping' monitors "
+                        "'val_acc', which no epoch's logs hold in torch (did you mean "
+                        "'val_accuracy'?); they hold accuracy, cross_entropy, loss, "
+                        "val_accuracy, val_cross_entropy, val_loss")
+    assert fake_runner.calls == [] and captured.out == ""
+    assert not (tmp_path / "study.db").exists()  # refused before the storage was opened
