@@ -80,8 +80,9 @@ def loss_curves_caption(framework: str, *, seeds: int = 1) -> str:
     """
     return (_runs_note(framework, seeds, "cross-entropy") + ". The data term alone "
             "(penalties left out), on a linear axis from 0: the validation minimum and any "
-            "rise after it are to scale; the axis is cut above the values after the first "
-            "epochs, so the first epochs may run off its top.")
+            "rise after it are to scale; the axis ends a little above the second half's values "
+            "and the validation values from their minimum on, so the first epochs may run off "
+            "its top.")
 
 
 def accuracy_curves_caption(framework: str, *, seeds: int = 1) -> str:
@@ -93,20 +94,22 @@ def accuracy_curves_caption(framework: str, *, seeds: int = 1) -> str:
     return (_runs_note(framework, seeds, "accuracy") + ". At the end, the table's numbers: "
             "acc_train (○, the final weights on the training rows in eval mode — why it can "
             "lie above the “train” curve) and acc_test (×); pct_diff = 1 − acc_test / "
-            "acc_train. The axis is cut below the values after the first epochs.")
+            "acc_train. The axis starts a little below the second half's values and the "
+            "validation values from their maximum on, so the first epochs may run off its "
+            "bottom.")
 
 
 def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
     """One panel per strategy: training vs validation cross-entropy per epoch.
 
     The data term alone (penalties left out), so that panels compare, on a linear axis
-    from 0 shared by the panels: the gap between the curves is the overfitting the strategy
-    leaves, and a validation curve that turns up shows as a U. A dotted line marks the last
-    epoch of a run that a plugin stopped early, a dashed one, labelled ``restored: epoch
-    k``, the epoch whose weights early stopping put back (the weights the table's
-    accuracies are of). Several runs of a strategy (one per seed) are drawn as their mean
-    with a band from the minimum to the maximum, dashed where it averages fewer runs.
-    Returns the matplotlib figure.
+    from 0 shared by the panels (:func:`curve_limits`): the gap between the curves is the
+    overfitting the strategy leaves, and a validation curve that turns up shows as a U. A
+    dotted line marks the last epoch of a run that a plugin stopped early, a dashed one,
+    labelled ``restored: epoch k``, the epoch whose weights early stopping put back (the
+    weights the table's accuracies are of). Several runs of a strategy (one per seed) are
+    drawn as their mean with a band from the minimum to the maximum, dashed where it
+    averages fewer runs. Returns the matplotlib figure.
     """
     return _draw_curves(results, _LOSS_CURVES, title=title, ylabel="cross-entropy")
 
@@ -150,7 +153,8 @@ def _draw_curves(results: Sequence[StrategyResult], curves: tuple[tuple[str, str
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     for ax in axes[n:]:
         ax.set_visible(False)
-    low, high = curve_limits([r.history.get(key, []) for r in results for key, _, _ in curves],
+    low, high = curve_limits([r.history.get(curves[0][0], []) for r in results],
+                             [r.history.get(curves[1][0], []) for r in results],
                              accuracy=accuracy)
     axes[0].set_ylim(low, high)
     epochs = max((len(r.history.get(curves[0][0], [])) for r in results), default=1)
@@ -171,30 +175,40 @@ def _draw_curves(results: Sequence[StrategyResult], curves: tuple[tuple[str, str
     return fig
 
 
-def curve_limits(curves: Sequence[Sequence[float]], *, accuracy: bool) -> tuple[float, float]:
-    """The y range of a curves figure: from 0 up to a little above every value after the
-    first epochs for cross-entropy (a linear axis keeps a validation U to scale; the first
-    epochs' high values would squash it, so they may run off the top); for accuracy, from a
-    little below the values after the first epochs up to 1.
+def curve_limits(train: Sequence[Sequence[float]], validation: Sequence[Sequence[float]], *,
+                 accuracy: bool) -> tuple[float, float]:
+    """The y range of a curves figure, shared by its panels, on a linear axis.
 
-    The first epochs are the first tenth of the longest curve (none of a 2-epoch run).
+    Cross-entropy: from 0 up to a little above every value of the second half of the epochs
+    and every validation value from its minimum on, so that the minimum and the rise after
+    it fill the panel to scale; the first epochs' high values, which would squash them,
+    may run off the top. Accuracy, the same way up: from a little below those values (the
+    validation's from its maximum on) up to 1. A run of at most 4 epochs is shown whole.
 
-    >>> curve_limits([[2.3, 0.6, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1]], accuracy=False)
-    (0.0, 1.1550000000000002)
-    >>> [round(v, 3) for v in curve_limits([[0.1, 0.5, 0.8, 0.9, 0.95]], accuracy=True)]
-    [0.028, 1.018]
+    >>> curve_limits([[2.0, 0.5, 0.3, 0.2, 0.1, 0.1]], [[1.9, 0.6, 0.4, 0.45, 0.5, 0.6]],
+    ...              accuracy=False)
+    (0.0, 0.66)
+    >>> [round(v, 3) for v in curve_limits([[0.5, 0.9, 0.95, 0.97, 0.99]],
+    ...                                    [[0.5, 0.85, 0.9, 0.89, 0.88]], accuracy=True)]
+    [0.868, 1.012]
     """
+    curves = [*train, *validation]
     length = max((len(c) for c in curves), default=0)
-    skip = length // 10
-    late = np.array([v for c in curves for v in c[skip:]], dtype=np.float64)
-    late = late[np.isfinite(late)]
-    if not late.size:
+    start = 0 if length <= 4 else length // 2
+    best = np.argmax if accuracy else np.argmin
+    shown = [v for c in curves for v in c[start:]]
+    shown += [v for c in validation if len(c) > 4 for v in c[int(best(c)):]]
+    if length <= 4:
+        shown = [v for c in curves for v in c]
+    values = np.array(shown, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not values.size:
         return (0.0, 1.02) if accuracy else (0.0, 1.0)
     if not accuracy:
-        return 0.0, float(late.max()) * 1.05 or 1.0
-    low = float(late.min())
+        return 0.0, float(values.max()) * 1.1 or 1.0
+    low = float(values.min())
     span = max(1.0 - low, 0.05)
-    return max(0.0, low - 0.08 * span), 1.0 + 0.02 * span
+    return max(0.0, low - 0.1 * span), 1.0 + 0.1 * span
 
 
 def _draw_one_run(ax: Any, result: StrategyResult,
