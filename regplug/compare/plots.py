@@ -170,7 +170,8 @@ def _draw_curves(results: Sequence[StrategyResult], curves: tuple[tuple[str, str
             if not label.startswith(("stopped", "restored")):
                 entries.setdefault(label, handle)
     fig.legend(list(entries.values()), list(entries), loc="outside lower center",
-               ncol=min(len(entries), 4), fontsize=8, frameon=False)
+               ncol=max(1, min(len(entries), int(3.0 * cols // 3.6))), fontsize=8,
+               frameon=False)
     fig.suptitle(title)
     return fig
 
@@ -284,8 +285,10 @@ def _draw_seed_band(ax: Any, runs: Sequence[StrategyResult],
     # the count of runs averaged, written where it drops
     for drop in np.flatnonzero(np.diff(counts) < 0) + 1:  # index of the first fewer
         ax.text(drop + 0.5, 0.03, f"{counts[drop]} of {len(runs)} runs", fontsize=6.5,
-                color="#555555", transform=ax.get_xaxis_transform(), rotation=90,
-                va="bottom", ha="center", clip_on=True)
+                color="#444444", transform=ax.get_xaxis_transform(), rotation=90,
+                va="bottom", ha="center", clip_on=True, zorder=6,
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                      "edgecolor": "none", "alpha": 0.8})
     acc = np.array([r.acc_test for r in runs])
     ax.set_title(f"{runs[0].strategy}\nacc test {acc.mean():.3f} ± {acc.std(ddof=1):.3f}",
                  fontsize=9)
