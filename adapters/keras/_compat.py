@@ -18,7 +18,7 @@ __all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "child_laye
            "optimizer_variables",
            "add_metric", "remove_metric", "add_state_slot", "remove_state_slots",
            "layer_seed_generators", "spatial_noise_shape", "running_fit_frame",
-           "restore_purged_jax_state", "runs_functional_graph"]
+           "restore_purged_jax_state", "runs_functional_graph", "uses_weight_decay"]
 
 
 def stateless_scope() -> Any:
@@ -190,3 +190,13 @@ def runs_functional_graph(model: Any) -> bool:
     from keras.src.models.functional import Functional
 
     return type(model).call is Functional.call
+
+
+def uses_weight_decay(optimizer: Any, variable: Any) -> bool:
+    """Whether ``optimizer`` applies its own ``weight_decay`` to ``variable`` (that is, the
+    variable was not excluded with ``exclude_from_weight_decay``)."""
+    # BaseOptimizer._use_weight_decay(variable): the test Keras' update applies before it
+    # decays a variable (the excluded variables and name patterns). Without it, every
+    # variable counts as decayed.
+    use = getattr(optimizer, "_use_weight_decay", None)
+    return bool(use(variable)) if callable(use) else True

@@ -114,6 +114,7 @@ class Regularize(keras.callbacks.Callback):
             att = Attachment(self, model)
             self._check_optimizer(att)
             run = att.build_run()
+            warn_double_decay(run, att.optimizer, self.plugins)
             clock = EpochClock(run, self.manager, KERAS_WORDING)
             setattr(model, ATTACHED, att)
             att.active = True
@@ -323,6 +324,37 @@ class Regularize(keras.callbacks.Callback):
     def stop_requests(self) -> list[StopRequest]:
         """Why the last fit was asked to stop, with plugin, epoch and step of each vote."""
         return list(self.run.stop_requests) if self.run is not None else []
+
+
+def warn_double_decay(run: Run, optimizer: Any, plugins: Iterable[object]) -> list[str]:
+    """Warn (:class:`~regplug.RegplugWarning`, once per plugin) for each
+    :class:`~regplug.plugins.DecoupledWeightDecay` whose variables the optimizer decays too
+    (its ``weight_decay`` set, as ``AdamW``'s is by default, and the variables not excluded
+    with ``exclude_from_weight_decay``): they would decay twice. Returns the plugins warned
+    about."""
+    from regplug.plugins import DecoupledWeightDecay
+
+    from ._compat import uses_weight_decay
+
+    own = getattr(optimizer, "weight_decay", None)
+    if not own or float(own) <= 0.0:
+        return []
+    warned = []
+    for plugin in plugins:
+        if not isinstance(plugin, DecoupledWeightDecay):
+            continue
+        twice = [h for h in run.params
+                 if plugin.selection.matches(h) and uses_weight_decay(optimizer, h.tensor)]
+        if not twice:
+            continue
+        count = f"{len(twice)} variable{'' if len(twice) == 1 else 's'}"
+        warnings.warn(
+            f"Regularize: {plugin!r} decays {count} that {type(optimizer).__name__} decays too "
+            f"(its weight_decay={float(own):g}): the weights decay twice. Compile with the "
+            "optimizer's weight_decay=None (Adam + DecoupledWeightDecay is AdamW with "
+            "undecayed biases), or drop the plugin", RegplugWarning, stacklevel=2)
+        warned.append(repr(plugin))
+    return warned
 
 
 def log_number(value: Any) -> float | None:

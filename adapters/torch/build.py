@@ -7,12 +7,14 @@ Docs: docs/loops/torch.md
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from regplug.errors import RegplugWarning
 from regplug.run import ParamHandle, Run, TrialTraining
 
 from .discovery import discover_dropout, discover_parameters
@@ -20,7 +22,7 @@ from .ops import TorchOps
 from .state import TorchModelState
 from .world import default_world
 
-__all__ = ["LearningRates", "build_run"]
+__all__ = ["LearningRates", "build_run", "warn_double_decay"]
 
 
 class LearningRates:
@@ -75,3 +77,47 @@ def build_run(model: nn.Module, optimizer: torch.optim.Optimizer, *, world: Any 
     if world is not None:
         run.world = world
     return run
+
+
+def warn_double_decay(run: Run, optimizer: torch.optim.Optimizer, plugins: Iterable[object], *,
+                      adapter: str = "attach") -> list[str]:
+    """Warn (:class:`~regplug.RegplugWarning`, once per plugin) for each
+    :class:`~regplug.plugins.DecoupledWeightDecay` whose parameters the optimizer decays
+    too (a ``weight_decay`` above 0 in their group: ``AdamW``'s default, or ``Adam``'s and
+    ``SGD``'s L2 form): they would decay twice. Returns the plugins warned about.
+
+    >>> import warnings
+    >>> from regplug.plugins import DecoupledWeightDecay
+    >>> model = torch.nn.Linear(3, 2)
+    >>> opt = torch.optim.AdamW(model.parameters(), weight_decay=0.01)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_double_decay(build_run(model, opt), opt, [DecoupledWeightDecay(0.1)])
+    ['DecoupledWeightDecay(weight_decay=0.1)']
+    >>> print(caught[0].message)  # doctest: +NORMALIZE_WHITESPACE
+    attach: DecoupledWeightDecay(weight_decay=0.1) decays 1 parameter that AdamW decays too
+    (its weight_decay=0.01): the weights decay twice. Set the optimizer's weight_decay=0
+    (Adam + DecoupledWeightDecay is AdamW with undecayed biases), or drop the plugin
+    """
+    from regplug.plugins import DecoupledWeightDecay
+
+    decay = {id(p): float(g.get("weight_decay", 0.0) or 0.0)
+             for g in optimizer.param_groups for p in g["params"]}
+    warned = []
+    for plugin in plugins:
+        if not isinstance(plugin, DecoupledWeightDecay):
+            continue
+        twice = [decay[id(h.tensor)] for h in run.params
+                 if plugin.selection.matches(h) and decay.get(id(h.tensor), 0.0) > 0.0]
+        if not twice:
+            continue
+        values = ", ".join(f"{v:g}" for v in sorted(set(twice)))
+        count = f"{len(twice)} parameter{'' if len(twice) == 1 else 's'}"
+        warnings.warn(
+            f"{adapter}: {plugin!r} decays {count} that {type(optimizer).__name__} decays too "
+            f"(its weight_decay={values}): the weights decay twice. Set the optimizer's "
+            "weight_decay=0 (Adam + DecoupledWeightDecay is AdamW with undecayed biases), "
+            "or drop the plugin",
+            RegplugWarning, stacklevel=4)
+        warned.append(repr(plugin))
+    return warned

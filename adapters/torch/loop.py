@@ -31,7 +31,7 @@ from regplug.plugin import check_requirements
 from regplug.run import StopRequest
 from regplug.window import StepWindow
 
-from .build import build_run
+from .build import build_run, warn_double_decay
 from .ops import TorchOps, without_grad
 from .state import load_run_state, run_state_dict
 from .trial import TorchTrial
@@ -98,6 +98,7 @@ class TorchRegularizer:
         self.run = build_run(model, optimizer, world=world,
                              trial=None if loss_fn is None else TorchTrial(
                                  model, optimizer, loss_fn, self._paused))
+        warn_double_decay(self.run, optimizer, self.manager.plugins)
         self.clock = EpochClock(self.run, self.manager, TORCH_WORDING)
         self.window = StepWindow(self.clock, fused=fused)
         # What the optimizer hooks run, with autograd off (cheaper than a no_grad() block).

@@ -433,3 +433,19 @@ def test_restore_purged_jax_state_gives_back_the_weights_of_a_fit_whose_first_st
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
     assert _compat.restore_purged_jax_state(model, probe.frame) == 0  # nothing empty now
+
+
+# -- uses_weight_decay ------------------------------------------------------------------------
+def test_uses_weight_decay_follows_exclude_from_weight_decay():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    kernel, bias = model.layers[0].kernel, model.layers[0].bias
+    plain = keras.optimizers.AdamW(weight_decay=0.1)
+    assert _compat.uses_weight_decay(plain, kernel) and _compat.uses_weight_decay(plain, bias)
+    by_name = keras.optimizers.AdamW(weight_decay=0.1)
+    by_name.exclude_from_weight_decay(var_names=["bias"])
+    assert _compat.uses_weight_decay(by_name, kernel)
+    assert not _compat.uses_weight_decay(by_name, bias)
+    by_variable = keras.optimizers.AdamW(weight_decay=0.1)
+    by_variable.exclude_from_weight_decay(var_list=[kernel])
+    assert not _compat.uses_weight_decay(by_variable, kernel)
+    assert _compat.uses_weight_decay(by_variable, bias)
