@@ -12,6 +12,7 @@ Docs: docs/clock-and-window.md.
 from __future__ import annotations
 
 import difflib
+import re
 import threading
 import warnings
 import weakref
@@ -272,6 +273,11 @@ def _shape(value: object) -> tuple[int, ...]:
         return ()
 
 
+#: A validation metric's key: Keras/torch ``val_``, Hugging Face ``eval_``, and the
+#: ``val/loss``, ``valid_loss``, ``validation-loss`` spellings of other loops.
+_VALIDATION_KEY = re.compile(r"^(val|valid|validation|eval|evaluation)[_/.\-]", re.IGNORECASE)
+
+
 def check_monitors(plugins: Sequence[object], logs: dict[str, Any], *,
                    validation_hint: str = "pass validation metrics to the adapter"
                    ) -> list[str]:
@@ -296,9 +302,14 @@ def check_monitors(plugins: Sequence[object], logs: dict[str, Any], *,
         keys = ", ".join(sorted(logs)) or "(none)"
         close = difflib.get_close_matches(monitor, list(logs), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        validation = ("val_", "eval_")  # Keras/torch/Lightning names, Hugging Face's
-        if monitor.startswith(validation) and not any(k.startswith(validation) for k in logs):
-            hint += f" There are no validation metrics: {validation_hint}."
+        if _VALIDATION_KEY.match(monitor):
+            validation = sorted(k for k in logs if _VALIDATION_KEY.match(k))
+            if not validation:
+                hint += f" There are no validation metrics: {validation_hint}."
+            elif not close or close[0] not in validation:
+                nearest = difflib.get_close_matches(monitor, validation, n=1, cutoff=0.0)
+                hint += (f" The validation metrics are {', '.join(validation)}; the closest "
+                         f"is {nearest[0]!r}.")
         warnings.warn(f"{label}: monitor {monitor!r} is not in the logs of this epoch, so "
                       f"the plugin cannot act on it. Available keys: {keys}.{hint}",
                       RegplugWarning, stacklevel=4)
