@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["plot_loss_curves", "plot_weight_histograms", "plot_uncertainty", "draw_loss_curves",
            "loss_curves_caption", "curve_band", "runs_per_epoch", "curve_limits",
            "plot_accuracy_curves", "draw_accuracy_curves", "accuracy_curves_caption",
-           "CURVE_MODES", "plot_seed_spread", "draw_seed_spread", "seed_spread_caption",
+           "CURVE_MODES", "WHOLE_EPOCHS", "plot_seed_spread", "draw_seed_spread",
+           "seed_spread_caption",
            "GAP_FIGURE", "plot_gap_bars", "draw_gap_bars", "gap_caption",
            "draw_weight_histograms", "draw_uncertainty", "weight_strategies",
            "weight_histogram_caption", "uncertainty_by_region", "uncertainty_caption",
@@ -81,8 +82,8 @@ def loss_curves_caption(framework: str, *, seeds: int = 1) -> str:
     return (_runs_note(framework, seeds, "cross-entropy") + ". The data term alone "
             "(penalties left out), on a linear axis from 0: the validation minimum and any "
             "rise after it are to scale; the axis ends a little above the second half's values "
-            "and the validation values from their minimum on, so the first epochs may run off "
-            "its top.")
+            "and the validation values from their minimum on, so the first epochs of a run over "
+            f"{WHOLE_EPOCHS} epochs may run off its top.")
 
 
 def accuracy_curves_caption(framework: str, *, seeds: int = 1) -> str:
@@ -95,8 +96,8 @@ def accuracy_curves_caption(framework: str, *, seeds: int = 1) -> str:
             "acc_train (○, the final weights on the training rows in eval mode — why it can "
             "lie above the “train” curve) and acc_test (×); pct_diff = 1 − acc_test / "
             "acc_train. The axis starts a little below the second half's values and the "
-            "validation values from their maximum on, so the first epochs may run off its "
-            "bottom.")
+            "validation values from their maximum on, so the first epochs of a run over "
+            f"{WHOLE_EPOCHS} epochs may run off its bottom.")
 
 
 def draw_loss_curves(results: Sequence[StrategyResult], *, title: str) -> Any:
@@ -176,6 +177,10 @@ def _draw_curves(results: Sequence[StrategyResult], curves: tuple[tuple[str, str
     return fig
 
 
+#: A run of at most this many epochs has its curves shown whole (:func:`curve_limits`).
+WHOLE_EPOCHS = 10
+
+
 def curve_limits(train: Sequence[Sequence[float]], validation: Sequence[Sequence[float]], *,
                  accuracy: bool) -> tuple[float, float]:
     """The y range of a curves figure, shared by its panels, on a linear axis.
@@ -184,23 +189,22 @@ def curve_limits(train: Sequence[Sequence[float]], validation: Sequence[Sequence
     and every validation value from its minimum on, so that the minimum and the rise after
     it fill the panel to scale; the first epochs' high values, which would squash them,
     may run off the top. Accuracy, the same way up: from a little below those values (the
-    validation's from its maximum on) up to 1. A run of at most 4 epochs is shown whole.
+    validation's from its maximum on) up to 1. A run of at most :data:`WHOLE_EPOCHS`
+    epochs (still learning: no U to show) is shown whole.
 
-    >>> curve_limits([[2.0, 0.5, 0.3, 0.2, 0.1, 0.1]], [[1.9, 0.6, 0.4, 0.45, 0.5, 0.6]],
+    >>> train = [2.0, 0.9, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.1, 0.1]
+    >>> curve_limits([train], [[1.9, 0.8, 0.5, 0.4, 0.35, 0.3, 0.32, 0.35, 0.4, 0.45, 0.5, 0.6]],
     ...              accuracy=False)
     (0.0, 0.66)
-    >>> [round(v, 3) for v in curve_limits([[0.5, 0.9, 0.95, 0.97, 0.99]],
-    ...                                    [[0.5, 0.85, 0.9, 0.89, 0.88]], accuracy=True)]
-    [0.868, 1.012]
+    >>> curve_limits([train[:5]], [[1.9, 0.8, 0.5, 0.4, 0.35]], accuracy=False)
+    (0.0, 2.2)
     """
     curves = [*train, *validation]
     length = max((len(c) for c in curves), default=0)
-    start = 0 if length <= 4 else length // 2
+    start = 0 if length <= WHOLE_EPOCHS else length // 2
     best = np.argmax if accuracy else np.argmin
     shown = [v for c in curves for v in c[start:]]
-    shown += [v for c in validation if len(c) > 4 for v in c[int(best(c)):]]
-    if length <= 4:
-        shown = [v for c in curves for v in c]
+    shown += [v for c in validation for v in c[int(best(c)):]]
     values = np.array(shown, dtype=np.float64)
     values = values[np.isfinite(values)]
     if not values.size:

@@ -142,16 +142,22 @@ def curves_result(strategy: str, *, seed: int = 0, epochs: int = 10, val_ce=None
 
 
 def test_loss_curves_are_linear_from_0_so_the_validation_minimum_and_rise_show():
-    fig = plots.draw_loss_curves([curves_result("none")], title="t")
+    e = np.arange(16)
+    val = list(0.3 + 0.005 * (e - 5) ** 2 + 2.0 * (e == 0))  # 2.43, then a U: 0.30 at 6
+    run = curves_result("none", epochs=16, val_ce=val)
+    fig = plots.draw_loss_curves([run], title="t")
     ax = fig.axes[0]
     assert ax.get_yscale() == "linear"
     low, high = ax.get_ylim()
-    val = curves_result("none").history["val_cross_entropy"]
     assert low == 0.0
-    # the first epoch (2.48) runs off the top; the U (0.30 at epoch 4, up to 1.02) fills it
+    # the first epoch runs off the top; the U after it (0.30 up to 0.80) fills the panel
     assert max(val[1:]) <= high < min(val[0], 1.2 * max(val[1:]))
-    train = curves_result("none").history["cross_entropy"]
-    assert plots.curve_limits([train], [val], accuracy=False) == (0.0, max(val[3:]) * 1.1)
+    train = run.history["cross_entropy"]
+    assert plots.curve_limits([train], [val], accuracy=False) == (0.0, max(val[5:]) * 1.1)
+    # a short run, still learning, is shown whole
+    short = curves_result("none", epochs=5)
+    assert plots.curve_limits([short.history["cross_entropy"]],
+                              [short.history["val_cross_entropy"]], accuracy=False)[1] >= 2.3
     caption = plots.loss_curves_caption("torch")
     assert "linear axis from 0" in caption and "training mode" in caption
 
