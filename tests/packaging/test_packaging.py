@@ -67,3 +67,20 @@ def test_cli_lists_the_builtins(tmp_path):
     for name in BUILTIN_PLUGINS:
         assert name in out
     assert "DecoupledWeightDecay" in out and "on_before_step" in out
+
+
+@from_wheel
+def test_the_wheel_ships_every_source_module_and_nothing_else():
+    """A subpackage left out of pyproject's ``packages`` list (adapters/keras/patches/ once was)
+    is missing from the wheel, and a stale ``build/lib`` can ship modules deleted since: the
+    installed .py files are exactly the checkout's, mapped as pyproject's package-dir maps them."""
+    checkout = Path(__file__).resolve().parents[2]
+    folders = {"regplug": "regplug", "plugins": "regplug/plugins", "adapters": "regplug/adapters"}
+    expected = set()
+    for folder, installed in folders.items():
+        for source in (checkout / folder).rglob("*.py"):
+            relative = source.relative_to(checkout / folder).as_posix()
+            expected.add(f"{installed}/{relative}")
+    shipped = {str(f) for f in metadata.files("regplug") or [] if str(f).endswith(".py")}
+    assert not expected - shipped, f"modules missing from the wheel: {sorted(expected - shipped)}"
+    assert not shipped - expected, f"modules the checkout no longer has: {sorted(shipped - expected)}"
