@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
+from ._cli_imports import quiet_framework_imports
 from .compare.cli import add_compare_parser
 from .errors import PluginLoadError, PluginValidationError, RegplugError
 from .hookspecs import HOOK_NAMES, implemented_hooks
@@ -238,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        with quiet_framework_imports():  # TensorFlow's start-up lines stay off the terminal
+            return int(args.func(args))
     except (RegplugError, ValueError, OSError) as err:
         if args.verbose:
             traceback.print_exc()
