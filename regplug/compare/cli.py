@@ -197,8 +197,9 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
                          f"{args.seed + seeds - 1}, beyond {SEED_MAX} (2**32 - 1, the largest "
                          f"seed NumPy, torch and Keras all accept); use --seed "
                          f"{SEED_MAX - seeds + 1} or lower")
-    splits_for = splits_per_seed(args.data)
-    splits = splits_for(args.seed)
+    splits_for = splits_per_seed(args.data, train_rows=getattr(args, "train_rows", None),
+                                 label_noise=getattr(args, "label_noise", None) or 0.0)
+    splits = splits_for(args.seed)  # refuses a --train-rows the data cannot give
     runners = {fw: get_runner(fw) for fw in frameworks}
     for fw, runner in runners.items():  # a monitor no log holds would silently do nothing
         for strategy in strategies:
@@ -221,10 +222,11 @@ def print_plan(args: argparse.Namespace, plan: ComparePlan) -> None:
     seeds = plan.seeds
     print(f"data:       {plan.splits.describe()}")
     if seeds > 1:
-        print("            " + ("(per seed: the test rows and the validation split)"
+        noise = ", the noisy rows and labels" if plan.splits.label_noise else ""
+        print("            " + (f"(per seed: the test rows and the validation split{noise})"
                                 if args.data in BUNDLED_DATA else
-                                "(per seed: the validation split; the test rows are the "
-                                "data's own, the same for every seed)"))
+                                f"(per seed: the validation split{noise}; the test rows are "
+                                "the data's own, the same for every seed)"))
     print(f"model:      {plan.model}")
     print(f"training:   {_describe_training(plan.settings, seeds)}")
     print(f"frameworks: {', '.join(runner.describe() for runner in plan.runners.values())}")

@@ -128,6 +128,8 @@ def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[St
         "command": command,
         "data": splits.describe(),
         "validation_fraction": VALIDATION_FRACTION,
+        "train_rows": len(splits.x_train) if splits.train_rows_of is not None else None,
+        "train_label_noise": splits.label_noise,  # both also in "data"
         "model": str(model),
         "training": settings.describe(),
         **{f"train_{k}": v for k, v in asdict(settings).items()},

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from .frameworks import TrainSettings
 
-__all__ = ["SEED_MAX", "positive_int", "seed", "positive_float", "add_training_arguments"]
+__all__ = ["SEED_MAX", "positive_int", "seed", "positive_float", "label_noise",
+           "add_training_arguments"]
 
 #: ``--seed``'s range: what NumPy's legacy global seed (Keras' ``set_random_seed``), torch's
 #: ``manual_seed`` and NumPy's generators all accept.
@@ -73,9 +74,29 @@ def positive_float(text: str) -> float:
     return value
 
 
+def label_noise(text: str) -> float:
+    """A fraction from 0 to below 1 (``--label-noise``).
+
+    >>> label_noise("0.3")
+    0.3
+    >>> label_noise("1")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a fraction from 0 to below 1 (0 <= F < 1), got 1
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be a fraction from 0 to below 1 (0 <= F < 1), got {text}")
+    return value
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings, *,
                            per: Literal["strategy", "trial"], seed_help: str) -> None:
-    """Add ``--data``, ``--model``, ``--epochs``, ``--batch-size``, ``--lr`` and ``--seed``.
+    """Add ``--data``, ``--train-rows``, ``--label-noise``, ``--model``, ``--epochs``,
+    ``--batch-size``, ``--lr`` and ``--seed``.
 
     ``per`` is what one run of ``--epochs`` trains (a strategy in ``compare``, a trial in
     ``tune``); ``seed_help`` is ``--seed``'s help, as what the seed seeds differs.
@@ -86,6 +107,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
                         help=f"{bundled_data_help()}: pip install 'regplug[data]'; an "
                              "MNIST-style FILE.npz (x_train, y_train, x_test, y_test); or "
                              "module:function")
+    parser.add_argument("--train-rows", type=positive_int, metavar="N",
+                        help="train on the first N training rows left after the validation "
+                             "split (a random subset: the split is a seeded permutation); "
+                             "validation and test rows stay as they are (default: all)")
+    parser.add_argument("--label-noise", type=label_noise, metavar="F",
+                        help="give this fraction of the training rows (0 <= F < 1) another "
+                             "class, drawn uniformly from the other classes; fresh rows and "
+                             "labels per seed (numpy default_rng([seed, 18])), the same in "
+                             "every framework; validation and test labels stay clean "
+                             "(default 0)")
     parser.add_argument("--model", metavar="SPEC",
                         help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> "
                              "classes; wide_mlp; linear) or module:factory taking a "

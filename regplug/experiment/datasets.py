@@ -10,7 +10,7 @@ Docs: docs/compare.md
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,11 +21,16 @@ from .references import is_reference, load_reference
 
 __all__ = ["Splits", "resolve_data", "split_validation", "load_splits", "splits_per_seed",
            "BundledData", "BUNDLED_DATA", "bundled_data_help", "VALIDATION_FRACTION",
-           "check_data_name"]
+           "check_data_name", "restrict_training", "check_train_rows", "LABEL_NOISE_STREAM"]
 
 #: Share of the training rows held out for validation (loss curves, early stopping). The
 #: test rows are used only once, for the final test accuracy.
 VALIDATION_FRACTION = 0.15
+
+#: ``--label-noise`` draws its rows and labels from ``numpy.random.default_rng([seed,
+#: LABEL_NOISE_STREAM])``, ``seed`` being the run's seed: the same rows and labels in every
+#: framework for a seed, fresh ones for another seed, and no draw shared with the split.
+LABEL_NOISE_STREAM = 18
 
 
 class BundledData(NamedTuple):
@@ -67,13 +72,38 @@ class Splits:
     x_test: np.ndarray
     y_test: np.ndarray
     n_classes: int
+    #: The training rows there were before ``--train-rows`` kept the first of them (``None``:
+    #: all were kept).
+    train_rows_of: int | None = None
+    #: ``--label-noise``: the share of the training rows whose label was replaced by another
+    #: class, and how many rows that is (validation and test labels are never touched).
+    label_noise: float = 0.0
+    noisy_rows: int = 0
 
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
 
     def describe(self) -> str:
-        return (f"{self.name}: {len(self.x_train)} train / {len(self.x_val)} validation / "
+        """One line: the rows of each part, the features and classes; ``--train-rows`` and
+        ``--label-noise`` where given.
+
+        >>> d = Dataset("toy", np.zeros((40, 3), np.float32), np.arange(40) % 2,
+        ...             np.zeros((4, 3), np.float32), np.arange(4) % 2)
+        >>> s = split_validation(d, fraction=0.25)
+        >>> s.describe()
+        'toy: 30 train / 10 validation / 4 test rows, 3 features, 2 classes'
+        >>> restrict_training(s, train_rows=20, label_noise=0.3, seed=0).describe()
+        'toy: 20 of 30 train (30 % labels replaced: 6 rows) / 10 validation / 4 test rows, 3 features, 2 classes'
+        """  # noqa: E501
+        train = f"{len(self.x_train)}"
+        if self.train_rows_of is not None:
+            train += f" of {self.train_rows_of}"
+        train += " train"
+        if self.label_noise:
+            train += (f" ({self.label_noise * 100:g} % labels replaced: "
+                      f"{self.noisy_rows} row{'' if self.noisy_rows == 1 else 's'})")
+        return (f"{self.name}: {train} / {len(self.x_val)} validation / "
                 f"{len(self.x_test)} test rows, {self.n_features} features, "
                 f"{self.n_classes} classes")
 
@@ -98,6 +128,63 @@ def split_validation(data: Dataset, *, fraction: float = VALIDATION_FRACTION,
     val, train = order[:n_val], order[n_val:]
     return Splits(data.name, data.x_train[train], data.y_train[train], data.x_train[val],
                   data.y_train[val], data.x_test, data.y_test, data.n_classes)
+
+
+def check_train_rows(train_rows: int | None, splits: Splits) -> None:
+    """Refuse a ``--train-rows`` above the training rows the validation split leaves, or
+    below the number of classes (one line naming the option and the range)."""
+    if train_rows is None:
+        return
+    have = len(splits.x_train)
+    low = min(splits.n_classes, have)
+    if not low <= train_rows <= have:
+        raise ValueError(f"--train-rows {train_rows}: must be from {low} (the classes) to "
+                         f"{have} (the training rows of {splits.name!r} left after the "
+                         f"validation split)")
+
+
+def restrict_training(splits: Splits, *, train_rows: int | None = None,
+                      label_noise: float = 0.0, seed: int = 0) -> Splits:
+    """Keep the first ``train_rows`` training rows (``None``: all) and give
+    ``round(label_noise * rows)`` of them, chosen at random, another class, drawn uniformly
+    from the other classes; the validation and test rows stay as they are.
+
+    The training rows come after :func:`split_validation`'s seeded permutation, so the first
+    ``train_rows`` are a random subset. The noise comes from ``numpy.random.default_rng([seed,
+    LABEL_NOISE_STREAM])`` (:data:`LABEL_NOISE_STREAM`): the same for a seed in every
+    framework, another for another seed.
+
+    >>> d = Dataset("toy", np.zeros((40, 3), np.float32), np.arange(40) % 4,
+    ...             np.zeros((4, 3), np.float32), np.arange(4) % 4)
+    >>> s = split_validation(d, fraction=0.25)
+    >>> noisy = restrict_training(s, train_rows=20, label_noise=0.5, seed=1)
+    >>> len(noisy.y_train), int((noisy.y_train != s.y_train[:20]).sum())
+    (20, 10)
+    """
+    check_train_rows(train_rows, splits)
+    if not 0.0 <= label_noise < 1.0:
+        raise ValueError(f"--label-noise {label_noise:g}: must be a fraction from 0 to below 1 "
+                         "(0 <= F < 1)")
+    if train_rows is None and not label_noise:
+        return splits
+    x, y = splits.x_train, splits.y_train
+    kept_of = None
+    if train_rows is not None:
+        kept_of = len(x)
+        x, y = x[:train_rows], y[:train_rows]
+    noisy = 0
+    if label_noise:
+        if splits.n_classes < 2:
+            raise ValueError(f"--label-noise {label_noise:g}: {splits.name!r} has one class; "
+                             "there is no other class to replace a label with")
+        rng = np.random.default_rng([seed, LABEL_NOISE_STREAM])
+        noisy = int(round(label_noise * len(y)))  # noqa: RUF046
+        rows = rng.choice(len(y), size=noisy, replace=False)
+        shift = rng.integers(1, splits.n_classes, size=noisy)  # 1..K-1: always another class
+        y = y.copy()
+        y[rows] = (y[rows] + shift) % splits.n_classes
+    return replace(splits, x_train=x, y_train=y, train_rows_of=kept_of,
+                   label_noise=float(label_noise), noisy_rows=noisy)
 
 
 def resolve_data(text: str | None, *, seed: int = 0) -> Dataset:
@@ -156,9 +243,11 @@ def _unknown_data(text: str) -> str:
             f"{', '.join(map(repr, names))}, an MNIST-style .npz file, or module:function")
 
 
-def load_splits(spec: str | None, *, seed: int) -> Splits:
+def load_splits(spec: str | None, *, seed: int, train_rows: int | None = None,
+                label_noise: float = 0.0) -> Splits:
     """The training, validation and test rows of ``--data spec`` for ``seed``:
-    :func:`resolve_data`, then :func:`split_validation`. A bundled data set whose package is
+    :func:`resolve_data`, then :func:`split_validation`, then :func:`restrict_training`
+    (``--train-rows``, ``--label-noise``). A bundled data set whose package is
     missing is a one-line ``ImportError`` naming the package and the extra to install."""
     try:
         data = resolve_data(spec, seed=seed)
@@ -168,23 +257,28 @@ def load_splits(spec: str | None, *, seed: int) -> Splits:
         package, name, _ = BUNDLED_DATA[spec]
         raise ImportError(f"the {name} data set needs {package} ({err.name or package} is not "
                           "installed): pip install 'regplug[data]'") from None
-    return split_validation(data, seed=seed)
+    return restrict_training(split_validation(data, seed=seed), train_rows=train_rows,
+                             label_noise=label_noise, seed=seed)
 
 
-def splits_per_seed(spec: str | None) -> Callable[[int], Splits]:
+def splits_per_seed(spec: str | None, *, train_rows: int | None = None,
+                    label_noise: float = 0.0) -> Callable[[int], Splits]:
     """The splits of ``--data spec`` for a seed (``regplug compare --seeds``). A bundled
     data set (:data:`BUNDLED_DATA`) draws its test rows and the validation split from the
     seed; a file's or a function's data are read once, at the first call, and only their
     validation split depends on the seed (their test rows are theirs). Call it once before
-    any training, so a mistake in ``spec`` shows first."""
+    any training, so a mistake in ``spec`` shows first. ``train_rows`` and ``label_noise``
+    apply to every seed's split (:func:`restrict_training`)."""
     if spec in BUNDLED_DATA:
-        return lambda seed: load_splits(spec, seed=seed)
+        return lambda seed: load_splits(spec, seed=seed, train_rows=train_rows,
+                                        label_noise=label_noise)
     fixed: list[Dataset] = []
 
     def given(seed: int) -> Splits:
         if not fixed:
             fixed.append(resolve_data(spec, seed=seed))
-        return split_validation(fixed[0], seed=seed)
+        return restrict_training(split_validation(fixed[0], seed=seed), train_rows=train_rows,
+                                 label_noise=label_noise, seed=seed)
 
     return given
 

@@ -320,11 +320,13 @@ def wire_search(args: argparse.Namespace, checked: CheckedArguments) -> SearchPl
     from .search import Search
     from .storage import open_storage
 
+    # first: a --train-rows the data cannot give is refused before a framework loads
+    splits = load_splits(args.data, seed=args.seed, train_rows=getattr(args, "train_rows", None),
+                         label_noise=getattr(args, "label_noise", None) or 0.0)
     runner = get_runner(args.framework)
     for space in checked.spaces:  # a monitor no log holds would silently do nothing
         check_monitors(space.strategy, runner_log_keys(runner), framework=args.framework)
     storage = open_storage(args.storage)
-    splits = load_splits(args.data, seed=args.seed)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, seed=args.seed)
     study_name = args.study_name or DEFAULT_STUDY_NAME

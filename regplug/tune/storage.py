@@ -58,6 +58,7 @@ STUDY_SETTINGS_ATTR = "regplug.settings"
 _SETTING_LABELS = {"framework": "--framework", "data": "--data", "model": "--model",
                    "epochs": "--epochs", "batch_size": "--batch-size",
                    "learning_rate": "--lr", "momentum": "momentum", "seed": "--seed",
+                   "train_rows": "--train-rows", "label_noise": "--label-noise",
                    "objective": "--objective", "space": "search space",
                    "strategy": "fixed strategy arguments"}
 
@@ -194,8 +195,24 @@ def run_settings(*, runner: FrameworkRunner, splits: Splits, model: ModelChoice,
     once per run, not once per strategy)."""
     return {"framework": runner.name,
             "data": f"{splits.describe()}, rows sha256 {data_fingerprint(splits)}",
+            **_training_rows(splits),
             "model": str(model), **dataclasses.asdict(settings),
             "objective": objective.metric}
+
+
+#: What a study recorded before ``--train-rows`` and ``--label-noise`` existed meant these.
+_UNRECORDED_DEFAULTS = {"train_rows": "all", "label_noise": 0.0}
+
+
+def _training_rows(splits: Splits) -> dict[str, Any]:
+    """``--train-rows`` and ``--label-noise``, recorded only where given (so a study made
+    before they existed, without them, still matches a run that gives neither)."""
+    found: dict[str, Any] = {}
+    if splits.train_rows_of is not None:
+        found["train_rows"] = len(splits.x_train)
+    if splits.label_noise:
+        found["label_noise"] = splits.label_noise
+    return found
 
 
 def space_settings(run: Mapping[str, Any], space: StrategySpace) -> dict[str, Any]:
@@ -251,6 +268,8 @@ def settings_differences(recorded: Mapping[str, Any], ours: Mapping[str, Any]) -
 
     def show(key: str, value: Any) -> str:
         label = _SETTING_LABELS.get(key, key)
+        if value is _NOT_RECORDED and key in _UNRECORDED_DEFAULTS:
+            value = _UNRECORDED_DEFAULTS[key]
         if value is _NOT_RECORDED:
             return f"no {label} recorded"
         text = str(value)
