@@ -9,7 +9,8 @@
     the rest (table, progress, staging, and the interpreter's exit after the run). Each
     phase has a share of the 50 s as its budget.
 ``compare_imports``
-    What the default run imports, alone in a fresh process (each module's time in the note).
+    What the default run imports, alone in a fresh process under the command's import guard
+    (each module's time in the note).
 ``compare_keras_fit_numpy_vs_pipelines``
     One Keras strategy's fit (``l2``, 30 epochs, digits) with the generator of NumPy
     batches the runner uses on the other backends against the prebuilt ``tf.data``
@@ -183,12 +184,15 @@ def _compare_rows(quick: bool) -> list[Result]:
 
 
 # -- imports --------------------------------------------------------------------------------
+# under the command's import guard, as in the run (TensorFlow's optional imports refused)
 _IMPORTS = ("import importlib, json, sys, time\n"
+            "from regplug._cli_imports import quiet_framework_imports\n"
             "seconds = {}\n"
-            "for name in sys.argv[1:]:\n"
-            "    start = time.perf_counter()\n"
-            "    importlib.import_module(name)\n"
-            "    seconds[name] = time.perf_counter() - start\n"
+            "with quiet_framework_imports():\n"
+            "    for name in sys.argv[1:]:\n"
+            "        start = time.perf_counter()\n"
+            "        importlib.import_module(name)\n"
+            "        seconds[name] = time.perf_counter() - start\n"
             "print(json.dumps(seconds))")
 
 
