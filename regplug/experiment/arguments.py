@@ -94,35 +94,44 @@ def label_noise(text: str) -> float:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings, *,
-                           per: Literal["strategy", "trial"], seed_help: str) -> None:
+                           per: Literal["strategy", "trial"], seed_help: str,
+                           epochs_from_preset: bool = False) -> None:
     """Add ``--data``, ``--train-rows``, ``--label-noise``, ``--model``, ``--epochs``,
     ``--batch-size``, ``--lr`` and ``--seed``.
 
     ``per`` is what one run of ``--epochs`` trains (a strategy in ``compare``, a trial in
-    ``tune``); ``seed_help`` is ``--seed``'s help, as what the seed seeds differs.
+    ``tune``); ``seed_help`` is ``--seed``'s help, as what the seed seeds differs. With
+    ``epochs_from_preset`` (``compare --preset``), ``--epochs``, ``--data``, ``--train-rows``
+    and ``--label-noise`` not given are ``None``, for the preset to fill.
     """
     from .datasets import bundled_data_help  # imports NumPy: only when the parser is built
 
+    preset = " (default: the preset's)" if epochs_from_preset else ""
+    names = bundled_data_help()
+    if preset:  # the preset chooses the data, not BUNDLED_DATA[None]
+        names = names.replace("(default: ", "(")
     parser.add_argument("--data", metavar="SPEC",
-                        help=f"{bundled_data_help()}: pip install 'regplug[data]'; an "
+                        help=f"{names}: pip install 'regplug[data]'; an "
                              "MNIST-style FILE.npz (x_train, y_train, x_test, y_test); or "
-                             "module:function")
+                             f"module:function{preset}")
     parser.add_argument("--train-rows", type=positive_int, metavar="N",
                         help="train on the first N training rows left after the validation "
                              "split (a random subset: the split is a seeded permutation); "
-                             "validation and test rows stay as they are (default: all)")
+                             "validation and test rows stay as they are "
+                             + ("(default: the preset's)" if preset else "(default: all)"))
     parser.add_argument("--label-noise", type=label_noise, metavar="F",
                         help="give this fraction of the training rows (0 <= F < 1) another "
                              "class, drawn uniformly from the other classes; fresh rows and "
                              "labels per seed (numpy default_rng([seed, 18])), the same in "
                              "every framework; validation and test labels stay clean "
-                             "(default 0)")
+                             + ("(default: the preset's)" if preset else "(default 0)"))
     parser.add_argument("--model", metavar="SPEC",
                         help="a built-in model (mlp: the notebook's Dense 50 -> 250 -> "
                              "classes; wide_mlp; linear) or module:factory taking a "
                              "regplug.experiment.ModelSpec")
-    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs,
-                        help=f"epochs per {per} (default {defaults.epochs})")
+    parser.add_argument("--epochs", type=positive_int,
+                        default=None if epochs_from_preset else defaults.epochs,
+                        help=f"epochs per {per}" + (preset or f" (default {defaults.epochs})"))
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                         help=f"mini-batch size (default {defaults.batch_size})")
     parser.add_argument("--lr", type=positive_float, default=defaults.learning_rate,

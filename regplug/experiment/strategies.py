@@ -31,7 +31,7 @@ from .references import is_reference, load_reference
 __all__ = ["Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strategies",
            "strategies_from_tables", "strategy_from_table", "select_strategies",
            "StrategyError", "plugin_factory", "check_monitors", "monitored_keys",
-           "added_keys"]
+           "added_keys", "Preset", "PRESETS", "DEFAULT_PRESET"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
 _KEYS = ("name", "description", "dropout", "batch_norm", "plugins")
@@ -303,6 +303,62 @@ DEFAULT_STRATEGIES: tuple[str, ...] = (
     "decoupled_weight_decay", "proximal_l1", "dropout_schedule")
 
 
+@dataclass(frozen=True)
+class Preset:
+    """The settings ``regplug compare --preset NAME`` runs with; an option given on the
+    command line overrides its value. ``strengths`` replace built-in strategies of the
+    same name (the others stay as :data:`BUILTIN_STRATEGIES` has them)."""
+
+    name: str
+    about: str
+    data: str | None
+    train_rows: int | None
+    label_noise: float
+    epochs: int
+    seeds: int
+    framework: str
+    strengths: tuple[Strategy, ...] = ()
+
+    def strategies(self) -> dict[str, Strategy]:
+        """The built-in strategies with this preset's strengths, in the built-in order."""
+        mine = {s.name: s for s in self.strengths}
+        return {name: mine.get(name, strategy) for name, strategy in BUILTIN_STRATEGIES.items()}
+
+
+#: ``--preset overfit`` (the default): a run where the unregularized network visibly fits
+#: noise and the classic regularizers visibly cure it — 1,000 MNIST training rows, 30 % of
+#: their labels replaced at random, 40 epochs, 5 seeds, torch. Its strengths are the best of
+#: ``regplug tune`` grid searches on that task (7 points per range, the mean validation
+#: cross-entropy over tune seeds 100 to 102, none of them a compare seed; docs/compare.md).
+OVERFIT = Preset(
+    "overfit", "MNIST, 1,000 training rows, 30 % of their labels replaced at random, "
+               "40 epochs, 5 seeds, torch; strengths tuned for it",
+    data="mnist", train_rows=1000, label_noise=0.3, epochs=40, seeds=5, framework="torch",
+    strengths=(
+        _builtin("l2", {"name": "l2", "l2": 0.01}),
+        _builtin("l1", {"name": "l1", "l1": 0.003}),
+        _builtin("dropout", dropout=0.9),
+        _builtin("batch_norm_dropout", dropout=0.9, batch_norm=True),
+        _builtin("decoupled_weight_decay", {"name": "decoupled_weight_decay",
+                                            "weight_decay": 0.2}),
+        _builtin("proximal_l1", {"name": "proximal_l1", "l1": 0.0316}),
+        _builtin("dropout_schedule", {"name": "dropout_schedule",
+                                      "rate": {"schedule": "linear", "start": 0.0, "end": 0.9,
+                                               "span": 10, "per": "epoch"}}),
+    ))
+#: ``--preset notebook``: the course notebook's setting, what a plain ``regplug compare`` ran
+#: before the overfit preset — digits, every training row, clean labels, 30 epochs, one
+#: seed, torch and Keras, the strengths of :data:`BUILTIN_STRATEGIES`.
+NOTEBOOK = Preset(
+    "notebook", "digits, all rows, clean labels, 30 epochs, 1 seed, torch and Keras; the "
+                "notebook's strengths",
+    data=None, train_rows=None, label_noise=0.0, epochs=30, seeds=1, framework="both")
+#: The presets by ``--preset`` name.
+PRESETS: dict[str, Preset] = {p.name: p for p in (OVERFIT, NOTEBOOK)}
+#: What a plain ``regplug compare`` runs.
+DEFAULT_PRESET = "overfit"
+
+
 def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
     """One strategy from a config table; every mistake is a :class:`StrategyError`.
 
@@ -420,13 +476,15 @@ def strategies_from_tables(tables: object, *, label: str,
 
 
 def select_strategies(selection: str | Iterable[str] | None,
-                      custom: Mapping[str, Strategy] | None = None) -> list[Strategy]:
+                      custom: Mapping[str, Strategy] | None = None, *,
+                      builtin: Mapping[str, Strategy] | None = None) -> list[Strategy]:
     """The strategies to run, in the order given.
 
     ``selection`` is a comma-separated string or a list of names; ``"default"`` stands for
     :data:`DEFAULT_STRATEGIES` and ``"all"`` for every built-in and custom strategy. Names
     come from the built-ins and ``custom`` (a config's strategies, which take precedence).
     Without a selection: the config's strategies if there are any, else the default ones.
+    ``builtin`` replaces :data:`BUILTIN_STRATEGIES` (a :class:`Preset`'s strategies).
 
     >>> [s.name for s in select_strategies("none, l2")]
     ['none', 'l2']
@@ -439,7 +497,7 @@ def select_strategies(selection: str | Iterable[str] | None,
     import difflib
 
     custom = dict(custom or {})
-    catalogue = {**BUILTIN_STRATEGIES, **custom}
+    catalogue = {**(BUILTIN_STRATEGIES if builtin is None else builtin), **custom}
     if selection is None:
         return list(custom.values()) if custom else [catalogue[n] for n in DEFAULT_STRATEGIES]
     names = [n.strip() for n in selection.split(",")] if isinstance(selection, str) \

@@ -38,7 +38,8 @@ def test_a_reference_whose_module_imports_a_missing_package_names_that_package(
     monkeypatch.chdir(tmp_path)
     module = write_module(tmp_path, "needs_missing", "import not_installed_pkg_xyz\n"
                                                       "def load():\n    pass\n")
-    code, _, err = run_cli(capsys, option, f"{module}:load", "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           option, f"{module}:load", "--framework", "torch")
     assert_one_line_error(code, err, f"{option} '{module}:load'", "'not_installed_pkg_xyz'",
                           "not installed")
     assert "scikit-learn" not in err and "digits" not in err
@@ -52,8 +53,9 @@ def test_digits_without_scikit_learn_is_the_same_one_line_error_in_compare_and_t
         pytest.importorskip("optuna")
     monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` raises ImportError
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
-    argv = [command, "--framework", "torch", "--strategies", "l2",
-            *(["--data", data] if data else [])]
+    # compare's default preset trains on MNIST: the notebook's is digits, as tune's default
+    argv = [command, *(["--preset", "notebook"] if command == "compare" else []),
+            "--framework", "torch", "--strategies", "l2", *(["--data", data] if data else [])]
     code = cli.main(argv)
     assert_one_line_error(code, capsys.readouterr().err,
                           "the digits data set needs scikit-learn (sklearn",
@@ -150,7 +152,7 @@ def test_a_non_positive_count_or_rate_names_its_option(option, value):
 _NO_FRAMEWORK = textwrap.dedent("""
     import sys
     from regplug import cli
-    code = cli.main(["compare", *sys.argv[1:]])
+    code = cli.main(["compare", "--preset", "notebook", *sys.argv[1:]])
     loaded = [m for m in {modules!r} if m in sys.modules]
     print("LOADED", loaded, file=sys.stderr)
     sys.exit(code)
@@ -203,7 +205,8 @@ def test_a_torch_model_with_nothing_to_train_is_a_one_line_error(tmp_path, capsy
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
     write_module(tmp_path, "frozen_torch", _FROZEN_TORCH)
-    code, _, err = run_cli(capsys, "--model", f"frozen_torch:{factory}", "--framework", "torch",
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--model", f"frozen_torch:{factory}", "--framework", "torch",
                            "--strategies", "l2", "--epochs", "1")
     assert_one_line_error(code, err, f"--model 'frozen_torch:{factory}' (strategy 'l2', torch)",
                           f"nothing to train ({detail})", "unfreeze")
@@ -284,7 +287,8 @@ def test_a_monitor_no_log_holds_is_refused_before_training_with_a_suggestion(
                         lambda self, *a, **k: trained.append("x"))
     config = tmp_path / "es.toml"
     config.write_text(_MONITOR_CONFIG)
-    code, out, err = run_cli(capsys, "--config", str(config), "--framework", framework,
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--config", str(config), "--framework", framework,
                              "--epochs", "1")
     assert_one_line_error(code, err, "strategy 'es': plugin 'early_stopping' monitors "
                           f"'val_acc', which no epoch's logs hold in {framework} (did you "
@@ -297,7 +301,8 @@ def test_a_gap_monitored_after_generalization_gap_trains(tmp_path, capsys):
     config = tmp_path / "gap.toml"
     config.write_text('[[strategies]]\nname = "gap_es"\nplugins = [{name = '
                       '"generalization_gap"}, {name = "early_stopping", monitor = "gap"}]\n')
-    code, out, err = run_cli(capsys, "--config", str(config), "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--config", str(config), "--framework", "torch",
                              "--epochs", "1", "-q")
     assert code == 0, err
     assert "gap_es" in out
@@ -332,7 +337,8 @@ def test_a_plugin_class_of_one_s_own_is_named_module_colon_class(tmp_path, capsy
     monkeypatch.delitem(sys.modules, "own_plugins_18", raising=False)
     (tmp_path / "own.toml").write_text('[[strategies]]\nname = "own"\nplugins = [{name = '
                                        '"own_plugins_18:Shrink", strength = 0.01}]\n')
-    code, out, err = run_cli(capsys, "--config", "own.toml", "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--config", "own.toml", "--framework", "torch",
                              "--epochs", "1", "-q")
     sys.modules.pop("own_plugins_18", None)
     assert code == 0, err

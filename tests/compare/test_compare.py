@@ -129,14 +129,16 @@ def test_unknown_plugin_in_config_is_a_one_line_error_listing_the_plugins(tmp_pa
         name = "mine"
         plugins = [{name = "group_lass", strength = 1e-3}]
         """)
-    code, _, err = run_cli(capsys, "--config", str(path), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--config", str(path), "--framework", "torch")
     assert_one_line_error(code, err, "unknown plugin 'group_lass'", "available:", "l2",
                           "proximal_l1", "early_stopping", "dropout_schedule")
 
 
 def test_unknown_strategy_on_the_command_line_exits_2_with_one_line(tmp_path):
     # Through the installed entry point, as a user runs it: no traceback anywhere.
-    result = subprocess.run([sys.executable, "-m", "regplug", "compare", "--strategies",
+    result = subprocess.run([sys.executable, "-m", "regplug", "compare", "--preset", "notebook",
+                             "--strategies",
                              "none,dropuot"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     assert_one_line_error(result.returncode, result.stderr, "unknown strategy 'dropuot'",
@@ -149,7 +151,7 @@ def test_list_shows_every_strategy_and_model_by_name(tmp_path, capsys):
         name = "strong_l2"
         plugins = [{name = "l2", l2 = 0.01}]
         """)
-    code, out, _ = run_cli(capsys, "--list", "--config", str(path))
+    code, out, _ = run_cli(capsys, "--preset", "notebook", "--list", "--config", str(path))
     assert code == 0
     lines = out.splitlines()
     for name in BUILTIN_STRATEGIES:
@@ -208,21 +210,25 @@ def _npz(path: Path, **arrays) -> Path:
 def test_data_file_with_a_missing_key_is_a_one_line_error(tmp_path, capsys):
     path = _npz(tmp_path / "bad.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4),
                 x_test=np.zeros((2, 3)))
-    code, _, err = run_cli(capsys, "--data", str(path), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--data", str(path), "--framework", "torch")
     assert_one_line_error(code, err, "lacks ['y_test']")
 
 
 def test_data_file_with_mismatched_shapes_is_a_one_line_error(tmp_path, capsys):
     rows = _npz(tmp_path / "rows.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(3),
                 x_test=np.zeros((2, 3)), y_test=np.zeros(2))
-    code, _, err = run_cli(capsys, "--data", str(rows), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--data", str(rows), "--framework", "torch")
     assert_one_line_error(code, err, "x_train has 4 rows but y_train has 3")
     feats = _npz(tmp_path / "feats.npz", x_train=np.zeros((4, 3)), y_train=np.zeros(4),
                  x_test=np.zeros((2, 5)), y_test=np.zeros(2))
-    code, _, err = run_cli(capsys, "--data", str(feats), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--data", str(feats), "--framework", "torch")
     assert_one_line_error(code, err, "train rows have 3 features, test rows 5")
     missing = tmp_path / "nowhere.npz"
-    code, _, err = run_cli(capsys, "--data", str(missing), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--data", str(missing), "--framework", "torch")
     assert_one_line_error(code, err, "does not exist")
 
 
@@ -233,25 +239,28 @@ def test_data_file_with_mismatched_shapes_is_a_one_line_error(tmp_path, capsys):
     ("--data", "json:nothing_here", "module 'json' has no 'nothing_here'"),
 ])
 def test_bad_data_or_model_references_are_one_line_errors(capsys, option, value, fragment):
-    code, _, err = run_cli(capsys, option, value, "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook", option, value, "--framework", "torch")
     assert_one_line_error(code, err, fragment)
 
 
 def test_unwritable_out_fails_before_training_and_leaves_nothing(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    code, out, err = run_cli(capsys, "--out", str(blocker / "results"), "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--out", str(blocker / "results"), "--framework", "torch",
                              "--strategies", "none")
     assert_one_line_error(code, err, "cannot write there")
     assert "framework strategy" not in out  # nothing was trained
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
-    code, _, err = run_cli(capsys, "--out", str(blocker), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--out", str(blocker), "--framework", "torch")
     assert_one_line_error(code, err, "exists and is not a directory")
 
 
 def test_out_holding_other_files_is_refused_not_mixed_with(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    code, _, err = run_cli(capsys, "--out", str(tmp_path), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--out", str(tmp_path), "--framework", "torch")
     assert_one_line_error(code, err, "holds other files")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
@@ -276,7 +285,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_torch_run_writes_table_csv_json_figures_and_report_that_agree(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out_dir = tmp_path / "results"
-    code, out, err = run_cli(capsys, "--framework", "torch", "--strategies",
+    code, out, err = run_cli(capsys, "--preset", "notebook", "--framework", "torch", "--strategies",
                              "none,l2,l1,proximal_l1", "--epochs", "2", "--out", str(out_dir))
     assert code == 0, err
     rows = table_rows(out)
@@ -321,7 +330,8 @@ def test_torch_run_writes_table_csv_json_figures_and_report_that_agree(tmp_path,
 @torch_needed
 def test_same_seed_gives_the_same_results_and_another_seed_does_not(tmp_path, capsys):
     def run(seed: str) -> list[list[str]]:
-        code, out, err = run_cli(capsys, "--framework", "torch", "--strategies",
+        code, out, err = run_cli(capsys, "--preset", "notebook",
+                                 "--framework", "torch", "--strategies",
                                  "l2,dropout,proximal_l1", "--epochs", "2", "--seed", seed)
         assert code == 0, err
         return table_rows(out)
@@ -336,7 +346,8 @@ def test_rerun_into_the_same_out_replaces_the_earlier_result(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out_dir = tmp_path / "run"
     for strategies in ("none", "l2"):
-        code, _, err = run_cli(capsys, "--framework", "torch", "--strategies", strategies,
+        code, _, err = run_cli(capsys, "--preset", "notebook",
+                               "--framework", "torch", "--strategies", strategies,
                                "--epochs", "1", "--out", str(out_dir))
         assert code == 0, err
     assert [r["strategy"] for r in read_csv(out_dir / "results.csv")] == ["l2"]
@@ -359,7 +370,8 @@ def test_a_failure_while_training_leaves_no_result_behind(tmp_path, capsys, monk
 
     monkeypatch.setattr(runner, "train_strategy", fail_on_second)
     out_dir = tmp_path / "run"
-    code, _, err = run_cli(capsys, "--framework", "torch", "--strategies", "none,l2",
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--framework", "torch", "--strategies", "none,l2",
                            "--epochs", "1", "--out", str(out_dir))
     assert_one_line_error(code, err, "disk full (simulated)")
     assert list(tmp_path.iterdir()) == []
@@ -397,7 +409,8 @@ def test_a_plugin_refused_in_training_names_framework_and_strategy(tmp_path, cap
         plugins = [{name = "acme:teleport"}]
         """)
     out_dir = tmp_path / "run"
-    code, _, err = run_cli(capsys, "--config", str(path), "--strategies", "none,beam",
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--config", str(path), "--strategies", "none,beam",
                            "--framework", "torch", "--epochs", "1", "--out", str(out_dir))
     assert_one_line_error(code, err, "torch, strategy 'beam':", "'teleportation'")
     assert not out_dir.exists()
@@ -416,7 +429,8 @@ def test_early_stopping_ends_a_run_and_the_table_shows_the_epochs_run(tmp_path, 
         min_delta = 100.0
         """)
     out_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, "--config", str(path), "--strategies", "none,impatient",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--config", str(path), "--strategies", "none,impatient",
                              "--framework", "torch", "--epochs", "5", "--out", str(out_dir))
     assert code == 0, err
     epochs = {r[1]: int(r[5]) for r in table_rows(out)}
@@ -445,7 +459,8 @@ def test_a_third_party_plugin_is_named_in_a_config_like_a_builtin(tmp_path, caps
         name = "halved"
         plugins = [{name = "acme:halve", factor = 0.25}]
         """)
-    code, out, err = run_cli(capsys, "--config", str(path), "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--config", str(path), "--framework", "torch",
                              "--epochs", "1")
     assert code == 0, err
     assert "halved                  HalveWeights(factor=0.25)" in out
@@ -464,7 +479,8 @@ def test_data_from_a_module_function(tmp_path, capsys, monkeypatch):
             return (x[:150], y[:150]), (x[150:], y[150:])
         """))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "--data", "compare_blobs:load", "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--data", "compare_blobs:load", "--framework", "torch",
                              "--strategies", "none,l2", "--epochs", "20", "--batch-size", "32",
                              "--lr", "0.01")
     assert code == 0, err
@@ -490,7 +506,8 @@ def test_model_from_a_module_factory_gets_the_strategy_options(tmp_path, capsys,
             return torch.nn.Sequential(*layers, torch.nn.Linear(32, spec.n_classes))
         """))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "--model", "compare_mymodels:factory", "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--model", "compare_mymodels:factory", "--framework", "torch",
                              "--strategies", "none,batch_norm_dropout,dropout_schedule",
                              "--epochs", "1", "--seed", "5")
     assert code == 0, err
@@ -511,7 +528,8 @@ def test_a_model_factory_that_ignores_dropout_is_refused(tmp_path, capsys, monke
             return torch.nn.Linear(spec.n_features, spec.n_classes)
         """))
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "--model", "compare_plain:factory", "--framework", "torch",
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--model", "compare_plain:factory", "--framework", "torch",
                            "--strategies", "dropout", "--epochs", "1")
     assert_one_line_error(code, err, "strategy 'dropout'", "needs a dropout layer",
                           "torch.nn.Dropout(spec.dropout)")
@@ -527,7 +545,8 @@ def test_a_model_factory_that_ignores_the_input_width_is_a_one_line_error(tmp_pa
             return torch.nn.Linear(784, spec.n_classes)  # written for MNIST, given digits
         """))
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(capsys, "--model", "compare_narrow:factory", "--framework", "torch",
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--model", "compare_narrow:factory", "--framework", "torch",
                            "--strategies", "none", "--epochs", "1")
     assert_one_line_error(code, err, "--model 'compare_narrow:factory' (strategy 'none', torch)",
                           "fails on a batch of 2 rows of 64 features: RuntimeError")

@@ -470,7 +470,8 @@ def test_a_run_with_config_strategies_writes_figures_and_captions_that_match_it(
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "--config", str(config(tmp_path)), "--framework", "torch",
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--config", str(config(tmp_path)), "--framework", "torch",
                            "--strategies", "none,dropout,strong_l2,impatient", "--epochs",
                            "3", "--out", str(out))
     assert code == 0, err

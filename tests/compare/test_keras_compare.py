@@ -19,7 +19,7 @@ def test_both_frameworks_give_the_same_table_shape(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
     out_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, "--framework", "both", "--strategies",
+    code, out, err = run_cli(capsys, "--preset", "notebook", "--framework", "both", "--strategies",
                              "none,l2,proximal_l1", "--epochs", "2", "--out", str(out_dir))
     assert code == 0, err
     rows = table_rows(out)
@@ -51,7 +51,8 @@ def test_keras_runs_the_model_options_early_stopping_and_dropout_schedule(tmp_pa
         patience = 0
         min_delta = 100.0
         """))
-    code, out, err = run_cli(capsys, "--framework", "keras", "--config", str(path),
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "keras", "--config", str(path),
                              "--strategies", "batch_norm_dropout,dropout_schedule,impatient",
                              "--epochs", "3", "--quiet")
     assert code == 0, err
@@ -74,11 +75,12 @@ def test_keras_model_factory_gets_the_spec_and_is_checked(tmp_path, capsys, monk
             return factory(spec)
         """))
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "--framework", "keras", "--model", "compare_kmodels:factory",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "keras", "--model", "compare_kmodels:factory",
                              "--strategies", "none,dropout", "--epochs", "1")
     assert code == 0, err
     assert [r[1] for r in table_rows(out)] == ["none", "dropout"]
-    code, _, err = run_cli(capsys, "--framework", "keras", "--model",
+    code, _, err = run_cli(capsys, "--preset", "notebook", "--framework", "keras", "--model",
                            "compare_kmodels:no_batch_norm", "--strategies", "batch_norm",
                            "--epochs", "1")
     assert_one_line_error(code, err, "strategy 'batch_norm'", "no BatchNormalization layer")
@@ -86,7 +88,8 @@ def test_keras_model_factory_gets_the_spec_and_is_checked(tmp_path, capsys, monk
 
 def test_keras_results_repeat_with_the_same_seed(capsys):
     def run() -> list[list[str]]:
-        assert cli.main(["compare", "--framework", "keras", "--strategies", "l2,dropout",
+        assert cli.main(["compare", "--preset", "notebook",
+                         "--framework", "keras", "--strategies", "l2,dropout",
                          "--epochs", "2", "--seed", "4"]) == 0
         return table_rows(capsys.readouterr().out)
 

