@@ -132,7 +132,8 @@ def _timed_compare(argv: list[str]) -> dict[str, Any]:
     for name in dir(plots):
         if name.startswith("plot_"):
             setattr(plots, name, clock.timed("figures", getattr(plots, name)))
-    code = cli.main(["compare", *argv])
+    sys.argv = ["regplug", "compare", *argv]
+    code = cli.main()  # as the program runs it, its end of process included
     if code != 0:
         raise RuntimeError(f"regplug compare {' '.join(argv)} exited with {code}")
     phases = clock.seconds
