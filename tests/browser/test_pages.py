@@ -38,9 +38,10 @@ def test_site_page(site_page: str | None, site: Path, site_server: Any,
 
 # Fast runs (two strategies, two epochs, torch): one seed, and two (the seeds' report).
 REPORT_RUNS = {
-    "one-seed": ["--framework", "torch", "--strategies", "none,l2", "--epochs", "2"],
-    "two-seeds": ["--framework", "torch", "--strategies", "none,l2", "--epochs", "2",
-                  "--seeds", "2"],
+    "one-seed": ["--preset", "notebook", "--framework", "torch", "--strategies", "none,l2",
+                 "--epochs", "2"],
+    "two-seeds": ["--preset", "notebook", "--framework", "torch", "--strategies", "none,l2",
+                  "--epochs", "2", "--seeds", "2"],
 }
 
 

@@ -259,7 +259,8 @@ def test_regplug_compare_trains_it_by_name_from_a_config_in_both_frameworks(tmp_
         name = "grouped"
         plugins = [{name = "group_lasso", strength = 1e-3}]
     """))
-    run = regplug_cli("compare", "--config", "strategies.toml", "--epochs", "1", "--quiet",
+    run = regplug_cli("compare", "--preset", "notebook", "--config", "strategies.toml",
+                      "--epochs", "1", "--quiet",
                       "--out", "out", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "GroupLasso(strength=0.001)" in run.stdout
