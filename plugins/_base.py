@@ -1,4 +1,7 @@
-"""What the parameter plugins share: a validated selection and scheduled strengths."""
+"""What the parameter plugins share: a validated selection and scheduled strengths.
+
+Docs: docs/plugin-guide.md
+"""
 
 from __future__ import annotations
 

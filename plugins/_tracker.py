@@ -2,6 +2,8 @@
 
 Shared by the plugins that follow a metric from epoch to epoch (early stopping, the
 generalization-gap monitor), so "better" means the same thing everywhere.
+
+Docs: docs/plugins/early-stopping.md
 """
 
 from __future__ import annotations

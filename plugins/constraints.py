@@ -1,4 +1,7 @@
-"""Norm constraints: keep each unit's incoming weight vector within a ball."""
+"""Norm constraints: keep each unit's incoming weight vector within a ball.
+
+Docs: docs/plugins/update-rules.md
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Decoupled weight decay (Loshchilov & Hutter, 2019): shrink the weights, not the gradient."""
+"""Decoupled weight decay (Loshchilov & Hutter, 2019): shrink the weights, not the gradient.
+
+Docs: docs/plugins/update-rules.md
+"""
 
 from __future__ import annotations
 

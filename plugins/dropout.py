@@ -5,6 +5,8 @@ The math is :mod:`regplug.schedules` (each value a pure function of ``(step, epo
 adapter's dropout handles, whose rate the framework's compiled step honours from the next
 batch on (``module.p`` in PyTorch, a variable read inside the traced step in Keras, also for
 layers built with rate 0).
+
+Docs: docs/plugins/dropout.md
 """
 
 from __future__ import annotations

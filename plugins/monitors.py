@@ -1,4 +1,7 @@
-"""Overfitting monitors: the generalization gap, and a guard against non-finite metrics."""
+"""Overfitting monitors: the generalization gap, and a guard against non-finite metrics.
+
+Docs: docs/plugins/monitors.md
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@
 ``keras.regularizers.L2/L1/L1L2``, so a Keras user's strengths carry over unchanged. In a
 plain SGD loop, ``L2(λ)`` equals ``torch.optim.SGD(weight_decay=2λ)`` on the selected
 parameters. The math is in :mod:`regplug.functional`; here only when and on what.
+
+Docs: docs/plugins/penalties.md
 """
 
 from __future__ import annotations

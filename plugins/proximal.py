@@ -1,4 +1,7 @@
-"""Proximal L1: soft-thresholding after each update, which makes small weights exactly 0."""
+"""Proximal L1: soft-thresholding after each update, which makes small weights exactly 0.
+
+Docs: docs/plugins/update-rules.md
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Optuna pruning: report a metric to a trial every epoch, stop training when it is pruned."""
+"""Optuna pruning: report a metric to a trial every epoch, stop training when it is pruned.
+
+Docs: docs/plugins/pruning.md
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The lecture's bug finder: before training, check that the model can overfit one batch."""
+"""The lecture's bug finder: before training, check that the model can overfit one batch.
+
+Docs: docs/plugins/monitors.md
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 ``pyproject.toml`` declares the same table as entry points of group ``regplug``; this copy
 lets a source checkout and a frozen application find them without package metadata.
+
+Docs: docs/plugins/index.md
 """
 
 BUILTIN_PLUGINS: dict[str, str] = {

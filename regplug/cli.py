@@ -1,4 +1,7 @@
-"""The ``regplug`` command: list plugins, compare regularization strategies, tune them."""
+"""The ``regplug`` command: list plugins, compare regularization strategies, tune them.
+
+Docs: docs/cli-plugins.md
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ not TOML (with tomllib's line and column), or nested deeper than :data:`MAX_NEST
 levels. Parsing never surfaces a ``RecursionError``: tomllib recurses once per level of
 nested arrays and inline tables, so a file of a few thousand ``[`` would otherwise end in a
 traceback.
+
+Docs: docs/plugins/index.md
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Every message names the plugin (or the part of regplug) it comes from, so a user with a list
 of five plugins knows which one to fix.
+
+Docs: docs/api/core.md
 """
 
 from __future__ import annotations

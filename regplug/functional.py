@@ -2,6 +2,8 @@
 
 Each adapter's fused implementation is tested against these; the numpy backend uses them
 directly. Conventions follow Keras so numbers carry over: ``l2_penalty`` has no ½.
+
+Docs: docs/plugin-guide.md
 """
 
 from __future__ import annotations

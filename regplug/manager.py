@@ -1,4 +1,7 @@
-"""The plugin manager: pluggy underneath, with validation that names the faulty plugin."""
+"""The plugin manager: pluggy underneath, with validation that names the faulty plugin.
+
+Docs: docs/clock-and-window.md
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Used by :mod:`regplug.testing` so plugins are specified and tested without a framework.
 Gradients live in :attr:`NumpyOps.grads`, keyed by parameter name.
+
+Docs: docs/plugin-guide.md
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What an ``on_loss`` hook returns: a term added to the training objective."""
+"""What an ``on_loss`` hook returns: a term added to the training objective.
+
+Docs: docs/plugin-guide.md
+"""
 
 from __future__ import annotations
 

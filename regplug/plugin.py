@@ -1,4 +1,7 @@
-"""The optional base class of plugins."""
+"""The optional base class of plugins.
+
+Docs: docs/plugin-guide.md
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Discovery makes third-party plugins *available by name*; it never switches one o
 Installing a package must not change anyone's training: a plugin runs only when a config,
 the CLI or code names it. ``REGPLUG_DISABLE_PLUGIN_AUTOLOAD=1`` skips discovery entirely
 (built-ins stay available).
+
+Docs: docs/plugin-guide.md
 """
 
 from __future__ import annotations

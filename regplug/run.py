@@ -1,4 +1,7 @@
-"""The Run: the framework-neutral view of one training run that every hook receives."""
+"""The Run: the framework-neutral view of one training run that every hook receives.
+
+Docs: docs/plugin-guide.md
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Which parameters a plugin acts on: by kind (decided from the layer type) and by name."""
+"""Which parameters a plugin acts on: by kind (decided from the layer type) and by name.
+
+Docs: docs/plugins/index.md
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@
 >>> loop.step({"fc.weight": np.zeros((2, 2))})   # data gradient 0: only the penalty acts
 >>> loop.params["fc.weight"].tolist()             # 1 - 0.1 * (2 * 0.5 * 1)
 [[0.9, 0.9], [0.9, 0.9]]
+
+Docs: docs/plugin-guide.md
 """
 
 from __future__ import annotations

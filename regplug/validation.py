@@ -2,6 +2,8 @@
 
 Errors are raised when a plugin is *constructed*, never in the middle of training, and say
 which plugin, which argument, what range is allowed and what was given.
+
+Docs: docs/plugin-guide.md
 """
 
 from __future__ import annotations

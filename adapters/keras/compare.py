@@ -1,18 +1,18 @@
 """The Keras side of ``regplug compare``: ``model.fit`` with one :class:`Regularize` callback.
 
-The same hyper-parameters as the PyTorch runner (:class:`regplug.experiment.TrainSettings`):
-SGD with momentum, cross-entropy on logits, Keras' default Glorot-uniform weights and zero
-biases. Validation runs through ``fit``'s ``validation_data``, so ``val_loss`` includes the
-penalties, as it does with Keras' own regularizers. Runs on whichever Keras backend is
-configured (TensorFlow by default; ``KERAS_BACKEND=torch`` or ``jax`` work too).
+The PyTorch runner's hyper-parameters (:class:`regplug.experiment.TrainSettings`): SGD with
+momentum, cross-entropy on logits, Glorot-uniform weights, zero biases. Validation runs
+through ``fit``'s ``validation_data``, so ``val_loss`` includes the penalties, as it does with
+Keras' own regularizers. Runs on any Keras backend (TensorFlow by default).
 
 The mini-batches are reshuffled every epoch, as in the PyTorch runner, in an order drawn with
 NumPy from the seed alone (:func:`shuffle_orders`), the same on every backend. On TensorFlow
 ``fit`` reads them from a ``tf.data`` pipeline built once per data set (:func:`_fit_inputs`);
 on the other backends from a generator of NumPy batches in the same order, so the two paths
-give the same results. The pipeline takes less than half the time of Keras' array adapter,
-most of whose time went into the iterators it builds every epoch;
-``benchmarks/bench_compare.py`` measures it.
+give the same results, in less than half the time of Keras' array adapter
+(``benchmarks/bench_compare.py``).
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ dropout layers whose rate plugins may change.
 The rules (which names are biases, which dropout layers may be rescheduled, the kind of a
 shared variable) are the core's (:mod:`regplug.conventions`); this module maps them onto
 Keras' layer types.
+
+Docs: docs/loops/keras.md
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ backend and, above all, *inside* the train step Keras traces (``tf.function``, `
 ``torch.compile``): values are read with ``variable.value`` (which, inside Keras' stateless
 scopes, is the traced current value) and written with ``variable.assign``. Nothing on the
 per-step path reads a value back to the host or branches in Python on a tensor.
+
+Docs: docs/keras-internals.md
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Scheduled strengths inside Keras' compiled train step: values held in variables."""
+"""Scheduled strengths inside Keras' compiled train step: values held in variables.
+
+Docs: docs/keras-internals.md
+"""
 
 from __future__ import annotations
 

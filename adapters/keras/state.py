@@ -1,5 +1,8 @@
 """Snapshots of a Keras model's whole state (``model.weights``: parameters and
-non-trainable variables such as batch-norm statistics)."""
+non-trainable variables such as batch-norm statistics).
+
+Docs: docs/loops/keras.md
+"""
 
 from __future__ import annotations
 

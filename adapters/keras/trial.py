@@ -5,6 +5,8 @@ with every ``Dropout`` layer at rate 0 (Keras decides ``rate > 0`` in Python whi
 so the trial traces its own train function and the model's is put back afterwards). All of
 ``model.variables`` (weights, batch-norm statistics, random seed states) and
 ``optimizer.variables`` (iterations, slots) are restored exactly afterwards.
+
+Docs: docs/plugins/monitors.md
 """
 
 from __future__ import annotations

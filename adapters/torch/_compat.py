@@ -3,6 +3,8 @@
 Each entry says what it relies on; ``tests/torch/test_compat.py`` pins each one, so a torch
 release that changes it fails there, by name, rather than somewhere inside a training run.
 Everything else in :mod:`regplug.adapters.torch` uses public API only.
+
+Docs: docs/loops/torch.md
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ doubles as a complete example. Hyper-parameters come from
 cross-entropy on logits, Glorot-uniform weights and zero biases (Keras' defaults, so both
 frameworks start from the same kind of network), batch normalization with Keras' momentum
 and epsilon.
+
+Docs: docs/compare.md
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ dropout modules whose rate plugins may change.
 The rules (which names are biases, which dropout layers may be rescheduled, the kind of a tied
 parameter) are the core's (:mod:`regplug.conventions`); this module maps them onto torch's
 module types.
+
+Docs: docs/loops/torch.md
 """
 
 from __future__ import annotations

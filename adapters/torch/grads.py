@@ -1,5 +1,8 @@
 """Penalties' gradients added outside the loss: for trainers whose callbacks never hold the
-loss tensor (Lightning's automatic optimization, the Hugging Face ``Trainer``)."""
+loss tensor (Lightning's automatic optimization, the Hugging Face ``Trainer``).
+
+Docs: docs/loops/torch.md
+"""
 
 from __future__ import annotations
 

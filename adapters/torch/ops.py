@@ -2,6 +2,8 @@
 
 Everything here stays on the parameters' device and never reads a value back to the host
 on the per-step path (no ``.item()``, no Python branching on tensor values).
+
+Docs: docs/loops/torch.md
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""What a torch event source reports after (or during) training, the same in every one."""
+"""What a torch event source reports after (or during) training, the same in every one.
+
+Docs: docs/loops/torch.md
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Snapshots of a PyTorch model's whole state (parameters and buffers), and the conversions
-that keep plugin state loadable with ``torch.load(weights_only=True)``."""
+that keep plugin state loadable with ``torch.load(weights_only=True)``.
+
+Docs: docs/loops/torch.md
+"""
 
 from __future__ import annotations
 

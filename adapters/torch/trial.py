@@ -3,6 +3,8 @@
 Used by sanity checks such as :class:`regplug.plugins.OverfitBatch`: everything the trial
 touches — parameters, buffers, gradients, optimizer state and hyper-parameters, the random
 number generators, the modules' train/eval flags — is put back exactly afterwards.
+
+Docs: docs/plugins/monitors.md
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The processes of a ``torch.distributed`` job: collective stop votes and averaged logs."""
+"""The processes of a ``torch.distributed`` job: collective stop votes and averaged logs.
+
+Docs: docs/clock-and-window.md
+"""
 
 from __future__ import annotations
 

@@ -59,6 +59,18 @@ def test_module_docstring_is_short(name):
         "of the functions and classes it describes")
 
 
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_module_docstring_links_a_docs_page_that_exists(name):
+    doc = _docstring(SOURCES[name]) or ""
+    pages = re.findall(r"\bdocs/([\w/.-]+\.md)", doc)
+    assert pages, f"{name}: the module docstring links no docs page (a 'Docs: docs/....md' line)"
+    for page in pages:
+        assert (DOCS / page).is_file(), f"{name} links docs/{page}, which does not exist"
+
+
 def test_the_budget_check_counts_lines():
     """The check above is not vacuous: a long docstring is seen as long."""
     long = "\n".join(f"line {i}" for i in range(MAX_LINES + 1))
