@@ -157,6 +157,13 @@ def create_plugin(name: str, /, **kwargs: Any) -> Any:
             + (f" (third-party discovery is off: {DISABLE_AUTOLOAD_ENV} is set)"
                if autoload_disabled() else ""))
     factory = plugins[name].load()
+    check_factory_arguments(factory, name, kwargs)
+    return factory(**kwargs)
+
+
+def check_factory_arguments(factory: Any, name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ``TypeError`` naming plugin ``name`` and the arguments its ``factory`` accepts
+    when ``kwargs`` do not fit its signature (one without a signature: the call complains)."""
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as err:
@@ -164,7 +171,6 @@ def create_plugin(name: str, /, **kwargs: Any) -> Any:
         raise TypeError(f"plugin {name!r}: {err}; it accepts {accepted}") from None
     except ValueError:  # builtins without a signature: let the call itself complain
         pass
-    return factory(**kwargs)
 
 
 def _accepted_arguments(factory: Any) -> str:

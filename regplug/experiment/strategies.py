@@ -172,22 +172,10 @@ def _build_one(spec: Mapping[str, Any], index: int, *, where: str) -> Any:
     factory = plugin_factory(name, where=where)
     kwargs = {key: value for key, value in spec.items() if key != "name"}
     try:
-        inspect.signature(factory).bind(**kwargs)
+        registry.check_factory_arguments(factory, name, kwargs)
     except TypeError as err:
-        raise StrategyError(f"{where}: plugin {name!r}: {err}; it accepts "
-                            f"{_arguments(factory)}") from None
-    except ValueError:  # no signature to read: let the call itself complain
-        pass
+        raise StrategyError(f"{where}: {err}") from None
     return factory(**kwargs)
-
-
-def _arguments(factory: Any) -> str:
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return "(unknown arguments)"
-    names = [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return ", ".join(names) if names else "no arguments"
 
 
 def _keys(value: object) -> tuple[str, ...]:
