@@ -248,7 +248,8 @@ def test_demo_is_a_deprecated_alias_of_compare_on_torch(capsys):
 
     assert cli.main(["demo", "--epochs", "1", "--seed", "3"]) == 0
     captured = capsys.readouterr()
-    assert "'demo' is deprecated" in captured.err and "compare --framework torch" in captured.err
+    assert "'demo' is deprecated" in captured.err
+    assert "compare --preset notebook --framework torch" in captured.err
     assert [row[1] for row in table_rows(captured.out)] == list(DEFAULT_STRATEGIES)
     assert all(row[0] == "torch" for row in table_rows(captured.out))
     assert "seed 3" in captured.out
