@@ -105,3 +105,15 @@ Docs: docs/loops/torch.md."""
     title = (DOCS / "loops" / "torch.md").read_text().splitlines()[0].removeprefix("# ")
     assert f"Docs: [{title}](../loops/torch.md)." in out
     assert to_markdown("see docs/no-such-page.md") == "see docs/no-such-page.md"
+
+
+def test_files_the_site_includes_have_no_repository_relative_links():
+    """BENCHMARKS.md and CHANGELOG.md are pasted into docs/project/ pages at build time: a
+    link written relative to the repository root there breaks `mkdocs build --strict`."""
+    included = {match for page in DOCS.rglob("*.md")
+                for match in re.findall(r'^--8<-- "([^"]+)"', page.read_text(), re.M)}
+    assert {"BENCHMARKS.md", "CHANGELOG.md"} <= included
+    for name in sorted(included):
+        links = re.findall(r"\]\(([^)#][^)]*)\)", (ROOT / name).read_text())
+        relative = [link for link in links if not re.match(r"[a-z]+://", link)]
+        assert not relative, f"{name} links {relative}: write the path as text or a full URL"
