@@ -31,7 +31,7 @@ from regplug.run import Run
 from regplug.validation import check_bool
 from regplug.window import StepWindow
 
-from .torch import build_run
+from .torch.build import build_run, warn_double_decay
 from .torch.grads import add_autograd_grads
 from .torch.ops import TorchOps, without_grad
 from .torch.results import RunResults
@@ -133,6 +133,7 @@ class Regularize(RunResults, Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = self._pick_optimizer(trainer)
         run = build_run(pl_module, optimizer)
+        warn_double_decay(run, optimizer, self.manager.plugins, adapter="Regularize")
         self.run, self._optimizer = run, optimizer
         self._ops = run.ops if isinstance(run.ops, TorchOps) else None
         self.clock = EpochClock(run, self.manager, LIGHTNING_WORDING)

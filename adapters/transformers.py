@@ -29,7 +29,7 @@ from regplug.run import Run
 from regplug.validation import check_bool
 from regplug.window import StepWindow
 
-from .torch import build_run
+from .torch.build import build_run, warn_double_decay
 from .torch.grads import add_autograd_grads
 from .torch.loop import hookable_optimizer
 from .torch.ops import TorchOps, without_grad
@@ -111,6 +111,7 @@ class Regularize(RunResults, TrainerCallback):
                              "Trainer.train's callback calls)")
         optimizer = hookable_optimizer(accelerated)  # the torch optimizer inside accelerate's
         run = build_run(model, optimizer)
+        warn_double_decay(run, optimizer, self.manager.plugins, adapter="Regularize")
         self.run, self._accelerated = run, accelerated
         self._ops = run.ops if isinstance(run.ops, TorchOps) else None
         self.clock = EpochClock(run, self.manager, TRANSFORMERS_WORDING)
