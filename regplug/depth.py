@@ -91,7 +91,9 @@ def resolve_depths(names: Sequence[str],
     5. a model without numbered blocks: each top-level layer or module (``nn.Sequential``
        index, Keras layer) is one depth, in the model's order.
 
-    The depths used are then numbered 0..L without gaps.
+    Depths are then numbered from 0 (the lowest present) to ``L`` (the highest). Numbered
+    blocks keep their spacing: a block missing from ``names`` (frozen out of the optimizer)
+    leaves its depth empty, so the others' distance to the top does not depend on it.
 
     >>> resolve_depths(["embed.weight", "layers.0.w", "layers.1.w", "norm.weight",
     ...                 "head.weight"])
@@ -143,9 +145,17 @@ def resolve_depths(names: Sequence[str],
             f"{owner}: argument {arg!r} is not given and parameter {n!r} has no depth: "
             f"{problems[n]}; give {arg}=[name patterns, bottom to top] that cover it "
             f"(e.g. a last '*' for the top), or leave it out of the selection")
-    order = sorted(set(raw.values()))
-    rank = {v: i for i, v in enumerate(order)}
-    return {n: rank[raw[n]] for n in names if n in raw}
+    return {n: d for n, d in zip(raw, _number(list(raw.values())))}
+
+
+def _number(raw: list[float]) -> list[int]:
+    """Depths from 0 for raw values (-1 bottom, block numbers or groups, inf top); numbered
+    blocks keep their spacing, so a block missing from the names leaves its depth empty."""
+    finite = [v for v in raw if v not in (-1.0, float("inf"))]
+    low = min(finite, default=0.0)
+    base = 1 if -1.0 in raw else 0
+    top = base + (int(max(finite) - low) + 1 if finite else 0)
+    return [0 if v == -1.0 else top if v == float("inf") else base + int(v - low) for v in raw]
 
 
 def _from_patterns(names: list[str], patterns: Sequence[str | Sequence[str]], need: set[str],
