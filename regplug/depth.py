@@ -145,7 +145,7 @@ def resolve_depths(names: Sequence[str],
             f"{owner}: argument {arg!r} is not given and parameter {n!r} has no depth: "
             f"{problems[n]}; give {arg}=[name patterns, bottom to top] that cover it "
             f"(e.g. a last '*' for the top), or leave it out of the selection")
-    return {n: d for n, d in zip(raw, _number(list(raw.values())))}
+    return dict(zip(raw, _number(list(raw.values()))))
 
 
 def _number(raw: list[float]) -> list[int]:
