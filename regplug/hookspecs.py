@@ -152,6 +152,40 @@ def on_step(run: Run, step: int) -> None:
 
 
 @hookspec
+def on_validation_begin(run: Run) -> None:
+    """Validation (or evaluation) of the model is about to run during training.
+
+    :param run: the run.
+
+    Fires before each validation pass that happens while training, so a plugin can put
+    other weights in for it (weight averaging evaluates the averaged weights, and every
+    metric of that pass, the one early stopping monitors included, comes from them);
+    :func:`on_validation_end` fires after it. PyTorch loop: entering ``with
+    reg.validation():`` (wrap the validation code in it). Keras: the callback's
+    ``on_test_begin`` inside ``fit`` (validation data given). Lightning:
+    ``on_validation_start`` during ``fit`` (not the sanity check before it). Hugging Face:
+    ``on_step_end`` or ``on_epoch_end`` when the Trainer is about to evaluate
+    (``control.should_evaluate``). Python code, outside any compiled step. Return values are
+    ignored.
+    """
+
+
+@hookspec
+def on_validation_end(run: Run) -> None:
+    """The validation pass that :func:`on_validation_begin` announced has finished.
+
+    :param run: the run.
+
+    Put back what ``on_validation_begin`` changed; fires before ``on_epoch_end`` sees the
+    validation metrics, and before a trainer saves a checkpoint. PyTorch loop: leaving ``with
+    reg.validation():`` (also by an exception). Keras: ``on_test_end`` inside ``fit``.
+    Lightning: ``on_validation_end`` (before Lightning's own ``EarlyStopping`` and
+    ``ModelCheckpoint`` act: they run after the other callbacks). Hugging Face:
+    ``on_evaluate``, before the epoch's end is processed. Return values are ignored.
+    """
+
+
+@hookspec
 def on_epoch_end(run: Run, epoch: int, logs: dict[str, float]) -> None:
     """An epoch, including its validation, has finished.
 
@@ -191,7 +225,7 @@ def on_train_end(run: Run) -> None:
 
 HOOK_NAMES: tuple[str, ...] = (
     "on_train_begin", "on_epoch_begin", "on_batch_begin", "on_loss", "on_before_step", "on_step",
-    "on_epoch_end", "on_train_end",
+    "on_validation_begin", "on_validation_end", "on_epoch_end", "on_train_end",
 )
 
 
