@@ -60,7 +60,7 @@ __all__ = [
     "FloatRange", "IntRange", "Choice", "SearchRange", "SpaceError", "tunable_arguments",
     "RegplugError", "PluginValidationError", "UnknownPluginError", "PluginLoadError",
     "UsageError", "UnsupportedPluginError", "RegplugWarning",
-    "plugins",
+    "plugins", "diagnose",
 ]
 
 
@@ -68,4 +68,6 @@ def __getattr__(name: str) -> Any:
     # `regplug.plugins` without importing it eagerly: the core stays importable on its own.
     if name == "plugins":
         return import_module(".plugins", __name__)
+    if name == "diagnose":  # the doctor's verdict on a history (docs/doctor.md)
+        return import_module(".doctor.diagnosis", __name__).diagnose
     raise AttributeError(f"module 'regplug' has no attribute {name!r}")

@@ -18,4 +18,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "generalization_gap": "regplug.plugins.monitors:GeneralizationGap",
     "non_finite_guard": "regplug.plugins.monitors:NonFiniteGuard",
     "overfit_batch": "regplug.plugins.sanity:OverfitBatch",
+    "layer_monitor": "regplug.plugins.layer_monitor:LayerMonitor",
 }

@@ -9,10 +9,12 @@ Docs: docs/plugin-guide.md
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import functional as F
+from .ops import check_copies
 from .run import ParamHandle
 
 
@@ -23,6 +25,8 @@ class NumpyOps:
 
     def __init__(self) -> None:
         self.grads: dict[str, np.ndarray] = {}
+        #: Names of the parameters :meth:`set_trainable_` switched off.
+        self.frozen: set[str] = set()
 
     def _with_grad(self, params: Sequence[ParamHandle]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(p.tensor, self.grads[p.name]) for p in params if p.name in self.grads]
@@ -56,9 +60,51 @@ class NumpyOps:
         for p in params:
             p.tensor[...] = F.clip_unit_norms(p.tensor, max_norm, p.unit_axis)
 
+    def clone(self, params: Sequence[ParamHandle]) -> list[np.ndarray]:
+        return [np.array(p.tensor, copy=True) for p in params]
+
+    def copy_into_(self, dst: Sequence[np.ndarray], params: Sequence[ParamHandle]) -> None:
+        check_copies("copy_into_", dst, params)
+        for target, p in zip(dst, params):
+            np.copyto(target, p.tensor)
+
+    def copy_from_(self, params: Sequence[ParamHandle], src: Sequence[Any]) -> None:
+        check_copies("copy_from_", src, params)
+        for p, source in zip(params, src):
+            np.copyto(p.tensor, source)
+
+    def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
+        for p in params:
+            (self.frozen.discard if trainable else self.frozen.add)(p.name)
+        return True
+
+    def zero_grads_(self, params: Sequence[ParamHandle], where: float) -> None:
+        if where:
+            for p in params:
+                if p.name in self.grads:
+                    self.grads[p.name][...] = 0.0
+
+    def hold(self, params: Sequence[ParamHandle]) -> list[np.ndarray]:
+        return [np.array(p.tensor, copy=True) for p in params]
+
+    def put_back_(self, params: Sequence[ParamHandle], held: Sequence[np.ndarray],
+                  where: float) -> None:
+        check_copies("put_back_", held, params)
+        if where:
+            for p, value in zip(params, held):
+                np.copyto(p.tensor, value)
+
     def to_float(self, value: object) -> float:
         return float(value)  # type: ignore[arg-type]
 
     def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
         return (sum(int(np.count_nonzero(p.tensor == 0)) for p in params),
                 sum(p.size for p in params))
+
+    def to_numpy(self, params: Sequence[ParamHandle]) -> list[np.ndarray]:
+        return [np.array(p.tensor, copy=True) for p in params]
+
+    def grad_norms(self, params: Sequence[ParamHandle]) -> list[np.float32]:
+        return [np.float32(np.linalg.norm(self.grads[p.name])) if p.name in self.grads
+                else np.float32(0.0) for p in params]
+

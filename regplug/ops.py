@@ -66,9 +66,68 @@ class Ops(Protocol):
         Units already within the bound are left exactly as they are.
         """
 
+    # -- copies of parameter values (weight averages, anchors, saved updates) -------------
+    def clone(self, params: Sequence[ParamHandle]) -> list[Any]:
+        """A detached copy of each parameter's current value, on the parameter's device.
+
+        The copies are the framework's own arrays (a ``torch.Tensor`` without gradient, a
+        non-trainable ``keras.Variable``, a ``numpy.ndarray``), in the order of ``params``;
+        plugins keep them and pass them back to the ops below. Allocates: call it outside
+        the per-step path (``on_train_begin``); Keras cannot create variables inside its
+        compiled step and refuses the call there.
+        """
+
+    def copy_into_(self, dst: Sequence[Any], params: Sequence[ParamHandle]) -> None:
+        """``dst[i] ← θ_i``: write the parameters' current values into copies from
+        :meth:`clone`, in place (also inside Keras' compiled step)."""
+
+    def copy_from_(self, params: Sequence[ParamHandle], src: Sequence[Any]) -> None:
+        """``θ_i ← src[i]``: write copies from :meth:`clone` back into the parameters, in
+        place (also inside Keras' compiled step); frozen parameters are left alone."""
+
+    # -- freezing (the Freeze plugin) ------------------------------------------------------
+    def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
+        """Switch the parameters' training off (``False``) or back on, between steps.
+
+        Returns whether the framework froze them for real: PyTorch (``requires_grad_``,
+        the gradient dropped) leaves them out of the backward pass and the optimizer, and
+        returns ``True``. Keras traces the set of trained variables into its compiled step
+        (and JAX's optimizer must update all it was built with): nothing changes there and
+        it returns ``False``; the plugin then holds the parameters in place inside the
+        step with :meth:`zero_grads_`, :meth:`hold` and :meth:`put_back_`.
+        """
+
+    def zero_grads_(self, params: Sequence[ParamHandle], where: Scalar) -> None:
+        """``grad ← 0`` where ``where`` is 1 (a 0/1 scalar, e.g. from ``run.scalar``);
+        unchanged where it is 0. From ``on_before_step``."""
+
+    def hold(self, params: Sequence[ParamHandle]) -> list[Any]:
+        """The parameters' current values (inside Keras' step: its traced values), for
+        :meth:`put_back_` later in the same step. From ``on_before_step``."""
+
+    def put_back_(self, params: Sequence[ParamHandle], held: Sequence[Any],
+                  where: Scalar) -> None:
+        """``θ ← held`` bit for bit where ``where`` is 1; unchanged where it is 0. From
+        ``on_step``."""
+
     # -- reporting (may synchronise with the device: never call on the per-step path) ---
     def to_float(self, value: Scalar) -> float:
         """A scalar as a Python float."""
 
     def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
         """``(number of elements exactly 0, number of elements)`` over the parameters."""
+
+    def to_numpy(self, params: Sequence[ParamHandle]) -> list[Any]:
+        """A host copy of each parameter as a ``numpy.ndarray`` (for per-epoch reports)."""
+
+    # -- gradient reporting (from ``on_before_step``; no host read) -----------------------
+    def grad_norms(self, params: Sequence[ParamHandle]) -> list[Scalar]:
+        """The L2 norm of each parameter's gradient in this step (0 where it has none), as
+        float32 scalars left on the device: read them later with :meth:`to_float`."""
+
+
+def check_copies(op: str, copies: Sequence[Any], params: Sequence[ParamHandle]) -> None:
+    """Refuse copies that do not pair one to one with ``params`` (for the copy ops)."""
+    if len(copies) != len(params):
+        raise ValueError(f"regplug: ops.{op} got {len(copies)} copies for {len(params)} "
+                         "parameters; pass the list clone() returned for the same parameters")

@@ -11,7 +11,7 @@ Docs: docs/keras-internals.md
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -19,7 +19,10 @@ from keras import ops
 
 from regplug.conventions import MAX_NORM_EPS
 from regplug.errors import UsageError
+from regplug.ops import check_copies
 from regplug.run import ParamHandle
+
+from . import _compat
 
 __all__ = ["KerasOps", "scale_for_replicas"]
 
@@ -41,6 +44,22 @@ def scale_for_replicas(value: Any) -> Any:
     return value
 
 
+def _tracing() -> bool:
+    """Whether Keras is tracing (or, on JAX, running) its compiled train step right now."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.inside_function())
+    if backend == "jax":
+        return _compat.stateless_scope() is not None
+    if backend == "torch":
+        import torch
+
+        return bool(torch.compiler.is_compiling())
+    return False
+
+
 def _value(p: ParamHandle) -> Any:
     return p.tensor.value
 
@@ -59,8 +78,14 @@ class KerasOps:
     """
 
     framework = "keras"
+    #: ``on_before_step`` runs inside Keras' traced train step: a gradient norm taken there
+    #: is symbolic, so monitors that keep values for later do not take them.
+    eager_gradients = False
 
     def __init__(self) -> None:
+        #: Called with each variable :meth:`clone` creates; the adapter sets it during a
+        #: ``fit`` so that the traced step carries the copies as state (JAX).
+        self.register: Callable[[Any], None] | None = None
         self._grads: list[Any] | None = None
         self._index: dict[int, int] = {}
 
@@ -150,6 +175,66 @@ class KerasOps:
             scale = ops.where(norms > m, m / (norms + MAX_NORM_EPS), ops.ones_like(norms))
             p.tensor.assign(x * _as(scale, x.dtype))
 
+    # -- copies ------------------------------------------------------------------------
+    def clone(self, params: Sequence[ParamHandle]) -> list[Any]:
+        """New non-trainable ``keras.Variable`` objects holding the parameters' values.
+
+        Creates variables, so it must be called outside the compiled train step (from
+        ``on_train_begin``, ``on_epoch_end``, ...); inside it raises a
+        :class:`~regplug.UsageError`. During a ``fit`` the adapter registers the copies as
+        state of the step (:attr:`register`), so on JAX the traced step reads their current
+        values rather than constants captured at trace time.
+        """
+        if _tracing():
+            raise UsageError(
+                "regplug: ops.clone() creates variables, which Keras cannot do inside its "
+                "compiled train step (on_loss, on_before_step, on_step); clone in "
+                "on_train_begin and update the copies in the step with copy_into_()")
+        copies = []
+        for p in params:
+            var = p.tensor
+            # ops.copy: a new buffer (on torch a variable would otherwise alias the tensor)
+            copy = keras.Variable(ops.copy(var.value), dtype=var.dtype, trainable=False,
+                                  name=f"regplug_copy_{var.name}")
+            if self.register is not None:
+                self.register(copy)
+            copies.append(copy)
+        return copies
+
+    def copy_into_(self, dst: Sequence[Any], params: Sequence[ParamHandle]) -> None:
+        check_copies("copy_into_", dst, params)
+        for target, p in zip(dst, params):
+            target.assign(_value(p))
+
+    def copy_from_(self, params: Sequence[ParamHandle], src: Sequence[Any]) -> None:
+        check_copies("copy_from_", src, params)
+        for p, source in zip(params, src):
+            p.tensor.assign(source.value if isinstance(source, keras.Variable) else source)
+
+    # -- freezing ----------------------------------------------------------------------
+    def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
+        """Nothing changes: Keras traces the trained variables into its compiled step, and
+        on JAX ``stateless_apply`` must update every variable the optimizer was built with.
+        The plugin keeps frozen variables in place inside the step (returns ``False``)."""
+        return False
+
+    def zero_grads_(self, params: Sequence[ParamHandle], where: Any) -> None:
+        grads: list[Any] = self._grads  # type: ignore[assignment]
+        for i, _ in self._grad_slots(params):
+            g = ops.convert_to_tensor(grads[i])
+            grads[i] = ops.where(_as(where, "float32") > 0.5, ops.zeros_like(g), g)
+
+    def hold(self, params: Sequence[ParamHandle]) -> list[Any]:
+        # A copy: on the torch backend the variable's tensor is updated in place.
+        return [ops.copy(_value(p)) for p in params]
+
+    def put_back_(self, params: Sequence[ParamHandle], held: Sequence[Any],
+                  where: Any) -> None:
+        check_copies("put_back_", held, params)
+        for p, value in zip(params, held):
+            x = _value(p)
+            p.tensor.assign(ops.where(_as(where, "float32") > 0.5, value, x))
+
     # -- reporting (host reads: never on the per-step path) --------------------------------
     def to_float(self, value: Any) -> float:
         try:
@@ -167,3 +252,19 @@ class KerasOps:
             zeros += int((array == 0).sum())
             total += int(array.size)
         return zeros, total
+
+    def to_numpy(self, params: Sequence[ParamHandle]) -> list[Any]:
+        return [ops.convert_to_numpy(p.tensor).astype("float32", copy=True) for p in params]
+
+    def grad_norms(self, params: Sequence[ParamHandle]) -> list[Any]:
+        """Inside the traced train step these are symbolic: :class:`LayerMonitor` reads no
+        gradient in Keras (:attr:`eager_gradients`)."""
+        out = []
+        for p in params:
+            slots = dict(self._grad_slots([p]))
+            if not slots:
+                out.append(ops.zeros((), dtype="float32"))
+                continue
+            g = ops.convert_to_tensor(self._grads[next(iter(slots))])  # type: ignore[index]
+            out.append(ops.sqrt(ops.sum(ops.square(_as(g, "float32")))))
+        return out

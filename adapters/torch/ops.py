@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 from regplug.conventions import MAX_NORM_EPS
+from regplug.ops import check_copies
 from regplug.run import ParamHandle
 
 from . import _compat
@@ -184,6 +185,55 @@ class TorchOps:
             scale = torch.where(norms > max_norm, torch.div(max_norm, norms + MAX_NORM_EPS), 1.0)
             t.mul_(scale if is_float32 else scale.to(t.dtype))
 
+    # -- copies ------------------------------------------------------------------------
+    @without_grad
+    def clone(self, params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+        """Plain tensors (no gradient, not parameters) on each parameter's device."""
+        return [p.tensor.detach().clone() for p in params]
+
+    @without_grad
+    def copy_into_(self, dst: Sequence[torch.Tensor], params: Sequence[ParamHandle]) -> None:
+        check_copies("copy_into_", dst, params)
+        if dst:
+            _compat.foreach_copy_(list(dst), [p.tensor for p in params])
+
+    @without_grad
+    def copy_from_(self, params: Sequence[ParamHandle], src: Sequence[torch.Tensor]) -> None:
+        check_copies("copy_from_", src, params)
+        pairs = [(p.tensor, s) for p, s in zip(params, src) if not _frozen(p.tensor)]
+        if pairs:
+            _compat.foreach_copy_([t for t, _ in pairs], [s for _, s in pairs])
+
+    # -- freezing ----------------------------------------------------------------------
+    def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
+        """``requires_grad_(trainable)``; a frozen parameter's gradient is dropped (set to
+        ``None``), so autograd skips it and ``torch.optim`` leaves it and its state alone."""
+        for p in params:
+            p.tensor.requires_grad_(trainable)
+            if not trainable:
+                p.tensor.grad = None
+        return True
+
+    @without_grad
+    def zero_grads_(self, params: Sequence[ParamHandle], where: float | torch.Tensor) -> None:
+        for p in params:
+            grad = p.tensor.grad
+            if grad is not None:
+                grad.copy_(torch.where(torch.as_tensor(where, device=grad.device) > 0.5,
+                                       torch.zeros_like(grad), grad))
+
+    @without_grad
+    def hold(self, params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+        return [p.tensor.detach().clone() for p in params]
+
+    @without_grad
+    def put_back_(self, params: Sequence[ParamHandle], held: Sequence[torch.Tensor],
+                  where: float | torch.Tensor) -> None:
+        check_copies("put_back_", held, params)
+        for p, value in zip(params, held):
+            t = p.tensor
+            t.copy_(torch.where(torch.as_tensor(where, device=t.device) > 0.5, value, t))
+
     def to_float(self, value: object) -> float:
         if isinstance(value, torch.Tensor):
             value = value.detach()
@@ -193,3 +243,19 @@ class TorchOps:
     def count_zeros(self, params: Sequence[ParamHandle]) -> tuple[int, int]:
         zeros = sum(int((p.tensor == 0).sum()) for p in params)
         return zeros, sum(p.tensor.numel() for p in params)
+
+    @torch.no_grad()
+    def to_numpy(self, params: Sequence[ParamHandle]) -> list[Any]:
+        return [p.tensor.detach().float().cpu().numpy().copy() for p in params]
+
+    @without_grad
+    def grad_norms(self, params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+        out = []
+        for p in params:
+            grad = p.tensor.grad
+            if grad is None:
+                out.append(torch.zeros((), dtype=torch.float32, device=p.tensor.device))
+            else:
+                dense = grad.to_dense() if grad.is_sparse else grad
+                out.append(torch.linalg.vector_norm(dense.float()))
+        return out

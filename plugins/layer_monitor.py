@@ -1,0 +1,158 @@
+"""Per-layer health at every epoch end: weight and gradient norms, update/weight ratio, exact
+zeros and dead units, logged in the epoch's logs (and so the history) per parameter.
+
+Docs: docs/plugins/monitors.md, docs/doctor.md
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from regplug.hookspecs import hookimpl
+from regplug.plugin import Plugin
+from regplug.run import ParamHandle, Run
+from regplug.selection import Selection
+from regplug.validation import check_int
+
+#: The quantities, in the order of the small-multiples figure; a key is ``quantity/param``.
+QUANTITIES = ("weight_norm", "grad_norm", "update_ratio", "zeros", "dead_units")
+
+
+def layer_stats(before: np.ndarray, after: np.ndarray, unit_axis: int | None
+                ) -> dict[str, float]:
+    """The epoch's numbers of one parameter from its values at the epoch's start and end.
+
+    ``update_ratio`` is ``‖after − before‖ / ‖before‖`` (the whole epoch's update, relative);
+    ``dead_units`` the share of units (indices along ``unit_axis``) whose incoming weights did
+    not move at all: no gradient reached them in any step of the epoch — a ReLU unit that is 0
+    on every training row (or a frozen one). Without a unit axis it is left out.
+
+    >>> w0 = np.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> w1 = np.array([[1.0, 2.0], [3.0, 0.0]])
+    >>> s = layer_stats(w0, w1, unit_axis=0)
+    >>> round(s["weight_norm"], 4), round(s["update_ratio"], 4), s["zeros"], s["dead_units"]
+    (3.7417, 0.7303, 0.25, 0.5)
+    """
+    a = np.asarray(after, dtype=np.float64)
+    b = np.asarray(before, dtype=np.float64)
+    norm_before = float(np.linalg.norm(b))
+    out = {"weight_norm": float(np.linalg.norm(a)),
+           "update_ratio": float(np.linalg.norm(a - b)) / norm_before if norm_before > 0
+           else (0.0 if not np.any(a) else float("inf")),
+           "zeros": float(np.count_nonzero(a == 0)) / max(a.size, 1)}
+    if unit_axis is not None and a.ndim >= 2:
+        moved = np.moveaxis(a != b, unit_axis, 0).reshape(a.shape[unit_axis], -1).any(axis=1)
+        out["dead_units"] = float(np.count_nonzero(~moved)) / max(len(moved), 1)
+    return out
+
+
+class LayerMonitor(Plugin):
+    """Per parameter, at every epoch end: weight norm, gradient norm, update/weight ratio,
+    share of exact zeros and share of dead units, added to the epoch's logs.
+
+    Keys are ``quantity/parameter`` (``"dead_units/0.weight"``): they land in
+    ``run.history``, Keras' ``History`` and the applications' histories like a penalty's
+    values. :func:`regplug.doctor.plots.plot_monitor` draws them as small multiples.
+
+    How each is measured (the per-step path does nothing but, once per epoch, take the
+    gradient norms on the device):
+
+    * ``weight_norm``: ‖θ‖ at the epoch's end; ``zeros``: the share of entries exactly 0.
+    * ``update_ratio``: ‖θ_end − θ_start‖ / ‖θ_start‖ over the epoch, from a host copy of
+      the selected parameters taken at each epoch's end (one copy per epoch).
+    * ``dead_units``: the share of units whose incoming weights did not move during the
+      epoch (no gradient reached them on any step: a ReLU unit that outputs 0 on every
+      training row). Read from the weights, so it works in every loop without activation
+      hooks; a penalty or decay that moves every weight hides it (it measures the plain
+      gradient's reach), and a frozen layer counts as dead.
+    * ``grad_norm``: ‖∂L/∂θ‖ at the first optimizer step of the epoch, where the loop runs
+      ``on_before_step`` eagerly (PyTorch, Lightning, Hugging Face). Keras runs that hook
+      inside its compiled step, where no value can be kept: its logs have no ``grad_norm``.
+
+    :param kinds, include, exclude: which parameters (default: weights, as the penalties).
+    :param every: measure every N-th epoch (default 1).
+
+    >>> from regplug.testing import NumpyLoop
+    >>> monitor = LayerMonitor()
+    >>> loop = NumpyLoop({"fc.weight": np.ones((2, 3))}, [monitor], lr=0.5)
+    >>> loop.step({"fc.weight": np.array([[0.0, 0, 0], [3.0, 0, 0]])})  # unit 0 gets none
+    >>> _ = loop.epoch_end({"loss": 1.0})
+    >>> h = loop.run.history
+    >>> h["dead_units/fc.weight"], h["zeros/fc.weight"], h["grad_norm/fc.weight"]
+    ([0.5], [0.0], [3.0])
+    """
+
+    def __init__(self, *, kinds: str | Iterable[str] | None = None,
+                 include: str | Iterable[str] | None = None,
+                 exclude: str | Iterable[str] | None = None, every: int = 1) -> None:
+        owner = type(self).__name__
+        self.selection = Selection.build(owner, kinds=kinds, include=include, exclude=exclude)
+        self.every = check_int(owner, "every", every, low=1)
+        self.records: list[dict[str, float]] = []
+        self._params: list[ParamHandle] = []
+        self._start: list[np.ndarray] = []
+        self._grads: list[Any] | None = None
+        self._want_grads = False
+
+    @hookimpl
+    def on_train_begin(self, run: Run) -> None:
+        if run.epoch == 0:
+            self.records = []
+        self._params = run.parameters(self.selection)
+        self._start = list(run.ops.to_numpy(self._params))
+        self._grads = None
+
+    @hookimpl
+    def on_epoch_begin(self, run: Run, epoch: int) -> None:
+        self._want_grads = getattr(run.ops, "eager_gradients", True) and epoch % self.every == 0
+
+    @hookimpl
+    def on_before_step(self, run: Run, step: int) -> None:
+        if self._want_grads:  # once per epoch: the first update's gradients, left on device
+            self._want_grads = False
+            self._grads = list(run.ops.grad_norms(self._params))
+
+    @hookimpl
+    def on_epoch_end(self, run: Run, epoch: int, logs: dict[str, float]) -> None:
+        if epoch % self.every:
+            return
+        now = list(run.ops.to_numpy(self._params))
+        values: dict[str, float] = {}
+        for i, (p, before, after) in enumerate(zip(self._params, self._start, now)):
+            stats = layer_stats(before, after, p.unit_axis)
+            if self._grads is not None:
+                stats["grad_norm"] = run.ops.to_float(self._grads[i])
+            for quantity in QUANTITIES:
+                if quantity in stats:
+                    values[f"{quantity}/{p.name}"] = stats[quantity]
+        self._start, self._grads = now, None
+        self.records.append({"epoch": float(epoch), **values})
+        for key, value in values.items():
+            logs.setdefault(key, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state.get("records", [])]
+
+    def __repr__(self) -> str:
+        return f"LayerMonitor(every={self.every})"
+
+
+def monitor_series(history: Mapping[str, Sequence[float]]
+                   ) -> dict[str, dict[str, list[float]]]:
+    """``{quantity: {parameter: values}}`` from a history holding LayerMonitor's keys.
+
+    >>> monitor_series({"loss": [1.0], "zeros/fc.weight": [0.0], "dead_units/fc.weight": [0.5]})
+    {'zeros': {'fc.weight': [0.0]}, 'dead_units': {'fc.weight': [0.5]}}
+    """
+    out: dict[str, dict[str, list[float]]] = {}
+    for key, values in history.items():
+        quantity, sep, name = key.partition("/")
+        if sep and quantity in QUANTITIES:
+            out.setdefault(quantity, {})[name] = [float(v) for v in values]
+    return {q: out[q] for q in QUANTITIES if q in out}
