@@ -94,6 +94,16 @@ class NumpyOps:
             for p, value in zip(params, held):
                 np.copyto(p.tensor, value)
 
+    def moving_average_(self, averages: Sequence[ParamHandle], params: Sequence[ParamHandle],
+                        momentum: float) -> None:
+        # Keras' use_ema formula, term for term: momentum 0 gives θ exactly.
+        for a, p in zip(averages, params, strict=True):
+            a.tensor[...] = momentum * a.tensor + (1 - momentum) * p.tensor
+
+    def load_copies_(self, copies: Sequence[ParamHandle], arrays: Sequence[object]) -> None:
+        for c, array in zip(copies, arrays, strict=True):
+            np.copyto(c.tensor, np.asarray(array, dtype=c.tensor.dtype))
+
     def to_float(self, value: object) -> float:
         return float(value)  # type: ignore[arg-type]
 

@@ -110,6 +110,24 @@ class Ops(Protocol):
         """``θ ← held`` bit for bit where ``where`` is 1; unchanged where it is 0. From
         ``on_step``."""
 
+    # -- running averages of the parameters (weight averaging) -------------------------------
+    def moving_average_(self, averages: Sequence[ParamHandle], params: Sequence[ParamHandle],
+                        momentum: Scalar) -> None:
+        """``a_i ← momentum · a_i + (1 − momentum) · θ_i`` for every pair, in place.
+
+        ``averages`` are handles over copies from :meth:`clone` (the same names, shapes and
+        order as ``params``); ``momentum`` 0 copies ``θ`` exactly, ``n/(n+1)`` keeps the
+        equal-weight mean of ``n+1`` values. One fused update where the framework has one
+        (``torch._foreach_lerp_`` with weight ``1 − momentum``, as
+        ``torch.optim.swa_utils.get_ema_multi_avg_fn``; Keras' ``use_ema`` formula, also
+        inside the compiled step). Frozen parameters are averaged too (their average stays
+        their value).
+        """
+
+    def load_copies_(self, copies: Sequence[ParamHandle], arrays: Sequence[Any]) -> None:
+        """``c_i ← arrays[i]``: NumPy arrays (a checkpoint's) into handles over copies from
+        :meth:`clone`, cast to the copies' dtype, on their device. Outside the step."""
+
     # -- reporting (may synchronise with the device: never call on the per-step path) ---
     def to_float(self, value: Scalar) -> float:
         """A scalar as a Python float."""

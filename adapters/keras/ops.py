@@ -235,6 +235,21 @@ class KerasOps:
             x = _value(p)
             p.tensor.assign(ops.where(_as(where, "float32") > 0.5, value, x))
 
+    # -- running averages --------------------------------------------------------------
+    def moving_average_(self, averages: Sequence[ParamHandle], params: Sequence[ParamHandle],
+                        momentum: Any) -> None:
+        # The formula of the optimizers' use_ema (BaseOptimizer's moving-average update),
+        # term for term, so the averages equal Keras' own.
+        for a, p in zip(averages, params, strict=True):
+            x = _value(p)
+            m = _as(momentum, x.dtype)
+            a.tensor.assign(ops.add(ops.multiply(m, a.tensor.value),
+                                    ops.multiply(ops.subtract(1, m), x)))
+
+    def load_copies_(self, copies: Sequence[ParamHandle], arrays: Sequence[Any]) -> None:
+        for c, array in zip(copies, arrays, strict=True):
+            c.tensor.assign(ops.convert_to_tensor(array, dtype=c.tensor.dtype))
+
     # -- reporting (host reads: never on the per-step path) --------------------------------
     def to_float(self, value: Any) -> float:
         try:

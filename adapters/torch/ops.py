@@ -234,6 +234,20 @@ class TorchOps:
             t = p.tensor
             t.copy_(torch.where(torch.as_tensor(where, device=t.device) > 0.5, value, t))
 
+    @without_grad
+    def moving_average_(self, averages: Sequence[ParamHandle], params: Sequence[ParamHandle],
+                        momentum: float | torch.Tensor) -> None:
+        # a + (1 − momentum)·(θ − a) in one kernel, as get_ema_multi_avg_fn; weight 1 (momentum
+        # 0) gives θ exactly (lerp computes θ − (θ − a)·(1 − w) for w ≥ 0.5).
+        if averages:
+            _compat.foreach_lerp_([a.tensor for a in averages], [p.tensor for p in params],
+                                  1 - momentum)
+
+    @without_grad
+    def load_copies_(self, copies: Sequence[ParamHandle], arrays: Sequence[Any]) -> None:
+        for c, array in zip(copies, arrays, strict=True):
+            c.tensor.copy_(torch.as_tensor(array).to(dtype=c.tensor.dtype))
+
     def to_float(self, value: object) -> float:
         if isinstance(value, torch.Tensor):
             value = value.detach()
