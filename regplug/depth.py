@@ -77,7 +77,7 @@ def resolve_depths(names: Sequence[str],
     :raises DepthError: a required name has no depth, or an entry of ``patterns`` matches
         no name at all.
 
-    Default rules, on the names after dropping the components all of them share:
+    Default rules (2, 3 and 5 on the names after dropping the components all of them share):
 
     1. in a numbered block (``layers.N``, ``layer.N``, ``blocks.N``, ``block.N``, ``h.N``,
        ``resblocks.N``; the leftmost match): the blocks' depths follow N;
@@ -110,7 +110,7 @@ def resolve_depths(names: Sequence[str],
     parts = {n: n.split(".")[cut:] for n in names}
     blocks: dict[str, int] = {}
     for n in names:
-        found = _BLOCK.search(".".join(parts[n]))
+        found = _BLOCK.search(n)
         if found:
             blocks[n] = int(found.group(1))
     # ranks: embeddings/stem -1, blocks/groups 0.., head +inf (renumbered below)
