@@ -9,6 +9,7 @@ from .constraints import MaxNorm
 from .decay import DecoupledWeightDecay
 from .dropout import DropoutSchedule
 from .early_stopping import EarlyStopping
+from .freeze import Freeze
 from .layer_monitor import LayerMonitor
 from .monitors import GeneralizationGap, NonFiniteGuard
 from .penalties import L1, L2, ElasticNet
@@ -29,7 +30,7 @@ from .stopping_criteria import (
 
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
            "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard",
-           "OverfitBatch", "OverfitBatchError", "OptunaPruning", "LayerMonitor",
+           "OverfitBatch", "OverfitBatchError", "OptunaPruning", "LayerMonitor", "Freeze",
            # EarlyStopping's criteria (plugins/stopping_criteria.py)
            "MetricHistory", "StoppingCriterion", "Patience", "StoppingThreshold",
            "DivergenceThreshold", "NonFinite", "GeneralizationLoss", "ProgressQuotient",

@@ -19,4 +19,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "non_finite_guard": "regplug.plugins.monitors:NonFiniteGuard",
     "overfit_batch": "regplug.plugins.sanity:OverfitBatch",
     "layer_monitor": "regplug.plugins.layer_monitor:LayerMonitor",
+    "freeze": "regplug.plugins.freeze:Freeze",
 }
