@@ -16,6 +16,7 @@ Docs: docs/loops/transformers.md (which Trainer event drives which hook, and the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -219,8 +220,10 @@ class Regularize(RunResults, TrainerCallback):
 
 
 def _is_number(value: object) -> bool:
-    """A real number as an evaluation metric: a Python or NumPy number, or a 0-d tensor."""
-    if isinstance(value, bool) or getattr(value, "shape", ()) not in ((), None):
+    """A real number as an evaluation metric: a Python or NumPy number, or a tensor/array
+    holding one element (of any shape)."""
+    shape = getattr(value, "shape", ())
+    if isinstance(value, bool) or (shape not in ((), None) and math.prod(shape) != 1):
         return False
     return isinstance(value, (int, float)) or (hasattr(value, "dtype")
                                                 and hasattr(value, "__float__"))

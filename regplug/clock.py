@@ -12,6 +12,7 @@ Docs: docs/clock-and-window.md.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import threading
 import warnings
@@ -230,22 +231,25 @@ def check_logs(logs: object, *, where: str) -> dict[str, float]:
     """An epoch's metrics as floats, or an error naming the key, the value and what is allowed.
 
     Keys must be non-empty strings; values real numbers (finite or not: NaN and inf are for
-    the plugins to judge) given as a Python number, a NumPy scalar or a 0-d array/tensor —
-    anything ``float()`` converts, except ``bool`` (a flag, not a metric), strings and
-    ``None``. The one check of every adapter's logs.
+    the plugins to judge) given as a Python number, a NumPy scalar or an array/tensor holding
+    one element, of any shape (Lightning's metrics may come as ``(1, 1, 1)``; Keras' as
+    ``(1,)``) — anything ``float()`` converts, except ``bool`` (a flag, not a metric), strings
+    and ``None``. The one check of every adapter's logs.
 
     >>> check_logs({"val_loss": np.float32(0.5), "loss": float("nan")}, where="reg.epoch_end")
     {'val_loss': 0.5, 'loss': nan}
+    >>> check_logs({"val_loss": np.full((1, 1, 1), 0.25)}, where="reg.epoch_end")
+    {'val_loss': 0.25}
     >>> check_logs({"val_loss": "abc"}, where="reg.epoch_end")
     Traceback (most recent call last):
     TypeError: reg.epoch_end: logs['val_loss'] must be a real number (a float, an int, a NumPy
-    scalar or a 0-d tensor; NaN and inf are allowed), got 'abc' of type str
+    scalar or a one-element array or tensor; NaN and inf are allowed), got 'abc' of type str
     """
     if not isinstance(logs, Mapping):
         raise TypeError(f"{where}: 'logs' must be a mapping of metric names to values, e.g. "
                         f"{{'val_loss': 0.31}}; got {type(logs).__name__}")
-    allowed = "a real number (a float, an int, a NumPy scalar or a 0-d tensor; NaN and inf " \
-              "are allowed)"
+    allowed = "a real number (a float, an int, a NumPy scalar or a one-element array or " \
+              "tensor; NaN and inf are allowed)"
     clean: dict[str, float] = {}
     for key, value in logs.items():
         if not isinstance(key, str) or not key:
@@ -253,6 +257,9 @@ def check_logs(logs: object, *, where: str) -> dict[str, float]:
                             f"(a str), got {key!r} of type {type(key).__name__} (value "
                             f"{value!r})")
         shape = _shape(value)
+        if shape and all(isinstance(d, int) for d in shape) and math.prod(shape) == 1:
+            # one element, e.g. (1, 1, 1): that number
+            value, shape = _one_element(value), ()
         if isinstance(value, (bool, np.bool_, str, bytes)) or value is None or shape:
             got = (f"an array of shape {shape}; reduce it to one number first" if shape else
                    f"{value!r} of type {type(value).__name__}")
@@ -263,6 +270,21 @@ def check_logs(logs: object, *, where: str) -> dict[str, float]:
             raise TypeError(f"{where}: logs[{key!r}] must be {allowed}, got {value!r} of type "
                             f"{type(value).__name__} ({err})") from None
     return clean
+
+
+def _one_element(value: Any) -> object:
+    """The one element of a one-element array or tensor, as a 0-d one (``float()`` of an
+    array with dimensions is deprecated in NumPy)."""
+    reshape = getattr(value, "reshape", None)
+    if callable(reshape):
+        try:
+            return reshape(())
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    try:
+        return np.asarray(value).reshape(())
+    except (TypeError, ValueError, RuntimeError):
+        return value
 
 
 def _shape(value: object) -> tuple[int, ...]:

@@ -288,6 +288,30 @@ class Run:
                     f"start with: {sample or '(no parameters)'}.", RegplugWarning, stacklevel=2)
         return found
 
+    def add_params(self, handles: Iterable[ParamHandle]) -> list[ParamHandle]:
+        """Take on parameters the optimizer started updating during training (a parameter
+        group added after the start: progressive unfreezing); returns those that are new.
+
+        Adapters call it. Every selection made so far takes the new handles it matches *in
+        place*, so a plugin holding a :meth:`parameters` list acts on them from the next
+        step on, with no per-step cost.
+
+        >>> import numpy as np
+        >>> from regplug.testing import numpy_run
+        >>> run = numpy_run({"head.weight": np.ones((2, 2))})
+        >>> weights = run.parameters()
+        >>> body = numpy_run({"body.weight": np.ones((2, 2))}).params
+        >>> [p.name for p in run.add_params(body)], [p.name for p in weights]
+        (['body.weight'], ['head.weight', 'body.weight'])
+        """
+        known = {id(p.tensor) for p in self.params}
+        new = [h for h in handles if id(h.tensor) not in known]
+        if new:
+            self.params = [*self.params, *new]
+            for selection, found in self._selected.items():
+                found.extend(h for h in new if selection.matches(h))
+        return new
+
     def group_by_learning_rate(self, params: Sequence[ParamHandle]
                                ) -> list[tuple[Scalar, list[ParamHandle]]]:
         """Split ``params`` into groups sharing the optimizer's current learning rate."""

@@ -16,7 +16,9 @@ from torch import nn
 
 __all__ = ["set_grad_enabled", "compiled_original", "foreach_add_", "foreach_mul",
            "foreach_mul_", "foreach_sign", "foreach_clamp_max", "foreach_clamp_min_",
-           "foreach_sub_", "has_forward_hooks", "global_forward_hooks", "default_call_impl"]
+           "foreach_sub_", "foreach_copy_", "foreach_sub", "foreach_lerp_",
+           "has_forward_hooks", "global_forward_hooks", "default_call_impl",
+           "is_flat_param"]
 
 # The thread-local autograd switch that `torch.no_grad()` and `torch.set_grad_enabled` flip,
 # without building their context-manager objects (two per call, a measurable share of a small
@@ -33,6 +35,9 @@ foreach_sign = torch._foreach_sign
 foreach_clamp_max = torch._foreach_clamp_max
 foreach_clamp_min_ = torch._foreach_clamp_min_
 foreach_sub_ = torch._foreach_sub_
+foreach_copy_ = torch._foreach_copy_
+foreach_sub = torch._foreach_sub
+foreach_lerp_ = torch._foreach_lerp_
 
 
 def compiled_original(module: nn.Module) -> nn.Module | None:
@@ -73,3 +78,10 @@ def default_call_impl(module: nn.Module) -> bool:
     # 2.0; before, __call__ was _call_impl itself): a subclass overriding _call_impl replaces
     # what calling the module does, even with __call__ and forward untouched.
     return type(module)._call_impl is nn.Module._call_impl
+
+
+def is_flat_param(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is FSDP1's ``FlatParameter`` (a flat shard of many parameters)."""
+    # torch.distributed.fsdp._flat_param.FlatParameter sets the class attribute
+    # _is_flat_param = True (torch >= 2.0), the marker FSDP itself tests; the class is private.
+    return getattr(tensor, "_is_flat_param", False) is True

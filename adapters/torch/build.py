@@ -7,6 +7,7 @@ Docs: docs/loops/torch.md
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,15 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from regplug.errors import RegplugWarning
+from regplug.errors import RegplugWarning, UsageError
 from regplug.run import ParamHandle, Run, TrialTraining
 
-from .discovery import discover_dropout, discover_parameters
+from . import _compat
+from .discovery import discover_dropout, discover_parameters, unwrap
 from .ops import TorchOps
 from .state import TorchModelState
 from .world import default_world
 
-__all__ = ["LearningRates", "build_run", "warn_double_decay"]
+__all__ = ["LearningRates", "build_run", "warn_double_decay", "GroupWatch",
+           "refuse_nothing_to_train", "refuse_sharded"]
 
 
 class LearningRates:
@@ -31,9 +34,13 @@ class LearningRates:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self._group_of = {id(p): i for i, g in enumerate(optimizer.param_groups)
-                          for p in g["params"]}
         self._cache: dict[int, tuple[Sequence[ParamHandle], list[tuple[int, list[ParamHandle]]]]]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the optimizer's parameter groups again (a group was added)."""
+        self._group_of = {id(p): i for i, g in enumerate(self.optimizer.param_groups)
+                          for p in g["params"]}
         self._cache = {}
 
     def groups(self, params: Sequence[ParamHandle]) -> list[tuple[Any, list[ParamHandle]]]:
@@ -66,6 +73,7 @@ def build_run(model: nn.Module, optimizer: torch.optim.Optimizer, *, world: Any 
     ([('weight', 'weight')], 'torch')
     """
     params = discover_parameters(model, optimizer)
+    refuse_sharded(model, optimizer, params)
     device = params[0].tensor.device if params else torch.device("cpu")
     run = Run(params=params, ops=TorchOps(),
               learning_rate_groups=LearningRates(optimizer).groups,
@@ -121,3 +129,104 @@ def warn_double_decay(run: Run, optimizer: torch.optim.Optimizer, plugins: Itera
             RegplugWarning, stacklevel=4)
         warned.append(repr(plugin))
     return warned
+
+
+class GroupWatch:
+    """Parameter groups added to the optimizer after the run was built
+    (``optimizer.add_param_group``, the way progressive unfreezing is written): their
+    parameters join the run (:meth:`regplug.Run.add_params`) and every selection, so that
+    penalties, decay and constraints act on them from their first step.
+
+    :meth:`check` is one integer comparison per call while the group count is unchanged.
+    """
+
+    __slots__ = ("model", "optimizer", "run", "count")
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, run: Run) -> None:
+        self.model, self.optimizer, self.run = model, optimizer, run
+        self.count = len(optimizer.param_groups)
+
+    def check(self) -> None:
+        if len(self.optimizer.param_groups) != self.count:
+            self._reread()
+
+    def _reread(self) -> None:
+        self.count = len(self.optimizer.param_groups)
+        handles = discover_parameters(self.model, self.optimizer)
+        refuse_sharded(self.model, self.optimizer, handles)
+        self.run.add_params(handles)
+        rates = getattr(self.run.learning_rate_groups, "__self__", None)
+        if isinstance(rates, LearningRates):
+            rates.refresh()
+
+
+def refuse_nothing_to_train(run: Run, plugins: Sequence[object], *, adapter: str) -> None:
+    """Refuse, in one line, plugins on a run whose optimizer updates no trainable parameter
+    (all frozen, or none at all): they would act on nothing, silently (``regplug compare``
+    refuses such a model too). An empty plugin list is let through, and so is a sanity check
+    that trains (:class:`~regplug.plugins.OverfitBatch`): it diagnoses the frozen model
+    itself, with more detail.
+
+    >>> model = torch.nn.Linear(2, 1).requires_grad_(False)
+    >>> run = build_run(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    >>> refuse_nothing_to_train(run, ["L2"], adapter="attach")
+    Traceback (most recent call last):
+    regplug.errors.UsageError: attach: the model has nothing to train (the optimizer's 2 \
+parameters all have requires_grad=False), so the plugins have nothing to regularize; \
+unfreeze at least one parameter before attaching
+    """
+    if not plugins or any(p.tensor.requires_grad for p in run.params):
+        return
+    if any("trial_training" in getattr(p, "requires", ()) for p in plugins):
+        return
+    count = len(run.params)
+    detail = ("the optimizer updates no parameter of the model" if not count else
+              f"the optimizer's {count} parameter{'' if count == 1 else 's'} all have "
+              "requires_grad=False")
+    raise UsageError(f"{adapter}: the model has nothing to train ({detail}), so the plugins "
+                     "have nothing to regularize; unfreeze at least one parameter before "
+                     "attaching")
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    """A ``torch.distributed.tensor.DTensor`` (FSDP2's ``fully_shard``, tensor parallelism).
+    Only where that module was imported: no DTensor exists otherwise."""
+    module = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(module, "DTensor", None)
+    return isinstance(dtensor, type) and isinstance(tensor, dtensor)
+
+
+def _sharding(model: nn.Module, optimizer: object, tensor: torch.Tensor) -> str | None:
+    if _is_dtensor(tensor):
+        return "a DTensor (sharded by FSDP2's fully_shard or tensor parallelism)"
+    if _compat.is_flat_param(tensor):
+        return "a flat shard of FSDP (FullyShardedDataParallel's FlatParameter)"
+    if hasattr(tensor, "ds_id"):
+        return "partitioned by DeepSpeed ZeRO stage 3"
+    return None
+
+
+def refuse_sharded(model: nn.Module, optimizer: object, params: Sequence[ParamHandle]) -> None:
+    """Refuse sharded parameters in one line, before any step: regplug's in-place ops would
+    be right on aligned local shards, but penalty values, row norms and early stopping's
+    snapshots would see one shard. Detects DTensors (FSDP2, tensor parallelism), FSDP1's
+    flat parameters (also a model wrapped in ``FullyShardedDataParallel``) and DeepSpeed
+    ZeRO-3's partitioned parameters (their ``ds_id``)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    fsdp1 = getattr(fsdp, "FullyShardedDataParallel", None)
+    found: tuple[str, str] | None = None
+    if isinstance(fsdp1, type) and any(isinstance(m, fsdp1) for m in unwrap(model).modules()):
+        found = ("the model", "wrapped in FSDP (FullyShardedDataParallel), whose flat "
+                 "parameters are shards")
+    for handle in params:
+        if found is not None:
+            break
+        how = _sharding(model, optimizer, handle.tensor)
+        if how is not None:
+            found = (f"parameter {handle.name!r}", f"is {how}")
+    if found is None:
+        return
+    raise UsageError(
+        f"regplug: {found[0]} {found[1]}; regplug does not support sharded parameters "
+        "(penalty values and row norms would see one shard): train with DDP, or without "
+        "sharding (docs/loops/torch.md#distributed-training)")

@@ -31,7 +31,7 @@ from regplug.plugin import check_requirements
 from regplug.run import StopRequest
 from regplug.window import StepWindow
 
-from .build import build_run, warn_double_decay
+from .build import GroupWatch, build_run, refuse_nothing_to_train, warn_double_decay
 from .ops import TorchOps, without_grad
 from .state import load_run_state, run_state_dict
 from .trial import TorchTrial
@@ -98,7 +98,10 @@ class TorchRegularizer:
         self.run = build_run(model, optimizer, world=world,
                              trial=None if loss_fn is None else TorchTrial(
                                  model, optimizer, loss_fn, self._paused))
+        refuse_nothing_to_train(self.run, self.manager.plugins, adapter="attach")
         warn_double_decay(self.run, optimizer, self.manager.plugins)
+        # Groups added with optimizer.add_param_group() later join at their first step.
+        self._groups = GroupWatch(model, optimizer, self.run)
         self.clock = EpochClock(self.run, self.manager, TORCH_WORDING)
         self.window = StepWindow(self.clock, fused=fused)
         # What the optimizer hooks run, with autograd off (cheaper than a no_grad() block).
@@ -209,6 +212,7 @@ class TorchRegularizer:
                 return (args[0], wrapped, *args[2:]), kwargs
             return args, {**kwargs, "closure": wrapped}
         self._check_backpropagated()
+        self._groups.check()
         self._ops.in_update = True
         self._before_step()  # autograd off once for every plugin's in-place op
         return None
@@ -242,6 +246,7 @@ class TorchRegularizer:
         self._closure_calls = (self._closure_calls or 0) + 1
         self._set_in_update(True)
         if first:
+            self._groups.check()
             self._before_step()
         else:
             self._add_penalty_grads()
@@ -286,6 +291,7 @@ class TorchRegularizer:
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
         self._open_batch()
+        self._groups.check()
         if self._evaluation == _EVALUATING:
             # A closure evaluation: a fresh window for the objective at these parameters.
             self._evaluation = _LOSS_GIVEN
@@ -323,7 +329,8 @@ class TorchRegularizer:
         """Fire ``on_epoch_end`` with ``logs`` (plus each penalty's value); True = stop.
 
         Pass validation metrics (e.g. ``{"val_loss": 0.31, "val_accuracy": 0.9}``) so that
-        early stopping and gap monitors can see them. Values may be floats or 0-d tensors.
+        early stopping and gap monitors can see them. Values may be floats or tensors/arrays
+        holding one element, of any shape.
         """
         self._check_open()
         clean = check_logs({} if logs is None else logs, where="reg.epoch_end")

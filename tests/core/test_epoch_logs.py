@@ -16,8 +16,8 @@ from regplug.clock import EpochClock, Wording, check_logs
 from regplug.manager import PluginManager
 from regplug.testing import NumpyLoop, numpy_run
 
-ALLOWED = ("a real number (a float, an int, a NumPy scalar or a 0-d tensor; NaN and inf "
-           "are allowed)")
+ALLOWED = ("a real number (a float, an int, a NumPy scalar or a one-element array or tensor; "
+           "NaN and inf are allowed)")
 
 
 def numpy_loop() -> NumpyLoop:
@@ -31,7 +31,7 @@ def numpy_loop() -> NumpyLoop:
     (b"0.5", "b'0.5' of type bytes"),
     ([0.5], "[0.5] of type list"),
     (np.array([0.5, 0.4]), "an array of shape (2,); reduce it to one number first"),
-    (np.array([0.5]), "an array of shape (1,); reduce it to one number first"),
+    (np.zeros((1, 2)), "an array of shape (1, 2); reduce it to one number first"),
     (1 + 2j, "(1+2j) of type complex"),
 ])
 def test_a_bad_value_is_named_with_its_key_and_what_is_allowed(value, got):
@@ -112,3 +112,11 @@ def test_any_logs_give_floats_or_a_type_error_naming_the_offending_key(logs):
     else:
         assert list(clean) == list(logs)
         assert all(type(v) is float for v in clean.values())
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 1), (1, 1, 1)])
+def test_a_one_element_metric_of_any_shape_is_that_number(shape):
+    # Lightning's EarlyStopping squeezes a metric of shape (1, 1, 1); Keras hands (1,) arrays.
+    loop = numpy_loop()
+    loop.epoch_end({"val_loss": np.full(shape, 0.25, dtype=np.float32)})
+    assert loop.run.history["val_loss"] == [0.25]
