@@ -73,6 +73,13 @@ class NumpyOps:
         for p, source in zip(params, src):
             np.copyto(p.tensor, source)
 
+    def scale_update_(self, params: Sequence[ParamHandle], before: Sequence[np.ndarray],
+                      factors: Sequence[float]) -> None:
+        check_copies("scale_update_", before, params)
+        for p, b, f in zip(params, before, factors, strict=True):
+            if p.name in self.grads and p.name not in self.frozen:
+                p.tensor[...] = b + f * (p.tensor - b)
+
     def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
         for p in params:
             (self.frozen.discard if trainable else self.frozen.add)(p.name)

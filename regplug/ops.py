@@ -85,6 +85,15 @@ class Ops(Protocol):
         """``θ_i ← src[i]``: write copies from :meth:`clone` back into the parameters, in
         place (also inside Keras' compiled step); frozen parameters are left alone."""
 
+    # -- scaling an update (layer-wise learning rates) ---------------------------------------
+    def scale_update_(self, params: Sequence[ParamHandle], before: Sequence[Any],
+                      factors: Sequence[float]) -> None:
+        """``θ_i ← before_i + factors[i] · (θ_i − before_i)``: the update since ``before``
+        (copies from :meth:`clone`, filled with :meth:`copy_into_` before the update) scaled
+        per parameter. From ``on_step``; frozen parameters and, in PyTorch, those without a
+        gradient this step are left alone (their update is 0 anyway). Fused per distinct
+        factor where the framework allows (``torch._foreach_lerp_``)."""
+
     # -- freezing (the Freeze plugin) ------------------------------------------------------
     def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
         """Switch the parameters' training off (``False``) or back on, between steps.
