@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from . import __version__
 from ._cli_imports import quiet_framework_imports
 from .compare.cli import add_compare_parser
+from .doctor.cli import add_doctor_parser
 from .errors import PluginLoadError, PluginValidationError, RegplugError
 from .hookspecs import HOOK_NAMES, implemented_hooks
 from .manager import validate_plugin_class
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
     add_compare_parser(sub)
     add_tune_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 
