@@ -183,7 +183,10 @@ class KerasOps:
         ``on_train_begin``, ``on_epoch_end``, ...); inside it raises a
         :class:`~regplug.UsageError`. During a ``fit`` the adapter registers the copies as
         state of the step (:attr:`register`), so on JAX the traced step reads their current
-        values rather than constants captured at trace time.
+        values rather than constants captured at trace time. On JAX a write to a copy from
+        ``on_before_step``/``on_step`` (:meth:`copy_into_` inside ``optimizer.apply``) is not
+        kept after the step: Keras' JAX step returns only the weights and the optimizer's
+        variables from the update (``tests/keras/test_copy_ops.py`` pins this).
         """
         if _tracing():
             raise UsageError(
@@ -210,6 +213,14 @@ class KerasOps:
         check_copies("copy_from_", src, params)
         for p, source in zip(params, src):
             p.tensor.assign(source.value if isinstance(source, keras.Variable) else source)
+
+    def scale_update_(self, params: Sequence[ParamHandle], before: Sequence[Any],
+                      factors: Sequence[float]) -> None:
+        check_copies("scale_update_", before, params)
+        for p, b, f in zip(params, before, factors):
+            x = _value(p)
+            start = b.value if isinstance(b, keras.Variable) else b
+            p.tensor.assign(start + _as(f, x.dtype) * (x - start))
 
     # -- freezing ----------------------------------------------------------------------
     def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:

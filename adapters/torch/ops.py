@@ -204,6 +204,26 @@ class TorchOps:
         if pairs:
             _compat.foreach_copy_([t for t, _ in pairs], [s for _, s in pairs])
 
+    @without_grad
+    def scale_update_(self, params: Sequence[ParamHandle], before: Sequence[torch.Tensor],
+                      factors: Sequence[float]) -> None:
+        # before + f·(θ − before) is lerp(θ, before, 1 − f): one kernel per distinct factor.
+        check_copies("scale_update_", before, params)
+        groups: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        in_update = self.in_update
+        for p, b, f in zip(params, before, factors):
+            t = p.tensor
+            if (in_update and t.grad is None) or (
+                    not t.requires_grad and isinstance(t, torch.nn.Parameter)):
+                continue  # not updated in this step (torch.optim's rule): nothing to scale
+            group = groups.get(f)
+            if group is None:
+                group = groups[f] = ([], [])
+            group[0].append(t)
+            group[1].append(b)
+        for f, (thetas, befores) in groups.items():
+            _compat.foreach_lerp_(thetas, befores, 1.0 - f)
+
     # -- freezing ----------------------------------------------------------------------
     def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
         """``requires_grad_(trainable)``; a frozen parameter's gradient is dropped (set to
