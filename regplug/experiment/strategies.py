@@ -465,14 +465,16 @@ def strategies_from_tables(tables: object, *, label: str,
 
 def select_strategies(selection: str | Iterable[str] | None,
                       custom: Mapping[str, Strategy] | None = None, *,
-                      builtin: Mapping[str, Strategy] | None = None) -> list[Strategy]:
+                      builtin: Mapping[str, Strategy] | None = None,
+                      default: Sequence[str] | None = None) -> list[Strategy]:
     """The strategies to run, in the order given.
 
     ``selection`` is a comma-separated string or a list of names; ``"default"`` stands for
     :data:`DEFAULT_STRATEGIES` and ``"all"`` for every built-in and custom strategy. Names
     come from the built-ins and ``custom`` (a config's strategies, which take precedence).
     Without a selection: the config's strategies if there are any, else the default ones.
-    ``builtin`` replaces :data:`BUILTIN_STRATEGIES` (a :class:`Preset`'s strategies).
+    ``builtin`` replaces :data:`BUILTIN_STRATEGIES` (a :class:`Preset`'s strategies),
+    ``default`` :data:`DEFAULT_STRATEGIES` (another task's, e.g. ``--task finetune``).
 
     >>> [s.name for s in select_strategies("none, l2")]
     ['none', 'l2']
@@ -486,8 +488,9 @@ def select_strategies(selection: str | Iterable[str] | None,
 
     custom = dict(custom or {})
     catalogue = {**(BUILTIN_STRATEGIES if builtin is None else builtin), **custom}
+    defaults = DEFAULT_STRATEGIES if default is None else tuple(default)
     if selection is None:
-        return list(custom.values()) if custom else [catalogue[n] for n in DEFAULT_STRATEGIES]
+        return list(custom.values()) if custom else [catalogue[n] for n in defaults]
     names = [n.strip() for n in selection.split(",")] if isinstance(selection, str) \
         else [str(n).strip() for n in selection]
     names = [n for n in names if n]
@@ -496,7 +499,7 @@ def select_strategies(selection: str | Iterable[str] | None,
     chosen: list[Strategy] = []
     for name in names:
         if name == "default":
-            group = [catalogue[n] for n in DEFAULT_STRATEGIES]
+            group = [catalogue[n] for n in defaults]
         elif name == "all":
             group = list(catalogue.values())
         elif name in catalogue:
