@@ -11,6 +11,7 @@ from .dropout import DropoutSchedule
 from .early_stopping import EarlyStopping
 from .freeze import Freeze
 from .layer_monitor import LayerMonitor
+from .layerwise import LayerwiseLR
 from .monitors import GeneralizationGap, NonFiniteGuard
 from .penalties import L1, L2, ElasticNet
 from .proximal import ProximalL1
@@ -31,6 +32,7 @@ from .stopping_criteria import (
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
            "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard",
            "OverfitBatch", "OverfitBatchError", "OptunaPruning", "LayerMonitor", "Freeze",
+           "LayerwiseLR",
            # EarlyStopping's criteria (plugins/stopping_criteria.py)
            "MetricHistory", "StoppingCriterion", "Patience", "StoppingThreshold",
            "DivergenceThreshold", "NonFinite", "GeneralizationLoss", "ProgressQuotient",

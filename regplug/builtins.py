@@ -20,4 +20,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "overfit_batch": "regplug.plugins.sanity:OverfitBatch",
     "layer_monitor": "regplug.plugins.layer_monitor:LayerMonitor",
     "freeze": "regplug.plugins.freeze:Freeze",
+    "layerwise_lr": "regplug.plugins.layerwise:LayerwiseLR",
 }

@@ -16,6 +16,8 @@ import fnmatch
 import re
 from collections.abc import Collection, Mapping, Sequence
 
+from .errors import RegplugError
+
 __all__ = ["resolve_depths", "depth_groups", "BLOCK_CONTAINERS", "HEAD_NAMES", "DepthError"]
 
 #: Containers whose numbered children are the blocks of a stack: ``layers.N`` (Llama,
@@ -32,7 +34,7 @@ _BLOCK = re.compile(r"(?:^|\.)(?:" + "|".join(BLOCK_CONTAINERS) + r")\.(\d+)(?:\
 _EMBED = re.compile(r"embed|^wte$|^wpe$|^[a-z]*_token$")
 
 
-class DepthError(ValueError):
+class DepthError(RegplugError, ValueError):
     """A parameter cannot be placed at a depth, or a pattern places nothing (one line,
     naming the plugin, its argument, the parameter or pattern, and the fix)."""
 
