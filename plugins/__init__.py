@@ -5,6 +5,7 @@ adapter cannot serve a plugin, it refuses it at the start of training and says w
 Docs: docs/plugins/index.md.
 """
 
+from .averaging import EMA, SWA
 from .constraints import MaxNorm
 from .decay import DecoupledWeightDecay
 from .dropout import DropoutSchedule
@@ -32,7 +33,7 @@ from .stopping_criteria import (
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
            "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard",
            "OverfitBatch", "OverfitBatchError", "OptunaPruning", "LayerMonitor", "Freeze",
-           "LayerwiseLR",
+           "LayerwiseLR", "EMA", "SWA",
            # EarlyStopping's criteria (plugins/stopping_criteria.py)
            "MetricHistory", "StoppingCriterion", "Patience", "StoppingThreshold",
            "DivergenceThreshold", "NonFinite", "GeneralizationLoss", "ProgressQuotient",

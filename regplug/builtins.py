@@ -21,4 +21,6 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "layer_monitor": "regplug.plugins.layer_monitor:LayerMonitor",
     "freeze": "regplug.plugins.freeze:Freeze",
     "layerwise_lr": "regplug.plugins.layerwise:LayerwiseLR",
+    "ema": "regplug.plugins.averaging:EMA",
+    "swa": "regplug.plugins.averaging:SWA",
 }
