@@ -13,17 +13,20 @@ Docs: docs/compare.md
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from dataclasses import replace
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from regplug.experiment.datasets import Splits
+from regplug.experiment.finetune import HEAD, FinetuneSplits, starts_pretrained
 from regplug.experiment.frameworks import EpochCallback, TrainSettings
-from regplug.experiment.models import FactoryCheck, ModelChoice, ModelSpec
+from regplug.experiment.models import FactoryCheck, ModelChoice, ModelError, ModelSpec
 from regplug.experiment.strategies import Strategy
 from regplug.experiment.toy import (
     TOY_DROPOUT,
@@ -41,7 +44,7 @@ from .loop import attach
 from .uncertainty import mc_predict
 
 __all__ = ["TorchRunner", "describe", "build_mlp", "build_model", "make_optimizer",
-           "train_strategy", "mc_dropout"]
+           "train_strategy", "mc_dropout", "FinetuneMLP", "head_prefix"]
 
 _EVAL_ROWS = 8192
 _M = TypeVar("_M", bound=nn.Module)
@@ -141,6 +144,101 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Mo
     return model
 
 
+class FinetuneMLP(nn.Module):
+    """The built-in MLP of ``--task finetune``, its layers named for the fine-tuning plugins:
+    hidden layers ``layers.0``, ``layers.1``, ... (ReLU), then batch norm (``norm``) and
+    dropout (``dropout``) when the spec asks, then the output layer ``head``, the one
+    replaced after pretraining. Glorot-uniform weights, zero biases.
+
+    >>> [name for name, _ in FinetuneMLP((50, 250), ModelSpec("torch", 64, 5)).named_parameters()]
+    ['layers.0.weight', 'layers.0.bias', 'layers.1.weight', 'layers.1.bias', 'head.weight', 'head.bias']
+    """  # noqa: E501
+
+    def __init__(self, hidden: Sequence[int], spec: ModelSpec) -> None:
+        super().__init__()
+        widths = [spec.n_features, *hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+        self.norm = (nn.BatchNorm1d(widths[-1], eps=1e-3, momentum=0.01) if spec.batch_norm
+                     else None)
+        self.dropout = nn.Dropout(spec.dropout) if spec.dropout is not None else None
+        self.head = nn.Linear(widths[-1], spec.n_classes)
+        _glorot(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        out: torch.Tensor = self.head(x)
+        return out
+
+
+def head_prefix(model: nn.Module, *, where: str = "--task finetune") -> str:
+    """The state-dict prefix of ``model``'s output layer, replaced after pretraining: the
+    module named ``head`` where there is one, else the last module that holds parameters
+    of its own (``"4."`` in an ``nn.Sequential`` ending in ``Linear``).
+
+    >>> head_prefix(FinetuneMLP((50,), ModelSpec("torch", 4, 5)))
+    'head.'
+    """
+    owners = [name for name, module in model.named_modules()
+              if next(module.parameters(recurse=False), None) is not None]
+    if HEAD in owners:
+        return f"{HEAD}."
+    if len(owners) < 2:
+        raise ModelError(f"{where}: the model has {'one layer' if owners else 'no layer'} with "
+                         "parameters; fine-tuning replaces the last one (the head) and needs "
+                         "layers below it to pretrain")
+    return f"{owners[-1]}."
+
+
+def _finetune_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> nn.Module:
+    """The fine-tuning task's model: :class:`FinetuneMLP`, or the user's factory's."""
+    if choice.factory is not None:
+        return build_model(choice, spec, strategy=strategy)
+    if not choice.hidden:
+        raise ModelError(f"--task finetune: --model {choice.name!r} has no hidden layer to "
+                         "pretrain (only its head, which fine-tuning replaces); use mlp or "
+                         "wide_mlp")
+    return FinetuneMLP(choice.hidden, spec)
+
+
+def _pretrained(task: FinetuneSplits, choice: ModelChoice, spec: ModelSpec, *, strategy: str,
+                seed: int) -> dict[str, torch.Tensor]:
+    """The state of a model pretrained on ``task.pretrain`` (classes 0-4) with the run's
+    ``seed``, without its head: trained once per seed, model and model options, then kept
+    in ``task.cache`` for every strategy of that seed."""
+    key = ("torch", choice.name, spec.dropout, spec.batch_norm, seed)
+    cached = task.cache.get(key)
+    if cached is not None:
+        return cast(dict[str, torch.Tensor], cached)
+    pre = task.pretrain
+    assert pre is not None  # finetune_splits always sets it
+    settings = replace(task.pretrain_settings, seed=seed)
+    torch.manual_seed(seed)
+    model = _finetune_model(choice, replace(spec, n_classes=pre.n_classes), strategy=strategy)
+    device = model_device(model)
+    optimizer = make_optimizer(model, settings)
+    x, y = torch.from_numpy(pre.x_train).to(device), torch.from_numpy(pre.y_train).to(device)
+    shuffle = torch.Generator().manual_seed(seed)
+    model.train()
+    with _threads_for(model):
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(x), generator=shuffle).to(device)
+            for i in range(0, len(x), settings.batch_size):
+                idx = order[i:i + settings.batch_size]
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+                optimizer.step()
+    head = head_prefix(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()
+             if not k.startswith(head)}
+    task.cache[key] = state
+    return state
+
+
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     """SGD with momentum, as :class:`regplug.experiment.TrainSettings` describes (Keras' update)."""
     return torch.optim.SGD(model.parameters(), lr=settings.learning_rate,
@@ -175,12 +273,26 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float
 def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
                    model_choice: ModelChoice, settings: TrainSettings,
                    on_epoch: EpochCallback | None = None) -> TrainOutcome:
-    """Train a fresh model under ``strategy`` (its model options and ``plugins``)."""
-    torch.manual_seed(settings.seed)
+    """Train a fresh model under ``strategy`` (its model options and ``plugins``).
+
+    With :class:`~regplug.experiment.finetune.FinetuneSplits` (``--task finetune``) the
+    model starts from the weights pretrained on classes 0-4 (cached per seed), its head
+    fresh, unless the strategy starts from scratch."""
     dropout, batch_norm = strategy.model_options(plugins)
     spec = ModelSpec("torch", splits.n_features, splits.n_classes, dropout, batch_norm,
                      settings.seed)
-    model = build_model(model_choice, spec, strategy=strategy.name)
+    task = splits if isinstance(splits, FinetuneSplits) else None
+    backbone = None
+    if task is not None and starts_pretrained(strategy):  # before the seed: cached or not
+        backbone = _pretrained(task, model_choice, spec, strategy=strategy.name,
+                               seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    if task is None:
+        model = build_model(model_choice, spec, strategy=strategy.name)
+    else:
+        model = _finetune_model(model_choice, spec, strategy=strategy.name)
+    if backbone is not None:
+        model.load_state_dict(backbone, strict=False)  # all but the head, fresh
     optimizer = make_optimizer(model, settings)
     device = model_device(model)  # a factory may build its model on a GPU
 
@@ -193,7 +305,9 @@ def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
     n, batch = len(x_train), settings.batch_size
     start = time.perf_counter()
     model.train()
-    with _threads_for(model), attach(model, optimizer, plugins) as reg:
+    # loss_fn: the loop's loss, for sanity checks that train on one batch (OverfitBatch)
+    with _threads_for(model), attach(model, optimizer, plugins,
+                                     loss_fn=nn.functional.cross_entropy) as reg:
         for epoch in range(settings.epochs):
             order = torch.randperm(n, generator=shuffle).to(device)
             # cross-entropy, objective, correct predictions: summed on the device
