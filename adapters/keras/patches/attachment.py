@@ -81,6 +81,7 @@ class Attachment:
         # a patch asks it without a detour.
         self.fit = FitGuards(model, on_entry=self._on_entry)
         self.variables = StepVariables(model, jax=self.jax, changed=self._changed)
+        self.ops.register = self.variables.add  # ops.clone()'s copies: state of the step
         self.loss = LossPatch(model, self.manager, wanted=self.wants["on_loss"],
                               log_penalties=owner.log_penalties, live=self.fit.live,
                               call_hook=self._traced_hook, variables=self.variables)
