@@ -247,6 +247,17 @@ class Regularize(RunResults, Callback):
         if self._ops is not None:
             self._ops.in_update = value
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validation(trainer, "on_validation_begin")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validation(trainer, "on_validation_end")
+
+    def _validation(self, trainer: Trainer, hook: str) -> None:
+        """A validation pass of the fit (not the sanity check before the run starts)."""
+        if self.clock is not None and self.clock.active and not trainer.sanity_checking:
+            without_grad(self.manager.caller(hook))(run=self.run)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.clock is None or not self.clock.active:
             return

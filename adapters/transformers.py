@@ -96,6 +96,7 @@ class Regularize(RunResults, TrainerCallback):
         self._grads_in = False  # this window's penalties' gradients have joined
         self._steps_at_epoch_end = 0
         self._train_logs: dict[str, float] = {}
+        self._validating = False  # on_validation_begin fired, its evaluation not done yet
 
     def __repr__(self) -> str:
         return f"Regularize([{', '.join(repr(p) for p in self.manager.plugins)}])"
@@ -182,10 +183,28 @@ class Regularize(RunResults, TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._validation_ends()
         self._epoch_end(control, metrics or {})
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: Any) -> None:
+        self._validation_begins(control)
+
+    def _validation_begins(self, control: TrainerControl) -> None:
+        """The Trainer evaluates next (its flow callback, called first, decided so)."""
+        if (control.should_evaluate and not self._validating and self.clock is not None
+                and self.clock.active):
+            self._validating = True
+            without_grad(self.manager.caller("on_validation_begin"))(run=self.run)
+
+    def _validation_ends(self) -> None:
+        if self._validating:
+            self._validating = False
+            without_grad(self.manager.caller("on_validation_end"))(run=self.run)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:
+        self._validation_begins(control)
         strategy = getattr(args, "eval_strategy", getattr(args, "evaluation_strategy", "no"))
         if strategy == "no":  # no evaluation will come: the Trainer's epoch is regplug's
             self._epoch_end(control, {})
@@ -213,6 +232,7 @@ class Regularize(RunResults, TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:
         try:
+            self._validation_ends()
             if self.clock is not None and self.clock.active:
                 self.clock.train_end()
         finally:

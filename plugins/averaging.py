@@ -240,8 +240,7 @@ class _WeightAverage(Plugin):
     def _selection_config(self) -> dict[str, Any]:
         return {"selection": {"kinds": list(self.selection.kinds),
                               "include": list(self.selection.include),
-                              "exclude": list(self.selection.exclude)},
-                "evaluate_on_average": self.evaluate_on_average, "keep_raw": self.keep_raw}
+                              "exclude": list(self.selection.exclude)}}
 
 
 class EMA(_WeightAverage):

@@ -297,6 +297,18 @@ class Regularize(keras.callbacks.Callback):
                     RegplugWarning, stacklevel=2)
         return reported
 
+    # -- validation inside fit ----------------------------------------------------------------
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._validation("on_validation_begin")
+
+    def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._validation("on_validation_end")
+
+    def _validation(self, hook: str) -> None:
+        # Only fit's validation: this callback is in no other evaluate's callback list.
+        if self.run is not None and self._clock is not None and self._clock.active:
+            self.manager.caller(hook)(run=self.run)
+
     # -- fit end -------------------------------------------------------------------------
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         clock, att = self._clock, self._att

@@ -338,6 +338,23 @@ class TorchRegularizer:
             clean.setdefault(name, float(value))
         return self.clock.epoch_end(clean)
 
+    @contextmanager
+    def validation(self) -> Iterator[None]:
+        """Wrap each validation pass in it: fires ``on_validation_begin`` on entry and
+        ``on_validation_end`` on exit (also by an exception), so a plugin can put other
+        weights in for it (``EMA(evaluate_on_average=True)`` validates on the average)::
+
+            with reg.validation():
+                val_loss = evaluate(model)
+            reg.epoch_end({"val_loss": val_loss})
+        """
+        self._check_open()
+        without_grad(self.manager.caller("on_validation_begin"))(run=self.run)
+        try:
+            yield
+        finally:
+            without_grad(self.manager.caller("on_validation_end"))(run=self.run)
+
     def close(self) -> None:
         """Fire ``on_train_end`` and remove every hook regplug installed."""
         if self._closed:
