@@ -20,6 +20,7 @@ from regplug.conventions import (
     DROPOUT_LAYERS,
     SCHEDULABLE_DROPOUT,
     is_bias_name,
+    is_lora_name,
     param_name,
     shared_kind,
 )
@@ -29,7 +30,7 @@ from ._compat import compiled_original
 
 __all__ = ["unwrap", "param_kind", "unit_axis", "discover_parameters", "discover_dropout",
            "BATCH_NORM_TYPES", "NORM_TYPES", "EMBEDDING_TYPES", "SCHEDULABLE_DROPOUT_TYPES",
-           "DROPOUT_TYPES", "is_batch_norm"]
+           "DROPOUT_TYPES", "is_batch_norm", "STOCHASTIC_DEPTH_ATTRS"]
 
 
 def _public(names: Iterable[str]) -> tuple[type[nn.Module], ...]:
@@ -52,6 +53,11 @@ _TRANSPOSED_CONV = _public({"ConvTranspose1d", "ConvTranspose2d", "ConvTranspose
 SCHEDULABLE_DROPOUT_TYPES = _public(SCHEDULABLE_DROPOUT)
 #: Every dropout module, alpha dropout included (:data:`regplug.conventions.DROPOUT_LAYERS`).
 DROPOUT_TYPES = _public(DROPOUT_LAYERS)
+#: Stochastic-depth modules handed out as dropout layers: the class name (of the module's
+#: class or a base) → the attribute its forward pass reads the drop probability from.
+#: torchvision's ``ops.StochasticDepth`` (``p``), timm's ``DropPath`` (``drop_prob``) and the
+#: copies of timm's class in model code; matched by name, so neither package is imported.
+STOCHASTIC_DEPTH_ATTRS: dict[str, str] = {"StochasticDepth": "p", "DropPath": "drop_prob"}
 
 
 def is_batch_norm(module: nn.Module) -> bool:
@@ -102,8 +108,10 @@ def discover_parameters(model: nn.Module,
     any DDP/``torch.compile`` wrapper. A tied (shared) parameter appears once, under its
     first name; its kind follows
     :func:`regplug.conventions.shared_kind` over every module holding it, so it does not
-    depend on the order the modules were registered in. Parameters not in ``parameters``
-    (frozen out of the optimizer, or in another optimizer) are not handed to plugins.
+    depend on the order the modules were registered in; a LoRA adapter matrix
+    (:func:`regplug.conventions.is_lora_name`) is of kind ``lora``. Parameters not in
+    ``parameters`` (frozen out of the optimizer, or in another optimizer) are not handed to
+    plugins.
     """
     if isinstance(parameters, torch.optim.Optimizer):
         parameters = [p for group in parameters.param_groups for p in group["params"]]
@@ -124,15 +132,18 @@ def discover_parameters(model: nn.Module,
         kinds = [param_kind(m, a) for m, a in owners]
         kind = shared_kind(kinds)
         module = owners[kinds.index(kind)][0]
+        if is_lora_name(name):
+            kind = "lora"  # by name, whatever the layer (regplug.conventions.is_lora_name)
         handles.append(ParamHandle(name, kind, param, type(module).__name__,
                                    unit_axis(module, param), tuple(param.shape)))
     return handles
 
 
 def discover_dropout(model: nn.Module) -> list[DropoutHandle]:
-    """Handles of the dropout modules a plugin may reschedule. Their ``p`` is read at every
-    forward pass, so a new rate applies from the next batch (with ``torch.compile``, a change
-    triggers a recompile)."""
+    """Handles of the dropout modules a plugin may reschedule, and of the stochastic-depth
+    modules (:data:`STOCHASTIC_DEPTH_ATTRS`; ``layer_type`` ``"StochasticDepth"`` or
+    ``"DropPath"``). Their rate is read at every forward pass, so a new rate applies from the
+    next batch (with ``torch.compile``, a change triggers a recompile)."""
     handles = []
     for name, module in unwrap(model).named_modules():
         if isinstance(module, SCHEDULABLE_DROPOUT_TYPES):
@@ -142,4 +153,26 @@ def discover_dropout(model: nn.Module) -> list[DropoutHandle]:
 
             handles.append(DropoutHandle(name, type(module).__name__, cast(float, module.p),
                                          apply))
+        elif (depth := _stochastic_depth(module)) is not None:
+            family, attr = depth
+
+            def apply_depth(rate: float, module: Any = module, attr: str = attr) -> None:
+                setattr(module, attr, rate)
+
+            handles.append(DropoutHandle(name, family, float(getattr(module, attr)),
+                                         apply_depth))
     return handles
+
+
+def _stochastic_depth(module: nn.Module) -> tuple[str, str] | None:
+    """``(family, attribute)`` for a stochastic-depth module (:data:`STOCHASTIC_DEPTH_ATTRS`)
+    whose drop probability is a plain number, else ``None``. The family (``"StochasticDepth"``
+    or ``"DropPath"``) is the handle's ``layer_type``, also for subclasses."""
+    for cls in type(module).__mro__:
+        attr = STOCHASTIC_DEPTH_ATTRS.get(cls.__name__)
+        if attr is not None:
+            value = getattr(module, attr, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return cls.__name__, attr
+            return None
+    return None
