@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import shlex
 import sys
@@ -119,7 +120,7 @@ def add_doctor_parser(sub: Any) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", choices=("torch", "keras"), default="torch",
                    help="which framework trains (default: torch)")
-    add_training_arguments(p, TrainSettings(epochs=DEFAULT_EPOCHS), per="training",
+    add_training_arguments(p, TrainSettings(epochs=DEFAULT_EPOCHS), per="strategy",
                            seed_help="seed of the data split and the baseline (the seed test "
                                      "runs the following ones)", epochs_from_preset=True)
     p.add_argument("--strategy", default="none", metavar="NAME",
@@ -366,6 +367,9 @@ def _baseline(runner: FrameworkRunner, framework: str, base: Strategy, splits: S
                    seed=settings.seed)
     outcome: TrainOutcome | None = None
     error: str | None = None
+    sanity_log = logging.getLogger(OverfitBatch.__module__)
+    level = sanity_log.level
+    sanity_log.setLevel(logging.ERROR)  # its failure is the diagnosis' evidence, not a warning
     try:
         outcome, _ = train_strategy(runner, base, splits, choice, settings,
                                     extra=[check, monitor], on_epoch=progress.epoch)
@@ -375,6 +379,8 @@ def _baseline(runner: FrameworkRunner, framework: str, base: Strategy, splits: S
     except (RuntimeError, ValueError, ArithmeticError, TypeError, RegplugError) as err:
         progress.close()
         error = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    finally:
+        sanity_log.setLevel(level)
     if outcome is not None:
         progress.finish(_result(framework, f"baseline {base.name}", outcome, settings.seed))
     history = dict(outcome.history) if outcome is not None else {}

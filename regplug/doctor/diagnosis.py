@@ -9,6 +9,7 @@ Docs: docs/doctor.md
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,32 +32,38 @@ _ACCURACY = ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accu
 class Thresholds:
     """The numbers each verdict is decided on (docs/doctor.md: why these).
 
-    :param batch_fall: one batch's loss must at least fall to this share of its start for
-        the loop to count as able to learn (below ``1/10`` passes :class:`OverfitBatch`;
-        between, the model learns but too slowly: capacity, not a bug).
+    :param batch_fall: a loop whose one-batch loss ends above this share of its start did
+        not learn at all: a bug (below ``1/10`` passes :class:`OverfitBatch`; between, the
+        model learns, slowly: capacity, judged by the curves).
     :param oscillation: the share of epochs whose training loss rose by more than
         ``rise`` (relative) over the previous epoch that makes a run unstable.
     :param rise: see ``oscillation``.
-    :param update_ratio: an epoch whose update moved a layer's weights by more than this
-        share of their norm (after the first epoch) is unstable.
+    :param update_ratio: an epoch whose updates moved a layer's weights by more than this
+        share of their norm at its start, the norm growing, is unstable (exploding).
     :param chance_margin: validation accuracy within this of chance (``1/classes``) on
         every epoch while the training loss falls: the labels do not match the inputs.
     :param dead_units: a layer with at least this share of dead units (at the end).
     :param gl: Prechelt's generalization loss ``GL = 100·(E_va/E_opt − 1)`` at the end above
-        this (his GL₅ stopping criterion) is overfitting.
+        this (his GL₅ stopping criterion) is overfitting, when the training loss fell by
+        more than ``still_falling`` (relative) since the best validation epoch.
+    :param still_falling: see ``gl``.
     :param pct_diff: ``1 − val_acc/train_acc`` at the end above this is overfitting too.
-    :param underfit_accuracy: the final training accuracy below which a run without a gap
-        underfits (classification with clean labels).
-    :param no_gap: the ``pct_diff`` under which there is "no gap".
+    :param underfit_accuracy: the final training accuracy below which a run whose validation
+        loss did not turn up underfits (classification with clean labels); an accuracy gap
+        counts as overfitting only above it.
+    :param no_gap: validation accuracy more than this above training accuracy is read as
+        noisy training labels (or dropout on while training accuracy is taken), not as
+        underfitting.
     """
 
-    batch_fall: float = 0.5
+    batch_fall: float = 0.99
     oscillation: float = 0.25
     rise: float = 0.1
-    update_ratio: float = 1.0
+    update_ratio: float = 2.0
     chance_margin: float = 0.1
     dead_units: float = 0.5
     gl: float = 5.0
+    still_falling: float = 0.05
     pct_diff: float = 0.05
     underfit_accuracy: float = 0.9
     no_gap: float = 0.05
@@ -149,6 +156,54 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
     numbers["epochs"] = n
     ev = d.evidence
 
+    if n == 0 and batch is None:
+        d.verdict = "bug"
+        ev.append("the history has no training loss: nothing to judge")
+        return d
+
+    # unstable: non-finite values, oscillating loss, exploding updates
+    bad = [k for k in ("loss", "val_loss", "cross_entropy", "val_cross_entropy")
+           if any(not math.isfinite(float(v)) for v in history.get(k, ()))]
+    if bad:
+        first = min(next(i for i, v in enumerate(history[k]) if not math.isfinite(float(v)))
+                    for k in bad)
+        d.verdict = "unstable"
+        ev.append(f"{', '.join(bad)} became non-finite at epoch {first + 1}")
+    else:
+        rises = sum(1 for a, b in itertools.pairwise(loss) if b > a * (1 + t.rise))
+        share = rises / max(n - 1, 1)
+        numbers["loss_rises"] = share
+        if n >= 3 and share >= t.oscillation:
+            d.verdict = "unstable"
+            ev.append(f"the training loss rose by more than {t.rise:.0%} in {rises} of "
+                      f"{n - 1} epochs (oscillating: {share:.0%} >= {t.oscillation:.0%})")
+        elif n >= 2 and loss[-1] > loss[0] * (1 + t.rise):
+            d.verdict = "unstable"
+            ev.append(f"the training loss ended higher than it started: {loss[0]:.4g} -> "
+                      f"{loss[-1]:.4g} (diverging)")
+        # exploding: an epoch moved a layer by more than its own norm, and the norm grew
+        norms = _layers(history, "weight_norm")
+        worst: tuple[str, int, float] | None = None
+        for name, ratio in _layers(history, "update_ratio").items():
+            grown = norms.get(name, [])
+            for i, r in enumerate(ratio):
+                if 0 < i < len(grown) and not grown[i] > max(grown[i - 1], grown[0]):
+                    continue  # a layer a strong penalty shrinks is not exploding
+                if worst is None or r > worst[2]:
+                    worst = (name, i, r)
+        if worst is not None:
+            numbers["max_update_ratio"] = worst[2]
+            if worst[2] > t.update_ratio:
+                d.verdict = "unstable"
+                ev.append(f"epoch {worst[1] + 1}'s updates moved {worst[0]} by {worst[2]:.3g} "
+                          f"times its norm (> {t.update_ratio:g}: exploding updates)")
+    if d.verdict == "unstable":
+        d.recommendations += [
+            "lower the learning rate (by 3 to 10 times) or add a warm-up",
+            "clip the gradient norm; check the inputs' scale (standardize them)"]
+        _monitor_evidence(history, d, t)
+        return d
+
     # (a) one batch: a loop that cannot drive one batch's loss down has a bug
     if batch is not None:
         numbers["batch_initial"], numbers["batch_final"] = batch.initial, batch.final
@@ -176,59 +231,19 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
             ev.append(f"one batch was overfitted: loss {batch.initial:.4g} -> "
                       f"{batch.final:.4g} in {batch.steps} steps (the loop can learn)")
 
-    if n == 0:
-        d.verdict = "bug"
-        ev.append("the history has no training loss: nothing to judge")
-        return d
-
-    # unstable: non-finite values, oscillating loss, exploding updates
-    bad = [k for k in ("loss", "val_loss", "cross_entropy", "val_cross_entropy")
-           if any(not math.isfinite(float(v)) for v in history.get(k, ()))]
-    if bad:
-        first = min(next(i for i, v in enumerate(history[k]) if not math.isfinite(float(v)))
-                    for k in bad)
-        d.verdict = "unstable"
-        ev.append(f"{', '.join(bad)} became non-finite at epoch {first + 1}")
-    else:
-        rises = sum(1 for a, b in zip(loss, loss[1:]) if b > a * (1 + t.rise))
-        share = rises / max(n - 1, 1)
-        numbers["loss_rises"] = share
-        if n >= 3 and share >= t.oscillation:
-            d.verdict = "unstable"
-            ev.append(f"the training loss rose by more than {t.rise:.0%} in {rises} of "
-                      f"{n - 1} epochs (oscillating: {share:.0%} >= {t.oscillation:.0%})")
-        elif n >= 2 and loss[-1] > loss[0]:
-            d.verdict = "unstable"
-            ev.append(f"the training loss ended higher than it started: {loss[0]:.4g} -> "
-                      f"{loss[-1]:.4g} (diverging)")
-        ratios = {name: max(vs[1:]) for name, vs in _layers(history, "update_ratio").items()
-                  if len(vs) > 1}
-        worst = max(ratios.items(), key=lambda kv: kv[1], default=None)
-        if worst is not None:
-            numbers["max_update_ratio"] = worst[1]
-            if worst[1] > t.update_ratio:
-                if d.verdict != "unstable":
-                    d.verdict = "unstable"
-                ev.append(f"an epoch's update moved {worst[0]} by {worst[1]:.3g} of its norm "
-                          f"(> {t.update_ratio:g} after the first epoch: exploding updates)")
-    if d.verdict == "unstable":
-        d.recommendations += [
-            "lower the learning rate (by 3 to 10 times) or add a warm-up",
-            "clip the gradient norm; check the inputs' scale (standardize them)"]
-        _monitor_evidence(history, d, t)
-        return d
-
     # bug: the model learns nothing that generalizes, or most units are dead
     if n_classes and val_acc:
         chance = 1.0 / n_classes
         numbers["chance"] = chance
         best_val = max(val_acc)
-        if best_val <= chance + t.chance_margin and loss[-1] < loss[0]:
+        fits = loss[-1] < loss[0] * 0.98 or bool(acc and acc[-1] > chance + t.chance_margin)
+        if best_val <= chance + t.chance_margin and fits:
             d.verdict = "bug"
             ev.append(f"validation accuracy never rose above chance: at best {best_val:.3f} "
                       f"against {chance:.3f} for {n_classes} classes, while the training "
-                      f"loss fell {loss[0]:.4g} -> {loss[-1]:.4g}: the model fits labels that "
-                      "the inputs do not predict")
+                      f"loss fell {loss[0]:.4g} -> {loss[-1]:.4g}"
+                      + (f" (training accuracy {acc[-1]:.3f})" if acc else "")
+                      + ": the model fits labels that the inputs do not predict")
             d.recommendations.append("check that the labels are aligned with the inputs "
                                      "(a shuffle of one without the other, a wrong column)")
     dead = {name: vs[-1] for name, vs in _layers(history, "dead_units").items()}
@@ -251,8 +266,10 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
     numbers["gl"], numbers["pct_diff"] = gl, pct
     numbers["train_accuracy"] = acc[-1] if acc else None
     numbers["val_accuracy"] = val_acc[-1] if val_acc else None
-    gap_open = best is not None and gl > t.gl
-    acc_gap = pct is not None and pct > t.pct_diff
+    # GL alone is not enough: the training loss must have gone on falling meanwhile
+    gap_open = best is not None and gl > t.gl and loss[-1] < loss[best] * (1 - t.still_falling)
+    # an accuracy gap is overfitting only where training itself went well (else: bias first)
+    acc_gap = pct is not None and pct > t.pct_diff and acc[-1] >= t.underfit_accuracy
     if gap_open or acc_gap:
         d.verdict = "overfitting"
         d.onset = (best + 1) if best is not None else None
@@ -281,11 +298,14 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
         return d
 
     # underfitting: training itself is poor and validation follows it (no gap)
-    if acc and acc[-1] < t.underfit_accuracy and (pct is None or pct < t.no_gap):
+    noisy = bool(acc and val_acc and val_acc[-1] - acc[-1] > t.no_gap)
+    if acc and acc[-1] < t.underfit_accuracy and not noisy:
         d.verdict = "underfitting"
-        ev.append(f"training accuracy is only {acc[-1]:.3f} (< {t.underfit_accuracy:g}) and "
-                  f"validation follows it ({val_acc[-1]:.3f}"
-                  + (f", pct_diff {pct:.3f}" if pct is not None else "") + "): no gap")
+        ev.append(f"training accuracy is only {acc[-1]:.3f} (< {t.underfit_accuracy:g}), "
+                  f"validation {val_acc[-1]:.3f}"
+                  + (f" (pct_diff {pct:.3f})" if pct is not None else "")
+                  + f", and the validation loss did not turn up (GL {gl:.1f} <= {t.gl:g}): "
+                    "the model does not fit even the training rows")
         still = len(loss) >= 3 and loss[-1] < loss[-3] * 0.97
         if still:
             ev.append(f"the training loss was still falling at the end ({loss[-3]:.4g} -> "
@@ -297,6 +317,10 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
                               "a larger learning rate" + (" or more epochs" if still else "")]
         _monitor_evidence(history, d, t)
         return d
+    if noisy:
+        ev.append(f"validation accuracy {val_acc[-1]:.3f} is well above training accuracy "
+                  f"{acc[-1]:.3f} (pct_diff {pct:.3f}): noisy training labels, or dropout "
+                  "active while training accuracy is measured")
 
     ev.append("no sign of trouble: "
               + (f"training accuracy {acc[-1]:.3f}, validation {val_acc[-1]:.3f}"
