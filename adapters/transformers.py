@@ -17,12 +17,14 @@ Docs: docs/loops/transformers.md (which Trainer event drives which hook, and the
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from regplug.clock import EpochClock, Wording
+from regplug.clock import EpochClock, Wording, frame_running
 from regplug.errors import UsageError
 from regplug.manager import PluginManager
 from regplug.plugin import check_requirements
@@ -96,6 +98,7 @@ class Regularize(RunResults, TrainerCallback):
         self._grads_in = False  # this window's penalties' gradients have joined
         self._steps_at_epoch_end = 0
         self._train_logs: dict[str, float] = {}
+        self._frame: FrameType | None = None  # the training loop of the train() it serves
         self._validating = False  # on_validation_begin fired, its evaluation not done yet
 
     def __repr__(self) -> str:
@@ -104,7 +107,13 @@ class Regularize(RunResults, TrainerCallback):
     # -- the run -------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
                        control: TrainerControl, **kwargs: Any) -> None:
+        frame = _training_loop_frame()
         if self.clock is not None and self.clock.active:
+            if self._training():
+                raise UsageError(
+                    "Regularize: this callback is already in use by a Trainer.train() that "
+                    "is running; one Regularize per Trainer: give each Trainer that trains at "
+                    "the same time its own Regularize([...]) with its own plugin objects")
             self.clock.abandon()  # the previous train() raised: no on_train_end came
         model, accelerated = kwargs.get("model"), kwargs.get("optimizer")
         if not isinstance(model, torch.nn.Module) or accelerated is None:
@@ -123,7 +132,23 @@ class Regularize(RunResults, TrainerCallback):
         self._add_fused_grads = without_grad(self.window.add_penalty_grads)
         self._batch_open = self._grads_in = False
         self._steps_at_epoch_end, self._train_logs = 0, {}
+        self._frame = frame
+        if frame is not None:  # a train() an exception ended frees its plugins at once
+            self.clock.alive = self._training
         self.clock.train_begin()
+
+    def _training(self) -> bool:
+        """Whether the train() this run serves is still running (False once an exception
+        ended it: the Trainer calls no callback then)."""
+        return self._frame is not None and frame_running(self._frame)
+
+    def _end_if_gone(self) -> None:
+        """End the run of a train() an exception ended (no on_train_end came): a later
+        ``trainer.evaluate()`` is no epoch of it."""
+        if self.clock is not None and self.clock.active and self._frame is not None \
+                and not frame_running(self._frame):
+            self.clock.abandon()
+            self._set_in_update(False)
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState,
                       control: TrainerControl, **kwargs: Any) -> None:
@@ -183,6 +208,7 @@ class Regularize(RunResults, TrainerCallback):
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     metrics: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._end_if_gone()
         self._validation_ends()
         self._epoch_end(control, metrics or {})
 
@@ -237,6 +263,19 @@ class Regularize(RunResults, TrainerCallback):
                 self.clock.train_end()
         finally:
             self._set_in_update(False)
+
+
+def _training_loop_frame() -> FrameType | None:
+    """The frame of the Trainer's training loop this callback is called from (its
+    ``_inner_training_loop``, else ``train``), or ``None`` where neither is on the stack."""
+    for name in ("_inner_training_loop", "train"):
+        code = getattr(getattr(transformers.Trainer, name, None), "__code__", None)
+        frame: FrameType | None = sys._getframe(1)
+        while code is not None and frame is not None:
+            if frame.f_code is code:
+                return frame
+            frame = frame.f_back
+    return None
 
 
 def _is_number(value: object) -> bool:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -80,6 +82,11 @@ class EpochClock:
         self._monitors_checked = False
         #: Whether a run is between :meth:`train_begin` and :meth:`train_end`.
         self.active = False
+        #: Set by an adapter that can tell whether the training driving this run still runs
+        #: (a trainer whose exceptions skip every callback): when it returns False, the run
+        #: ended without ``on_train_end`` and another run may take its plugins (the run is
+        #: abandoned then).
+        self.alive: Callable[[], bool] | None = None
 
     # -- run boundaries ----------------------------------------------------------------
     def train_begin(self) -> None:
@@ -202,6 +209,9 @@ def _bind(clock: EpochClock) -> None:
         for plugin in stateful:
             entry = _BOUND.get(id(plugin))
             owner = entry[1]() if entry is not None else None
+            if (owner is not None and owner is not clock and owner.active
+                    and owner.alive is not None and not owner.alive()):
+                owner.abandon()  # its training is gone (an exception skipped train_end)
             if owner is not None and owner is not clock and owner.active:
                 raise UsageError(
                     f"{plugin_label(plugin)}: this plugin object is already in use by another "
@@ -225,6 +235,23 @@ def _forget_dead_clock(ref: weakref.ref[EpochClock]) -> None:
     with _BOUND_LOCK:
         for key in [k for k, (_, r) in _BOUND.items() if r is ref]:
             del _BOUND[key]
+
+
+def frame_running(frame: FrameType) -> bool:
+    """Whether ``frame`` is still executing, on this thread's call stack or another's (how
+    an adapter tells a training that is running from one an exception ended unseen)."""
+    current: FrameType | None = sys._getframe(1)
+    while current is not None:  # the common case (a call from inside that training): cheap
+        if current is frame:
+            return True
+        current = current.f_back
+    for top in sys._current_frames().values():
+        current = top
+        while current is not None:
+            if current is frame:
+                return True
+            current = current.f_back
+    return False
 
 
 def check_logs(logs: object, *, where: str) -> dict[str, float]:
