@@ -15,6 +15,7 @@ Docs: docs/plugin-guide.md (what a plugin sees of the parameters).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 __all__ = ["MAX_NORM_EPS", "SCHEDULABLE_DROPOUT", "OTHER_DROPOUT", "DROPOUT_LAYERS",
@@ -62,11 +63,31 @@ def is_bias_name(name: str) -> bool:
     return leaf == "bias" or leaf.endswith("_bias") or leaf.startswith("bias_")
 
 
+_LORA_PART = re.compile(r"lora_(?:[A-Za-z]+_)?[ABab]")
+
+
+def is_lora_name(name: str) -> bool:
+    """Whether a parameter's name marks a LoRA adapter matrix (kind ``lora``).
+
+    Any part of the name (split at dots and slashes) that is ``lora_A``/``lora_B`` (PEFT's
+    modules and most hand-written LoRA layers; also lower case), ``lora_embedding_A/B``
+    (PEFT's embeddings) or ``lora_<what>_a/b`` (Keras' own ``enable_lora``:
+    ``lora_kernel_a``, ``lora_embeddings_b``). The rule comes before the layer type: an
+    adapter inside an embedding layer is ``lora``, not ``embedding``.
+
+    >>> is_lora_name("q_proj.lora_A.default.weight"), is_lora_name("dense/lora_kernel_b")
+    (True, True)
+    >>> is_lora_name("q_proj.base_layer.weight"), is_lora_name("explora_A")
+    (False, False)
+    """
+    return any(_LORA_PART.fullmatch(part) for part in re.split(r"[./]", name))
+
+
 #: Which kind wins when one tensor is shared by layers that would give it different kinds
 #: (a tied embedding/output matrix): the first in this order. An embedding table tied to an
 #: output layer stays an embedding (so L2's default selection of weights leaves it alone, as
 #: it would without the tie), whatever order the modules were registered in.
-_KIND_PRECEDENCE: tuple[str, ...] = ("embedding", "normalization", "bias", "weight")
+_KIND_PRECEDENCE: tuple[str, ...] = ("lora", "embedding", "normalization", "bias", "weight")
 
 
 def shared_kind(kinds: Iterable[str]) -> str:

@@ -16,12 +16,15 @@ if TYPE_CHECKING:
 #: The parameter kinds adapters assign, from the type of the layer that owns the parameter:
 #: ``normalization`` — every parameter of a BatchNorm/LayerNorm/GroupNorm/... layer;
 #: ``embedding`` — the table of an embedding layer; ``bias`` — additive offsets of other
-#: layers; ``weight`` — everything else (Linear/Dense/Conv kernels, recurrent matrices, ...).
-PARAM_KINDS: tuple[str, ...] = ("weight", "bias", "normalization", "embedding")
+#: layers; ``weight`` — everything else (Linear/Dense/Conv kernels, recurrent matrices, ...);
+#: ``lora`` — LoRA adapter matrices, by name whatever the layer
+#: (:func:`regplug.conventions.is_lora_name`: ``lora_A``/``lora_B``, Keras' ``lora_kernel_a``).
+PARAM_KINDS: tuple[str, ...] = ("weight", "bias", "normalization", "embedding", "lora")
 
 #: What a plugin selects when not told otherwise: weight matrices and kernels only, as
 #: Keras' ``kernel_regularizer`` does. Biases, normalization scales/offsets and embeddings
-#: are left alone unless selected explicitly.
+#: are left alone unless selected explicitly, and so are LoRA adapters (``kinds="lora"``
+#: for the adapters only, ``("weight", "lora")`` for both; see docs/plugins/index.md).
 DEFAULT_KINDS: tuple[str, ...] = ("weight",)
 
 
@@ -56,7 +59,7 @@ class Selection:
     ``include`` means every name.
 
     >>> Selection.build("L2", kinds="all", exclude="head.*").kinds
-    ('weight', 'bias', 'normalization', 'embedding')
+    ('weight', 'bias', 'normalization', 'embedding', 'lora')
     """
 
     kinds: tuple[str, ...] = DEFAULT_KINDS
@@ -78,8 +81,10 @@ class Selection:
             chosen = (kinds,) if isinstance(kinds, str) else tuple(kinds)
             unknown = [k for k in chosen if k not in PARAM_KINDS]
             if unknown or not chosen:
+                layer_kinds = ", ".join(repr(k) for k in PARAM_KINDS if k != "lora")
                 raise ValueError(f"{owner}: argument 'kinds' must be 'all' or a non-empty list "
-                                 f"drawn from {', '.join(map(repr, PARAM_KINDS))}; got {kinds!r}")
+                                 f"drawn from {layer_kinds}; got {kinds!r} (and 'lora' for "
+                                 "LoRA adapter matrices)")
         return cls(tuple(dict.fromkeys(chosen)), _patterns(owner, "include", include),
                    _patterns(owner, "exclude", exclude), owner)
 

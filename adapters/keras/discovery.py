@@ -19,6 +19,7 @@ from regplug.conventions import (
     DROPOUT_LAYERS,
     SCHEDULABLE_DROPOUT,
     is_bias_name,
+    is_lora_name,
     param_name,
     shared_kind,
 )
@@ -112,11 +113,12 @@ def discover_parameters(model: Any) -> list[ParamHandle]:
     .bias"``), whatever the model is called; Keras' ``variable.path`` is kept as
     ``native_name``. A variable shared by several layers appears once, under its first
     path; its kind follows :func:`regplug.conventions.shared_kind` over every innermost
-    layer holding it. Two variables that would get the same name (sibling layers given the
-    same name by hand) keep it for the first; the next ones are named by their
-    ``variable.path``. Frozen variables (``trainable = False``) are not handed to plugins,
-    as the optimizer does not update them either. The order is that of
-    ``model.trainable_variables``.
+    layer holding it; a LoRA adapter variable (Keras' ``enable_lora``: ``lora_kernel_a``;
+    :func:`regplug.conventions.is_lora_name`) is of kind ``lora``. Two variables that
+    would get the same name (sibling layers given the same name by hand) keep it for the
+    first; the next ones are named by their ``variable.path``. Frozen variables
+    (``trainable = False``) are not handed to plugins, as the optimizer does not update them
+    either. The order is that of ``model.trainable_variables``.
     """
     trainable = list(model.trainable_variables)
     wanted = {id(v) for v in trainable}
@@ -145,6 +147,8 @@ def discover_parameters(model: Any) -> list[ParamHandle]:
         if name in names:
             name = v.path
         names.add(name)
+        if is_lora_name(name) or is_lora_name(v.path):
+            kind = "lora"  # by name, whatever the layer (regplug.conventions.is_lora_name)
         handles.append(ParamHandle(name, kind, v, type(layer).__name__,
                                    unit_axis(layer, v), tuple(int(d) for d in v.shape),
                                    native_name=v.path))
