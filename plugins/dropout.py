@@ -24,7 +24,11 @@ from regplug.selection import _patterns
 
 from ._base import ConfiguredPlugin
 
-__all__ = ["DropoutSchedule", "select_dropout_layers"]
+__all__ = ["DropoutSchedule", "select_dropout_layers", "STOCHASTIC_DEPTH_LAYERS"]
+
+#: The ``layer_type`` of the stochastic-depth handles adapters give out (torchvision's
+#: ``StochasticDepth``, timm's ``DropPath``): scheduled only when ``layers`` names them.
+STOCHASTIC_DEPTH_LAYERS: frozenset[str] = frozenset({"StochasticDepth", "DropPath"})
 
 Rate = float | Schedule | dict[str, Any]
 
@@ -36,7 +40,8 @@ def select_dropout_layers(handles: Iterable[DropoutHandle], *, layers: Sequence[
                           ) -> list[DropoutHandle]:
     """The handles whose layer type matches ``layers`` and whose name matches ``include``
     and not ``exclude`` (shell-style globs, matched against the whole type or name; an
-    empty ``layers`` or ``include`` means every one).
+    empty ``include`` means every one, an empty ``layers`` every dropout layer but the
+    stochastic-depth ones, :data:`STOCHASTIC_DEPTH_LAYERS`).
 
     >>> from regplug import DropoutHandle
     >>> found = [DropoutHandle(n, t, 0.1, print) for n, t in
@@ -45,7 +50,8 @@ def select_dropout_layers(handles: Iterable[DropoutHandle], *, layers: Sequence[
     ['enc.drop']
     """
     return [h for h in handles
-            if (not layers or any(fnmatch.fnmatchcase(h.layer_type, p) for p in layers))
+            if (any(fnmatch.fnmatchcase(h.layer_type, p) for p in layers) if layers
+                else h.layer_type not in STOCHASTIC_DEPTH_LAYERS)
             and (not include or any(fnmatch.fnmatchcase(h.name, p) for p in include))
             and not any(fnmatch.fnmatchcase(h.name, p) for p in exclude)]
 
@@ -61,7 +67,10 @@ class DropoutSchedule(ConfiguredPlugin):
         out — PyTorch ``Dropout``, ``Dropout1d/2d/3d`` (and their subclasses); Keras
         ``Dropout``, ``SpatialDropout1D/2D/3D``. A spatial dropout layer drops whole channels
         with the scheduled probability. Alpha and Gaussian dropout, whose rate means another
-        formula, are never rescheduled.
+        formula, are never rescheduled. Stochastic depth (PyTorch only) is scheduled when
+        named here: ``layers=["StochasticDepth", "DropPath"]`` drives torchvision's
+        ``StochasticDepth.p`` and timm's ``DropPath.drop_prob`` (and copies of timm's class),
+        read at every forward pass like a dropout module's ``p``.
     :param include, exclude: layer name patterns (globs on the qualified module name in
         PyTorch, ``"encoder.*"``; on the layer name in Keras, ``"dropout_*"``), as for
         the parameter plugins' selections.
