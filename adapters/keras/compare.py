@@ -21,14 +21,16 @@ import math
 import time
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import keras
 import numpy as np
 
 from regplug.experiment.datasets import Splits
+from regplug.experiment.finetune import HEAD, FinetuneSplits, starts_pretrained
 from regplug.experiment.frameworks import EpochCallback, TrainSettings
-from regplug.experiment.models import FactoryCheck, ModelChoice, ModelSpec
+from regplug.experiment.models import FactoryCheck, ModelChoice, ModelError, ModelSpec
 from regplug.experiment.strategies import Strategy
 from regplug.experiment.toy import (
     TOY_DROPOUT,
@@ -46,7 +48,7 @@ from .discovery import SCHEDULABLE_DROPOUT_TYPES, all_layers
 from .uncertainty import mc_predict
 
 __all__ = ["KerasRunner", "describe", "build_mlp", "build_model", "compile_model", "train_strategy",
-           "mc_dropout", "shuffle_orders"]
+           "mc_dropout", "shuffle_orders", "build_finetune_mlp", "head_layer"]
 
 _EVAL_ROWS = 8192
 
@@ -100,6 +102,82 @@ def build_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras
                                     for layer in layers),
                  output_shape=tuple(out.shape))
     return model
+
+
+def build_finetune_mlp(hidden: tuple[int, ...], spec: ModelSpec) -> keras.Model:
+    """The built-in MLP of ``--task finetune``, its layers named for the fine-tuning plugins:
+    hidden Dense layers ``layers.0``, ``layers.1``, ... (ReLU), then batch normalization
+    (``norm``) and dropout (``dropout``) when the spec asks, then the output layer ``head``,
+    the one replaced after pretraining (as the PyTorch runner's ``FinetuneMLP``).
+
+    >>> model = build_finetune_mlp((50, 250), ModelSpec("keras", 64, 5))
+    >>> [layer.name for layer in model.layers]
+    ['layers.0', 'layers.1', 'head']
+    """
+    layers: list[Any] = [keras.Input((spec.n_features,))]
+    layers += [keras.layers.Dense(units, activation="relu", name=f"layers.{i}")
+               for i, units in enumerate(hidden)]
+    if spec.batch_norm:
+        layers.append(keras.layers.BatchNormalization(name="norm"))
+    if spec.dropout is not None:
+        layers.append(keras.layers.Dropout(spec.dropout, seed=spec.seed, name="dropout"))
+    layers.append(keras.layers.Dense(spec.n_classes, name=HEAD))
+    return keras.Sequential(layers, name="finetune_mlp")
+
+
+def head_layer(model: keras.Model, *, where: str = "--task finetune") -> int:
+    """The index in :func:`~regplug.adapters.keras.discovery.all_layers` of ``model``'s
+    output layer, replaced after pretraining: the layer named ``head`` where there is one,
+    else the last layer that holds weights of its own."""
+    layers = all_layers(model)
+    owners = [i for i, layer in enumerate(layers)
+              if layer.weights and not isinstance(layer, keras.Model)]
+    named = [i for i in owners if layers[i].name == HEAD]
+    if named:
+        return named[-1]
+    if len(owners) < 2:
+        raise ModelError(f"{where}: the model has {'one layer' if owners else 'no layer'} with "
+                         "weights; fine-tuning replaces the last one (the head) and needs "
+                         "layers below it to pretrain")
+    return owners[-1]
+
+
+def _finetune_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> keras.Model:
+    """The fine-tuning task's model: :func:`build_finetune_mlp`, or the user's factory's."""
+    if choice.factory is not None:
+        return build_model(choice, spec, strategy=strategy)
+    if not choice.hidden:
+        raise ModelError(f"--task finetune: --model {choice.name!r} has no hidden layer to "
+                         "pretrain (only its head, which fine-tuning replaces); use mlp or "
+                         "wide_mlp")
+    return build_finetune_mlp(choice.hidden, spec)
+
+
+def _pretrained(task: FinetuneSplits, choice: ModelChoice, spec: ModelSpec, *, strategy: str,
+                seed: int) -> dict[int, list[np.ndarray]]:
+    """The weights (trainable and not) of every layer of a model pretrained on
+    ``task.pretrain`` (classes 0-4) with the run's ``seed`` but its head, by index in
+    :func:`~regplug.adapters.keras.discovery.all_layers`: trained once per seed, model and
+    model options, then kept in ``task.cache`` for every strategy of that seed."""
+    key = ("keras", choice.name, spec.dropout, spec.batch_norm, seed)
+    cached = task.cache.get(key)
+    if cached is not None:
+        return cast(dict[int, list[np.ndarray]], cached)
+    pre = task.pretrain
+    assert pre is not None  # finetune_splits always sets it
+    settings = replace(task.pretrain_settings, seed=seed)
+    keras.utils.set_random_seed(seed)
+    model = _finetune_model(choice, replace(spec, n_classes=pre.n_classes), strategy=strategy)
+    compile_model(model, settings)
+    inputs = {k: v for k, v in _fit_inputs(pre, settings).items()
+              if not k.startswith("validation")}  # pretraining needs no validation
+    model.fit(**inputs, epochs=settings.epochs, verbose=0)
+    head = head_layer(model)
+    weights = {i: [np.array(w, copy=True) for w in layer.get_weights()]
+               for i, layer in enumerate(all_layers(model))
+               if i != head and layer.weights and not isinstance(layer, keras.Model)}
+    task.cache[key] = weights
+    return weights
 
 
 def compile_model(model: keras.Model, settings: TrainSettings) -> None:
@@ -258,13 +336,29 @@ def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
 def _train(splits: Splits, strategy: Strategy, plugins: list[object], model_choice: ModelChoice,
            settings: TrainSettings, on_epoch: EpochCallback | None = None, *,
            pipeline: bool | None = None) -> TrainOutcome:
-    """:func:`train_strategy`, with the choice of :func:`_fit_inputs` (for the tests)."""
-    keras.utils.set_random_seed(settings.seed)
-    inputs = _fit_inputs(splits, settings, pipeline=pipeline)
+    """:func:`train_strategy`, with the choice of :func:`_fit_inputs` (for the tests).
+
+    With :class:`~regplug.experiment.finetune.FinetuneSplits` (``--task finetune``) the
+    model starts from the weights pretrained on classes 0-4 (cached per seed), its head
+    fresh, unless the strategy starts from scratch."""
     dropout, batch_norm = strategy.model_options(plugins)
     spec = ModelSpec("keras", splits.n_features, splits.n_classes, dropout, batch_norm,
                      settings.seed)
-    model = build_model(model_choice, spec, strategy=strategy.name)
+    task = splits if isinstance(splits, FinetuneSplits) else None
+    backbone = None
+    if task is not None and starts_pretrained(strategy):  # before the seed: cached or not
+        backbone = _pretrained(task, model_choice, spec, strategy=strategy.name,
+                               seed=settings.seed)
+    keras.utils.set_random_seed(settings.seed)
+    inputs = _fit_inputs(splits, settings, pipeline=pipeline)
+    if task is None:
+        model = build_model(model_choice, spec, strategy=strategy.name)
+    else:
+        model = _finetune_model(model_choice, spec, strategy=strategy.name)
+    if backbone is not None:  # every layer but the head: pretrained
+        layers = all_layers(model)
+        for index, arrays in backbone.items():
+            layers[index].set_weights(arrays)
     compile_model(model, settings)
     regularize = Regularize(plugins)
     callbacks: list[keras.callbacks.Callback] = [regularize]

@@ -99,6 +99,11 @@ def add_compare_parser(sub: Any) -> None:
         p, defaults, per="strategy", epochs_from_preset=True,
         seed_help="random seed: data split, initial weights, shuffling, dropout "
                   f"(default {defaults.seed}); the same seed gives the same table")
+    from ..experiment.finetune import add_task_arguments
+
+    add_task_arguments(p)
+    # None: the task's value (--task finetune has its own), else TrainSettings' (plan_compare)
+    p.set_defaults(batch_size=None, lr=None)
     p.add_argument("--seeds", type=positive_int, metavar="N",
                    help="train every strategy N times, with seeds --seed ... --seed + N - 1 "
                         "(run i of every strategy uses seed i: paired); the table shows mean "
@@ -155,17 +160,36 @@ def _list(custom: dict[str, Any], preset: Preset) -> int:
     return 0
 
 
+def _list_finetune(custom: dict[str, Any]) -> int:
+    """``--task finetune --list``: the fine-tuning strategies (* = in the default run)."""
+    from ..experiment.finetune import FINETUNE, FINETUNE_DEFAULT_STRATEGIES, FINETUNE_STRATEGIES
+
+    print(f"--task finetune: {FINETUNE.about()}")
+    print("strategies (* = in the default run):")
+    for name, strategy in {**FINETUNE_STRATEGIES, **custom}.items():
+        mark = "*" if name in FINETUNE_DEFAULT_STRATEGIES and name not in custom else " "
+        origin = "" if strategy.builtin else "  [config]"
+        print(f"  {mark} {name:<24}{strategy.describe()}{origin}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Resolve everything a mistake could be in, then train, print and write."""
+    from ..experiment.finetune import check_task_arguments, fill_training_defaults
     from ..experiment.output import exit_cleanly_on_sigterm
     from ..experiment.strategies import load_strategies
     from .comparison import run_compare
     from .progress import Progress
 
-    preset = apply_preset(args)
+    task = check_task_arguments(args)  # before the preset fills options the task refuses
+    preset = None
+    if task == "finetune":  # its own defaults, not a preset's
+        args.from_preset = fill_training_defaults(args, task)
+    else:
+        preset = apply_preset(args)
     custom = load_strategies(args.config) if args.config else {}
     if args.list:
-        return _list(custom, preset)
+        return _list_finetune(custom) if preset is None else _list(custom, preset)
     plan = plan_compare(args, custom)
     print_plan(args, plan)
     start = time.perf_counter()
@@ -184,6 +208,7 @@ def apply_preset(args: argparse.Namespace) -> Preset:
     """Fill every option of ``args`` not given (``None``) with ``--preset``'s value (the
     default preset's without ``--preset``); the preset. ``args.from_preset`` lists the
     options it filled."""
+    from ..experiment.frameworks import TrainSettings
     from ..experiment.strategies import DEFAULT_PRESET, PRESETS
 
     preset = PRESETS[getattr(args, "preset", None) or DEFAULT_PRESET]
@@ -196,6 +221,11 @@ def apply_preset(args: argparse.Namespace) -> Preset:
             setattr(args, option, value)
             filled.append(option)
     args.from_preset = filled
+    plain = TrainSettings()  # no preset sets them (None: --task finetune has its own)
+    if getattr(args, "batch_size", None) is None:
+        args.batch_size = plain.batch_size
+    if getattr(args, "lr", None) is None:
+        args.lr = plain.learning_rate
     return preset
 
 
@@ -218,13 +248,24 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     """Refuse every mistake the command line can hold (before a framework is imported:
     seconds), then load the data and the frameworks' runners."""
     from ..experiment.datasets import check_data_name, splits_per_seed
+    from ..experiment.finetune import (
+        check_task_name,
+        finetune_splits_per_seed,
+        refuse_finetune_strategies,
+        select_finetune_strategies,
+    )
     from ..experiment.frameworks import TrainSettings, get_runner, runner_log_keys
     from ..experiment.models import resolve_model
     from ..experiment.output import StagedOutput
     from ..experiment.strategies import PRESETS, check_monitors, select_strategies
 
     preset = PRESETS[getattr(args, "preset", None) or "notebook"]
-    strategies = select_strategies(args.strategies, custom, builtin=preset.strategies())
+    finetune = check_task_name(getattr(args, "task", None)) == "finetune"
+    if finetune:
+        strategies = select_finetune_strategies(args.strategies, custom)
+    else:
+        refuse_finetune_strategies(args.strategies, custom, preset.strategies())
+        strategies = select_strategies(args.strategies, custom, builtin=preset.strategies())
     model = resolve_model(args.model)
     check_data_name(args.data)
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
@@ -236,8 +277,12 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
                          f"{args.seed + seeds - 1}, beyond {SEED_MAX} (2**32 - 1, the largest "
                          f"seed NumPy, torch and Keras all accept); use --seed "
                          f"{SEED_MAX - seeds + 1} or lower")
-    splits_for = splits_per_seed(args.data, train_rows=getattr(args, "train_rows", None),
-                                 label_noise=getattr(args, "label_noise", None) or 0.0)
+    splits_for: Callable[[int], Splits]
+    if finetune:
+        splits_for = finetune_splits_per_seed(args.data, shots=args.shots)
+    else:
+        splits_for = splits_per_seed(args.data, train_rows=getattr(args, "train_rows", None),
+                                     label_noise=getattr(args, "label_noise", None) or 0.0)
     try:
         splits = splits_for(args.seed)  # refuses a --train-rows the data cannot give
     except ValueError as err:
@@ -269,6 +314,8 @@ def print_plan(args: argparse.Namespace, plan: ComparePlan) -> None:
     print(f"data:       {plan.splits.describe()}")
     if seeds > 1:
         noise = ", the noisy rows and labels" if plan.splits.label_noise else ""
+        if getattr(args, "task", None) == "finetune":  # the shots and the pretrained weights
+            noise = ", the shots and the pretraining"
         print("            " + (f"(per seed: the test rows and the validation split{noise})"
                                 if args.data in BUNDLED_DATA else
                                 f"(per seed: the validation split{noise}; the test rows are "
