@@ -325,7 +325,8 @@ def train_strategy(splits: Splits, strategy: Strategy, plugins: list[object],
                                          objective.double() * len(idx),
                                          (logits.argmax(1) == y_train[idx]).sum().double()])
                 optimizer.step()
-            val_ce, val_acc = _evaluate(model, x_val, y_val)
+            with reg.validation():  # a plugin may validate other weights (EMA's average)
+                val_ce, val_acc = _evaluate(model, x_val, y_val)
             train_ce, train_objective, train_correct = (sums / n).tolist()
             logs = {"loss": train_objective, "accuracy": train_correct,
                     "cross_entropy": train_ce,

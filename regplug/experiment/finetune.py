@@ -30,7 +30,8 @@ from .loaders import Dataset
 from .strategies import Strategy, StrategyError, select_strategies
 
 __all__ = ["TASKS", "DEFAULT_TASK", "SOURCE_CLASSES", "TARGET_CLASSES", "DEFAULT_SHOTS",
-           "HEAD", "FINETUNE_STREAM", "VALIDATION_PER_CLASS", "FinetuneTask", "FINETUNE", "FinetuneSplits",
+           "HEAD", "FINETUNE_STREAM", "VALIDATION_PER_CLASS", "FinetuneTask", "FINETUNE",
+           "FinetuneSplits",
            "finetune_splits", "load_finetune_splits", "finetune_splits_per_seed",
            "FinetuneStrategy", "starts_pretrained", "FINETUNE_STRATEGIES",
            "FINETUNE_DEFAULT_STRATEGIES", "FINETUNE_BASELINE", "select_finetune_strategies",
@@ -245,6 +246,11 @@ FINETUNE_STRATEGIES: dict[str, FinetuneStrategy] = _available(
               pretrained=False),
     _strategy("finetune", description="pretrained on 0-4, new head, every layer trained, "
                                       "no regularization"),
+    _strategy("freeze", {"name": "freeze", "epochs": None, "exclude": f"{HEAD}.*"}),
+    _strategy("gradual_unfreeze", {"name": "freeze", "epochs": 5, "gradual": True,
+                                   "exclude": f"{HEAD}.*"}),
+    _strategy("llrd", {"name": "layerwise_lr", "decay": 0.5}),
+    _strategy("ema", {"name": "ema", "decay": 0.9, "evaluate_on_average": True}),
     _strategy("l2", {"name": "l2", "l2": 1e-3}),
 )
 #: The strategies of a plain ``regplug compare --task finetune``.
