@@ -11,6 +11,7 @@ from .decay import DecoupledWeightDecay
 from .dropout import DropoutSchedule
 from .early_stopping import EarlyStopping
 from .freeze import Freeze
+from .l2sp import L2SP
 from .layer_monitor import LayerMonitor
 from .layerwise import LayerwiseLR
 from .monitors import GeneralizationGap, NonFiniteGuard
@@ -33,7 +34,7 @@ from .stopping_criteria import (
 __all__ = ["L1", "L2", "ElasticNet", "DecoupledWeightDecay", "ProximalL1", "MaxNorm",
            "DropoutSchedule", "EarlyStopping", "GeneralizationGap", "NonFiniteGuard",
            "OverfitBatch", "OverfitBatchError", "OptunaPruning", "LayerMonitor", "Freeze",
-           "LayerwiseLR", "EMA", "SWA",
+           "LayerwiseLR", "EMA", "SWA", "L2SP",
            # EarlyStopping's criteria (plugins/stopping_criteria.py)
            "MetricHistory", "StoppingCriterion", "Patience", "StoppingThreshold",
            "DivergenceThreshold", "NonFinite", "GeneralizationLoss", "ProgressQuotient",

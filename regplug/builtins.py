@@ -23,4 +23,5 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "layerwise_lr": "regplug.plugins.layerwise:LayerwiseLR",
     "ema": "regplug.plugins.averaging:EMA",
     "swa": "regplug.plugins.averaging:SWA",
+    "l2sp": "regplug.plugins.l2sp:L2SP",
 }

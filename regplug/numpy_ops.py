@@ -111,6 +111,22 @@ class NumpyOps:
         for c, array in zip(copies, arrays, strict=True):
             np.copyto(c.tensor, np.asarray(array, dtype=c.tensor.dtype))
 
+    def sum_squares_diff(self, params: Sequence[ParamHandle],
+                         reference: Sequence[np.ndarray]) -> np.float64:
+        check_copies("sum_squares_diff", reference, params)
+        total: np.float64 = np.float64(F.l2_penalty(
+            [np.asarray(p.tensor, np.float64) - np.asarray(r, np.float64)
+             for p, r in zip(params, reference)], 1.0))
+        return total
+
+    def add_diff_to_grad_(self, params: Sequence[ParamHandle], reference: Sequence[np.ndarray],
+                          alpha: float) -> None:
+        check_copies("add_diff_to_grad_", reference, params)
+        for p, r in zip(params, reference):
+            grad = self.grads.get(p.name)
+            if grad is not None:
+                grad += alpha * (p.tensor - r)
+
     def to_float(self, value: object) -> float:
         return float(value)  # type: ignore[arg-type]
 

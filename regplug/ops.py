@@ -137,6 +137,17 @@ class Ops(Protocol):
         """``c_i ← arrays[i]``: NumPy arrays (a checkpoint's) into handles over copies from
         :meth:`clone`, cast to the copies' dtype, on their device. Outside the step."""
 
+    # -- distance to a reference point (start-point penalties: L2SP) -----------------------
+    def sum_squares_diff(self, params: Sequence[ParamHandle], reference: Sequence[Any]) -> Scalar:
+        """``Σ (θ − θ₀)²`` over every element of every parameter, as a float32 scalar,
+        differentiable with respect to ``θ``; ``reference`` are copies from :meth:`clone`
+        (never changed). Frozen parameters are left out, as in :meth:`sum_squares`."""
+
+    def add_diff_to_grad_(self, params: Sequence[ParamHandle], reference: Sequence[Any],
+                          alpha: Scalar) -> None:
+        """``grad += alpha · (θ − θ₀)`` for every parameter that has a gradient this step
+        (``reference``: copies from :meth:`clone`)."""
+
     # -- reporting (may synchronise with the device: never call on the per-step path) ---
     def to_float(self, value: Scalar) -> float:
         """A scalar as a Python float."""

@@ -64,6 +64,11 @@ def _value(p: ParamHandle) -> Any:
     return p.tensor.value
 
 
+def _read(copy: Any) -> Any:
+    """The value of a copy from ``clone`` (a variable) or of a plain tensor."""
+    return copy.value if isinstance(copy, keras.Variable) else copy
+
+
 def _as(value: Any, dtype: Any) -> Any:
     return ops.cast(value, dtype)
 
@@ -260,6 +265,21 @@ class KerasOps:
     def load_copies_(self, copies: Sequence[ParamHandle], arrays: Sequence[Any]) -> None:
         for c, array in zip(copies, arrays, strict=True):
             c.tensor.assign(ops.convert_to_tensor(array, dtype=c.tensor.dtype))
+
+    # -- distance to a reference point ------------------------------------------------
+    def sum_squares_diff(self, params: Sequence[ParamHandle], reference: Sequence[Any]) -> Any:
+        check_copies("sum_squares_diff", reference, params)
+        return self._sum([ops.sum(ops.square(self._f32(p) - _as(_read(r), "float32")))
+                          for p, r in zip(params, reference)])
+
+    def add_diff_to_grad_(self, params: Sequence[ParamHandle], reference: Sequence[Any],
+                          alpha: Any) -> None:
+        check_copies("add_diff_to_grad_", reference, params)
+        at = {id(p): r for p, r in zip(params, reference)}
+        for i, p in self._grad_slots(params):
+            r = at[id(p)]
+            self._add_to_grad(i, alpha, lambda dtype, p=p, r=r: _as(_value(p), dtype)
+                              - _as(_read(r), dtype))
 
     # -- reporting (host reads: never on the per-step path) --------------------------------
     def to_float(self, value: Any) -> float:

@@ -268,6 +268,40 @@ class TorchOps:
         for c, array in zip(copies, arrays, strict=True):
             c.tensor.copy_(torch.as_tensor(array).to(dtype=c.tensor.dtype))
 
+    # -- distance to a reference point ------------------------------------------------
+    def sum_squares_diff(self, params: Sequence[ParamHandle],
+                         reference: Sequence[torch.Tensor]) -> torch.Tensor:
+        check_copies("sum_squares_diff", reference, params)
+        pairs = [(p.tensor, r) for p, r in zip(params, reference) if not _frozen(p.tensor)]
+        if not pairs:
+            device = params[0].tensor.device if params else None
+            return torch.zeros((), dtype=torch.float32, device=device)
+        device = pairs[0][0].device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return torch.stack([(t.float() - r.float()).square().sum().to(device)
+                                for t, r in pairs]).sum()
+
+    @without_grad
+    def add_diff_to_grad_(self, params: Sequence[ParamHandle],
+                          reference: Sequence[torch.Tensor],
+                          alpha: float | torch.Tensor) -> None:
+        # grad += alpha·(θ − θ₀): one foreach subtraction, one foreach scaled add.
+        check_copies("add_diff_to_grad_", reference, params)
+        thetas, refs, grads = [], [], []
+        for p, r in zip(params, reference):
+            t, grad = p.tensor, p.tensor.grad
+            if grad is None or _frozen(t):
+                continue  # no gradient this step: no update (torch's own weight_decay rule)
+            if grad.is_sparse:
+                raise TypeError(f"regplug: parameter {p.name!r} has a sparse gradient; "
+                                "closed-form penalties need dense gradients (exclude it from "
+                                "the selection, or use fused=False)")
+            thetas.append(t)
+            refs.append(r)
+            grads.append(grad)
+        if grads:
+            _foreach_add_scaled_(grads, _compat.foreach_sub(thetas, refs), alpha)
+
     def to_float(self, value: object) -> float:
         if isinstance(value, torch.Tensor):
             value = value.detach()
