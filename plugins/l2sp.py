@@ -72,6 +72,7 @@ class L2SP(ParameterPlugin):
     1.2
     """
 
+    name = "l2sp"  # its penalty is logged as l2sp_penalty
     tunable: ClassVar[Mapping[str, SearchRange]] = {"alpha": L2SP_ALPHA_RANGE}
     #: θ₀ belongs to one run: one object cannot serve two runs at the same time.
     shareable = False
