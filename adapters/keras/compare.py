@@ -28,7 +28,12 @@ import keras
 import numpy as np
 
 from regplug.experiment.datasets import Splits
-from regplug.experiment.finetune import HEAD, FinetuneSplits, starts_pretrained
+from regplug.experiment.finetune import (
+    HEAD,
+    FinetuneSplits,
+    check_finetune_model,
+    starts_pretrained,
+)
 from regplug.experiment.frameworks import EpochCallback, TrainSettings
 from regplug.experiment.models import FactoryCheck, ModelChoice, ModelError, ModelSpec
 from regplug.experiment.strategies import Strategy
@@ -146,10 +151,7 @@ def _finetune_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> k
     """The fine-tuning task's model: :func:`build_finetune_mlp`, or the user's factory's."""
     if choice.factory is not None:
         return build_model(choice, spec, strategy=strategy)
-    if not choice.hidden:
-        raise ModelError(f"--task finetune: --model {choice.name!r} has no hidden layer to "
-                         "pretrain (only its head, which fine-tuning replaces); use mlp or "
-                         "wide_mlp")
+    check_finetune_model(choice)
     return build_finetune_mlp(choice.hidden, spec)
 
 

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from regplug.experiment.datasets import Splits
-from regplug.experiment.finetune import HEAD, FinetuneSplits, starts_pretrained
+from regplug.experiment.finetune import (
+    HEAD,
+    FinetuneSplits,
+    check_finetune_model,
+    starts_pretrained,
+)
 from regplug.experiment.frameworks import EpochCallback, TrainSettings
 from regplug.experiment.models import FactoryCheck, ModelChoice, ModelError, ModelSpec
 from regplug.experiment.strategies import Strategy
@@ -198,10 +203,7 @@ def _finetune_model(choice: ModelChoice, spec: ModelSpec, *, strategy: str) -> n
     """The fine-tuning task's model: :class:`FinetuneMLP`, or the user's factory's."""
     if choice.factory is not None:
         return build_model(choice, spec, strategy=strategy)
-    if not choice.hidden:
-        raise ModelError(f"--task finetune: --model {choice.name!r} has no hidden layer to "
-                         "pretrain (only its head, which fine-tuning replaces); use mlp or "
-                         "wide_mlp")
+    check_finetune_model(choice)
     return FinetuneMLP(choice.hidden, spec)
 
 

@@ -249,6 +249,7 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     seconds), then load the data and the frameworks' runners."""
     from ..experiment.datasets import check_data_name, splits_per_seed
     from ..experiment.finetune import (
+        check_finetune_model,
         check_task_name,
         finetune_splits_per_seed,
         refuse_finetune_strategies,
@@ -267,6 +268,8 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
         refuse_finetune_strategies(args.strategies, custom, preset.strategies())
         strategies = select_strategies(args.strategies, custom, builtin=preset.strategies())
     model = resolve_model(args.model)
+    if finetune:
+        check_finetune_model(model)
     check_data_name(args.data)
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
     if args.out is not None:

@@ -27,6 +27,7 @@ from .. import registry
 from .datasets import BUNDLED_DATA, Splits, resolve_data
 from .frameworks import TrainSettings
 from .loaders import Dataset
+from .models import ModelChoice, ModelError
 from .strategies import Strategy, StrategyError, select_strategies
 
 __all__ = ["TASKS", "DEFAULT_TASK", "SOURCE_CLASSES", "TARGET_CLASSES", "DEFAULT_SHOTS",
@@ -36,7 +37,7 @@ __all__ = ["TASKS", "DEFAULT_TASK", "SOURCE_CLASSES", "TARGET_CLASSES", "DEFAULT
            "FinetuneStrategy", "starts_pretrained", "FINETUNE_STRATEGIES",
            "FINETUNE_DEFAULT_STRATEGIES", "FINETUNE_BASELINE", "select_finetune_strategies",
            "check_task_name", "add_task_arguments", "check_task_arguments",
-           "refuse_finetune_strategies", "fill_training_defaults"]
+           "refuse_finetune_strategies", "fill_training_defaults", "check_finetune_model"]
 
 #: The tasks ``--task`` names: ``classify`` (every class, the presets) and ``finetune``.
 TASKS: tuple[str, ...] = ("classify", "finetune")
@@ -263,6 +264,21 @@ def select_finetune_strategies(selection: str | Sequence[str] | None,
     :data:`FINETUNE_STRATEGIES` (``default``: :data:`FINETUNE_DEFAULT_STRATEGIES`)."""
     return select_strategies(selection, custom, builtin=FINETUNE_STRATEGIES,
                              default=FINETUNE_DEFAULT_STRATEGIES)
+
+
+def check_finetune_model(model: ModelChoice) -> None:
+    """Refuse a built-in model without hidden layers (``--model linear``): fine-tuning
+    replaces its only layer, so there is nothing to pretrain.
+
+    >>> from regplug.experiment.models import BUILTIN_MODELS
+    >>> check_finetune_model(BUILTIN_MODELS["linear"])
+    Traceback (most recent call last):
+    regplug.experiment.models.ModelError: --task finetune: --model 'linear' has no hidden layer to pretrain (only its head, which fine-tuning replaces); use mlp or wide_mlp
+    """  # noqa: E501
+    if model.factory is None and not model.hidden:
+        raise ModelError(f"--task finetune: --model {model.name!r} has no hidden layer to "
+                         "pretrain (only its head, which fine-tuning replaces); use mlp or "
+                         "wide_mlp")
 
 
 def check_task_name(text: str | None) -> str:
