@@ -20,7 +20,7 @@ from regplug.errors import UnsupportedPluginError
 from regplug.hookspecs import hookimpl
 from regplug.run import ParamHandle, Run, ScheduledValue
 from regplug.schedules import Constant, Piecewise, Schedule
-from regplug.selection import Selection
+from regplug.selection import PARAM_KINDS, Selection
 from regplug.validation import check_int
 
 from ._base import ConfiguredPlugin
@@ -79,7 +79,7 @@ class Freeze(ConfiguredPlugin):
     optimizer slots stay at 0 when they were 0).
 
     >>> Freeze(2, include="encoder.*")
-    Freeze(epochs=2, kinds=['weight', 'bias', 'normalization', 'embedding'], include=['encoder.*'])
+    Freeze(epochs=2, include=['encoder.*'])
     """
 
     def __init__(self, epochs: int | None, *, gradual: bool = False,
@@ -244,7 +244,11 @@ class Freeze(ConfiguredPlugin):
             parts.append("gradual=True")
         if self.depth is not None:
             parts.append(f"depth={self.depth!r}")
-        parts.append(self.selection.describe())
+        if set(self.selection.kinds) != set(PARAM_KINDS):  # the default: every kind
+            parts.append(f"kinds={list(self.selection.kinds)}")
+        parts += [f"{arg}={list(patterns)}" for arg, patterns in
+                  (("include", self.selection.include), ("exclude", self.selection.exclude))
+                  if patterns]
         return f"Freeze({', '.join(parts)})"
 
     def config(self) -> dict[str, Any]:

@@ -98,7 +98,8 @@ def test_config_state_and_registry_name():
     Freeze(**plugin.config()).load_state_dict(plugin.state_dict())  # the same: accepted
     with pytest.raises(ValueError, match="configured differently"):
         Freeze(3).load_state_dict(plugin.state_dict())
-    assert repr(plugin).startswith("Freeze(epochs=2, gradual=True, kinds=")
+    assert repr(plugin) == "Freeze(epochs=2, gradual=True, include=['layers.*'])"
+    assert repr(Freeze(None, kinds="weight")) == "Freeze(epochs=None, kinds=['weight'])"
 
 
 def test_nothing_selected_is_refused_naming_plugin_argument_and_fix():
