@@ -60,6 +60,12 @@ def _tracing() -> bool:
     return False
 
 
+def _unshared(x: Any) -> Any:
+    """JAX: a copy, so two variables never hold one buffer (a jitted step donates each
+    variable's buffer, and one buffer donated twice is an error); elsewhere ``x``."""
+    return ops.copy(x) if keras.backend.backend() == "jax" else x
+
+
 def _value(p: ParamHandle) -> Any:
     return p.tensor.value
 
@@ -212,12 +218,13 @@ class KerasOps:
     def copy_into_(self, dst: Sequence[Any], params: Sequence[ParamHandle]) -> None:
         check_copies("copy_into_", dst, params)
         for target, p in zip(dst, params):
-            target.assign(_value(p))
+            target.assign(_unshared(_value(p)))
 
     def copy_from_(self, params: Sequence[ParamHandle], src: Sequence[Any]) -> None:
         check_copies("copy_from_", src, params)
         for p, source in zip(params, src):
-            p.tensor.assign(source.value if isinstance(source, keras.Variable) else source)
+            p.tensor.assign(_unshared(source.value if isinstance(source, keras.Variable)
+                                      else source))
 
     def scale_update_(self, params: Sequence[ParamHandle], before: Sequence[Any],
                       factors: Sequence[float]) -> None:

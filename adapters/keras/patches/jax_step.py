@@ -47,6 +47,7 @@ class StepVariables:
         self.changed = changed
         self.variables: list[Any] = []
         self.traced: dict[int, Any] = {}  # JAX: id(variable) -> its value in the traced step
+        self.updated: dict[int, Any] = {}  # JAX: what on_step assigned them inside apply
         self.patched_step = False         # JAX: train_step (see patch_train_step)
 
     def sync(self) -> None:
@@ -108,10 +109,36 @@ class StepVariables:
         def train_step(state: Any, data: Any) -> Any:
             if self.variables:  # harmless when the patches act as the originals
                 self.traced = self.traced_state(state)
-            return original(state, data)
+            self.updated = {}
+            logs, new_state = original(state, data)
+            if self.updated:
+                new_state = self.with_updates(new_state)
+            return logs, new_state
 
         model.train_step = train_step
         self.patched_step = True
+
+    def keep_updates(self) -> None:
+        """In ``optimizer.apply``, after ``on_step``: keep what the hooks assigned to regplug's
+        variables (a weight average). ``stateless_apply`` returns only the weights and the
+        optimizer's variables, so the wrapped ``train_step`` puts these into the new state."""
+        scope = _compat.stateless_scope()
+        if scope is None:
+            return
+        self.updated = {id(v): value for v in self.variables
+                        if (value := scope.get_current_value(v)) is not None}
+
+    def with_updates(self, state: Any) -> Any:
+        """``state`` with :meth:`keep_updates`' values in its non-trainable part."""
+        try:
+            trainable, non_trainable, *rest = state
+        except (TypeError, ValueError):
+            return state
+        variables = self.model.non_trainable_variables
+        if len(variables) != len(non_trainable):
+            return state
+        updated = [self.updated.get(id(v), value) for v, value in zip(variables, non_trainable)]
+        return type(state)((trainable, type(non_trainable)(updated), *rest))
 
     def traced_state(self, state: Any) -> dict[int, Any]:
         """The traced values of regplug's variables in a JAX train step's ``state``."""

@@ -95,6 +95,8 @@ class OptimizerPatch:
                 result = original(grads, trainable_variables)
                 if self.after_step:
                     self.call_hook("on_step", step=step)
+                    if self.jax:
+                        self.variables.keep_updates()  # JAX: carried out of the step
             finally:
                 self.lr_now = None
             return result
