@@ -256,7 +256,7 @@ class TorchOps:
 
     @without_grad
     def moving_average_(self, averages: Sequence[ParamHandle], params: Sequence[ParamHandle],
-                        momentum: float | torch.Tensor) -> None:
+                        momentum: float) -> None:
         # a + (1 − momentum)·(θ − a) in one kernel, as get_ema_multi_avg_fn; weight 1 (momentum
         # 0) gives θ exactly (lerp computes θ − (θ − a)·(1 − w) for w ≥ 0.5).
         if averages:
