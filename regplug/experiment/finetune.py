@@ -251,6 +251,7 @@ FINETUNE_STRATEGIES: dict[str, FinetuneStrategy] = _available(
     _strategy("gradual_unfreeze", {"name": "freeze", "epochs": 5, "gradual": True,
                                    "exclude": f"{HEAD}.*"}),
     _strategy("llrd", {"name": "layerwise_lr", "decay": 0.5}),
+    _strategy("l2sp", {"name": "l2sp", "alpha": 0.01, "beta": 1e-3, "new": f"{HEAD}.*"}),
     _strategy("ema", {"name": "ema", "decay": 0.9, "evaluate_on_average": True}),
     _strategy("l2", {"name": "l2", "l2": 1e-3}),
 )

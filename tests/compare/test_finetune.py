@@ -61,16 +61,16 @@ def test_the_command_runs_the_task_and_tests_the_strategies(tmp_path, capsys):
     out_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, "--task", "finetune", "--data", "digits", "--shots", "5",
                              "--epochs", "2", "--seeds", "3", "-q", "--strategies",
-                             "scratch,finetune,freeze,gradual_unfreeze,llrd,ema,l2",
+                             "scratch,finetune,freeze,gradual_unfreeze,llrd,l2sp,ema,l2",
                              "--out", str(out_dir))
     assert code == 0, err
     assert "data:       digits classes 5-9, 5 shots: 25 train / " in out
     assert "(per seed: the test rows and the validation split, the shots and the pretraining)" \
         in out
-    names = ["scratch", "finetune", "freeze", "gradual_unfreeze", "llrd", "ema", "l2"]
+    names = ["scratch", "finetune", "freeze", "gradual_unfreeze", "llrd", "l2sp", "ema", "l2"]
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("framework strategy"))
-    assert [line.split()[:2] for line in lines[start + 1:start + 8]] == [
+    assert [line.split()[:2] for line in lines[start + 1:start + 9]] == [
         ["torch", n] for n in names]
     payload = json.loads((out_dir / "results.json").read_text())
     assert payload["settings"]["data"].startswith("digits classes 5-9, 5 shots")

@@ -44,7 +44,7 @@ def test_freeze_keeps_the_pretrained_backbone_in_fit():
 
 def test_the_command_runs_the_task_in_keras(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    names = ["scratch", "finetune", "gradual_unfreeze", "llrd", "ema", "l2"]
+    names = ["scratch", "finetune", "gradual_unfreeze", "llrd", "l2sp", "ema", "l2"]
     code, _, err = run_cli(capsys, "--task", "finetune", "--framework", "keras", "--data",
                            "digits", "--shots", "5", "--epochs", "2", "--seeds", "1", "-q",
                            "--strategies", ",".join(names), "--out", str(out_dir))

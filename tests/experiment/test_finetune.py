@@ -123,7 +123,7 @@ def test_the_bundled_digits_split_and_a_file_is_read_once(tmp_path):
 def test_the_strategies_and_the_baseline():
     names = list(FINETUNE_STRATEGIES)
     assert names[:2] == ["scratch", "finetune"] and FINETUNE_BASELINE in names
-    assert {"l2", "freeze", "gradual_unfreeze", "llrd", "ema"} <= set(names)
+    assert {"l2", "freeze", "gradual_unfreeze", "llrd", "l2sp", "ema"} <= set(names)
     assert [starts_pretrained(s) for s in FINETUNE_STRATEGIES.values()] == [
         name != "scratch" for name in names]
     assert starts_pretrained(BUILTIN_STRATEGIES["l2"])  # a plain (config) strategy: pretrained
