@@ -17,13 +17,14 @@ Docs: docs/loops/lightning.md (which Lightning event drives which hook, and the 
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from regplug.clock import EpochClock, Wording
-from regplug.errors import UsageError
+from regplug.errors import RegplugWarning, UsageError
 from regplug.manager import PluginManager
 from regplug.penalty import Penalty
 from regplug.plugin import check_requirements
@@ -31,7 +32,7 @@ from regplug.run import Run
 from regplug.validation import check_bool
 from regplug.window import StepWindow
 
-from .torch.build import build_run, warn_double_decay
+from .torch.build import GroupWatch, build_run, refuse_nothing_to_train, warn_double_decay
 from .torch.grads import add_autograd_grads
 from .torch.ops import TorchOps, without_grad
 from .torch.results import RunResults
@@ -115,6 +116,9 @@ class Regularize(RunResults, Callback):
         self._stepping = False  # between on_before_optimizer_step and the update
         self._before_step: Callable[[], None] = _nothing
         self._after_step: Callable[[], None] = _nothing
+        self._trainer: Any = None  # the Trainer whose fit this callback serves now
+        self._groups: GroupWatch | None = None
+        self._micro_batches = 0  # losses backpropagated in this window
 
     def __repr__(self) -> str:
         plugins = ", ".join(repr(p) for p in self.manager.plugins)
@@ -131,10 +135,20 @@ class Regularize(RunResults, Callback):
 
     # -- the fit -------------------------------------------------------------------------
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._trainer is not None and self.clock is not None and self.clock.active:
+            # Refused before anything changes: the running fit keeps its run and hook.
+            raise UsageError(
+                f"{self._label}: this callback is already in use by a running fit; one "
+                "Regularize per Trainer: give each fit that runs at the same time its own "
+                "Regularize([...]) with its own plugin objects")
         optimizer = self._pick_optimizer(trainer)
         run = build_run(pl_module, optimizer)
+        refuse_nothing_to_train(run, self.manager.plugins, adapter=self._label)
         warn_double_decay(run, optimizer, self.manager.plugins, adapter="Regularize")
+        self._trainer = trainer
         self.run, self._optimizer = run, optimizer
+        self._groups = GroupWatch(pl_module, optimizer, run)
+        self._micro_batches = 0
         self._ops = run.ops if isinstance(run.ops, TorchOps) else None
         self.clock = EpochClock(run, self.manager, LIGHTNING_WORDING)
         self.window = StepWindow(self.clock, fused=self.fused)
@@ -143,6 +157,9 @@ class Regularize(RunResults, Callback):
         self._after_step = without_grad(self.window.after_step)
         self._loss_terms, self._batch_open, self._stepping = [], False, False
         self._hook = optimizer.register_step_post_hook(self._after_update)
+        if self._pending is None and trainer.ckpt_path is not None \
+                and (trainer.current_epoch or trainer.global_step):
+            self._resumed_without_state(trainer, run)
         try:
             self.clock.train_begin()
         except BaseException:
@@ -155,6 +172,18 @@ class Regularize(RunResults, Callback):
                 "" if path is None else f", resuming trainer.fit(ckpt_path={str(path)!r})")
             load_run_state(run, self.manager.plugins, state, where=where,
                            writer=f"{self._label}.state_dict()")
+
+    def _resumed_without_state(self, trainer: Trainer, run: Run) -> None:
+        """The fit resumes from a checkpoint that holds no state of this callback (written
+        before Regularize was added): regplug's clock starts at Lightning's epoch and step,
+        not at 0, and the plugins start fresh there (said once, as a warning)."""
+        run.epoch, run.step = int(trainer.current_epoch), int(trainer.global_step)
+        path = trainer.ckpt_path
+        warnings.warn(
+            f"{self._label}: the fit resumes at epoch {run.epoch} (step {run.step}) from "
+            f"{str(path)!r}, but the checkpoint holds no state of {self._label} (it was written "
+            "without it): the plugins start fresh there (schedules at that epoch, early "
+            "stopping's patience and best value from scratch)", RegplugWarning, stacklevel=2)
 
     def _pick_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
         optimizers = list(trainer.optimizers)
@@ -191,8 +220,13 @@ class Regularize(RunResults, Callback):
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
                            loss: torch.Tensor) -> None:
         window = self.window
-        if window is None or window.loss_seen or not getattr(loss, "requires_grad", False):
+        if window is None or not getattr(loss, "requires_grad", False):
             return
+        self._micro_batches += 1
+        if window.loss_seen:
+            return
+        if self._groups is not None:
+            self._groups.check()
         self._loss_terms = window.collect_penalties(loss)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule,
@@ -207,12 +241,40 @@ class Regularize(RunResults, Callback):
                 "or use regplug.adapters.torch.attach in a plain loop.")
         self.window.check_loss()
         self._stepping = True
-        if self._loss_terms:
-            assert self.run is not None
-            add_autograd_grads(self.run.params, self._loss_terms)
-            self._loss_terms = []
+        if self._groups is not None:
+            self._groups.check()
+        # Lightning divides every micro-batch's loss by accumulate_grad_batches, also in a
+        # short last window: the penalty written in training_step enters that one at n/k.
+        k = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+        n = self._micro_batches
+        scale = n / k if pl_module.automatic_optimization and 0 < n < k else 1.0
         self._set_in_update(True)
+        if scale == 1.0:
+            if self._loss_terms:
+                assert self.run is not None
+                add_autograd_grads(self.run.params, self._loss_terms)
+        else:
+            self._scaled_penalty_grads(scale)
+        self._loss_terms = []
         self._before_step()
+
+    @torch.no_grad()
+    def _scaled_penalty_grads(self, scale: float) -> None:
+        """Add this window's penalties' gradients at ``scale`` times their strength."""
+        assert self.run is not None
+        assert self.window is not None
+        tensors = [p.tensor for p in self.run.params]
+        before = [None if t.grad is None else t.grad.clone() for t in tensors]
+        if self._loss_terms:
+            add_autograd_grads(self.run.params, self._loss_terms)
+        self.window.add_penalty_grads()
+        for tensor, grad in zip(tensors, before, strict=True):
+            if tensor.grad is None:
+                continue
+            if grad is None:
+                tensor.grad.mul_(scale)
+            else:  # grad + scale·(penalty's gradient)
+                tensor.grad.sub_(grad).mul_(scale).add_(grad)
 
     def _after_update(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         window = self.window
@@ -230,6 +292,7 @@ class Regularize(RunResults, Callback):
             self._end_update()
 
     def _end_update(self) -> None:
+        self._micro_batches = 0
         self._stepping = False
         self._set_in_update(False)
         self._batch_open = False
@@ -270,14 +333,17 @@ class Regularize(RunResults, Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._end(None)
+        if trainer is self._trainer:
+            self._end(None)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
-        self._end(exception)
+        if trainer is self._trainer:  # not a second fit this callback refused
+            self._end(exception)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._detach()
+        if trainer is self._trainer or self._trainer is None:
+            self._detach()
 
     def _end(self, exception: BaseException | None) -> None:
         try:
@@ -294,6 +360,7 @@ class Regularize(RunResults, Callback):
             self._hook = None
         self._set_in_update(False)
         self._stepping = False
+        self._trainer = None
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
