@@ -21,7 +21,7 @@ import numpy as np
 from regplug.errors import RegplugWarning, UsageError
 from regplug.hookspecs import hookimpl
 from regplug.plugin import Plugin
-from regplug.ranges import FloatRange, SearchRange
+from regplug.ranges import Choice, SearchRange
 from regplug.run import ParamHandle, Run, ScheduledValue
 from regplug.schedules import Schedule
 from regplug.selection import Selection
@@ -270,9 +270,11 @@ class EMA(_WeightAverage):
     2.25
     """
 
-    # The memory 1/(1 − decay) from 10 to 10,000 updates: short fine-tuning runs want the
-    # low end, long pretraining runs the high one.
-    tunable: ClassVar[Mapping[str, SearchRange]] = {"decay": FloatRange(0.9, 0.9999)}
+    # What matters is the memory 1/(1 − decay), from 10 to 10,000 updates (short fine-tuning
+    # runs want the low end, long runs the high one). A range over decay itself would put
+    # nearly all its samples below 0.999, so the search picks among the decades' values.
+    tunable: ClassVar[Mapping[str, SearchRange]] = {
+        "decay": Choice([0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999])}
 
     def __init__(self, decay: float = 0.999, *, evaluate_on_average: bool = False,
                  keep_raw: bool = False, kinds: str | Iterable[str] | None = None,

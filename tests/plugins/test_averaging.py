@@ -12,7 +12,7 @@ import regplug
 from regplug.errors import RegplugWarning, UsageError
 from regplug.plugins import EMA, SWA
 from regplug.plugins.averaging import ema_momentum, swa_momentum
-from regplug.ranges import FloatRange, tunable_arguments
+from regplug.ranges import Choice, tunable_arguments
 from regplug.testing import NumpyLoop
 
 GRAD = {"w": -np.ones(2)}  # lr 1: w grows by 1 per step
@@ -162,7 +162,12 @@ def test_registered_by_name_tunable_and_described():
     ema = regplug.build_plugins([{"name": "ema", "decay": 0.99}])[0]
     swa = regplug.build_plugins([{"name": "swa", "start": 3}])[0]
     assert repr(ema) == "EMA(decay=0.99)" and repr(swa) == "SWA(start=3)"
-    assert tunable_arguments(EMA) == {"decay": FloatRange(0.9, 0.9999)}
+    decays = tunable_arguments(EMA)["decay"]
+    assert isinstance(decays, Choice) and (min(decays.options), max(decays.options)) == (
+        0.9, 0.9999)
+    for decay in decays.options:
+        assert repr(regplug.build_plugins([{"name": "ema", "decay": decay}])[0]) == (
+            f"EMA(decay={decay!r})")
     described = repr(EMA(0.9, include="head.*", evaluate_on_average=True))
     assert described.startswith("EMA(decay=0.9, ") and "include=['head.*']" in described
     assert described.endswith(", evaluate_on_average=True)")
