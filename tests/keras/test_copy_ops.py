@@ -5,8 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-
-from _keras_models import BACKEND, data, fit, mlp, sgd, weights  # isort: skip
+from _keras_models import BACKEND, data, fit, mlp, sgd, weights
 from keras import ops
 
 import regplug
