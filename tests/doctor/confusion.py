@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scenarios import SCENARIOS, Scenario  # noqa: E402
+from scenarios import SCENARIOS, Scenario
 
-from regplug.doctor import VERDICTS  # noqa: E402
-from regplug.doctor.cli import run_doctor  # noqa: E402
+from regplug.doctor import VERDICTS
+from regplug.doctor.cli import run_doctor
 
 
 def run_suite(framework: str, seeds: Sequence[int], scenarios: Sequence[Scenario] = SCENARIOS,
