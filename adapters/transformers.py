@@ -32,7 +32,7 @@ from regplug.run import Run
 from regplug.validation import check_bool
 from regplug.window import StepWindow
 
-from .torch.build import build_run, warn_double_decay
+from .torch.build import GroupWatch, build_run, refuse_nothing_to_train, warn_double_decay
 from .torch.grads import add_autograd_grads
 from .torch.loop import hookable_optimizer
 from .torch.ops import TorchOps, without_grad
@@ -99,6 +99,7 @@ class Regularize(RunResults, TrainerCallback):
         self._steps_at_epoch_end = 0
         self._train_logs: dict[str, float] = {}
         self._frame: FrameType | None = None  # the training loop of the train() it serves
+        self._groups: GroupWatch | None = None
         self._validating = False  # on_validation_begin fired, its evaluation not done yet
 
     def __repr__(self) -> str:
@@ -122,7 +123,9 @@ class Regularize(RunResults, TrainerCallback):
                              "Trainer.train's callback calls)")
         optimizer = hookable_optimizer(accelerated)  # the torch optimizer inside accelerate's
         run = build_run(model, optimizer)
+        refuse_nothing_to_train(run, self.manager.plugins, adapter="Regularize")
         warn_double_decay(run, optimizer, self.manager.plugins, adapter="Regularize")
+        self._groups = GroupWatch(model, optimizer, run)
         self.run, self._accelerated = run, accelerated
         self._ops = run.ops if isinstance(run.ops, TorchOps) else None
         self.clock = EpochClock(run, self.manager, TRANSFORMERS_WORDING)
@@ -167,6 +170,8 @@ class Regularize(RunResults, TrainerCallback):
         if window is None or self.clock is None or not self.clock.active or self._grads_in:
             return
         self._grads_in = True
+        if self._groups is not None:  # a parameter group added since the last step joins
+            self._groups.check()
         terms = window.collect_penalties(None)  # those without a closed form (or fused=False)
         if terms:
             assert self.run is not None

@@ -172,3 +172,11 @@ def test_trainer_evaluate_after_a_train_that_raised_is_not_an_epoch_of_it():
         trainer.train()
     trainer.evaluate()
     assert reg.history == {} and reg.run.epoch == 0 and not reg.clock.active
+
+
+def test_a_model_with_nothing_trainable_is_refused_in_one_line():
+    model = bert()
+    model.requires_grad_(False)
+    with pytest.raises(regplug.UsageError, match=r"nothing to train") as caught:
+        train(model, callbacks=[Regularize([L2(0.05)])], **SGD)
+    assert "\n" not in str(caught.value)
