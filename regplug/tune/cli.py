@@ -151,6 +151,11 @@ def add_tune_parser(sub: Any) -> None:
         p, defaults, per="trial",
         seed_help="random seed of the data split, the training and the samplers "
                   f"(default {defaults.seed})")
+    from ..experiment.finetune import add_task_arguments
+
+    add_task_arguments(p)
+    # None: the task's value (--task finetune has its own), filled by check_arguments
+    p.set_defaults(epochs=None, batch_size=None, lr=None)
     p.add_argument("--storage", metavar="URL",
                    help="share the studies between processes or machines: an Optuna RDB URL "
                         "(sqlite:///study.db, postgresql://...) or journal:PATH (a journal "
@@ -175,12 +180,18 @@ def forwarded_argv(argv: Sequence[str]) -> list[str]:
     return args[args.index("tune") + 1:] if "tune" in args else []
 
 
-def _resolve_strategies(selection: str | None, config: TuneConfig | None
-                        ) -> tuple[list[StrategySpace], list[str]]:
+def _resolve_strategies(selection: str | None, config: TuneConfig | None, *,
+                        task: str = "classify") -> tuple[list[StrategySpace], list[str]]:
     """The spaces of the strategies to tune, and notes for the user. A strategy named on
     the command line (or written in the config, without --strategies) must have something
     to tune; ``default``, ``all`` and the default selection stand for their members that
-    have, and a note names the ones left out."""
+    have, and a note names the ones left out. ``task="finetune"``: the strategies of
+    ``--task finetune`` instead of the built-in ones."""
+    from ..experiment.finetune import (
+        FINETUNE_DEFAULT_STRATEGIES,
+        FINETUNE_STRATEGIES,
+        refuse_finetune_strategies,
+    )
     from ..experiment.strategies import BUILTIN_STRATEGIES, select_strategies
     from .errors import SearchError
     from .strategy_space import strategy_space, untunable_error
@@ -192,8 +203,15 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
     def space_of(strategy: Strategy) -> StrategySpace:
         return strategy_space(strategy, ranges, model)
 
+    builtin: dict[str, Strategy] = dict(BUILTIN_STRATEGIES)
+    default: tuple[str, ...] | None = None
+    if task == "finetune":
+        builtin, default = dict(FINETUNE_STRATEGIES), FINETUNE_DEFAULT_STRATEGIES
+    else:
+        refuse_finetune_strategies(selection, custom, builtin)
+
     def tunable() -> list[str]:
-        catalogue = {**BUILTIN_STRATEGIES, **custom}
+        catalogue = {**builtin, **custom}
         return [name for name, s in catalogue.items() if space_of(s).parameters]
 
     if selection is None:
@@ -206,7 +224,8 @@ def _resolve_strategies(selection: str | None, config: TuneConfig | None
                               f"{','.join(tunable()[:2])}")
         named = set(names) - set(_GROUPS)
     notes: list[str] = []
-    spaces = [space_of(s) for s in select_strategies(selection, custom)]
+    spaces = [space_of(s) for s in select_strategies(selection, custom, builtin=builtin,
+                                                     default=default)]
     untunable = [sp.strategy.name for sp in spaces if not sp.parameters]
     refused = [name for name in untunable if name in named]
     if refused or (untunable and len(untunable) == len(spaces)):
@@ -259,6 +278,11 @@ def check_arguments(args: argparse.Namespace) -> CheckedArguments:
     """Refuse every mistake the command line, the config or ``--out`` can hold, before a
     framework is imported or any data loaded (seconds)."""
     from ..experiment.datasets import check_data_name
+    from ..experiment.finetune import (
+        check_finetune_model,
+        check_task_arguments,
+        fill_training_defaults,
+    )
     from ..experiment.models import resolve_model
     from ..experiment.output import StagedOutput
     from .errors import SearchError, import_optuna
@@ -266,6 +290,8 @@ def check_arguments(args: argparse.Namespace) -> CheckedArguments:
     from .storage import check_storage_url, check_study_name
     from .strategy_space import load_tune_config
 
+    task = check_task_arguments(args)
+    fill_training_defaults(args, task)  # epochs, batch size, lr (and the task's data, shots)
     optuna = import_optuna()
     objective = Objective(args.objective)
     if args.study_name is not None and args.storage is None:
@@ -286,10 +312,12 @@ def check_arguments(args: argparse.Namespace) -> CheckedArguments:
                           "hyperband); --pruner none never stops a trial")
     check_warmup(args.warmup_epochs, epochs=args.epochs)
     config = load_tune_config(args.config) if args.config else None
-    spaces, notes = _resolve_strategies(args.strategies, config)
+    spaces, notes = _resolve_strategies(args.strategies, config, task=task)
     if args.sampler == "grid":
         check_grid(spaces, grid_points)
     model = resolve_model(args.model)
+    if task == "finetune":
+        check_finetune_model(model)
     check_data_name(args.data)
     if args.out is not None:
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
@@ -315,14 +343,20 @@ def wire_search(args: argparse.Namespace, checked: CheckedArguments) -> SearchPl
     """Open the storage, load the data and the framework's runner, and build the
     :class:`~regplug.tune.search.Search` with one study per strategy."""
     from ..experiment.datasets import load_splits
+    from ..experiment.finetune import load_finetune_splits
     from ..experiment.frameworks import TrainSettings, get_runner, runner_log_keys
     from ..experiment.strategies import check_monitors
     from .search import Search
     from .storage import open_storage
 
     # first: a --train-rows the data cannot give is refused before a framework loads
-    splits = load_splits(args.data, seed=args.seed, train_rows=getattr(args, "train_rows", None),
-                         label_noise=getattr(args, "label_noise", None) or 0.0)
+    splits: Splits
+    if getattr(args, "task", None) == "finetune":  # --shots the data cannot give, too
+        splits = load_finetune_splits(args.data, seed=args.seed, shots=args.shots)
+    else:
+        splits = load_splits(args.data, seed=args.seed,
+                             train_rows=getattr(args, "train_rows", None),
+                             label_noise=getattr(args, "label_noise", None) or 0.0)
     runner = get_runner(args.framework)
     for space in checked.spaces:  # a monitor no log holds would silently do nothing
         check_monitors(space.strategy, runner_log_keys(runner), framework=args.framework)
