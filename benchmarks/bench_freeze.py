@@ -36,7 +36,7 @@ __all__ = ["run"]
 _WIDTH, _BATCH = 1024, 256
 
 
-def _torch_mlp() -> nn.Module:
+def _torch_mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(784, _WIDTH), nn.ReLU(), nn.Linear(_WIDTH, _WIDTH), nn.ReLU(),
                          nn.Linear(_WIDTH, _WIDTH), nn.ReLU(), nn.Linear(_WIDTH, 10))
