@@ -27,7 +27,8 @@ from . import Result, result
 #: with a one-line note when they (or their framework) cannot be imported.
 MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras", "benchmarks.bench_lightning",
            "benchmarks.bench_transformers", "benchmarks.bench_uncertainty",
-           "benchmarks.bench_compare", "benchmarks.bench_tune")
+           "benchmarks.bench_compare", "benchmarks.bench_tune", "benchmarks.bench_layerwise",
+           "benchmarks.bench_l2sp")
 
 _COLUMNS = ("benchmark", "regplug", "baseline(s)", "ratio", "target", "result")
 
