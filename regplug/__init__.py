@@ -16,6 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .depth import DepthError, depth_groups, resolve_depths
 from .errors import (
     PluginLoadError,
     PluginValidationError,
@@ -60,6 +61,7 @@ __all__ = [
     "FloatRange", "IntRange", "Choice", "SearchRange", "SpaceError", "tunable_arguments",
     "RegplugError", "PluginValidationError", "UnknownPluginError", "PluginLoadError",
     "UsageError", "UnsupportedPluginError", "RegplugWarning",
+    "resolve_depths", "depth_groups", "DepthError",
     "plugins", "diagnose",
 ]
 
