@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_before_anything_is_trained_or_written(tmp_path, c
     assert "acc_test" not in out and not out_dir.exists()
 
 
-@pytest.mark.parametrize("command", ["compare"])
+@pytest.mark.parametrize("command", ["compare", "tune"])
 def test_shots_zero_is_refused_by_the_option(capsys, command):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--task", "finetune", "--shots", "0"])
