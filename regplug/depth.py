@@ -146,7 +146,7 @@ def resolve_depths(names: Sequence[str],
         raise DepthError(
             f"{owner}: argument {arg!r} is not given and parameter {n!r} has no depth: "
             f"{problems[n]}; give {arg}=[name patterns, bottom to top] that cover it "
-            f"(e.g. a last '*' for the top), or leave it out of the selection")
+            f"(e.g. a last '*' for the top), or leave it out (exclude={n!r})")
     return dict(zip(raw, _number(list(raw.values()))))
 
 
