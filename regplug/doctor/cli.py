@@ -385,6 +385,11 @@ def _baseline(runner: FrameworkRunner, framework: str, base: Strategy, splits: S
         error = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
     finally:
         sanity_log.setLevel(level)
+    if error is not None and not check.verdicts:
+        # training stopped before its first hook: the factory or the first forward pass
+        raise DoctorError(f"--model {choice.name}: the model cannot be built or run on the "
+                          f"data: {error}; fix the factory (regplug compare --model takes "
+                          "the same)")
     if outcome is not None:
         progress.finish(_result(framework, f"baseline {base.name}", outcome, settings.seed))
     history = dict(outcome.history) if outcome is not None else {}

@@ -161,3 +161,15 @@ SCENARIOS: tuple[Scenario, ...] = (
                                   "epochs": 5}),
     Scenario("healthy", "healthy", {"data": None, "epochs": 8}),
 )
+
+
+def too_few_rows() -> dict[str, np.ndarray]:
+    """40 rows: a validation split of 15 % leaves 6, too few to judge curves on."""
+    arrays = _digits()
+    return {"x_train": arrays["x_train"][:40], "y_train": arrays["y_train"][:40],
+            "x_test": arrays["x_test"][:20], "y_test": arrays["y_test"][:20]}
+
+
+def broken_factory(spec: Any) -> Any:
+    """A factory that fails: the model cannot be built."""
+    raise RuntimeError("no such layer: Dense3D")

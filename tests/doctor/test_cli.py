@@ -1,0 +1,83 @@
+"""``regplug doctor`` on the command line: what it prints and writes, and its bad input (one
+line, exit code 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scenarios import ref
+
+from regplug.cli import main
+from regplug.experiment.strategies import load_strategies
+
+FAST = ["--data", "digits", "--epochs", "8", "-q"]
+
+
+def _run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_healthy_run_prints_the_verdict_and_writes_everything(tmp_path, capsys):
+    out_dir = tmp_path / "doc"
+    code, out, err = _run(capsys, "doctor", *FAST, "--out", str(out_dir))
+    assert code == 0, err
+    assert "verdict: healthy" in out and "one batch was overfitted" in out
+    assert "search (c)" not in out  # nothing to fix
+    names = {p.name for p in out_dir.iterdir()}
+    assert {"diagnosis.md", "report.html", "best.toml", "results.json", "curves.png",
+            "monitor.png"} <= names
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["diagnosis"]["verdict"] == "healthy"
+    assert any(k.startswith("dead_units/") for k in results["history"])
+    setup = load_strategies(out_dir / "best.toml")  # what regplug compare --config reads
+    assert list(setup) == ["doctor_setup"]
+    assert "verdict: healthy" in (out_dir / "diagnosis.md").read_text()
+    assert "curves.png" in (out_dir / "report.html").read_text()
+
+
+def test_an_overfitting_run_searches_tests_and_writes_the_fix(tmp_path, capsys):
+    out_dir = tmp_path / "doc"
+    code, out, err = _run(capsys, "doctor", "--data", "digits", "--train-rows", "200",
+                          "--label-noise", "0.3", "--epochs", "60", "--budget", "8",
+                          "--seeds", "2", "--out", str(out_dir))
+    assert code == 0, err
+    assert "verdict: overfitting" in out and "search (c): l2, dropout" in out
+    assert "seed test (d)" in out and "baseline none" in out  # progress lines
+    fix = load_strategies(out_dir / "best.toml")
+    (name,) = fix
+    assert name.endswith("_tuned")
+    best = json.loads((out_dir / "results.json").read_text())["search"]["best"]
+    assert name == best["strategy"] + "_tuned"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "no_such_module:factory"], "no module named 'no_such_module'"),
+    (["--model", ref("broken_factory")], "no such layer"),
+    (["--data", ref("too_few_rows")], "too small for a validation split"),
+    (["--budget", "4"], "--budget 4: too small for step (c)"),
+    (["--budget", "ten"], "must be a positive number of trainings"),
+    (["--seeds", "1"], "at least 2 seeds"),
+    (["--strategy", "l3"], "unknown strategy 'l3'"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, message):
+    out_dir = tmp_path / "doc"
+    code, _out, err = _run(capsys, "doctor", *FAST, *argv, "--out", str(out_dir))
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out_dir.exists()
+
+
+def test_a_seconds_budget_too_small_for_the_search_is_refused_after_the_baseline(
+        tmp_path, capsys):
+    out_dir = tmp_path / "doc"
+    code, _out, err = _run(capsys, "doctor", "--data", "digits", "--train-rows", "60",
+                          "--epochs", "40", "--budget", "1s", "-q", "--out", str(out_dir))
+    assert code == 2
+    assert "--budget 1s: too small for step (c)" in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()
