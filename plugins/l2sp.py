@@ -181,7 +181,8 @@ class L2SP(ParameterPlugin):
                 raise ValueError(f"L2SP: the pattern {pattern!r} in argument 'new' matches none "
                                  f"of the {len(params)} selected parameters (names start "
                                  f"with: {names}); fix the pattern or the selection")
-        pretrained, new = [], []
+        pretrained: list[ParamHandle] = []
+        new: list[ParamHandle] = []
         for p in params:
             is_new = any(_matches(p, pattern) for pattern in self.new) or (
                 self.reference is not None and p.name not in self.reference)
