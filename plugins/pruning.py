@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any, NoReturn, Protocol
 
-from regplug.errors import UsageError
+from regplug.errors import RegplugWarning, UsageError
 from regplug.hookspecs import hookimpl
 from regplug.plugin import Plugin
 from regplug.run import Run
 
 log = logging.getLogger(__name__)
+
+#: The trial user attribute :class:`OptunaPruning` sets when it prunes a trial: the epoch
+#: (from 0). A COMPLETE trial that has it is one whose objective forgot
+#: :meth:`~OptunaPruning.raise_if_pruned`.
+PRUNED_FLAG = "regplug.pruned_at_epoch"
 
 
 class TrialLike(Protocol):
@@ -73,6 +80,11 @@ class OptunaPruning(Plugin):
     After training: :attr:`pruned`, :attr:`pruned_epoch` (from 0), :attr:`reason`, and
     :attr:`reported` (epoch → value, what this plugin told the trial).
 
+    **Forgetting** :meth:`raise_if_pruned` cannot pass unnoticed: a pruned trial carries the
+    user attribute :data:`PRUNED_FLAG` in its study (a COMPLETE trial with it was pruned
+    but stored with its truncated value), and a :class:`~regplug.RegplugWarning` names the
+    trial when the plugin is discarded without the call.
+
     >>> import numpy as np
     >>> from regplug.testing import NumpyLoop
     >>> class PruneAtStep2:  # a stand-in for optuna.trial.Trial (see the docs for a study)
@@ -110,6 +122,9 @@ class OptunaPruning(Plugin):
         self.pruned_epoch: int | None = None
         self.reason: str | None = None
         self.reported: dict[int, float] = {}
+        # what the warning about a forgotten raise_if_pruned() needs, without the plugin
+        self._unraised: dict[str, Any] = {"trial": self._trial_number(), "epoch": None}
+        weakref.finalize(self, _warn_if_unraised, self._unraised)
 
     # -- hooks ---------------------------------------------------------------------------
     @hookimpl
@@ -134,6 +149,7 @@ class OptunaPruning(Plugin):
         if reason is not None:
             self.pruned, self.pruned_epoch, self.reason = True, epoch, reason
             log.info("%s: %s", self.name, reason)
+            self._flag_pruned(epoch)
             run.stop(reason, source=self.name)
 
     def _judge(self, epoch: int, value: float) -> str | None:
@@ -155,6 +171,18 @@ class OptunaPruning(Plugin):
             return f"Optuna pruned trial {self._trial_number()} {at}: {self.monitor} = {value:.6g}"
         return None
 
+    def _flag_pruned(self, epoch: int) -> None:
+        """Mark the trial in its study (user attribute :data:`PRUNED_FLAG`: the epoch, from
+        0) and arm the warning about a forgotten :meth:`raise_if_pruned`: a trial whose
+        objective returns a value instead is stored COMPLETE with its truncated value, and
+        the pruner's later decisions compare with it. Only a trial kept in a study (one
+        with ``set_user_attr``) is flagged and warned about."""
+        set_user_attr = getattr(self.trial, "set_user_attr", None)
+        if not callable(set_user_attr):
+            return
+        set_user_attr(PRUNED_FLAG, epoch)
+        self._unraised["epoch"] = epoch
+
     def _trial_number(self) -> str:
         number = getattr(self.trial, "number", None)
         return "?" if number is None else str(number)
@@ -165,6 +193,7 @@ class OptunaPruning(Plugin):
 
         Call it in the objective *after* training returned, never from a hook or callback.
         """
+        self._unraised["epoch"] = None  # called: nothing was forgotten
         if self.pruned:
             _raise_trial_pruned(self.reason or "the trial was pruned")
 
@@ -189,10 +218,25 @@ class OptunaPruning(Plugin):
         self.pruned_epoch = None if pruned_epoch is None else int(pruned_epoch)
         self.reason = None if reason is None else str(reason)
         self.reported = reported
+        if self.pruned and callable(getattr(self.trial, "set_user_attr", None)):
+            self._unraised["epoch"] = self.pruned_epoch or 0  # still to be raised
 
     def __repr__(self) -> str:
         trial = "None" if self.trial is None else f"<trial {self._trial_number()}>"
         return f"OptunaPruning({trial}, monitor={self.monitor!r})"
+
+
+def _warn_if_unraised(unraised: dict[str, Any]) -> None:
+    """When an :class:`OptunaPruning` whose trial was pruned is discarded (or the program
+    ends) without :meth:`~OptunaPruning.raise_if_pruned` having been called: warn."""
+    if unraised["epoch"] is None:
+        return
+    warnings.warn(
+        f"OptunaPruning: trial {unraised['trial']} was pruned at epoch {unraised['epoch'] + 1} "
+        "but raise_if_pruned() was never called: Optuna stored it as COMPLETE with the value "
+        "of its cut-short training, and the pruner compares later trials with it; call "
+        f"pruning.raise_if_pruned() after training (the study flags such trials with the user "
+        f"attribute {PRUNED_FLAG!r})", RegplugWarning, stacklevel=2)
 
 
 def _raise_trial_pruned(reason: str) -> NoReturn:

@@ -21,6 +21,7 @@ from ._cli_imports import quiet_framework_imports
 from .compare.cli import add_compare_parser
 from .doctor.cli import add_doctor_parser
 from .errors import PluginLoadError, PluginValidationError, RegplugError
+from .experiment.user_code import UserCodeError, blame
 from .hookspecs import HOOK_NAMES, implemented_hooks
 from .manager import validate_plugin_class
 from .ranges import SpaceError, tunable_arguments
@@ -97,6 +98,9 @@ def plugin_listing() -> list[dict[str, Any]]:
     return records
 
 
+#: How every error of the command starts, whichever sub-command and whoever found it
+#: (argparse or the command itself); the sub-command is named by the "--help" hint.
+ERROR_PREFIX = "regplug: error:"
 WIDTH = 80  # the default listing fits a terminal this wide; --wide prints everything
 NAME_WIDTH = 24  # the longest name that sets the width of the name column
 
@@ -207,13 +211,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its mistakes in one line (``regplug compare: error: argument --seeds:
-    must be at least 1, got 0 (regplug compare --help)``, exit code 2) instead of the usage
+    """argparse, with its mistakes in one line (``regplug: error: argument --seeds: must be
+    at least 1, got 0 (see regplug compare --help)``, exit code 2) instead of the usage
     block before it: the command's other mistakes are one line too. Its sub-commands'
     parsers are of this class as well (argparse creates them with the parent's class)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{ERROR_PREFIX} {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,21 +266,46 @@ def _run(argv: list[str]) -> int:
     try:
         with quiet_framework_imports():  # TensorFlow's start-up lines stay off the terminal
             return int(args.func(args))
+    except UserCodeError as err:
+        return _user_code_error(err, verbose=args.verbose)
     except (RegplugError, ValueError, OSError) as err:
+        blamed = blame(err, model=getattr(args, "model", None), data=getattr(args, "data", None))
+        if blamed is not None:
+            return _user_code_error(blamed, verbose=args.verbose, cause=err)
         if args.verbose:
             traceback.print_exc()
-        print(f"regplug: error: {err}", file=sys.stderr)
+        print(f"{ERROR_PREFIX} {err}", file=sys.stderr)
         return 2
     except ImportError as err:
+        blamed = blame(err, model=getattr(args, "model", None), data=getattr(args, "data", None))
+        if blamed is not None:
+            return _user_code_error(blamed, verbose=args.verbose, cause=err)
         if args.verbose:
             traceback.print_exc()
         hint = "" if "pip install" in str(err) else \
             ". Install the extras: pip install 'regplug[all]'"
-        print(f"regplug: error: {err}{hint}", file=sys.stderr)
+        print(f"{ERROR_PREFIX} {err}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("regplug: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # the user's own factory's error is theirs: one line, -v more
+        blamed = blame(err, model=getattr(args, "model", None), data=getattr(args, "data", None))
+        if blamed is None:
+            raise
+        return _user_code_error(blamed, verbose=args.verbose, cause=err)
+
+
+def _user_code_error(err: UserCodeError, *, verbose: bool,
+                     cause: BaseException | None = None) -> int:
+    """Print the one line of an error raised by the user's code (``--model``, ``--data``),
+    and with ``-v`` the traceback of what it raised; exit status 2."""
+    original = cause or err.__cause__ or err
+    if verbose:
+        traceback.print_exception(original)
+    print(f"{ERROR_PREFIX} {err}" + ("" if verbose else " (-v shows the traceback)"),
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,11 +2,12 @@
 --config``.
 
 Every way a file can be unusable ends in a :class:`ConfigError` that names the file and what
-is wrong with it: unreadable, not UTF-8 (with the line and column of the first bad byte),
-not TOML (with tomllib's line and column), or nested deeper than :data:`MAX_NESTING`
-levels. Parsing never surfaces a ``RecursionError``: tomllib recurses once per level of
-nested arrays and inline tables, so a file of a few thousand ``[`` would otherwise end in a
-traceback.
+is wrong with it: unreadable, not a regular file (a FIFO, ``/dev/zero``: never read), over
+:data:`MAX_CONFIG_BYTES`, not UTF-8 (with the line and column of the first bad byte; a
+leading byte-order mark is skipped), not TOML (with tomllib's line and column), or nested
+deeper than :data:`MAX_NESTING` levels. Parsing never surfaces a ``RecursionError``:
+tomllib recurses once per level of nested arrays and inline tables, so a file of a few
+thousand ``[`` would otherwise end in a traceback.
 
 Docs: docs/plugins/index.md
 """
@@ -14,6 +15,7 @@ Docs: docs/plugins/index.md
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,13 +28,18 @@ else:  # the same parser, before it joined the standard library
 
 from .errors import RegplugError
 
-__all__ = ["ConfigError", "ConfigTypeError", "MAX_NESTING", "read_toml", "key_path",
-           "describe_value"]
+__all__ = ["ConfigError", "ConfigTypeError", "MAX_NESTING", "MAX_CONFIG_BYTES", "read_toml",
+           "key_path", "describe_value"]
 
 #: Deepest nesting of tables and arrays a config may have. Real configs use 3 or 4 levels
 #: (strategies → plugins → a schedule table → a list of milestones); anything near this
 #: limit is a generated or hostile file.
 MAX_NESTING = 32
+#: The most bytes a config may have: a config of thousands of choices is some hundred
+#: kilobytes; more is the wrong file (or an endless one), read no further.
+MAX_CONFIG_BYTES = 16 << 20
+#: UTF-8's byte-order mark, which some editors put at the start of a text file.
+_BOM = b"\xef\xbb\xbf"
 
 
 class ConfigError(RegplugError, ValueError):
@@ -53,10 +60,9 @@ def read_toml(path: str | os.PathLike[str], *, what: str = "config") -> dict[str
     read: No such file or directory
     """
     label = f"{what} {str(path)!r}"
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{label} cannot be read: {err.strerror or err}") from None
+    raw = _read_capped(Path(path), label)
+    if raw.startswith(_BOM):  # Windows editors write one; TOML's text is what follows
+        raw = raw[len(_BOM):]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -77,6 +83,34 @@ def read_toml(path: str | os.PathLike[str], *, what: str = "config") -> dict[str
         raise ConfigError(f"{label} nests tables and arrays more than {MAX_NESTING} levels "
                           f"deep (at {deepest}); regplug configs need a few")
     return data
+
+
+def _read_capped(path: Path, label: str) -> bytes:
+    """The bytes of the regular file ``path``, at most :data:`MAX_CONFIG_BYTES`: a FIFO, a
+    device (``/dev/zero``) or a socket is refused before a byte is read (opening without
+    blocking: a FIFO would wait for a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise ConfigError(f"{label} cannot be read: {err.strerror or err}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise ConfigError(f"{label} cannot be read: Is a directory")
+            kind = ("a FIFO" if stat.S_ISFIFO(mode)
+                    else "a character device" if stat.S_ISCHR(mode) else "a block device"
+                    if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "not a file")
+            raise ConfigError(f"{label} cannot be read: it is not a regular file ({kind})")
+        try:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as err:
+            raise ConfigError(f"{label} cannot be read: {err.strerror or err}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{label} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MiB; a "
+                          "regplug config is a few kilobytes (is it the right file?)")
+    return raw
 
 
 def _too_deep(data: Mapping[str, Any]) -> str | None:

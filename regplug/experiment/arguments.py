@@ -17,17 +17,31 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from .frameworks import TrainSettings
 
-__all__ = ["SEED_MAX", "positive_int", "seed", "positive_float", "label_noise",
-           "add_training_arguments"]
+__all__ = ["SEED_MAX", "MAX_BATCH_SIZE", "MAX_SEEDS", "positive_int", "seed", "seed_count",
+           "batch_size", "positive_float", "label_noise", "add_training_arguments",
+           "check_out_folder"]
 
 #: ``--seed``'s range: what NumPy's legacy global seed (Keras' ``set_random_seed``), torch's
 #: ``manual_seed`` and NumPy's generators all accept.
 SEED_MAX = 2**32 - 1
+
+
+#: ``--batch-size``' upper bound: 2**24 rows in one batch (more than any data set these
+#: commands hold in memory; a larger one trains the same full batch).
+MAX_BATCH_SIZE = 2**24
+#: ``regplug compare --seeds``' upper bound: every strategy is trained once per seed, and a
+#: paired test over a thousand seeds is as sure as it gets.
+MAX_SEEDS = 1000
+#: What the staging folder's name adds to ``--out``'s last name (".", ".partial-" and
+#: mkdtemp's 8 characters; see :mod:`.output`).
+_STAGING_EXTRA = 18
 
 
 def _int(text: str) -> int:
@@ -43,6 +57,28 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _bounded(text: str, maximum: int) -> int:
+    value = _int(text)
+    if not 1 <= value <= maximum:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {maximum:,}, got {value}")
+    return value
+
+
+def batch_size(text: str) -> int:
+    """An integer from 1 to :data:`MAX_BATCH_SIZE` (``--batch-size``).
+
+    >>> batch_size("10" + "0" * 11)
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be from 1 to 16,777,216, got 1000000000000
+    """
+    return _bounded(text, MAX_BATCH_SIZE)
+
+
+def seed_count(text: str) -> int:
+    """An integer from 1 to :data:`MAX_SEEDS` (``regplug compare --seeds``)."""
+    return _bounded(text, MAX_SEEDS)
 
 
 def non_negative_int(text: str) -> int:
@@ -132,9 +168,43 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSetti
     parser.add_argument("--epochs", type=positive_int,
                         default=None if epochs_from_preset else defaults.epochs,
                         help=f"epochs per {per}" + (preset or f" (default {defaults.epochs})"))
-    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                        help=f"mini-batch size (default {defaults.batch_size})")
+    parser.add_argument("--batch-size", type=batch_size, default=defaults.batch_size,
+                        help=f"mini-batch size, at most {MAX_BATCH_SIZE:,} (default "
+                             f"{defaults.batch_size})")
     parser.add_argument("--lr", type=positive_float, default=defaults.learning_rate,
                         help=f"SGD learning rate (default {defaults.learning_rate:g}; "
                              f"momentum {defaults.momentum:g})")
     parser.add_argument("--seed", type=seed, default=defaults.seed, help=seed_help)
+
+
+def check_out_folder(text: str) -> None:
+    """Refuse an ``--out`` that can never be an output folder, naming it: the file-system
+    root, or a name longer than the file system allows (before any training).
+
+    >>> check_out_folder("/")
+    Traceback (most recent call last):
+    ValueError: --out '/': the file-system root cannot be an output folder (it is replaced whole when the run has finished); give a folder below it
+    """  # noqa: E501
+    path = Path(text)
+    if not text.strip():
+        raise ValueError("--out '': give a folder name")
+    if path.resolve() == Path(path.resolve().anchor):
+        raise ValueError(f"--out {text!r}: the file-system root cannot be an output folder (it "
+                         "is replaced whole when the run has finished); give a folder below it")
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows): the usual limit
+        name_max = 255
+    parts = path.parts
+    for index, part in enumerate(parts):
+        # the last name is also the staging folder's, ".NAME.partial-XXXXXXXX" (output.py)
+        room = name_max - (_STAGING_EXTRA if index == len(parts) - 1 else 0)
+        if len(part.encode()) > room:
+            shown = part if len(part) <= 24 else part[:20] + "..."
+            raise ValueError(f"--out {shown!r}: a name of {len(part)} characters; the file "
+                             f"system allows {name_max} bytes per name, and the folder's "
+                             f"name is written with {_STAGING_EXTRA} more while the run "
+                             f"writes it (at most {room} here)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+#: How a zip archive (an .npz) and a single .npy array start.
+_ZIP_MAGIC = b"PK"
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass(frozen=True)
@@ -147,10 +151,21 @@ def load_npz(path: str | Path) -> Dataset:
         raise ValueError(f"{shown} does not exist")
     if path.is_dir():
         raise ValueError(f"{shown} is a directory, not an .npz file")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # a FIFO would wait for a writer, a device never end
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if (
+            stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else "a socket"
+        raise ValueError(f"{shown} is not a regular file ({kind})")
+    with path.open("rb") as fh:
+        head = fh.read(12)
+    if not head.startswith(_ZIP_MAGIC) and not head.startswith(_NPY_MAGIC):
+        # numpy would try to unpickle it, and its message suggests allowing that
+        raise ValueError(f"{shown} cannot be read as .npz: it is not a zip archive of .npy "
+                         f"arrays (as numpy.savez writes); it starts with {head!r}")
     try:
-        archive = np.load(path)
+        archive = np.load(path, allow_pickle=False)
     except _UNREADABLE as err:
-        raise ValueError(f"{shown} cannot be read as .npz: {_first_line(err)}") from None
+        raise ValueError(f"{shown} cannot be read as .npz: {_no_pickle(err)}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{shown} holds a single array, not an .npz archive "
                          f"with {', '.join(NPZ_KEYS)}")
@@ -161,9 +176,20 @@ def load_npz(path: str | Path) -> Dataset:
         try:
             arrays = {k: archive[k] for k in NPZ_KEYS}
         except _UNREADABLE as err:  # object arrays need pickle; truncated files
+            if "pickle" in str(err).lower():
+                raise ValueError(f"{shown} holds Python objects (an array of dtype object), "
+                                 "which regplug does not load: loading them could run code "
+                                 "from the file; save numeric arrays") from None
             raise ValueError(f"{shown} cannot be read (truncated or damaged?): "
-                             f"{_first_line(err)}") from None
+                             f"{_no_pickle(err)}") from None
     return from_arrays(path.stem, arrays, source=shown, pixels=True)
+
+
+def _no_pickle(err: BaseException) -> str:
+    """numpy's first line, without its advice to load the file "unsafely"."""
+    line = _first_line(err)
+    return "it holds Python objects, which regplug does not load" if "pickle" in line.lower() \
+        else line
 
 
 def _first_line(err: BaseException) -> str:

@@ -277,6 +277,7 @@ class CheckedArguments:
 def check_arguments(args: argparse.Namespace) -> CheckedArguments:
     """Refuse every mistake the command line, the config or ``--out`` can hold, before a
     framework is imported or any data loaded (seconds)."""
+    from ..experiment.arguments import check_out_folder
     from ..experiment.datasets import check_data_name
     from ..experiment.finetune import (
         check_finetune_model,
@@ -320,6 +321,7 @@ def check_arguments(args: argparse.Namespace) -> CheckedArguments:
         check_finetune_model(model)
     check_data_name(args.data)
     if args.out is not None:
+        check_out_folder(args.out)
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
     return CheckedArguments(objective=objective, spaces=spaces, notes=notes, model=model,
                             grid_points=grid_points, optuna_version=optuna.__version__)
@@ -360,7 +362,8 @@ def wire_search(args: argparse.Namespace, checked: CheckedArguments) -> SearchPl
     runner = get_runner(args.framework)
     for space in checked.spaces:  # a monitor no log holds would silently do nothing
         check_monitors(space.strategy, runner_log_keys(runner), framework=args.framework)
-    storage = open_storage(args.storage)
+    storage_notes: list[str] = []  # what opening a journal had to set aside
+    storage = open_storage(args.storage, notes=storage_notes)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, seed=args.seed)
     study_name = args.study_name or DEFAULT_STUDY_NAME
@@ -368,8 +371,9 @@ def wire_search(args: argparse.Namespace, checked: CheckedArguments) -> SearchPl
                     settings=settings, objective=checked.objective, sampler=args.sampler,
                     pruner=args.pruner, grid_points=checked.grid_points, seed=args.seed,
                     storage=storage, study_name=study_name,
-                    warmup_epochs=args.warmup_epochs)
-    notes = list(checked.notes)
+                    warmup_epochs=args.warmup_epochs,
+                    storage_name=f"--storage {args.storage!r}" if args.storage else None)
+    notes = [*checked.notes, *storage_notes]
     if args.sampler == "grid":
         for entry in search.studies.values():
             if entry.grid_size is not None and entry.grid_size < args.trials:

@@ -29,7 +29,9 @@ from ..errors import RegplugError
 from ..experiment.datasets import Splits
 from ..experiment.frameworks import FrameworkRunner, TrainSettings
 from ..experiment.models import ModelChoice, ModelError
+from ..experiment.output import Terminated
 from ..experiment.training import restored_epoch, train_strategy
+from ..experiment.user_code import blame
 from ..ranges import Choice, FloatRange
 from .errors import SearchError, TrialFailed, import_optuna
 from .storage import check_study_name, claim_or_check, run_settings, space_settings
@@ -306,14 +308,46 @@ class StrategyStudy:
         return [record_of(self.name, t, here=t.number in here)
                 for t in self.study.get_trials(deepcopy=False)]
 
+    def _grid_trials(self) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]],
+                                    dict[tuple[Any, ...], dict[str, Any]]]:
+        """The grid settings with a finished trial (complete, pruned, or failed by its
+        training), those started, and the params of those only interrupted (a trial
+        SIGTERM or Ctrl-C ended, marked FAIL: Optuna's grid sampler counts it as visited)."""
+        states = import_optuna().trial.TrialState
+        done: set[tuple[Any, ...]] = set()
+        started: set[tuple[Any, ...]] = set()
+        interrupted: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state == states.WAITING:
+                continue
+            key = tuple(sorted(trial.params.items()))
+            started.add(key)
+            if trial.state == states.FAIL and _is_interruption(trial.user_attrs.get("error")):
+                interrupted[key] = dict(trial.params)
+            elif trial.state.is_finished():
+                done.add(key)
+        return done, started, {k: v for k, v in interrupted.items() if k not in done}
+
     def exhausted(self) -> bool:
-        """Whether the grid has been run through (only with the grid sampler)."""
+        """Whether the grid has been run through (only with the grid sampler): every setting
+        has a finished trial — one that SIGTERM, SIGKILL or Ctrl-C ended does not count."""
         if self.grid_size is None:
             return False
+        done, _, _ = self._grid_trials()
+        return len(done) >= self.grid_size
+
+    def requeue_interrupted(self) -> None:
+        """With the grid sampler, once every setting was started, queue a setting whose only
+        trials were interrupted (Optuna's grid sampler counts a FAIL as visited and would
+        train a finished setting again instead)."""
+        if self.grid_size is None:
+            return
         states = import_optuna().trial.TrialState
-        started = [t for t in self.study.get_trials(deepcopy=False)
-                   if t.state != states.WAITING]
-        return len(started) >= self.grid_size
+        if self.study.get_trials(deepcopy=False, states=(states.WAITING,)):
+            return
+        _, started, interrupted = self._grid_trials()
+        if interrupted and len(started) >= self.grid_size:
+            self.study.enqueue_trial(next(iter(interrupted.values())))
 
 
 @dataclass
@@ -341,6 +375,7 @@ class Search:
         loaded if it exists, so several processes add trials to one study; empty is refused.
     :param warmup_epochs: epochs (from the first) in which the pruner never stops a trial
         (:func:`make_pruner`).
+    :param storage_name: how errors name the storage (``"--storage 'sqlite:///s.db'"``).
 
     A study in a storage records what its trials were run with
     (:func:`~regplug.tune.storage.study_settings`, the study user attribute
@@ -359,12 +394,14 @@ class Search:
                  objective: Objective, sampler: str = "tpe", pruner: str = "median",
                  grid_points: int = 5, seed: int = 0, storage: Any = None,
                  study_name: str = "regplug-tune",
-                 warmup_epochs: int = DEFAULT_WARMUP_EPOCHS) -> None:
+                 warmup_epochs: int = DEFAULT_WARMUP_EPOCHS,
+                 storage_name: str | None = None) -> None:
         check_study_name(study_name)
         optuna = import_optuna()
         self.runner, self.splits, self.model = runner, splits, model
         self.settings, self.objective = settings, objective
         self.sampler, self.pruner, self.grid_points = sampler, pruner, grid_points
+        self.storage_name = storage_name
         self.ran_here: dict[str, set[int]] = {s.strategy.name: set() for s in spaces}
         self.studies: dict[str, StrategyStudy] = {}
         # With a storage, processes share a study: the same seed would have every one of
@@ -374,8 +411,11 @@ class Search:
         with _quiet_optuna():
             for space in spaces:
                 name = space.strategy.name
-                sampler_seed = (seed ^ int.from_bytes(os.urandom(4), "little")) if shared \
-                    else seed
+                # ... except the grid sampler: its seed shuffles the grid, and the grid
+                # setting a trial records (Optuna's grid_id) must mean the same setting to
+                # every process (a continued run included), or they repeat each other's
+                sampler_seed = (seed ^ int.from_bytes(os.urandom(4), "little")) \
+                    if shared and sampler != "grid" else seed
                 study_id = f"{study_name}/{name}" if shared else name
                 try:
                     study = optuna.create_study(
@@ -387,6 +427,11 @@ class Search:
                                            warmup=warmup_epochs))
                 except ValueError as err:
                     raise SearchError(f"study {study_id!r}: {err}") from None
+                except Exception as err:
+                    storage_error = storage_write_error(err, storage_name)
+                    if storage_error is None:
+                        raise
+                    raise storage_error from err
                 if study.direction.name.lower() != objective.direction:
                     raise SearchError(
                         f"study {study_id!r} in the storage was created to "
@@ -397,7 +442,13 @@ class Search:
                     if shared_run is None:
                         shared_run = run_settings(runner=runner, splits=splits, model=model,
                                                    settings=settings, objective=objective)
-                    claim_or_check(study, study_id, space_settings(shared_run, space))
+                    try:
+                        claim_or_check(study, study_id, space_settings(shared_run, space))
+                    except Exception as err:
+                        storage_error = storage_write_error(err, storage_name)
+                        if storage_error is None:
+                            raise
+                        raise storage_error from err
                 grid = space.grid_size(grid_points) if sampler == "grid" else None
                 self.studies[name] = StrategyStudy(space, study, grid)
 
@@ -411,6 +462,8 @@ class Search:
     def _objective(self, entry: StrategyStudy) -> Callable[[Any], float]:
         from ..plugins import OptunaPruning
 
+        optuna = import_optuna()
+
         def objective(trial: Any) -> float:
             self.ran_here[entry.name].add(trial.number)
             values = {p.name: suggest(trial, p) for p in entry.space.parameters}
@@ -419,9 +472,18 @@ class Search:
             start = time.perf_counter()
             try:
                 outcome, plugins = self.train(strategy, [pruning])
+            except (KeyboardInterrupt, Terminated) as err:
+                trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+                trial.set_user_attr("error", _interruption(err))
+                raise
             except ModelError:
                 raise  # the model, not the setting: every trial would fail the same way
-            except (RegplugError, ValueError, ArithmeticError) as err:
+            except Exception as err:
+                blamed = blame(err, model=self.model.name) if self.model.factory else None
+                if blamed is not None:  # the user's model factory: every trial would fail
+                    raise blamed from err
+                if not isinstance(err, (RegplugError, ValueError, ArithmeticError)):
+                    raise
                 trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
                 trial.set_user_attr("error", _one_line(err))
                 raise TrialFailed(_one_line(err)) from err
@@ -434,7 +496,13 @@ class Search:
                 diverged = _divergence(pruning)
                 if diverged is not None:
                     trial.set_user_attr("error", diverged)
+            # raised for every prune, so that the plugin knows it was not forgotten; a prune
+            # at the last epoch is dropped (the trial's value is whole)
+            try:
                 pruning.raise_if_pruned()
+            except optuna.TrialPruned:
+                if outcome.epochs < self.settings.epochs:
+                    raise
             value = self.objective.value(outcome.history, restored=restored_epoch(plugins))
             if not math.isfinite(value):
                 why = f"{self.objective.metric} is {value} (the training diverged)"
@@ -449,12 +517,38 @@ class Search:
         entry = self.studies[name]
         before = set(self.ran_here[name])
         with _quiet_optuna():
-            entry.study.optimize(self._objective(entry), n_trials=1, catch=(TrialFailed,))
+            try:
+                entry.requeue_interrupted()
+                entry.study.optimize(self._objective(entry), n_trials=1, catch=(TrialFailed,))
+            except BaseException as err:
+                reason = _interruption(err)
+                if reason is not None:  # Optuna leaves a trial SIGTERM ended RUNNING
+                    self._fail_unfinished(entry, self.ran_here[name] - before, reason)
+                    raise
+                storage_error = self._storage_error(err)
+                if storage_error is not None:
+                    raise storage_error from err
+                raise
         number = max(self.ran_here[name] - before, default=None)
         if number is None:
             raise SearchError(f"strategy {name!r}: the study ran no trial")
         trial = next(t for t in entry.study.get_trials(deepcopy=False) if t.number == number)
         return record_of(name, trial, here=True)
+
+    def _fail_unfinished(self, entry: StrategyStudy, numbers: set[int], reason: str) -> None:
+        """Mark this process's trials ``numbers`` that are still RUNNING as FAIL (their
+        ``error`` says ``reason`` where the objective could not write it)."""
+        states = import_optuna().trial.TrialState
+        for trial in entry.study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+            if trial.number in numbers:
+                with contextlib.suppress(Exception):  # the storage itself may be what broke
+                    entry.study.tell(trial.number, state=states.FAIL)
+
+    def _storage_error(self, err: BaseException) -> SearchError | None:
+        """A :class:`SearchError` naming the storage where ``err`` is Optuna's wrapping of a
+        failed write (``StorageInternalError``: "... e.g. exceeding max length"), with the
+        cause the user needs; else ``None``."""
+        return storage_write_error(err, self.storage_name)
 
     def run(self, *, trials: int, timeout: float | None = None,
             on_trial: Callable[[TrialRecord], None] | None = None,
@@ -503,6 +597,37 @@ def _divergence(pruning: Any) -> str | None:
     if value is None or math.isfinite(value):
         return None
     return f"{pruning.monitor} is {value} at epoch {epoch + 1} (the training diverged)"
+
+
+_INTERRUPTED = "interrupted"
+
+
+def _interruption(err: BaseException | None) -> str | None:
+    """``"interrupted (SIGTERM)"`` / ``"interrupted (Ctrl-C)"`` where ``err`` is (or was
+    raised while handling) a SIGTERM or a Ctrl-C, else ``None``."""
+    while err is not None:
+        if isinstance(err, Terminated):
+            return f"{_INTERRUPTED} (SIGTERM)"
+        if isinstance(err, KeyboardInterrupt):
+            return f"{_INTERRUPTED} (Ctrl-C)"
+        err = err.__context__
+    return None
+
+
+def _is_interruption(error: object) -> bool:
+    return isinstance(error, str) and error.startswith(f"{_INTERRUPTED} (")
+
+
+def storage_write_error(err: BaseException, storage: str | None) -> SearchError | None:
+    """A one-line :class:`SearchError` naming ``storage`` (``"--storage 'sqlite:///s.db'"``)
+    where ``err`` is Optuna's ``StorageInternalError`` (a failed database write, whose own
+    message guesses at "invalid data ... exceeding max length"), with its cause; else None."""
+    if type(err).__name__ != "StorageInternalError":
+        return None
+    cause = err.__cause__ or err.__context__ or err
+    while cause.__cause__ is not None and type(cause).__module__.startswith("sqlalchemy"):
+        cause = cause.__cause__  # SQLAlchemy's wrapper: the driver's error says it plainly
+    return SearchError(f"{storage or 'the storage'} cannot be written: {_one_line(cause)}")
 
 
 def _one_line(err: BaseException) -> str:

@@ -12,10 +12,16 @@ Docs: docs/tune.md
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
+import os
 import re
+import shutil
+import sqlite3
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,9 +39,12 @@ if TYPE_CHECKING:
     from .search import Objective
     from .strategy_space import StrategySpace
 
-__all__ = ["storage_file", "check_storage_url", "looks_like_journal", "check_study_name",
+__all__ = ["storage_file", "foreign_tables", "journal_backend", "set_aside_cut_record",
+           "check_journal_records", "check_storage_url", "looks_like_journal", "check_study_name",
            "open_storage", "STUDY_SETTINGS_ATTR", "study_settings", "run_settings",
            "space_settings", "data_fingerprint", "settings_differences", "claim_or_check"]
+
+log = logging.getLogger(__name__)
 
 _JOURNAL = "journal:"
 #: Opening a storage is tried this often when the error is one of ``_RACES`` (SQLAlchemy's
@@ -52,6 +61,9 @@ _JOURNAL_RECORD_START = b'{"op_code":'
 #: How much of an existing journal is read to find its first record (a study's creation,
 #: some hundred bytes).
 _JOURNAL_PEEK = 1 << 16
+#: Tables every Optuna RDB storage has (``alembic_version`` since Optuna 2, ``version_info``
+#: since 1): a database with tables but none of these is another program's.
+_OPTUNA_TABLES = {"alembic_version", "version_info", "studies"}
 #: The study user attribute recording what its trials were run with (:func:`study_settings`).
 STUDY_SETTINGS_ATTR = "regplug.settings"
 #: How the refusal names each recorded setting (the command line's spelling where it has one).
@@ -111,6 +123,10 @@ def check_storage_url(url: str) -> None:
     if not path.absolute().parent.is_dir():
         raise SearchError(f"--storage {url!r}: the folder of the {what} "
                           f"({str(path.absolute().parent)!r}) does not exist")
+    kind = _not_regular(path)
+    if kind is not None:  # reading a FIFO would wait for a writer; a device never ends
+        raise SearchError(f"--storage {url!r}: {str(path)!r} is not a regular file ({kind}); "
+                          "give a file path")
     if not path.is_file() or path.stat().st_size == 0:
         return  # a new storage (an empty file is one another process has just created)
     if what == "SQLite file":
@@ -119,10 +135,47 @@ def check_storage_url(url: str) -> None:
                 raise SearchError(f"--storage {url!r}: {str(path)!r} is not an SQLite database "
                                   "(it does not start with SQLite's header); give a new file "
                                   "or an existing database")
+        foreign = foreign_tables(path)
+        if foreign:
+            raise SearchError(f"--storage {url!r}: {str(path)!r} is another program's SQLite "
+                              f"database (tables: {', '.join(foreign[:5])}"
+                              f"{', ...' if len(foreign) > 5 else ''}; no Optuna tables); give "
+                              "a new file or an Optuna study database")
     elif not looks_like_journal(path):
         raise SearchError(f"--storage {url!r}: {str(path)!r} is not an Optuna journal file "
                           "(its first line is not a journal record); give a new file or an "
                           "existing journal")
+
+
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists and is not a regular file (``"a FIFO"``), else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file"  # pragma: no cover - no other kind on POSIX
+
+
+def foreign_tables(path: Path) -> list[str]:
+    """The tables of the SQLite database ``path`` when none of them is Optuna's (another
+    program's database, which Optuna would silently add its tables to); ``[]`` for an
+    Optuna database, an empty one, or one that cannot be read (Optuna then says why)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro",
+                                                   uri=True)) as db:
+            names = [row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    except sqlite3.Error:
+        return []
+    if not names or _OPTUNA_TABLES & set(names):
+        return []
+    return [n for n in names if not n.startswith("sqlite_")]
 
 
 def looks_like_journal(path: Path) -> bool:
@@ -147,19 +200,31 @@ def check_study_name(name: str) -> None:
                           "one (run1), or leave --study-name out for 'regplug-tune'")
 
 
-def open_storage(url: str | None) -> Any:
+def open_storage(url: str | None, notes: list[str] | None = None) -> Any:
     """``None`` (each study in memory), or the storage ``url`` names, opened now so that a
-    storage that cannot be used fails before any training."""
+    storage that cannot be used fails before any training. A journal is checked first
+    (:func:`check_journal_records`, :func:`set_aside_cut_record`: what was done is appended
+    to ``notes``) and appended to only after a line that is whole (:func:`journal_backend`)."""
     if url is None:
         return None
     check_storage_url(url)
     optuna = import_optuna()
+    backend: Any = None
+    if url.startswith(_JOURNAL):
+        path = Path(url[len(_JOURNAL):])
+        _check_writable(path, url)
+        backend = journal_backend(path, url)
+        with backend.locked():
+            note = set_aside_cut_record(path, url)
+        if note is not None and notes is not None:
+            notes.append(note)
+        check_journal_records(path, url)
     for attempt in range(_OPEN_ATTEMPTS):
         try:
             if url.startswith(_JOURNAL):
-                from optuna.storages.journal import JournalFileBackend, JournalStorage
+                from optuna.storages.journal import JournalStorage
 
-                return JournalStorage(JournalFileBackend(url[len(_JOURNAL):]))
+                return JournalStorage(backend)
             return optuna.storages.RDBStorage(url)
         except ImportError as err:
             raise ImportError(f"--storage {url!r}: its database driver is not installed "
@@ -174,6 +239,114 @@ def open_storage(url: str | None) -> Any:
             raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
                               f"{first}") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- journals: never make a readable one unreadable ------------------------------------------
+
+def _check_writable(path: Path, url: str) -> None:
+    """Refuse a journal this process cannot append to (or create), naming ``--storage``."""
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as err:
+        raise SearchError(f"--storage {url!r}: the journal file cannot be written "
+                          f"({err.strerror or err})") from None
+
+
+def journal_backend(path: Path, url: str) -> Any:
+    """Optuna's ``JournalFileBackend`` for ``path`` (its default lock), whose every append
+    first sets aside a last record that another writer left cut off
+    (:func:`set_aside_cut_record`), under the same lock: appending after a partial line
+    would join both into a line no reader can parse, and every trial after it would be lost
+    to Optuna."""
+    import_optuna()
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    class _WholeLinesJournal(JournalFileBackend):
+        def __init__(self) -> None:
+            self._regplug_lock = JournalFileSymlinkLock(str(path))
+            super().__init__(str(path), lock_obj=self._regplug_lock)
+
+        @contextlib.contextmanager
+        def locked(self) -> Any:
+            self._regplug_lock.acquire()
+            try:
+                yield
+            finally:
+                self._regplug_lock.release()
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            lines = b"".join(json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+                             for entry in logs)
+            with self.locked():
+                note = set_aside_cut_record(path, url)
+                if note is not None:
+                    log.warning("%s", note)
+                with path.open("ab") as fh:
+                    fh.write(lines)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+
+    return _WholeLinesJournal()
+
+
+def set_aside_cut_record(path: Path, url: str) -> str | None:
+    """Remove an incomplete last line (a record whose writer was killed mid-write) from the
+    journal ``path``, after copying the whole file to ``PATH.cut-<time>``; what was done, as
+    a note, or ``None`` where the journal ends with a whole line.
+
+    Call it holding the journal's lock (Optuna's writers append whole lines under it): a
+    partial line seen then is no write in progress. Only bytes after the last newline are
+    removed, so the offsets other readers keep of whole lines stay valid."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with path.open("rb") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return None
+        keep, position = 0, size
+        while position > 0:  # the last newline, read backwards a block at a time
+            start = max(0, position - _JOURNAL_PEEK)
+            fh.seek(start)
+            block = fh.read(position - start)
+            found = block.rfind(b"\n")
+            if found >= 0:
+                keep = start + found + 1
+                break
+            position = start
+    backup = path.with_name(f"{path.name}.cut-{time.strftime('%Y%m%d-%H%M%S')}")
+    serial = 1
+    while backup.exists():
+        serial += 1
+        backup = backup.with_name(f"{path.name}.cut-{time.strftime('%Y%m%d-%H%M%S')}-{serial}")
+    shutil.copyfile(path, backup)
+    os.truncate(path, keep)
+    return (f"--storage {url!r}: its last record was cut off ({size - keep} bytes without a "
+            f"line end: a writer killed mid-write); removed it, the whole file is kept as "
+            f"{backup.name}")
+
+
+def check_journal_records(path: Path, url: str) -> None:
+    """Refuse a journal with a whole line that is not a journal record (Optuna stops reading
+    there, and every trial after it is lost to it), naming the line; the file is untouched."""
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.endswith(b"\n"):
+                return  # a record another process is writing now
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not (isinstance(record, dict) and "op_code" in record):
+                shown = line[:40].decode("utf-8", "replace").rstrip()
+                raise SearchError(
+                    f"--storage {url!r}: line {number} is not an Optuna journal record "
+                    f"({shown!r}); Optuna cannot read the trials after it: remove that line "
+                    "(keep a copy of the file first) or give another journal")
 
 
 # -- what makes one study's trials comparable --------------------------------------------

@@ -173,8 +173,8 @@ def load_tune_config(path: str | Path) -> TuneConfig:
 
     Every mistake is a :class:`~regplug.configfile.ConfigError` naming the file and the key.
     """
-    label = f"config {str(path)!r}"
-    data = read_toml(path)
+    label = f"--config {str(path)!r}"
+    data = read_toml(path, what="--config")
     others = sorted(set(data) - {"strategies", "tune"})
     if others or not data:
         raise ConfigError(f"{label}: expected [[strategies]] tables and/or [tune.<plugin>] "
@@ -246,17 +246,18 @@ def _probe(space: StrategySpace) -> None:
     """Build the strategy's plugins with each parameter at each probe value: a range a plugin
     refuses (``l2 = {low = -1, ...}``) is an error now, not a failed trial an hour in."""
     for parameter in space.parameters:
+        if parameter.plugin is None:
+            _check_dropout(parameter.space, where=f"strategy {space.strategy.name!r}: "
+                                                  f"{parameter.name}")
+            continue
         for value in probe_values(parameter.space):
-            where = (f"strategy {space.strategy.name!r}: {parameter.name} = {value!r} (from its "
-                     f"range {parameter.space.describe()})")
-            if parameter.plugin is None:
-                _check_dropout(parameter.space, where=f"strategy {space.strategy.name!r}: "
-                                                      f"{parameter.name}")
-                continue
             try:
                 space.apply({parameter.name: value}).build_plugins()
             except (ConfigError, TypeError, ValueError) as err:
-                raise SpaceError(f"{where} is refused: {err}") from None
+                # described only here: a choice of thousands of options is long to describe
+                raise SpaceError(f"strategy {space.strategy.name!r}: {parameter.name} = "
+                                 f"{value!r} (from its range {parameter.space.describe()}) is "
+                                 f"refused: {err}") from None
 
 
 def untunable_error(untunable: Sequence[str], tunable: Sequence[str]) -> SpaceError:

@@ -103,10 +103,11 @@ def test_a_seed_out_of_range_names_seed_and_the_range(capsys, value):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["compare", "--seeds", "0"], "regplug compare: error: argument --seeds: must be at least 1"),
-    (["compare", "--framework", "both2"], "regplug compare: error: argument --framework: "
+    # one prefix for every error, whichever sub-command; its --help is named at the end
+    (["compare", "--seeds", "0"], "regplug: error: argument --seeds: must be at least 1"),
+    (["compare", "--framework", "both2"], "regplug: error: argument --framework: "
                                           "invalid choice: 'both2'"),
-    (["tune", "--timeout", "-5"], "regplug tune: error: argument --timeout: must be a finite"),
+    (["tune", "--timeout", "-5"], "regplug: error: argument --timeout: must be a finite"),
     (["bogus"], "regplug: error: argument command: invalid choice: 'bogus'"),
     ([], "regplug: error: the following arguments are required: command"),
 ])
