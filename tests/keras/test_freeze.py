@@ -108,3 +108,16 @@ def test_a_pattern_naming_non_trainable_layers_says_to_leave_them_trainable():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="Freeze: argument 'include'.*optimizer up front"):
         fit(model, X, Y, epochs=1, callbacks=[Regularize([Freeze(2, include="body.*")])])
+
+
+def test_a_later_fit_starts_with_the_frozen_set_of_its_initial_epoch():
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    plugin = Freeze(1, gradual=True, exclude="head.*")
+    fit(model, X, Y, epochs=1, callbacks=[Regularize([plugin])])
+    body = _values(model, "body")
+    mid = _values(model, "mid")
+    fit(model, X, Y, epochs=2, initial_epoch=1, callbacks=[Regularize([plugin])])
+    # epoch 1 of the gradual schedule: mid trains, body is still frozen
+    np.testing.assert_array_equal(_values(model, "body")[0], body[0])
+    assert not np.array_equal(_values(model, "mid")[0], mid[0])
