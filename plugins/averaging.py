@@ -142,7 +142,9 @@ class _WeightAverage(Plugin):
             run.ops.copy_from_(self._params, self._raw)
 
     # -- the end ---------------------------------------------------------------------------
-    @hookimpl
+    # Last of all plugins: an early stopping that restores its best (raw) weights does so
+    # first, and the model ends with the average, as documented.
+    @hookimpl(trylast=True)
     def on_train_end(self, run: Run) -> None:
         self._swap_back(run)  # a validation that never ended (an exception inside it)
         if run.exception is not None or self.keep_raw:

@@ -183,3 +183,17 @@ def test_only_the_selected_parameters_are_averaged():
         loop.close()
     np.testing.assert_array_equal(loop.params["w"], [3.0, 3.0])
     np.testing.assert_allclose(loop.params["head.w"], [2.25, 2.25])
+
+
+def test_the_average_is_written_after_early_stopping_restores_its_best_weights():
+    from regplug.plugins import EarlyStopping
+
+    for order in ("ema first", "early stopping first"):
+        ema, stop = EMA(0.5), EarlyStopping(monitor="val_loss", patience=10)
+        loop = NumpyLoop({"w": np.zeros(2)}, [ema, stop] if order == "ema first" else
+                         [stop, ema], lr=1.0)
+        for val_loss in (1.0, 2.0, 3.0):  # the best epoch is the first (w = 1)
+            loop.step(GRAD)
+            loop.epoch_end({"val_loss": val_loss})
+        loop.close()
+        np.testing.assert_allclose(loop.params["w"], [2.25, 2.25], err_msg=order)
