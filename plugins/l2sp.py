@@ -55,8 +55,9 @@ class L2SP(ParameterPlugin):
     :param new: name patterns (globs) of the new parameters, e.g. ``"head.*"``; each must
         match a selected parameter.
     :param reference: θ₀ given rather than taken at train begin: a mapping from parameter
-        name to array (a PyTorch ``state_dict``, NumPy arrays, ...). Names and shapes must
-        fit the model; extra entries (buffers, unselected parameters) are ignored.
+        name to array (a PyTorch ``state_dict``, NumPy arrays, ...; Keras variable paths
+        work too). Names and shapes must fit the model; extra entries (buffers, unselected
+        parameters) are ignored.
     :param decoupled: decay toward θ₀ at the optimizer update, ``θ ← θ − lr·alpha·(θ−θ₀)``
         (and ``θ ← (1 − lr·beta)·θ`` for the new ones) with the learning rate of each
         parameter's group, as :class:`~regplug.plugins.DecoupledWeightDecay` decays toward 0
@@ -111,7 +112,7 @@ class L2SP(ParameterPlugin):
         copies = run.ops.clone(pretrained)
         anchors = [dataclasses.replace(p, tensor=c) for p, c in zip(pretrained, copies)]
         if arrays is not None and anchors:
-            run.ops.load_copies_(anchors, [arrays[p.name] for p in pretrained])
+            run.ops.load_copies_(anchors, [arrays[_key(p, arrays)] for p in pretrained])
         self._pretrained, self._new, self._anchors = pretrained, new, anchors
         self._pending = None
         if new and not pretrained:
@@ -185,7 +186,7 @@ class L2SP(ParameterPlugin):
         new: list[ParamHandle] = []
         for p in params:
             is_new = any(_matches(p, pattern) for pattern in self.new) or (
-                self.reference is not None and p.name not in self.reference)
+                self.reference is not None and not _key(p, self.reference))
             (new if is_new else pretrained).append(p)
         return pretrained, new
 
@@ -201,10 +202,10 @@ class L2SP(ParameterPlugin):
                 f"L2SP: {where} holds none of the {len(params)} selected parameters (its "
                 f"names start with: {', '.join(list(arrays)[:4]) or '(empty)'}; the model's: "
                 f"{', '.join(p.name for p in params[:4])}); {fix}")
-        missing = [p.name for p in pretrained if p.name not in arrays]
-        wrong = [f"{p.name}: given {tuple(np.shape(arrays[p.name]))}, model {tuple(p.shape)}"
+        missing = [p.name for p in pretrained if not _key(p, arrays)]
+        wrong = [f"{p.name}: given {tuple(np.shape(arrays[k]))}, model {tuple(p.shape)}"
                  for p in pretrained
-                 if p.name in arrays and tuple(np.shape(arrays[p.name])) != tuple(p.shape)]
+                 if (k := _key(p, arrays)) and tuple(np.shape(arrays[k])) != tuple(p.shape)]
         extra = ([n for n in arrays if n not in {p.name for p in pretrained}]
                  if checkpoint else [])
         if missing or wrong or extra:
@@ -262,6 +263,12 @@ class L2SP(ParameterPlugin):
         out["new"] = list(self.new)
         out["decoupled"] = self.decoupled
         return out
+
+
+def _key(p: ParamHandle, arrays: Mapping[str, Any]) -> str:
+    """Where ``arrays`` holds ``p``: under its name, else its framework's own name (Keras'
+    variable path); ``""`` when it holds neither."""
+    return p.name if p.name in arrays else p.native_name if p.native_name in arrays else ""
 
 
 def _matches(p: ParamHandle, pattern: str) -> bool:

@@ -121,3 +121,15 @@ def test_keras_ops_distance_terms_match_numpy():
     for g, m, s in zip(k.close_gradients(), moved, start):
         np.testing.assert_allclose(ops.convert_to_numpy(g), 0.25 * (m.astype("float32") - s),
                                    rtol=1e-6, atol=1e-7)
+
+
+def test_a_reference_keyed_by_keras_variable_paths_anchors_there():
+    x, y = data()
+    pretrained = net(seed=7)
+    body = pretrained.get_layer("body").kernel
+    reference = {body.path: np.array(ops.convert_to_numpy(body))}  # "net/body/kernel"
+    model = net()
+    plugin = L2SP(ALPHA, reference=reference)
+    fit(model, x, y, epochs=1, callbacks=[Regularize([plugin])])
+    assert list(plugin.anchors()) == ["body.kernel"]  # the head is absent: new
+    np.testing.assert_array_equal(plugin.anchors()["body.kernel"], reference[body.path])
