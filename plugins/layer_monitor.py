@@ -1,7 +1,7 @@
 """Per-layer health at every epoch end: weight and gradient norms, update/weight ratio, exact
 zeros and dead units, logged in the epoch's logs (and so the history) per parameter.
 
-Docs: docs/plugins/monitors.md, docs/doctor.md
+Docs: docs/doctor.md
 """
 
 from __future__ import annotations

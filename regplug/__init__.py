@@ -26,6 +26,7 @@ from .errors import (
     UnsupportedPluginError,
     UsageError,
 )
+from .doctor.diagnosis import diagnose
 from .hookspecs import HOOK_NAMES, hookimpl, hookspec
 from .manager import PluginManager
 from .ops import Ops
@@ -70,6 +71,4 @@ def __getattr__(name: str) -> Any:
     # `regplug.plugins` without importing it eagerly: the core stays importable on its own.
     if name == "plugins":
         return import_module(".plugins", __name__)
-    if name == "diagnose":  # the doctor's verdict on a history (docs/doctor.md)
-        return import_module(".doctor.diagnosis", __name__).diagnose
     raise AttributeError(f"module 'regplug' has no attribute {name!r}")
