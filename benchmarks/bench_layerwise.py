@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,8 +28,8 @@ from torch import nn
 from regplug.adapters.torch import attach
 from regplug.plugins import LayerwiseLR
 
-from . import Result, load_now, result
-from .bench_torch import environment, interleaved, paired_ratio, set_threads
+from . import Result, interleave, load_now, result
+from .bench_torch import environment, paired_ratio, set_threads
 
 __all__ = ["run", "set_threads", "environment"]
 
@@ -112,6 +113,27 @@ def _update_only(model: nn.Module, opt: torch.optim.Optimizer) -> Step:
     return step
 
 
+def _measure(steps: dict[str, Step], *, rounds: int, repeat: int, warmup: int
+             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per step, wall clock and process CPU time, from interleaved rounds (the CPU
+    time is less sensitive to other processes sharing the machine)."""
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+
+    def timed(name: str, step: Step) -> Callable[[], float]:
+        def sample() -> float:
+            wall, used = time.perf_counter(), time.process_time()
+            for _ in range(repeat):
+                step()
+            cpu[name].append((time.process_time() - used) / repeat)
+            return (time.perf_counter() - wall) / repeat
+        return sample
+
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    return interleave({name: timed(name, step) for name, step in steps.items()}, rounds), cpu
+
+
 def _max_diff(a: nn.Module, b: nn.Module) -> float:
     return max(float((x - y).detach().abs().max())
                for x, y in zip(a.parameters(), b.parameters(), strict=True))
@@ -124,21 +146,21 @@ def bench(name: str, quick: bool) -> list[Result]:
     ours, theirs = _Stack(d), _Stack(d)
     opt_ours, opt_theirs = make(ours.parameters()), make(_groups(theirs))
     reg = attach(ours, opt_ours, [LayerwiseLR(GAMMA)])
-    rounds, repeat, warmup = (3, 1, 1) if quick else (15, 3, 3)
+    rounds, repeat, warmup = (3, 1, 1) if quick else (25, 2, 3)
     try:
-        train = interleaved({"regplug": _train_step(ours, opt_ours, itertools.cycle(data), reg),
-                             "param groups": _train_step(theirs, opt_theirs,
-                                                         itertools.cycle(data))},
-                            rounds=rounds, repeat=repeat, warmup=warmup)
+        train, train_cpu = _measure(
+            {"regplug": _train_step(ours, opt_ours, itertools.cycle(data), reg),
+             "param groups": _train_step(theirs, opt_theirs, itertools.cycle(data))},
+            rounds=rounds, repeat=repeat, warmup=warmup)
         steps = warmup + rounds * repeat
         diff = _max_diff(ours, theirs)
         if diff > 1e-4:
             raise AssertionError(f"benchmark invalid: after {steps} steps LayerwiseLR and the "
                                  f"param groups hold different weights (max |diff| {diff:.3g})")
-        update = interleaved({"regplug": _update_only(ours, opt_ours),
-                              "param groups": _update_only(theirs, opt_theirs)},
-                             rounds=3 if quick else 21, repeat=1 if quick else 5,
-                             warmup=1 if quick else 3)
+        update, update_cpu = _measure({"regplug": _update_only(ours, opt_ours),
+                                       "param groups": _update_only(theirs, opt_theirs)},
+                                      rounds=3 if quick else 25, repeat=1 if quick else 5,
+                                      warmup=1 if quick else 3)
     finally:
         reg.close()
     n = sum(p.numel() for p in ours.parameters())
@@ -146,13 +168,15 @@ def bench(name: str, quick: bool) -> list[Result]:
                f"params, batch {batch}x{tokens} tokens; {name} foreach, LayerwiseLR({GAMMA}): "
                f"{BLOCKS + 2} depths, all but the top copied and scaled")
     rows = []
-    for label, samples, notes in (
-            ("training step", train,
+    for label, samples, cpu, notes in (
+            ("training step", train, train_cpu,
              [setting, f"same weights after {steps} steps: max |diff| {diff:.1e}",
               f"medians of {rounds} interleaved rounds of {repeat} steps; {load_now()}"]),
-            ("update only", update,
+            ("update only", update, update_cpu,
              ["optimizer.step() from fixed gradients: the copy before and the lerp after add "
               "~5 passes over the scaled parameters to the optimizer's own (AdamW ~15, SGD ~6)"])):
+        notes = [*notes, f"CPU-time ratio {paired_ratio(cpu['regplug'], cpu['param groups']):.3f}"
+                         " (less sensitive to other processes)"]
         rows.append(result(f"LayerwiseLR {label}, {name}",
                            regplug_s=statistics.median(samples["regplug"]),
                            baselines_s={"param groups": statistics.median(
