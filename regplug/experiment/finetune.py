@@ -72,10 +72,14 @@ class FinetuneTask:
     pretrain: TrainSettings
 
     def about(self) -> str:
-        return (f"{self.data}, pretrain on classes 0-4 ({self.pretrain.epochs} epochs), "
-                f"fine-tune on {self.shots} rows of each of 5-9, {self.epochs} epochs, batch "
-                f"{self.batch_size}, lr {self.learning_rate:g}, {self.seeds} seeds, "
-                f"{self.framework}")
+        """The defaults in a line (``--help``, ``--list``).
+
+        >>> FINETUNE.about()
+        'mnist, pretrained 10 epochs, 20 shots, 30 epochs, batch 25, lr 0.05; compare: 10 seeds, torch'
+        """  # noqa: E501
+        return (f"{self.data}, pretrained {self.pretrain.epochs} epochs, {self.shots} shots, "
+                f"{self.epochs} epochs, batch {self.batch_size}, lr {self.learning_rate:g}; "
+                f"compare: {self.seeds} seeds, {self.framework}")
 
 
 #: ``--task finetune``'s defaults (a plain ``regplug compare --task finetune``).
