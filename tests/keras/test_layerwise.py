@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from _keras_models import BACKEND, fit
+from _keras_models import BACKEND, fit, regplug_leftovers
 from keras import ops
 
 from regplug.adapters.keras import Regularize
@@ -132,6 +132,7 @@ def test_multipliers_for_discriminative_rates():
                 opts[layer.name].apply([index[id(v)] for v in layer.trainable_variables],
                                        layer.trainable_variables)
     assert_close(ours, theirs, rtol=2e-4, atol=2e-5)
+    assert regplug_leftovers(ours) == []  # the copies are gone with the fit
 
 
 def test_not_exact_for_ftrl_whose_update_is_not_linear_in_the_learning_rate():

@@ -267,3 +267,41 @@ def test_copy_of_the_model_gets_its_own_plan():
     train(a, torch.optim.SGD(a.parameters(), lr=0.1), data(3), [plugin])
     train(b, torch.optim.SGD(b.parameters(), lr=0.1), data(3), [plugin])
     assert_close(a, b, rtol=0, atol=0)
+
+
+def test_scale_update_op_matches_the_numpy_reference_and_skips_what_torch_optim_skips():
+    import numpy as np
+
+    from regplug.adapters.torch.ops import TorchOps
+    from regplug.numpy_ops import NumpyOps
+    from regplug.run import ParamHandle
+
+    torch.manual_seed(0)
+    tensors = [nn.Parameter(torch.randn(3, 2)) for _ in range(4)]
+    tensors[2].requires_grad_(False)  # frozen
+    for i, t in enumerate(tensors):
+        t.grad = None if i == 3 else torch.ones_like(t)  # tensors[3]: no gradient this step
+    handles = [ParamHandle(f"p{i}", "weight", t, "Linear", 0, tuple(t.shape))
+               for i, t in enumerate(tensors)]
+    ops = TorchOps()
+    before = ops.clone(handles)
+    with torch.no_grad():
+        for t in tensors:
+            t.sub_(0.5)  # "the update"
+    after = [t.detach().clone() for t in tensors]
+    factors = [0.25, 0.5, 0.5, 0.25]
+    ops.in_update = True
+    ops.scale_update_(handles, before, factors)
+    np_ops = NumpyOps()
+    arrays = [a.numpy().astype(np.float64) for a in after]
+    np_handles = [ParamHandle(h.name, "weight", a, "numpy", 0, a.shape)
+                  for h, a in zip(handles, arrays)]
+    np_ops.grads = {"p0": np.ones((3, 2)), "p1": np.ones((3, 2))}
+    np_ops.scale_update_(np_handles, [b.numpy().astype(np.float64) for b in before], factors)
+    for i in (0, 1):
+        np.testing.assert_allclose(tensors[i].detach().numpy(), arrays[i], rtol=1e-6)
+        torch.testing.assert_close(tensors[i].detach(), before[i] - 0.5 * factors[i])
+    assert torch.equal(tensors[2].detach(), after[2])  # frozen: untouched
+    assert torch.equal(tensors[3].detach(), after[3])  # no gradient: untouched
+    with pytest.raises(ValueError, match="scale_update_ got 3 copies for 4 parameters"):
+        ops.scale_update_(handles, before[:3], factors)
