@@ -305,3 +305,28 @@ def test_scale_update_op_matches_the_numpy_reference_and_skips_what_torch_optim_
     assert torch.equal(tensors[3].detach(), after[3])  # no gradient: untouched
     with pytest.raises(ValueError, match="scale_update_ got 3 copies for 4 parameters"):
         ops.scale_update_(handles, before[:3], factors)
+
+
+def test_beside_freeze_frozen_weights_stay_and_then_train_at_their_layer_rate():
+    from regplug.plugins import Freeze
+
+    batches = data(20)
+    ours, theirs = Stack(), Stack()
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-3)
+    opt2 = torch.optim.AdamW(groups_by_hand(theirs, 1e-3), lr=1e-3)
+    start = ours.embed.weight.detach().clone()
+    with attach(ours, opt, [Freeze(1, include="embed.*"), LayerwiseLR(GAMMA)]) as reg:
+        for epoch in range(2):
+            theirs.embed.weight.requires_grad_(epoch >= 1)
+            for x, y in batches[epoch * 10:(epoch + 1) * 10]:
+                opt.zero_grad()
+                reg.loss(criterion(ours(x), y)).backward()
+                opt.step()
+                opt2.zero_grad()
+                criterion(theirs(x), y).backward()
+                opt2.step()
+            if epoch == 0:
+                assert torch.equal(ours.embed.weight, start)  # frozen: bit-identical
+            reg.epoch_end({})
+    assert not torch.equal(ours.embed.weight, start)
+    assert_close(ours, theirs, rtol=1e-4, atol=3e-5)
