@@ -51,7 +51,7 @@ class LayerwiseLR(ParameterPlugin):
     ``L``) keeps its update (``s = 1``, not even copied); the one below gets ``decay``, the
     next ``decay²``, down to the embeddings at ``decay ** L``. For optimizers whose update is
     linear in the learning rate — SGD (momentum, Nesterov, coupled weight decay), Adam, AdamW
-    (its decay ``lr·wd·θ`` too), RMSprop, Adagrad, Lion, and Keras' SGD, Adam, AdamW — this is
+    (its decay ``lr·wd·θ`` too), RMSprop, Adagrad, and Keras' SGD, Adam, AdamW — this is
     *exactly* training with per-layer parameter groups at ``lr·s``, learning-rate schedules
     included. It is not exact where the update is not linear in the learning rate (L-BFGS's
     line search, Rprop's step-size clamps, ASGD's ``lr``-dependent averaging, Keras' Ftrl),
