@@ -82,7 +82,7 @@ def test_unfreezing_equals_layers_set_trainable_by_hand(name):
     ref.make_train_function(force=True)
     fit(ref, X, Y, epochs=4, initial_epoch=2)
     for a, b in zip(ours.get_weights(), ref.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(a, b)  # bit for bit
 
 
 def test_gradual_unfreezing_follows_the_blocks_from_the_top():
