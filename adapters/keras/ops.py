@@ -194,10 +194,9 @@ class KerasOps:
         ``on_train_begin``, ``on_epoch_end``, ...); inside it raises a
         :class:`~regplug.UsageError`. During a ``fit`` the adapter registers the copies as
         state of the step (:attr:`register`), so on JAX the traced step reads their current
-        values rather than constants captured at trace time. On JAX a write to a copy from
-        ``on_before_step``/``on_step`` (:meth:`copy_into_` inside ``optimizer.apply``) is not
-        kept after the step: Keras' JAX step returns only the weights and the optimizer's
-        variables from the update (``tests/keras/test_copy_ops.py`` pins this).
+        values rather than constants captured at trace time, and what the step writes into
+        them (:meth:`copy_into_` in ``on_before_step``/``on_step``) is kept
+        (``tests/keras/test_copy_ops.py``).
         """
         if _tracing():
             raise UsageError(

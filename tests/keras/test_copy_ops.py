@@ -85,9 +85,6 @@ class Follow(regplug.Plugin):
         run.ops.copy_into_(self.copies, self.params)
 
 
-@pytest.mark.xfail(BACKEND == "jax", strict=True, reason=(
-    "Keras' JAX train step returns only the weights and the optimizer's variables from "
-    "optimizer.apply's StatelessScope: a write to another variable there is dropped"))
 def test_copy_into_inside_the_compiled_step_is_kept_after_fit():
     model = mlp(dropout=0.0)
     model.compile(optimizer=sgd(0.1), loss="mse")
