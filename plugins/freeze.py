@@ -53,8 +53,9 @@ def unfreeze_epochs(names: Sequence[str], epochs: int | None, *,
 class Freeze(ConfiguredPlugin):
     """Freeze selected parameters for the first ``epochs`` epochs, then train them again.
 
-    :param epochs: how many epochs the selection stays frozen (``0``: not at all); ``None``:
-        frozen for the whole run. With ``gradual=True``, the epoch the *top* block unfreezes.
+    :param epochs: how many epochs the selection stays frozen (``0``: not at all; default 1,
+        as fastai's ``fine_tune``); ``None``: frozen for the whole run. With ``gradual=True``,
+        the epoch the *top* block unfreezes (``0``: it trains from the start).
     :param gradual: unfreeze one block per epoch from the top (ULMFiT): the selection's
         top block at epoch ``epochs``, the next lower one at ``epochs + 1``, ... Blocks are
         the depths of :func:`regplug.depth.resolve_depths` (embeddings lowest, ``layers.N``
@@ -82,7 +83,7 @@ class Freeze(ConfiguredPlugin):
     Freeze(epochs=2, include=['encoder.*'])
     """
 
-    def __init__(self, epochs: int | None, *, gradual: bool = False,
+    def __init__(self, epochs: int | None = 1, *, gradual: bool = False,
                  depth: Sequence[str | Sequence[str]] | None = None,
                  kinds: str | Iterable[str] | None = None,
                  include: str | Iterable[str] | None = None,
@@ -149,6 +150,13 @@ class Freeze(ConfiguredPlugin):
             at = self.schedule(run.params)
         except ValueError as err:
             raise ValueError(self._outside_optimizer(run) or str(err)) from None
+        if all(p.name in at and (at[p.name] is None or run.epoch < at[p.name])  # type: ignore[operator]
+               for p in run.params):
+            raise ValueError(
+                f"Freeze: arguments 'kinds/include/exclude' ({self.selection.describe()}) freeze "
+                f"every parameter the optimizer holds in epoch {run.epoch}, so nothing would "
+                "train; leave the head out (e.g. exclude='head.*'), or with gradual=True give "
+                "epochs=0 (the top block trains from the start)")
         by_epoch: dict[int | None, list[ParamHandle]] = {}
         for p in run.params:
             if p.name in at:

@@ -110,4 +110,11 @@ def test_nothing_selected_is_refused_naming_plugin_argument_and_fix():
         Freeze(1, include="dec.*").on_train_begin(run)
     with pytest.raises(ValueError, match="Freeze: argument 'kinds/include/exclude'"):
         Freeze(1, kinds="embedding", exclude="embed.*").on_train_begin(run)
+    with pytest.raises(ValueError, match="freeze every parameter the optimizer holds in "
+                       "epoch 0, so nothing would train; leave the head out"):
+        Freeze().on_train_begin(run)
+    with pytest.raises(ValueError, match="nothing would train"):
+        Freeze(1, gradual=True).on_train_begin(run)
     assert run.ops.frozen == set()  # type: ignore[attr-defined]
+    Freeze(0, gradual=True).on_train_begin(run)  # ULMFiT over the whole model: head first
+    assert run.ops.frozen == set(NAMES) - {"head.weight", "head.bias"}  # type: ignore[attr-defined]
