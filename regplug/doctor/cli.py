@@ -155,6 +155,7 @@ class FixSearch:
     best: Any = None           # BestSetting of the winner, or None
     seconds: float = 0.0
     sampler: str = "tpe"
+    ran: int = 0               # trials run, all strategies together
 
 
 @dataclasses.dataclass
@@ -196,8 +197,10 @@ class DoctorRun:
         """The printed diagnosis: verdict and evidence, then steps (c) and (d)."""
         lines = [self.diagnosis.text()]
         if self.search is not None:
-            lines.append(f"search (c): {', '.join(self.search.strategies)}, "
-                         f"{self.search.trials or 'timed'} trial(s) each, {self.search.sampler}, "
+            each = (f"{self.search.trials} trial(s) each" if self.search.trials
+                    else f"{self.search.ran} trial(s) in the time the budget left")
+            lines.append(f"search (c): {', '.join(self.search.strategies)}, {each}, "
+                         f"{self.search.sampler}, "
                          "median-pruned after a third of the epochs "
                          f"({self.search.seconds:.1f}s)")
             for row in self.search.rows:
@@ -433,12 +436,14 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
         timeout = None
     else:
         assert budget.seconds is not None
-        left_s = budget.seconds - (time.perf_counter() - start) - compare_cost * per
+        elapsed = time.perf_counter() - start  # start-up, data and the baseline
+        left_s = budget.seconds - elapsed - compare_cost * per
         if left_s < 2 * per:
+            need = math.ceil(elapsed + (2 + compare_cost) * per * 1.2) + 5
             raise DoctorError(
-                f"--budget {budget.seconds:g}s: too small for step (c): the baseline took "
-                f"{per:.1f}s, the search needs at least 2 trainings and the seed test "
-                f"{compare_cost}; give --budget {math.ceil((3 + compare_cost) * per * 1.2 + 5)}s "
+                f"--budget {budget.seconds:g}s: too small for step (c): {elapsed:.0f}s went to "
+                f"start-up and the baseline ({per:.1f}s a training), the search needs at "
+                f"least 2 trainings and the seed test {compare_cost}; give --budget {need}s "
                 "or more")
         trials, timeout = 1000, left_s
     objective = Objective("val_cross_entropy")
@@ -474,6 +479,7 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
     fix = FixSearch([sp.strategy.name for sp in spaces], trials if timeout is None else 0, rows)
     fix.seconds = time.perf_counter() - t0
     fix.sampler = "grid" if grid else "tpe"
+    fix.ran = sum(len(r) for r in search.records().values())
     if bests:
         fix.best = min(bests, key=lambda b: b.value)
     result.search = fix

@@ -81,3 +81,14 @@ def test_a_seconds_budget_too_small_for_the_search_is_refused_after_the_baseline
     assert code == 2
     assert "--budget 1s: too small for step (c)" in err and len(err.strip().splitlines()) == 1
     assert not out_dir.exists()
+
+
+def test_a_seconds_budget_is_honoured(capsys):
+    import time
+
+    start = time.perf_counter()
+    code, out, err = _run(capsys, "doctor", "--data", "digits", "--train-rows", "200",
+                          "--label-noise", "0.3", "--epochs", "60", "--budget", "45s", "-q")
+    assert code == 0, err
+    assert "trial(s) in the time the budget left" in out and "seed test (d)" in out
+    assert time.perf_counter() - start < 45 * 1.5  # a trial started before the end finishes
