@@ -119,6 +119,11 @@ class L2SP(ParameterPlugin):
             warnings.warn("L2SP: every selected parameter is new (matched by 'new' or absent "
                           "from 'reference'), so nothing is pulled toward pretrained weights",
                           RegplugWarning, stacklevel=2)
+        if pretrained and not new and bound.values["beta"].current() > 0:
+            warnings.warn("L2SP: beta > 0 but no selected parameter is new, so beta acts on "
+                          "nothing; name the new ones with new=[...] (e.g. new='head.*') or "
+                          "give reference= the pretrained weights", RegplugWarning,
+                          stacklevel=2)
 
     @hookimpl
     def on_train_end(self, run: Run) -> None:
@@ -164,6 +169,8 @@ class L2SP(ParameterPlugin):
                 terms.append(alpha.value / 2 * ops.sum_squares_diff(pretrained, anchors))
             if new:
                 terms.append(beta.value / 2 * ops.sum_squares(new))
+            if not terms:  # the selection matched nothing (run.parameters warned)
+                return ops.sum_squares([])
             return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
         def add_grad() -> None:

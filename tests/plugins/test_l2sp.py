@@ -177,3 +177,15 @@ def test_registry_config_and_tunable_alpha():
     space = tunable_arguments(L2SP)
     assert list(space) == ["alpha"] and space["alpha"].log
     assert space["alpha"].low < 0.01 < space["alpha"].high
+
+
+def test_beta_without_new_parameters_warns_that_it_acts_on_nothing():
+    with pytest.warns(regplug.RegplugWarning, match="beta > 0 but no selected parameter is new"):
+        NumpyLoop(_params(), [L2SP(0.1, 0.1)], lr=0.1)
+
+
+def test_a_selection_that_matches_nothing_gives_a_zero_penalty():
+    with pytest.warns(regplug.RegplugWarning, match="matches none"):
+        loop = NumpyLoop(_params(), [L2SP(0.1, include="nothing.*")], lr=0.1)
+    assert loop.penalty() == 0.0
+    loop.step(_grads(1))
