@@ -91,7 +91,9 @@ def resolve_depths(names: Sequence[str],
        (a stem); after the last block's, the top (a final norm, a pooler); in between,
        a :class:`DepthError`;
     5. a model without numbered blocks: each top-level layer or module (``nn.Sequential``
-       index, Keras layer) is one depth, in the model's order.
+       index, Keras layer) is one depth, in the model's order; a normalization layer (all
+       its parameters of kind ``normalization``, as ``kinds`` says) shares the depth of the
+       layer before it.
 
     Depths are then numbered from 0 (the lowest present) to ``L`` (the highest). Numbered
     blocks keep their spacing: a block missing from ``names`` (frozen out of the optimizer)
@@ -120,7 +122,7 @@ def resolve_depths(names: Sequence[str],
     problems: dict[str, str] = {}
     positions = {n: i for i, n in enumerate(names)}
     block_pos = [positions[n] for n in blocks]
-    groups: dict[str, int] = {}
+    groups = _layer_groups(names, parts, kinds) if not block_pos else {}
     for n in names:
         p = parts[n]
         if n in blocks:
@@ -139,7 +141,7 @@ def resolve_depths(names: Sequence[str],
                     f"{c}.N" for c in BLOCK_CONTAINERS) + "), not an embedding or a head, "
                     "and sits between the blocks")
         else:
-            raw[n] = groups.setdefault(p[0], len(groups))
+            raw[n] = groups[p[0]]
     missing = [n for n in names if n in need and n not in raw]
     if missing:
         n = missing[0]
@@ -148,6 +150,32 @@ def resolve_depths(names: Sequence[str],
             f"{problems[n]}; give {arg}=[name patterns, bottom to top] that cover it "
             f"(e.g. a last '*' for the top), or leave it out (exclude={n!r})")
     return dict(zip(raw, _number(list(raw.values()))))
+
+
+def _layer_groups(names: Sequence[str], parts: Mapping[str, list[str]],
+                  kinds: Mapping[str, str]) -> dict[str, int]:
+    """Rule 5: an index per top-level layer, in order; a normalization layer (every parameter
+    of kind ``normalization``) shares the index of the layer before it (the first layer's
+    when it leads)."""
+    members: dict[str, list[str]] = {}
+    for n in names:
+        members.setdefault(parts[n][0], []).append(n)
+    index: dict[str, int] = {}
+    count, pending = 0, []
+    for key, held in members.items():
+        if all(kinds.get(n) == "normalization" for n in held):
+            if count:
+                index[key] = count - 1
+            else:
+                pending.append(key)
+            continue
+        index[key] = count
+        for waiting in pending:
+            index[waiting] = count
+        count, pending = count + 1, []
+    for waiting in pending:  # nothing but normalization layers
+        index[waiting] = 0
+    return index
 
 
 def _number(raw: list[float]) -> list[int]:

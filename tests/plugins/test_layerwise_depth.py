@@ -124,3 +124,16 @@ def test_depth_groups_lists_names_bottom_to_top():
     assert groups[-1] == ["model.norm.weight", "lm_head.weight"]
     assert sum(map(len, groups)) == len(LLAMA)
     assert depth_groups({}) == []
+
+
+def test_without_blocks_a_normalization_layer_shares_the_depth_of_the_layer_before_it():
+    names = ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "4.weight", "6.weight"]
+    kinds = {"1.weight": "normalization", "1.bias": "normalization",
+             "4.weight": "normalization"}
+    d = resolve_depths(names, kinds=kinds)  # Linear, BatchNorm, ReLU, Linear, BatchNorm, ..
+    assert d == {"0.weight": 0, "0.bias": 0, "1.weight": 0, "1.bias": 0, "3.weight": 1,
+                 "4.weight": 1, "6.weight": 2}
+    assert resolve_depths(names)["6.weight"] == 4  # without kinds each layer counts
+    # a leading normalization layer joins the first layer after it
+    lead = resolve_depths(["norm.g", "lin.w", "out.w"], kinds={"norm.g": "normalization"})
+    assert lead == {"norm.g": 0, "lin.w": 0, "out.w": 1}
