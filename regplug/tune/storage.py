@@ -225,7 +225,7 @@ def open_storage(url: str | None, notes: list[str] | None = None) -> Any:
                 from optuna.storages.journal import JournalStorage
 
                 return JournalStorage(backend)
-            return optuna.storages.RDBStorage(url)
+            return optuna.storages.RDBStorage(_with_driver(url))
         except ImportError as err:
             raise ImportError(f"--storage {url!r}: its database driver is not installed "
                               f"({err.name or err}); pip install it") from None
@@ -239,6 +239,21 @@ def open_storage(url: str | None, notes: list[str] | None = None) -> Any:
             raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
                               f"{first}") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://...`` with psycopg (3) where it is installed and psycopg2 (SQLAlchemy's
+    default driver for that scheme) is not: ``pip install 'regplug[postgres]'`` is enough.
+
+    >>> _with_driver("sqlite:///s.db")
+    'sqlite:///s.db'
+    """
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 # -- journals: never make a readable one unreadable ------------------------------------------

@@ -1,6 +1,6 @@
 """Many ``regplug tune`` workers on one PostgreSQL study: a throw-away cluster (``initdb`` and
 ``pg_ctl`` on a temporary folder, on 127.0.0.1 at a free port), three processes sharing one
-study through ``postgresql+psycopg://``; no trial lost or duplicated, another run's settings
+study through ``postgresql://`` (psycopg); no trial lost or duplicated, another run's settings
 refused, SIGTERM marks the running trial FAIL, and the outputs are a single process's.
 
 Skips where PostgreSQL's server programs or psycopg are not installed (``.ci/run`` installs
@@ -80,7 +80,8 @@ def postgres() -> Iterator[str]:
                                     "-c fsync=off", "start"], **run)
     assert started.returncode == 0, started.stderr + (folder / "server.log").read_text()
     try:
-        yield f"postgresql+psycopg://regplug@127.0.0.1:{port}/postgres"
+        # the plain scheme: regplug picks psycopg (3) where psycopg2 is not installed
+        yield f"postgresql://regplug@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([pg_ctl, "-D", str(data), "-m", "immediate", "stop"], **run)
         shutil.rmtree(folder, ignore_errors=True)
@@ -103,6 +104,11 @@ def start_workers(tmp_path: Path, url: str, trials: list[int], study: str,
                              env=env, cwd=tmp_path) for n in trials]
 
 
+def optuna_url(url: str) -> str:
+    """The URL for Optuna itself, which leaves the plain scheme to psycopg2."""
+    return url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
 def rows_of(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as fh:
         return list(csv.DictReader(fh))
@@ -115,7 +121,7 @@ def test_three_workers_share_one_study_and_a_later_run_writes_it_as_one_process_
         out, err = worker.communicate(timeout=300)
         assert worker.returncode == 0, err
         assert "studies shared/<strategy>" in out
-    study = optuna.load_study(study_name="shared/l2", storage=postgres)
+    study = optuna.load_study(study_name="shared/l2", storage=optuna_url(postgres))
     trials = study.get_trials()
     assert sorted(t.number for t in trials) == list(range(10))  # none lost, none twice
     assert all(t.state.name == "COMPLETE" for t in trials)
@@ -136,7 +142,7 @@ def test_three_workers_share_one_study_and_a_later_run_writes_it_as_one_process_
     capsys.readouterr()
     rows = rows_of(out / "trials.csv")
     assert [int(r["number"]) for r in rows] == list(range(11))
-    best = optuna.load_study(study_name="shared/l2", storage=postgres).best_trial
+    best = optuna.load_study(study_name="shared/l2", storage=optuna_url(postgres)).best_trial
     assert f"at trial {best.number} of 11 trials run" in (out / "best.toml").read_text()
     single = tmp_path / "single"  # one process, in memory: the same files
     assert cli.main(["tune", "--strategies", "l2", "--trials", "2", "--epochs", "2",
@@ -154,6 +160,6 @@ def test_sigterm_marks_a_workers_running_trial_fail(tmp_path, postgres):
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == 143, err
-    trials = optuna.load_study(study_name="term/l2", storage=postgres).get_trials()
+    trials = optuna.load_study(study_name="term/l2", storage=optuna_url(postgres)).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     assert trials[1].user_attrs["error"] == "interrupted (SIGTERM)"
