@@ -50,6 +50,10 @@ def unfreeze_epochs(names: Sequence[str], epochs: int | None, *,
     return {n: epochs + rank[depths[n]] for n in names}
 
 
+def _frozen_in(unfreeze_at: int | None, epoch: int) -> bool:
+    return unfreeze_at is None or epoch < unfreeze_at
+
+
 class Freeze(ConfiguredPlugin):
     """Freeze selected parameters for the first ``epochs`` epochs, then train them again.
 
@@ -113,7 +117,6 @@ class Freeze(ConfiguredPlugin):
         self._real = True
         self._epoch: int | None = None
         self._held: list[list[Any]] = []
-        self._run: Run | None = None
 
     # -- which parameters, when ---------------------------------------------------------
     def schedule(self, params: Sequence[ParamHandle]) -> dict[str, int | None]:
@@ -150,8 +153,7 @@ class Freeze(ConfiguredPlugin):
             at = self.schedule(run.params)
         except ValueError as err:
             raise ValueError(self._outside_optimizer(run) or str(err)) from None
-        if all(p.name in at and (at[p.name] is None or run.epoch < at[p.name])  # type: ignore[operator]
-               for p in run.params):
+        if all(p.name in at and _frozen_in(at[p.name], run.epoch) for p in run.params):
             raise ValueError(
                 f"Freeze: arguments 'kinds/include/exclude' ({self.selection.describe()}) freeze "
                 f"every parameter the optimizer holds in epoch {run.epoch}, so nothing would "
@@ -172,7 +174,6 @@ class Freeze(ConfiguredPlugin):
                 flag = run.scalar(sched)
             self._groups.append((epoch, flag, params))
             self._frozen.append(False)
-        self._run = run
         self._follow(run, run.epoch)
 
     @hookimpl
@@ -187,7 +188,7 @@ class Freeze(ConfiguredPlugin):
     def _follow(self, run: Run, epoch: int) -> None:
         self._epoch = epoch
         for i, (at, _, params) in enumerate(self._groups):
-            frozen = at is None or epoch < at
+            frozen = _frozen_in(at, epoch)
             if frozen != self._frozen[i]:
                 run.ops.set_trainable_(params, not frozen)
                 self._frozen[i] = frozen
