@@ -133,7 +133,7 @@ class Regularize(RunResults, TrainerCallback):
         self._before_step = without_grad(self.window.before_step)
         self._after_step = without_grad(self.window.after_step)
         self._add_fused_grads = without_grad(self.window.add_penalty_grads)
-        self._batch_open = self._grads_in = False
+        self._batch_open = self._grads_in = self._validating = False
         self._steps_at_epoch_end, self._train_logs = 0, {}
         self._frame = frame
         if frame is not None:  # a train() an exception ended frees its plugins at once
