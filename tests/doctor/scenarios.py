@@ -173,3 +173,18 @@ def too_few_rows() -> dict[str, np.ndarray]:
 def broken_factory(spec: Any) -> Any:
     """A factory that fails: the model cannot be built."""
     raise RuntimeError("no such layer: Dense3D")
+
+
+def detached_model(spec: Any) -> Any:
+    """A loop whose output is detached from the parameters (torch): backward raises."""
+    from torch import nn
+
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _mlp(spec, (50,))
+
+        def forward(self, x: Any) -> Any:
+            return self.net(x).detach()
+
+    return Detached()

@@ -92,3 +92,14 @@ def test_a_seconds_budget_is_honoured(capsys):
     assert code == 0, err
     assert "trial(s) in the time the budget left" in out and "seed test (d)" in out
     assert time.perf_counter() - start < 45 * 1.5  # a trial started before the end finishes
+
+
+def test_a_detached_loss_is_a_bug_with_what_training_raised():
+    from regplug.doctor.cli import run_doctor
+
+    result = run_doctor(framework="torch", data=None, model=ref("detached_model"), epochs=2)
+    d = result.diagnosis
+    assert d.verdict == "bug"
+    assert result.error is not None and "RuntimeError" in result.error
+    assert any("detached" in s for s in d.evidence)  # OverfitBatch's hint
+    assert result.search is None
