@@ -28,7 +28,8 @@ from . import Result, result
 MODULES = ("benchmarks.bench_torch", "benchmarks.bench_keras", "benchmarks.bench_lightning",
            "benchmarks.bench_transformers", "benchmarks.bench_uncertainty",
            "benchmarks.bench_compare", "benchmarks.bench_tune", "benchmarks.bench_layerwise",
-           "benchmarks.bench_l2sp", "benchmarks.bench_layer_monitor", "benchmarks.bench_ema")
+           "benchmarks.bench_l2sp", "benchmarks.bench_layer_monitor", "benchmarks.bench_ema",
+           "benchmarks.bench_freeze")
 
 _COLUMNS = ("benchmark", "regplug", "baseline(s)", "ratio", "target", "result")
 
