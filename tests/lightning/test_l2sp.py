@@ -48,3 +48,15 @@ def test_resume_from_a_lightning_checkpoint_keeps_the_first_start_point(tmp_path
     assert max_diff(resumed, whole) == 0.0
     start = Tiny().net[0].weight.detach()
     assert torch.equal(torch.as_tensor(again.anchors()["net.0.weight"]), start)
+
+
+def test_decoupled_l2sp_under_plain_sgd_equals_the_penalty():
+    def sgd(params):
+        return torch.optim.SGD(params, lr=0.1)
+
+    ours = Tiny(optimizer=sgd)
+    fit(ours, epochs=3, callbacks=[Regularize([L2SP(ALPHA, BETA, new="net.2.*",
+                                                    decoupled=True)])])
+    written = Tiny(optimizer=sgd, penalty=l2sp_by_hand(Tiny()))
+    fit(written, epochs=3)
+    assert max_diff(ours, written) < 1e-6
