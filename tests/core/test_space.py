@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from regplug.configfile import ConfigError
+from regplug.experiment.finetune import FINETUNE_STRATEGIES
 from regplug.experiment.strategies import BUILTIN_STRATEGIES
 from regplug.ranges import (
     Choice,
@@ -311,7 +312,8 @@ def test_apply_value_sets_nested_tables_on_copies():
 BUILTIN = {name: info for name, info in available_plugins().items() if info.builtin}
 DECLARING = {name: info.tunable() for name, info in BUILTIN.items() if info.tunable()}
 #: The configs the built-in comparison runs, by plugin name.
-STRATEGY_CONFIGS = {dict(p)["name"]: dict(p) for s in BUILTIN_STRATEGIES.values()
+STRATEGY_CONFIGS = {dict(p)["name"]: dict(p)
+                    for s in (*BUILTIN_STRATEGIES.values(), *FINETUNE_STRATEGIES.values())
                     for p in s.plugins}
 
 
@@ -320,11 +322,17 @@ def test_the_regularizing_builtins_declare_what_to_tune():
         "l1": ["l1"], "l2": ["l2"], "elastic_net": ["l1", "l2"],
         "decoupled_weight_decay": ["weight_decay"], "proximal_l1": ["l1"],
         "max_norm": ["max_value"], "early_stopping": ["patience"],
-        "dropout_schedule": ["rate.end"]}
+        "dropout_schedule": ["rate.end"], "l2sp": ["alpha"], "layerwise_lr": ["decay"],
+        "ema": ["decay"]}
     strengths = [r for name, space in DECLARING.items() for key, r in space.items()
-                 if name not in ("dropout_schedule", "early_stopping")]
+                 if name not in ("dropout_schedule", "early_stopping", "layerwise_lr", "ema")]
     assert all(isinstance(r, FloatRange) and r.log for r in strengths)
     assert isinstance(DECLARING["early_stopping"]["patience"], IntRange)
+    # a multiplicative decay per layer lives in (0, 1]; an average's decay near 1 is a choice
+    assert isinstance(DECLARING["layerwise_lr"]["decay"], FloatRange)
+    assert 0 < DECLARING["layerwise_lr"]["decay"].low < DECLARING["layerwise_lr"]["decay"].high <= 1
+    assert isinstance(DECLARING["ema"]["decay"], Choice)
+    assert all(0 < v < 1 for v in DECLARING["ema"]["decay"].options)
 
 
 @pytest.mark.parametrize("name", sorted(DECLARING))
