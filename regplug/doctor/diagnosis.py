@@ -257,6 +257,7 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
             d.recommendations.append("dead ReLUs: lower the learning rate, initialise biases "
                                      "at 0 or slightly positive, or use LeakyReLU")
     if d.verdict == "bug":
+        _monitor_evidence(history, d, t)
         return d
 
     # overfitting: the validation loss turned up (Prechelt's GL), or the accuracies parted
@@ -337,12 +338,18 @@ def _monitor_evidence(history: Mapping[str, Sequence[float]], d: Diagnosis,
     grads = _layers(history, "grad_norm")
     if grads:
         last = {k: vs[-1] for k, vs in grads.items()}
-        d.numbers["min_grad_norm"] = min(last.values())
+        low, high = min(last.items(), key=lambda kv: kv[1]), max(last.items(),
+                                                                  key=lambda kv: kv[1])
+        d.numbers["min_grad_norm"] = low[1]
         if d.verdict == "bug" and all(v == 0 for v in last.values()):
             d.evidence.append("no parameter got a gradient (all gradient norms are 0)")
+        elif d.verdict in ("bug", "unstable"):
+            d.evidence.append(f"gradient norms at the last epoch's first step: {low[1]:.3g} "
+                              f"({low[0]}) to {high[1]:.3g} ({high[0]})")
     dead = {k: vs[-1] for k, vs in _layers(history, "dead_units").items()}
-    if dead and d.verdict != "bug":
+    if dead:
         name, share = max(dead.items(), key=lambda kv: kv[1])
         d.numbers["max_dead_units"] = share
-        if share > 0.1:
+        stated = any("are dead" in s for s in d.evidence)
+        if not stated and (share > 0.1 or (d.verdict == "bug" and share > 0)):
             d.evidence.append(f"{share:.0%} of the units of {name} are dead")
