@@ -114,3 +114,32 @@ def test_shots_zero_is_refused_by_the_option(capsys, command):
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "argument --shots: must be at least 1, got 0" in lines[0]
+
+
+def test_the_torch_runner_validates_inside_the_validation_hooks():
+    """EMA(evaluate_on_average=True) swaps its average in for validation: the runner has to
+    say when validation runs (on_validation_begin/end), every epoch."""
+    import regplug
+    from regplug.experiment.finetune import FINETUNE_STRATEGIES
+    from regplug.experiment.frameworks import TrainSettings, get_runner
+    from regplug.experiment.models import BUILTIN_MODELS
+    from regplug.experiment.training import train_strategy
+
+    class Count(regplug.Plugin):
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        @regplug.hookimpl
+        def on_validation_begin(self, run):
+            self.calls.append("begin")
+
+        @regplug.hookimpl
+        def on_validation_end(self, run):
+            self.calls.append("end")
+
+    count = Count()
+    outcome, _ = train_strategy(get_runner("torch"), FINETUNE_STRATEGIES["ema"],
+                                load_finetune_splits(None, seed=0, shots=5),
+                                BUILTIN_MODELS["mlp"], TrainSettings(epochs=3, batch_size=25),
+                                extra=[count])
+    assert count.calls == ["begin", "end"] * 3 and outcome.epochs == 3
