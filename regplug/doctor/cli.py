@@ -125,6 +125,15 @@ def add_doctor_parser(sub: Any) -> None:
     add_training_arguments(p, TrainSettings(epochs=DEFAULT_EPOCHS), per="strategy",
                            seed_help="seed of the data split and the baseline (the seed test "
                                      "runs the following ones)", epochs_from_preset=True)
+    # the shared options' help says "the preset's" where their default is left open: the
+    # doctor's own defaults fill them (cmd_doctor)
+    own = {"--data": f"(default: {DEFAULT_DATA})", "--train-rows": "(default: all)",
+           "--label-noise": "(default 0)", "--epochs": f"(default {DEFAULT_EPOCHS})"}
+    for action in p._actions:
+        for option, text in own.items():
+            if option in action.option_strings and action.help:
+                action.help = action.help.replace("(default: the preset's)", text).replace(
+                    "epochs per strategy", "epochs per training")
     p.add_argument("--strategy", default="none", metavar="NAME",
                    help="the setup to diagnose: a strategy of regplug compare --list or of "
                         "--config (default: none)")
