@@ -286,6 +286,17 @@ class Run:
                     f"matches none of the model's {len(self.params)} parameters, so it acts on "
                     f"nothing. Kinds present: {kinds_summary(self.params) or 'none'}; names "
                     f"start with: {sample or '(no parameters)'}.", RegplugWarning, stacklevel=2)
+            elif not selection.kinds_given and "lora" not in selection.kinds:
+                left_out = [p for p in self.params
+                            if p.kind == "lora" and selection.matches_name(p)]
+                if left_out:
+                    warnings.warn(
+                        f"{selection.owner or 'a plugin'}: the model has {len(left_out)} LoRA "
+                        f"adapter parameters (kind 'lora', e.g. {left_out[0].name!r}) that the "
+                        f"default kinds={list(selection.kinds)} leave out; pass "
+                        f"kinds=('weight', 'lora') to regularize them too, kinds='lora' for the "
+                        f"adapters only, or kinds='weight' to say you mean the weights only.",
+                        RegplugWarning, stacklevel=2)
         return found
 
     def add_params(self, handles: Iterable[ParamHandle]) -> list[ParamHandle]:

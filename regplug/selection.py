@@ -67,6 +67,9 @@ class Selection:
     exclude: tuple[str, ...] = ()
     #: Who selects (named in the warning when nothing matches); not part of equality.
     owner: str = field(default="", compare=False)
+    #: Whether the user named the kinds (``False``: :data:`DEFAULT_KINDS`); not part of
+    #: equality. A default selection on a model with LoRA adapters warns that it leaves them out.
+    kinds_given: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def build(cls, owner: str, *, kinds: str | Iterable[str] | None = None,
@@ -86,11 +89,13 @@ class Selection:
                                  f"drawn from {layer_kinds}; got {kinds!r} (and 'lora' for "
                                  "LoRA adapter matrices)")
         return cls(tuple(dict.fromkeys(chosen)), _patterns(owner, "include", include),
-                   _patterns(owner, "exclude", exclude), owner)
+                   _patterns(owner, "exclude", exclude), owner, kinds is not None)
 
     def matches(self, handle: ParamHandle) -> bool:
-        if handle.kind not in self.kinds:
-            return False
+        return handle.kind in self.kinds and self.matches_name(handle)
+
+    def matches_name(self, handle: ParamHandle) -> bool:
+        """Whether ``include``/``exclude`` admit the handle, whatever its kind."""
         names = _names(handle)
         if self.include and not _any_match(names, self.include):
             return False

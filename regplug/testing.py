@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from .clock import EpochClock, Wording, check_logs
+from .conventions import is_lora_name
 from .manager import PluginManager
 from .numpy_ops import NumpyOps
 from .run import ParamHandle, Run, check_state_arrays
@@ -23,6 +24,8 @@ from .window import StepWindow
 
 
 def _guess_kind(name: str) -> str:
+    if is_lora_name(name):
+        return "lora"
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "bias":
         return "bias"
@@ -61,8 +64,9 @@ def numpy_run(params: Mapping[str, np.ndarray], *, kinds: Mapping[str, str] | No
               lr: float = 0.01) -> Run:
     """A :class:`Run` over NumPy arrays (changed in place by the plugins).
 
-    Kinds come from ``kinds`` where given, else from the name's last part (``bias``,
-    ``embedding*``; ``gamma``/``beta`` count as normalization; the rest are weights). The unit
+    Kinds come from ``kinds`` where given, else from the name: LoRA names are ``lora``, then
+    its last part (``bias``, ``embedding*``; ``gamma``/``beta`` count as normalization; the
+    rest are weights). The unit
     axis is 0, as in PyTorch's ``(out, in)`` layout.
     """
     kinds = dict(kinds or {})

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from regplug import RegplugWarning
 from regplug.adapters.torch import attach, discover_parameters
 from regplug.plugins import L2, DecoupledWeightDecay
 
@@ -69,7 +70,9 @@ def test_default_kinds_leave_adapters_alone_and_kinds_lora_decays_only_them():
         reg.close()
         return {n: p.detach() - before[n] for n, p in model.named_parameters()}
 
-    default = train(DecoupledWeightDecay(0.5))
+    with pytest.warns(RegplugWarning, match=r"^DecoupledWeightDecay: the model has 4 LoRA "
+                      r"adapter parameters .* leave out; pass kinds=\('weight', 'lora'\)"):
+        default = train(DecoupledWeightDecay(0.5))
     adapters = train(DecoupledWeightDecay(0.5, kinds="lora"))
     lora = {"emb.lora_embedding_A", "emb.lora_embedding_B", "block.lora_A", "block.lora_B"}
     # lora_B starts at zero: decay leaves it there
