@@ -233,8 +233,9 @@ def _warn_if_unraised(unraised: dict[str, Any]) -> None:
         return
     warnings.warn(
         f"OptunaPruning: trial {unraised['trial']} was pruned at epoch {unraised['epoch'] + 1} "
-        "but raise_if_pruned() was never called: Optuna stored it as COMPLETE with the value "
-        "of its cut-short training, and the pruner compares later trials with it; call "
+        "but raise_if_pruned() was never called: an objective that returns a value instead "
+        "has Optuna store it COMPLETE with the value of its cut-short training, and the "
+        "pruner compares later trials with it; call "
         f"pruning.raise_if_pruned() after training (the study flags such trials with the user "
         f"attribute {PRUNED_FLAG!r})", RegplugWarning, stacklevel=2)
 
