@@ -68,3 +68,20 @@ def test_bad_input_is_one_line(tmp_path, capsys, argv, fragments):
     code, out, err = tune(capsys, *argv, "--trials", "1", "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, *fragments)
     assert not (tmp_path / "out").exists() and "#0" not in out
+
+
+def test_every_trial_starts_from_one_pretraining(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    import time
+
+    from regplug.cli import build_parser
+    from regplug.tune.cli import check_arguments, run_search, wire_search
+
+    args = build_parser().parse_args(["tune", "--task", "finetune", "--data", "digits",
+                                      "--shots", "5", "--epochs", "1", "--trials", "3",
+                                      "--strategies", "l2sp,ema", "--pruner", "none", "-q"])
+    plan = wire_search(args, check_arguments(args))
+    summary = run_search(args, plan, width=8, start=time.perf_counter())
+    assert [summary.counts(name)["complete"] for name in ("l2sp", "ema")] == [3, 3]
+    assert list(plan.splits.cache) == [("torch", "mlp", None, False, 0)]  # pretrained once
