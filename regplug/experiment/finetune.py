@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import registry
 from .datasets import BUNDLED_DATA, Splits, resolve_data
 from .frameworks import TrainSettings
 from .loaders import Dataset
@@ -235,13 +234,6 @@ def _strategy(name: str, *plugins: Mapping[str, Any], description: str = "",
                             pretrained=pretrained)
 
 
-def _available(*strategies: FinetuneStrategy) -> dict[str, FinetuneStrategy]:
-    """The strategies whose plugins are installed, by name."""
-    names = registry.available_plugins()
-    return {s.name: s for s in strategies
-            if all(str(p["name"]) in names for p in s.plugins)}
-
-
 #: The name the paired tests compare every strategy with: all layers fine-tuned, no
 #: regularization.
 FINETUNE_BASELINE = "finetune"
@@ -251,7 +243,7 @@ FINETUNE_BASELINE = "finetune"
 #: 102, none of them a compare seed; docs/compare.md); freeze and gradual_unfreeze are
 #: fixed schedules: the backbone frozen throughout, or for 5 epochs and then one block per
 #: epoch from the top.
-FINETUNE_STRATEGIES: dict[str, FinetuneStrategy] = _available(
+FINETUNE_STRATEGIES: dict[str, FinetuneStrategy] = {s.name: s for s in (
     _strategy("scratch", description="no pretraining: random weights, no regularization",
               pretrained=False),
     _strategy("finetune", description="pretrained on 0-4, new head, every layer trained, "
@@ -263,7 +255,7 @@ FINETUNE_STRATEGIES: dict[str, FinetuneStrategy] = _available(
     _strategy("l2sp", {"name": "l2sp", "alpha": 0.00215, "beta": 1e-3, "new": f"{HEAD}.*"}),
     _strategy("ema", {"name": "ema", "decay": 0.99, "evaluate_on_average": True}),
     _strategy("l2", {"name": "l2", "l2": 0.0147}),
-)
+)}
 #: The strategies of a plain ``regplug compare --task finetune``.
 FINETUNE_DEFAULT_STRATEGIES: tuple[str, ...] = tuple(FINETUNE_STRATEGIES)
 
