@@ -222,7 +222,13 @@ class TorchOps:
             group[0].append(t)
             group[1].append(b)
         for f, (thetas, befores) in groups.items():
-            _compat.foreach_lerp_(thetas, befores, 1.0 - f)
+            if isinstance(f, torch.Tensor):  # from a tensor learning rate: keep it a tensor
+                # (as a Scalar torch would read it back to the host: a sync every step)
+                w = 1.0 - f
+                _compat.foreach_lerp_(thetas, befores, [
+                    w.to(device=t.device, dtype=t.dtype, non_blocking=True) for t in thetas])
+            else:
+                _compat.foreach_lerp_(thetas, befores, 1.0 - f)
 
     # -- freezing ----------------------------------------------------------------------
     def set_trainable_(self, params: Sequence[ParamHandle], trainable: bool) -> bool:
