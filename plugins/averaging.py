@@ -276,7 +276,7 @@ class EMA(_WeightAverage):
     # runs want the low end, long runs the high one). A range over decay itself would put
     # nearly all its samples below 0.999, so the search picks among the decades' values.
     tunable: ClassVar[Mapping[str, SearchRange]] = {
-        "decay": Choice([0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999])}
+        "decay": Choice((0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999))}
 
     def __init__(self, decay: float = 0.999, *, evaluate_on_average: bool = False,
                  keep_raw: bool = False, kinds: str | Iterable[str] | None = None,
