@@ -21,6 +21,7 @@ from regplug.run import ParamHandle, Run, TrialTraining
 from . import _compat
 from .discovery import discover_dropout, discover_parameters, unwrap
 from .ops import TorchOps
+from .sharding import ShardedTorchOps, fsdp2_params, has_dtensors, unsupported_dtensor
 from .state import TorchModelState
 from .world import default_world
 
@@ -75,7 +76,7 @@ def build_run(model: nn.Module, optimizer: torch.optim.Optimizer, *, world: Any 
     params = discover_parameters(model, optimizer)
     refuse_sharded(model, optimizer, params)
     device = params[0].tensor.device if params else torch.device("cpu")
-    run = Run(params=params, ops=TorchOps(),
+    run = Run(params=params, ops=ShardedTorchOps() if has_dtensors(params) else TorchOps(),
               learning_rate_groups=LearningRates(optimizer).groups,
               device=str(device), framework="torch",
               dropout_layers_provider=lambda: discover_dropout(model),
@@ -153,7 +154,8 @@ class GroupWatch:
     def _reread(self) -> None:
         self.count = len(self.optimizer.param_groups)
         handles = discover_parameters(self.model, self.optimizer)
-        refuse_sharded(self.model, self.optimizer, handles)
+        refuse_sharded(self.model, self.optimizer, handles,
+                       dtensors=isinstance(self.run.ops, ShardedTorchOps))
         self.run.add_params(handles)
         rates = getattr(self.run.learning_rate_groups, "__self__", None)
         if isinstance(rates, LearningRates):
@@ -196,9 +198,10 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
     return isinstance(dtensor, type) and isinstance(tensor, dtensor)
 
 
-def _sharding(model: nn.Module, optimizer: object, tensor: torch.Tensor) -> str | None:
-    if _is_dtensor(tensor):
-        return "a DTensor (sharded by FSDP2's fully_shard or tensor parallelism)"
+def _sharding(model: nn.Module, optimizer: object, tensor: torch.Tensor,
+              managed: set[int]) -> str | None:
+    if _is_dtensor(tensor):  # FSDP2's are supported (adapters/torch/sharding.py)
+        return unsupported_dtensor(tensor, managed)
     if _compat.is_flat_param(tensor):
         return "a flat shard of FSDP (FullyShardedDataParallel's FlatParameter)"
     if hasattr(tensor, "ds_id"):
@@ -206,27 +209,30 @@ def _sharding(model: nn.Module, optimizer: object, tensor: torch.Tensor) -> str 
     return None
 
 
-def refuse_sharded(model: nn.Module, optimizer: object, params: Sequence[ParamHandle]) -> None:
-    """Refuse sharded parameters in one line, before any step: regplug's in-place ops would
-    be right on aligned local shards, but penalty values, row norms and early stopping's
-    snapshots would see one shard. Detects DTensors (FSDP2, tensor parallelism), FSDP1's
-    flat parameters (also a model wrapped in ``FullyShardedDataParallel``) and DeepSpeed
-    ZeRO-3's partitioned parameters (their ``ds_id``)."""
+def refuse_sharded(model: nn.Module, optimizer: object, params: Sequence[ParamHandle], *,
+                   dtensors: bool = True) -> None:
+    """Refuse, in one line and before any step, sharded parameters regplug cannot act on.
+    FSDP2's (``fully_shard`` on a 1-D mesh: :mod:`.sharding`) are supported, unless
+    ``dtensors`` is false (a run built without them). Refused: other DTensors (tensor
+    parallelism, HSDP's 2-D meshes), FSDP1's flat parameters (also a model wrapped in
+    ``FullyShardedDataParallel``) and DeepSpeed ZeRO-3's partitioned parameters (their
+    ``ds_id``), on which penalty values and row norms would see one shard."""
     fsdp = sys.modules.get("torch.distributed.fsdp")
     fsdp1 = getattr(fsdp, "FullyShardedDataParallel", None)
     found: tuple[str, str] | None = None
     if isinstance(fsdp1, type) and any(isinstance(m, fsdp1) for m in unwrap(model).modules()):
         found = ("the model", "wrapped in FSDP (FullyShardedDataParallel), whose flat "
                  "parameters are shards")
+    managed = fsdp2_params(unwrap(model)) if dtensors else set()
     for handle in params:
         if found is not None:
             break
-        how = _sharding(model, optimizer, handle.tensor)
+        how = _sharding(model, optimizer, handle.tensor, managed)
         if how is not None:
             found = (f"parameter {handle.name!r}", f"is {how}")
     if found is None:
         return
     raise UsageError(
-        f"regplug: {found[0]} {found[1]}; regplug does not support sharded parameters "
-        "(penalty values and row norms would see one shard): train with DDP, or without "
-        "sharding (docs/loops/torch.md#distributed-training)")
+        f"regplug: {found[0]} {found[1]}; of sharded parameters regplug supports FSDP2's "
+        "fully_shard on a 1-D mesh only (others' penalty values and row norms would see one "
+        "shard): train with fully_shard, DDP, or without sharding (docs/loops/distributed.md)")
