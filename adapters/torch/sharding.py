@@ -22,6 +22,7 @@ from torch import nn
 
 from regplug.run import ParamHandle
 
+from . import _compat
 from .ops import TorchOps, _foreach_add_scaled_, _frozen, _grad_pairs, without_grad
 
 __all__ = ["is_dtensor", "has_dtensors", "fsdp2_params", "unsupported_dtensor",
@@ -190,7 +191,7 @@ class ShardedTorchOps(TorchOps):
                           alpha: float | torch.Tensor) -> None:
         thetas, grads = _grad_pairs(params)
         if grads:
-            _foreach_add_scaled_(_locals(grads), torch._foreach_sign(_locals(thetas)), alpha)
+            _foreach_add_scaled_(_locals(grads), _compat.foreach_sign(_locals(thetas)), alpha)
 
     @without_grad
     def add_diff_to_grad_(self, params: Sequence[ParamHandle], reference: Sequence[Any],
@@ -198,7 +199,7 @@ class ShardedTorchOps(TorchOps):
         ref_of = {id(p.tensor): r for p, r in zip(params, reference, strict=True)}
         thetas, grads = _grad_pairs(params)
         if grads:
-            diffs = torch._foreach_sub(_locals(thetas), [local(ref_of[id(t)]) for t in thetas])
+            diffs = _compat.foreach_sub(_locals(thetas), [local(ref_of[id(t)]) for t in thetas])
             _foreach_add_scaled_(_locals(grads), diffs, alpha)
 
     @without_grad
@@ -265,14 +266,14 @@ class ShardedTorchOps(TorchOps):
     @without_grad
     def copy_into_(self, dst: Sequence[torch.Tensor], params: Sequence[ParamHandle]) -> None:
         if dst:
-            torch._foreach_copy_(_locals(dst), _locals([p.tensor for p in params]))
+            _compat.foreach_copy_(_locals(dst), _locals([p.tensor for p in params]))
 
     @without_grad
     def copy_from_(self, params: Sequence[ParamHandle], src: Sequence[torch.Tensor]) -> None:
         pairs = [(p.tensor, s) for p, s in zip(params, src, strict=True)
                  if not _frozen(p.tensor)]
         if pairs:
-            torch._foreach_copy_([local(t) for t, _ in pairs], [local(s) for _, s in pairs])
+            _compat.foreach_copy_([local(t) for t, _ in pairs], [local(s) for _, s in pairs])
 
     @without_grad
     def scale_update_(self, params: Sequence[ParamHandle], before: Sequence[torch.Tensor],
@@ -304,7 +305,7 @@ class ShardedTorchOps(TorchOps):
     def moving_average_(self, averages: Sequence[ParamHandle], params: Sequence[ParamHandle],
                         momentum: float) -> None:
         if averages:
-            torch._foreach_lerp_(_locals([a.tensor for a in averages]),
+            _compat.foreach_lerp_(_locals([a.tensor for a in averages]),
                                  _locals([p.tensor for p in params]), 1 - momentum)
 
     @without_grad
