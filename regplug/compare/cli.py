@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..experiment.arguments import SEED_MAX, add_training_arguments, positive_int, seed
+from ..experiment.arguments import (
+    SEED_MAX,
+    add_training_arguments,
+    check_out_folder,
+    positive_int,
+    seed,
+    seed_count,
+)
 
 if TYPE_CHECKING:
     from ..experiment.datasets import Splits
@@ -105,7 +112,7 @@ def add_compare_parser(sub: Any) -> None:
     add_task_arguments(p)
     # None: the task's value (--task finetune has its own), else TrainSettings' (plan_compare)
     p.set_defaults(batch_size=None, lr=None)
-    p.add_argument("--seeds", type=positive_int, metavar="N",
+    p.add_argument("--seeds", type=seed_count, metavar="N",
                    help="train every strategy N times, with seeds --seed ... --seed + N - 1 "
                         "(run i of every strategy uses seed i: paired); the table shows mean "
                         "± std and, with 'none' among the strategies and N >= 3, a paired "
@@ -274,6 +281,7 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     check_data_name(args.data)
     frameworks = ("torch", "keras") if args.framework == "both" else (args.framework,)
     if args.out is not None:
+        check_out_folder(args.out)
         StagedOutput(args.out).discard()  # refuse an unusable --out before any training
     seeds: int = getattr(args, "seeds", 1)
     if args.seed + seeds - 1 > SEED_MAX:

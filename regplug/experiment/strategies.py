@@ -33,8 +33,18 @@ __all__ = ["Strategy", "BUILTIN_STRATEGIES", "DEFAULT_STRATEGIES", "load_strateg
            "StrategyError", "plugin_factory", "check_monitors", "monitored_keys",
            "added_keys", "Preset", "PRESETS", "DEFAULT_PRESET"]
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]*$")
+#: At most 64 characters: a strategy name becomes a table row and file names.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.+-]{0,63}$")
 _KEYS = ("name", "description", "dropout", "batch_norm", "plugins")
+
+
+def _shorten(value: object, limit: int = 64) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with the length said."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit]}...{size}"
 
 
 class StrategyError(ConfigError):
@@ -364,8 +374,9 @@ def strategy_from_table(table: Mapping[str, Any], *, where: str) -> Strategy:
                             f"strategy has {', '.join(_KEYS)}")
     name = table.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise StrategyError(f"{where}: 'name' must be a word of letters, digits and _ . + - "
-                            f"(it names a table row and files), got {name!r}")
+        raise StrategyError(f"{where}: 'name' must be a word of at most 64 letters, digits "
+                            f"and _ . + - (it names a table row and files), got "
+                            f"{_shorten(name)}")
     if name in ("default", "all"):
         raise StrategyError(f"{where}: {name!r} names a group of strategies on the command "
                             "line; choose another name")
@@ -506,8 +517,10 @@ def select_strategies(selection: str | Iterable[str] | None,
             group = [catalogue[name]]
         else:
             valid = [*catalogue, "default", "all"]
-            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5) \
+                if len(name) <= 64 else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise StrategyError(f"unknown strategy {name!r}{hint}; valid: {', '.join(valid)}")
+            raise StrategyError(f"unknown strategy {_shorten(name)}{hint}; valid: "
+                                f"{', '.join(valid)}")
         chosen.extend(s for s in group if s not in chosen)
     return chosen

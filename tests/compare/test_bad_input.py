@@ -104,7 +104,8 @@ def test_a_seed_out_of_range_names_seed_and_the_range(capsys, value):
 
 @pytest.mark.parametrize("argv, fragment", [
     # one prefix for every error, whichever sub-command; its --help is named at the end
-    (["compare", "--seeds", "0"], "regplug: error: argument --seeds: must be at least 1"),
+    (["compare", "--seeds", "0"],
+     "regplug: error: argument --seeds: must be from 1 to 1,000, got 0"),
     (["compare", "--framework", "both2"], "regplug: error: argument --framework: "
                                           "invalid choice: 'both2'"),
     (["tune", "--timeout", "-5"], "regplug: error: argument --timeout: must be a finite"),
