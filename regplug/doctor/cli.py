@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .diagnosis import Diagnosis
 
 __all__ = ["add_doctor_parser", "cmd_doctor", "DoctorError", "Budget", "parse_budget",
-           "DoctorRun", "FixSearch", "SeedTest", "run_doctor", "DEFAULT_DATA",
+           "DoctorRun", "FixSearch", "SeedTest", "seed_test_notes", "run_doctor", "DEFAULT_DATA",
            "DEFAULT_EPOCHS", "DEFAULT_BUDGET", "DEFAULT_SEEDS", "BATCH_STEPS"]
 
 #: The defaults of a plain ``regplug doctor``: the notebook's MLP on the 5,000 MNIST rows.
@@ -178,10 +178,22 @@ class SeedTest:
     p: float
     mean_diff: float
     ci95: tuple[float, float]
+    #: The same paired test on test accuracy (a fix can narrow pct_diff by lowering
+    #: training accuracy alone: this says whether the test rows gained too).
+    acc_p: float = math.nan
+    acc_mean_diff: float = math.nan
 
     @property
     def beats_noise(self) -> bool:
         return self.mean_diff < 0 and self.p < ALPHA
+
+    @property
+    def raises_test_accuracy(self) -> bool:
+        return self.acc_mean_diff > 0 and self.acc_p < ALPHA
+
+    def mean(self, rows: str, key: str) -> float:
+        values = [r[key] for r in (self.baseline if rows == "baseline" else self.fix)]
+        return sum(values) / len(values)
 
 
 @dataclasses.dataclass
@@ -226,6 +238,12 @@ class DoctorRun:
                 f"{len(s.seeds)} seeds: "
                 + ("the fix beats seed noise" if s.beats_noise
                    else "not beyond seed noise"))
+            if not math.isnan(s.acc_mean_diff):
+                lines.append(
+                    f"  test accuracy {s.mean('baseline', 'acc_test'):.3f} -> "
+                    f"{s.mean('fix', 'acc_test'):.3f} (mean difference {s.acc_mean_diff:+.3f}, "
+                    f"p = {s.acc_p:.3g}), training accuracy "
+                    f"{s.mean('baseline', 'acc_train'):.3f} -> {s.mean('fix', 'acc_train'):.3f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -497,12 +515,7 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
         return
     result.seeds = _seed_test(result, runner, baseline, choice, fix.best.tuned, seeds,
                               progress)
-    if not result.seeds.beats_noise:
-        result.notes.append(
-            "the best setting did not narrow the gap beyond seed noise: where training "
-            "accuracy stays at 1 with it too, the gap is the data's (too few rows for what "
-            "the test asks), not memorized noise: more rows or augmentation, not a stronger "
-            "regularizer")
+    result.notes += seed_test_notes(result.seeds, len(result.splits.x_train))
 
 
 def _seed_test(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
@@ -540,5 +553,26 @@ def _seed_test(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcom
         progress.finish(_result(result.framework, name, o, s))
         fix_rows.append(row(o))
     test = paired_t_test([r["pct_diff"] for r in fix_rows], [r["pct_diff"] for r in base_rows])
-    return SeedTest(seed_list, base_rows, fix_rows, test.t, test.p, test.mean_diff, test.ci95)
+    acc = paired_t_test([r["acc_test"] for r in fix_rows], [r["acc_test"] for r in base_rows])
+    return SeedTest(seed_list, base_rows, fix_rows, test.t, test.p, test.mean_diff, test.ci95,
+                    acc_p=acc.p, acc_mean_diff=acc.mean_diff)
+
+
+def seed_test_notes(s: SeedTest, train_rows: int) -> list[str]:
+    """What the seed test's numbers say about the fix, in words that follow from them."""
+    train_fix = s.mean("fix", "acc_train")
+    if s.beats_noise and not s.raises_test_accuracy:
+        return [f"the fix narrowed the gap by lowering training accuracy "
+                f"({s.mean('baseline', 'acc_train'):.3f} -> {train_fix:.3f}), not by a test "
+                f"accuracy gain beyond seed noise (p = {s.acc_p:.3g}): judge it by test "
+                "accuracy too"]
+    if s.beats_noise:
+        return []
+    if train_fix >= 0.99:
+        return [f"the best setting did not narrow the gap beyond seed noise, and training "
+                f"accuracy stays at {train_fix:.3f} with it: the model still fits all "
+                f"{train_rows} training rows, so the gap is what so few rows cannot teach, "
+                "not memorized noise: more rows or augmentation, not a stronger regularizer"]
+    return [f"the best setting did not narrow the gap beyond seed noise (it lowered training "
+            f"accuracy to {train_fix:.3f}): keep the setup, or get more rows"]
 

@@ -156,10 +156,14 @@ def diagnose(history: Mapping[str, Sequence[float]], *, batch: BatchCheck | None
     numbers["epochs"] = n
     ev = d.evidence
 
-    if n == 0 and batch is None:
-        d.verdict = "bug"
-        ev.append("the history has no training loss: nothing to judge")
-        return d
+    if (n == 0 and batch is None) or (n > 0 and not (val or val_acc)):
+        # a history named in another loop's words, or without validation, cannot be judged
+        # (no gap can be seen): say which keys it has and which are read, not a verdict
+        missing, wanted = (("training loss", "'loss' or 'cross_entropy'") if n == 0 else
+                           ("validation series", "'val_loss', 'val_cross_entropy' or "
+                            "'val_accuracy' (Keras: fit(..., validation_data=...))"))
+        raise ValueError(f"diagnose: the history has no {missing}: it needs {wanted} per "
+                         f"epoch; its keys: {', '.join(sorted(history)) or 'none'}")
 
     # unstable: non-finite values, oscillating loss, exploding updates
     bad = [k for k in ("loss", "val_loss", "cross_entropy", "val_cross_entropy")

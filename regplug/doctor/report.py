@@ -73,7 +73,9 @@ def _html(result: DoctorRun, *, command: str, model: str, figures: list[str]) ->
              f"<li>training: {esc(result.settings.describe())}, strategy "
              f"{esc(result.baseline.name)}</li><li>framework: {esc(result.framework)}</li>",
              f"<li>time: {result.seconds:.1f} s</li></ul>",
-             f"<h2>Diagnosis</h2><pre>{esc(result.text())}</pre>"]
+             # long evidence lines wrap inside the page (no horizontal scroll at 1280 px)
+             "<h2>Diagnosis</h2><pre style='white-space:pre-wrap;overflow-wrap:anywhere'>"
+             f"{esc(result.text())}</pre>"]
     captions = {"curves.png": "The baseline's learning curves (training and validation "
                               "cross-entropy and accuracy); a dotted line where the gap opened.",
                 "monitor.png": "LayerMonitor per epoch: one panel per quantity, one line per "

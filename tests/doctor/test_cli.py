@@ -103,3 +103,47 @@ def test_a_detached_loss_is_a_bug_with_what_training_raised():
     assert result.error is not None and "RuntimeError" in result.error
     assert any("detached" in s for s in d.evidence)  # OverfitBatch's hint
     assert result.search is None
+
+
+def _seed_test(base_train, base_test, fix_train, fix_test):
+    from regplug.compare.stats import paired_t_test
+    from regplug.doctor.cli import SeedTest
+    from regplug.functional import pct_diff
+
+    def rows(train, test):
+        return [{"acc_train": a, "acc_test": b, "pct_diff": pct_diff(a, b)}
+                for a, b in zip(train, test)]
+
+    base, fix = rows(base_train, base_test), rows(fix_train, fix_test)
+    gap = paired_t_test([r["pct_diff"] for r in fix], [r["pct_diff"] for r in base])
+    acc = paired_t_test([r["acc_test"] for r in fix], [r["acc_test"] for r in base])
+    return SeedTest(list(range(len(base))), base, fix, gap.t, gap.p, gap.mean_diff, gap.ci95,
+                    acc_p=acc.p, acc_mean_diff=acc.mean_diff)
+
+
+def test_the_notes_follow_from_the_seed_test_numbers():
+    from regplug.doctor.cli import seed_test_notes
+
+    # the gap narrows only because training accuracy fell: said, with its numbers
+    s = _seed_test([1.0] * 4, [0.80, 0.78, 0.82, 0.79], [0.97, 0.96, 0.97, 0.96],
+                   [0.80, 0.78, 0.815, 0.79])
+    assert s.beats_noise and not s.raises_test_accuracy
+    (note,) = seed_test_notes(s, 60)
+    assert "by lowering training accuracy (1.000 -> 0.965)" in note
+    # a real gain: nothing to add
+    s = _seed_test([1.0] * 4, [0.80, 0.78, 0.82, 0.79], [1.0] * 4, [0.85, 0.84, 0.86, 0.83])
+    assert s.beats_noise and s.raises_test_accuracy and seed_test_notes(s, 60) == []
+    # no gain, training accuracy not at 1: the "fits every row" reading is NOT claimed
+    s = _seed_test([1.0] * 3, [0.80, 0.78, 0.82], [0.9, 0.92, 0.91], [0.72, 0.75, 0.7])
+    (note,) = seed_test_notes(s, 60)
+    assert not s.beats_noise and "fits all" not in note and "0.910" in note
+    s = _seed_test([1.0] * 3, [0.80, 0.78, 0.82], [1.0] * 3, [0.79, 0.79, 0.81])
+    (note,) = seed_test_notes(s, 60)
+    assert "fits all 60 training rows" in note
+
+
+def test_the_report_wraps_the_diagnosis_lines(tmp_path, capsys):
+    out_dir = tmp_path / "doc"
+    code, _out, err = _run(capsys, "doctor", *FAST, "--out", str(out_dir))
+    assert code == 0, err
+    assert "white-space:pre-wrap" in (out_dir / "report.html").read_text()

@@ -104,3 +104,24 @@ def test_text_and_dict():
     d = diagnose(OVERFIT)
     assert d.text().startswith("verdict: overfitting\n  - ")
     assert d.to_dict()["verdict"] == "overfitting"
+
+
+def test_a_history_without_validation_is_refused_not_called_healthy():
+    # a Keras fit() without validation_data: no gap can be seen, so no verdict either
+    with pytest.raises(ValueError, match="no validation series.*its keys: acc, loss"):
+        diagnose({"loss": [1.0, 0.5, 0.2, 0.1], "acc": [0.6, 0.8, 0.9, 0.99]})
+
+
+def test_a_history_in_other_words_names_the_keys_it_reads():
+    with pytest.raises(ValueError, match="no training loss.*'loss' or 'cross_entropy'.*"
+                                         "train_loss, valid_loss"):
+        diagnose({"train_loss": [1.0, 0.5], "valid_loss": [1.0, 0.9]})
+
+
+def test_keras_history_names_are_read():
+    # what keras.callbacks.History.history holds with metrics=["acc"] or ["accuracy"]
+    for acc in ("acc", "accuracy", "sparse_categorical_accuracy"):
+        h = {"loss": OVERFIT["loss"], "val_loss": OVERFIT["val_loss"],
+             acc: OVERFIT["accuracy"], f"val_{acc}": OVERFIT["val_accuracy"]}
+        d = diagnose(h)
+        assert d.verdict == "overfitting" and d.numbers["pct_diff"] is not None, acc
