@@ -224,6 +224,10 @@ class _WeightAverage(Plugin):
 
     def _start(self, run: Run) -> None:
         """Bind to ``run``; apply a checkpoint loaded before it started."""
+        if self._swapped and self._run is not None:
+            # The last run ended inside a validation without telling (an exception where the
+            # loop calls no callback: Hugging Face, Keras): its averages are still swapped in.
+            self._swap_back(self._run)
         self._bind(run)
         pending, self._pending = self._pending, None
         if pending is not None:

@@ -197,3 +197,17 @@ def test_the_average_is_written_after_early_stopping_restores_its_best_weights()
             loop.epoch_end({"val_loss": val_loss})
         loop.close()
         np.testing.assert_allclose(loop.params["w"], [2.25, 2.25], err_msg=order)
+
+
+def test_a_new_run_first_puts_back_the_weights_a_run_abandoned_in_validation_swapped_out():
+    # The Hugging Face Trainer and Keras call no callback when an exception ends training:
+    # a run that raised inside a validation on the average is abandoned with the averages
+    # swapped in. The same plugin starting the next train() must put the trained weights
+    # back before it takes them as its own.
+    ema = EMA(0.5, evaluate_on_average=True)
+    loop = trained([ema], 3)  # raw w = 3, average 2.25
+    loop.clock.manager.caller("on_validation_begin")(run=loop.run)
+    np.testing.assert_allclose(loop.params["w"], [2.25, 2.25])
+    loop.clock.abandon()  # what the adapters do when they find the training gone
+    NumpyLoop(loop.params, [ema], lr=1.0)  # the next train() with the same plugin
+    np.testing.assert_array_equal(loop.params["w"], [3.0, 3.0])
