@@ -98,3 +98,81 @@ def test_a_gradient_missing_on_one_rank_neither_crashes_nor_hangs(job):
     undropped = train_fsdp2(make_model(0), [MaxNorm(0.5), L2(0.05)])
     assert not torch.allclose(first["weights"]["0.weight"], undropped["weights"]["0.weight"],
                               atol=1e-4)
+
+
+# -- every op, next to TorchOps on an unsharded twin --------------------------------------
+OPS = ["sum_squares", "sum_abs", "grad_norms", "count_zeros", "add_to_grad_",
+       "add_sign_to_grad_", "clone", "scale_", "soft_threshold_", "clip_unit_norms_",
+       "clip_whole_norm_", "clip_unit_norms_by_column", "sum_squares_diff",
+       "add_diff_to_grad_", "scale_update_", "moving_average_", "copy_into_", "scale_again",
+       "copy_from_", "to_numpy", "load_copies_", "copy_from_loaded", "hold", "scale_third",
+       "put_back_", "zero_grads_"]
+
+
+@pytest.fixture(scope="module")
+def ops_job(tmp_path_factory):
+    outcome = launch("fsdp2_ops", tmp_path_factory.mktemp("fsdp2_ops"), timeout=120,
+                     script=HERE / "_fsdp2.py")
+    assert outcome.returncodes == [0, 0], outcome.describe()
+    return dict(enumerate(outcome.results))
+
+
+def _close(got, want, where):
+    if isinstance(want, (list, tuple)):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _close(g, w, f"{where}[{i}]")
+    elif isinstance(want, dict):
+        assert list(got) == list(want), where
+        for k in want:
+            _close(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, torch.Tensor):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6, msg=lambda m: f"{where}: {m}")
+    elif hasattr(want, "shape"):  # numpy
+        assert got.shape == want.shape and abs(got - want).max() <= 1e-6, where
+    else:
+        assert got == want, where
+
+
+@slow
+@pytest.mark.parametrize("dim", [0, 1], ids=["Shard(0)", "Shard(1)"])
+@pytest.mark.parametrize("op", OPS)
+def test_each_sharded_op_does_what_torch_ops_do_on_the_full_parameters(ops_job, op, dim):
+    # The ops run in this order on both; each result and the full parameters and gradients
+    # after it are compared, on both ranks.
+    for rank in RANKS:
+        got, want = ops_job[rank][dim, op]
+        _close(got, want, f"rank {rank}, {op}")
+
+
+#: The in-place ops, each of which changes the parameters or gradients in this sequence.
+CHANGING = ["add_to_grad_", "add_sign_to_grad_", "scale_", "soft_threshold_",
+            "clip_unit_norms_", "clip_whole_norm_", "clip_unit_norms_by_column",
+            "add_diff_to_grad_", "scale_update_", "copy_from_", "copy_from_loaded",
+            "scale_third", "put_back_", "zero_grads_"]
+
+
+@slow
+@pytest.mark.parametrize("dim", [0, 1], ids=["Shard(0)", "Shard(1)"])
+def test_the_comparison_is_not_vacuous_each_in_place_op_changed_something(ops_job, dim):
+    for op in CHANGING:
+        (_, before), _ = ops_job[0][dim, OPS[OPS.index(op) - 1]]
+        (_, after), _ = ops_job[0][dim, op]
+        assert any(not torch.equal(before[k], after[k]) for k in after), op
+
+
+@slow
+def test_a_rank_without_the_gradient_leaves_its_shard_and_reduces_all_the_same(ops_job):
+    # The twin has the gradient, so it clips the whole matrix; rank 1 lacks it, so its
+    # columns stay unclipped while rank 0's are clipped with the norms of the whole rows.
+    got, want = ops_job[0]["grad_none_clip"]
+    assert torch.equal(got, ops_job[1]["grad_none_clip"][0])
+    torch.testing.assert_close(got[:, :4], want[:, :4])
+    assert not torch.allclose(got[:, 4:], want[:, 4:])
+
+
+def test_fsdp2_on_a_2d_mesh_is_refused_in_one_line(ops_job):
+    for rank in RANKS:
+        message = ops_job[rank]["hsdp"]
+        assert "\n" not in message and "more than one dimension" in message, message
+        assert "'0.weight'" in message

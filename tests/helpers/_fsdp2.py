@@ -8,6 +8,7 @@ reference (no ``fully_shard``, the full batches), run in the test's own process.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,123 @@ def job_fsdp2(rank: int, size: int) -> dict[str, Any]:
     return out
 
 
+def _twins(dim: int) -> tuple[Any, Any, nn.Module, nn.Module]:
+    """A sharded model and its unsharded twin (same values), with the same gradients set,
+    and the runs built over them (ShardedTorchOps, TorchOps)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    from regplug.adapters.torch import build_run
+
+    sharded, plain = shard(make_model(0), dim), make_model(0)
+    gen = torch.Generator().manual_seed(11)
+    for (_, p), q in zip(sharded.named_parameters(), plain.parameters(), strict=True):
+        grad = torch.randn(q.shape, generator=gen)
+        grad[grad.abs() < 0.3] = 0.0  # some exact zeros
+        q.grad = grad.clone()
+        p.grad = distribute_tensor(grad, p.device_mesh, p.placements, src_data_rank=None)
+    return (build_run(sharded, torch.optim.SGD(sharded.parameters(), lr=0.1)),
+            build_run(plain, torch.optim.SGD(plain.parameters(), lr=0.1)), sharded, plain)
+
+
+def _value(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return (x.full_tensor() if hasattr(x, "full_tensor") else x).detach().clone()
+    if isinstance(x, (list, tuple)):
+        return [_value(v) for v in x]
+    return x
+
+
+def _state(run: Any) -> dict[str, torch.Tensor]:
+    return {p.name: _value(p.tensor) for p in run.params} | {
+        p.name + ".grad": _value(p.tensor.grad) for p in run.params if p.tensor.grad is not None}
+
+
+def job_ops(rank: int, size: int) -> dict[str, Any]:
+    """Every op of ShardedTorchOps next to TorchOps on an unsharded twin: {(dim, op):
+    (sharded result and state, plain result and state)}."""
+    out: dict[Any, Any] = {}
+    for dim in (0, 1):
+        sharded, plain, _, _ = _twins(dim)
+
+        def steps(run: Any, mine: dict[str, Any]) -> list[tuple[str, Callable[[], Any]]]:
+            ops, params = run.ops, run.params
+            weights = [p for p in params if p.tensor.dim() > 1]
+            return [
+                ("sum_squares", lambda: ops.sum_squares(params)),
+                ("sum_abs", lambda: ops.sum_abs(params)),
+                ("grad_norms", lambda: ops.grad_norms(params)),
+                ("count_zeros", lambda: ops.count_zeros(params)),
+                ("add_to_grad_", lambda: ops.add_to_grad_(params, 0.1)),
+                ("add_sign_to_grad_", lambda: ops.add_sign_to_grad_(params, 0.2)),
+                ("clone", lambda: mine.setdefault("copies", ops.clone(params))),
+                ("scale_", lambda: ops.scale_(params, 1.5)),
+                ("soft_threshold_", lambda: ops.soft_threshold_(params, 0.05)),
+                ("clip_unit_norms_", lambda: ops.clip_unit_norms_(weights, 0.8)),
+                ("clip_whole_norm_", lambda: ops.clip_unit_norms_(
+                    [dataclasses.replace(p, unit_axis=None) for p in weights], 1.0)),
+                ("clip_unit_norms_by_column", lambda: ops.clip_unit_norms_(
+                    [dataclasses.replace(p, unit_axis=1) for p in weights], 0.2)),
+                ("sum_squares_diff", lambda: ops.sum_squares_diff(params, mine["copies"])),
+                ("add_diff_to_grad_", lambda: ops.add_diff_to_grad_(params, mine["copies"],
+                                                                    0.3)),
+                ("scale_update_", lambda: ops.scale_update_(
+                    params, mine["copies"], [0.5 + 0.1 * i for i in range(len(params))])),
+                ("moving_average_", lambda: ops.moving_average_(
+                    [dataclasses.replace(p, tensor=c) for p, c in zip(params, mine["copies"])],
+                    params, 0.9)),
+                ("copy_into_", lambda: ops.copy_into_(mine["copies"], params)),
+                ("scale_again", lambda: ops.scale_(params, 0.5)),
+                ("copy_from_", lambda: ops.copy_from_(params, mine["copies"])),
+                ("to_numpy", lambda: mine.setdefault("arrays", ops.to_numpy(params))),
+                ("load_copies_", lambda: ops.load_copies_(
+                    [dataclasses.replace(p, tensor=c) for p, c in zip(params, mine["copies"])],
+                    [a * 2 for a in mine["arrays"]])),
+                ("copy_from_loaded", lambda: ops.copy_from_(params, mine["copies"])),
+                ("hold", lambda: mine.setdefault("held", ops.hold(params))),
+                ("scale_third", lambda: ops.scale_(params, 3.0)),
+                ("put_back_", lambda: ops.put_back_(params, mine["held"], 1.0)),
+                ("zero_grads_", lambda: ops.zero_grads_(params[:2], 1.0)),
+            ]
+
+        mine_s: dict[str, Any] = {}
+        mine_p: dict[str, Any] = {}
+        for (name, do_s), (_, do_p) in zip(steps(sharded, mine_s), steps(plain, mine_p),
+                                           strict=True):
+            got = (_value(do_s()), _state(sharded))
+            want = (_value(do_p()), _state(plain))
+            out[dim, name] = (got, want)
+    # In an update, a parameter without a gradient on this rank only is left alone here,
+    # and the reduced row norms still match (dim 1: rows split between the ranks).
+    sharded, plain, _, _ = _twins(1)
+    sharded.ops.in_update = plain.ops.in_update = True
+    if rank == 1:
+        sharded.params[0].tensor.grad = None
+    sharded.ops.clip_unit_norms_(sharded.params[:1], 0.5)
+    plain.ops.clip_unit_norms_(plain.params[:1], 0.5)
+    out["grad_none_clip"] = (_value(sharded.params[0].tensor), _value(plain.params[0].tensor))
+    out["hsdp"] = _hsdp_refusal(size)
+    return out
+
+
+def _hsdp_refusal(size: int) -> str:
+    """FSDP2 on a 2-D mesh (HSDP: replicate × shard): refused in one line by attach."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from regplug.errors import UsageError
+
+    model = make_model(0)
+    fully_shard(model, mesh=init_device_mesh("cpu", (1, size),
+                                             mesh_dim_names=("replicate", "shard")))
+    try:
+        attach(model, torch.optim.SGD(model.parameters(), lr=0.1), [L2(0.1)])
+    except UsageError as err:
+        return str(err)
+    return "accepted"
+
+
 JOBS["fsdp2"] = job_fsdp2
+JOBS["fsdp2_ops"] = job_ops
 
 if __name__ == "__main__":
     _main(sys.argv[1], sys.argv[2])
