@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from .diagnosis import Diagnosis
 
 __all__ = ["add_doctor_parser", "cmd_doctor", "DoctorError", "Budget", "parse_budget",
-           "DoctorRun", "FixSearch", "SeedTest", "seed_test_notes", "run_doctor", "DEFAULT_DATA",
-           "DEFAULT_EPOCHS", "DEFAULT_BUDGET", "DEFAULT_SEEDS", "BATCH_STEPS"]
+           "DoctorRun", "FixSearch", "SeedTest", "DataCurve", "seed_test_notes", "run_doctor",
+           "DEFAULT_DATA", "DEFAULT_EPOCHS", "DEFAULT_BUDGET", "DEFAULT_SEEDS", "BATCH_STEPS"]
 
 #: The defaults of a plain ``regplug doctor``: the notebook's MLP on the 5,000 MNIST rows.
 DEFAULT_DATA = "mnist"
@@ -197,6 +197,42 @@ class SeedTest:
 
 
 @dataclasses.dataclass
+class DataCurve:
+    """Step (e), where the fix did not raise test accuracy: does more data? The baseline
+    on half the training rows (one seed) against all of them (the seed test's seeds)."""
+
+    half_rows: int
+    rows: int
+    acc_half: float
+    acc_full: list[float]
+
+    @property
+    def gain(self) -> float:
+        return sum(self.acc_full) / len(self.acc_full) - self.acc_half
+
+    @property
+    def noise(self) -> float:
+        """Two standard deviations of ``gain`` under seed noise alone: the seed-to-seed
+        spread of the full-rows runs, for one half-rows run against their mean."""
+        k = len(self.acc_full)
+        mean = sum(self.acc_full) / k
+        sd = math.sqrt(sum((a - mean) ** 2 for a in self.acc_full) / max(k - 1, 1))
+        return 2 * sd * math.sqrt(1 + 1 / k)
+
+    @property
+    def climbing(self) -> bool:
+        return self.gain > self.noise
+
+    def verdict(self) -> str:
+        line = (f"data curve (e): test accuracy {self.acc_half:.3f} on {self.half_rows} "
+                f"training rows -> {self.gain + self.acc_half:.3f} on {self.rows} (a gain of "
+                f"{self.gain:+.3f}, seed noise {self.noise:.3f})")
+        return line + (": still climbing: more rows (or augmentation) is the cure here, "
+                       "more than a regularizer" if self.climbing else
+                       ": flat within seed noise: more rows of the same kind would not help much")
+
+
+@dataclasses.dataclass
 class DoctorRun:
     """Everything one doctor run found."""
 
@@ -211,6 +247,7 @@ class DoctorRun:
     error: str | None = None
     search: FixSearch | None = None
     seeds: SeedTest | None = None
+    curve: DataCurve | None = None
     seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -244,6 +281,8 @@ class DoctorRun:
                     f"{s.mean('fix', 'acc_test'):.3f} (mean difference {s.acc_mean_diff:+.3f}, "
                     f"p = {s.acc_p:.3g}), training accuracy "
                     f"{s.mean('baseline', 'acc_train'):.3f} -> {s.mean('fix', 'acc_train'):.3f}")
+        if self.curve is not None:
+            lines.append(self.curve.verdict())
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -454,8 +493,11 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
     spaces = [sp for sp in spaces if sp.parameters]
     compare_cost = 2 * seeds - 1
     per = max(baseline.seconds, 1e-3)
+    curve = False  # step (e), the half-rows training: only where the budget leaves it room
     if budget.trainings is not None:
         left = budget.trainings - 1 - compare_cost
+        curve = left > len(spaces)
+        left -= curve
         trials = left // len(spaces)
         if trials < 1:  # fewer strategies then, most suggested first
             spaces = spaces[:max(left, 1)]
@@ -472,7 +514,8 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
                 f"start-up and the baseline ({per:.1f}s a training), the search needs at "
                 f"least 2 trainings and the seed test {compare_cost}; give --budget {need}s "
                 "or more")
-        trials, timeout = 1000, left_s
+        curve = left_s - per / 2 >= 2 * per
+        trials, timeout = 1000, left_s - (per / 2 if curve else 0.0)
     objective = Objective("val_cross_entropy")
     # A few trials per strategy: TPE would still be sampling at random (its first 10 are),
     # so a grid of that many points spreads them evenly over each range instead.
@@ -515,7 +558,29 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
         return
     result.seeds = _seed_test(result, runner, baseline, choice, fix.best.tuned, seeds,
                               progress)
+    if curve and not result.seeds.raises_test_accuracy:
+        result.curve = _data_curve(result, runner, choice, progress)
     result.notes += seed_test_notes(result.seeds, len(result.splits.x_train))
+
+
+def _data_curve(result: DoctorRun, runner: FrameworkRunner, choice: ModelChoice,
+                progress: Any) -> DataCurve:
+    """Step (e): none on the first half of the training rows, baseline seed; its test
+    accuracy against the seed test's none rows (all the training rows)."""
+    from ..experiment.training import train_strategy
+
+    assert result.seeds is not None
+    half = max(len(result.splits.x_train) // 2, 1)
+    splits = dataclasses.replace(result.splits, x_train=result.splits.x_train[:half],
+                                 y_train=result.splits.y_train[:half])
+    name = f"{result.baseline.name} ({half} rows)"
+    progress.start(result.framework, name, epochs=result.settings.epochs,
+                   seed=result.settings.seed)
+    o, _ = train_strategy(runner, result.baseline, splits, choice, result.settings,
+                          on_epoch=progress.epoch)
+    progress.finish(_result(result.framework, name, o, result.settings.seed))
+    full = [r["acc_test"] for r in result.seeds.baseline]
+    return DataCurve(half, len(result.splits.x_train), o.acc_test, full)
 
 
 def _seed_test(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
@@ -571,8 +636,8 @@ def seed_test_notes(s: SeedTest, train_rows: int) -> list[str]:
     if train_fix >= 0.99:
         return [f"the best setting did not narrow the gap beyond seed noise, and training "
                 f"accuracy stays at {train_fix:.3f} with it: the model still fits all "
-                f"{train_rows} training rows, so the gap is what so few rows cannot teach, "
-                "not memorized noise: more rows or augmentation, not a stronger regularizer"]
+                f"{train_rows} training rows, so the gap is not memorized noise that a stronger "
+                "regularizer would remove (the data curve (e) says whether more rows would)"]
     return [f"the best setting did not narrow the gap beyond seed noise (it lowered training "
             f"accuracy to {train_fix:.3f}): keep the setup, or get more rows"]
 

@@ -134,6 +134,9 @@ def write_all(out: str, result: DoctorRun, *, command: str, model: str) -> None:
                     "value": search.best.value}},
             "seed_test": None if result.seeds is None else {
                 **dataclasses.asdict(result.seeds), "beats_noise": result.seeds.beats_noise},
+            "data_curve": None if result.curve is None else {
+                **dataclasses.asdict(result.curve), "gain": result.curve.gain,
+                "noise": result.curve.noise, "climbing": result.curve.climbing},
             "seconds": round(result.seconds, 3), "summary": result.text(), "best_toml": best,
             "figures": figures}
         (folder / "results.json").write_text(json.dumps(_plain(payload), indent=1),

@@ -147,3 +147,13 @@ def test_the_report_wraps_the_diagnosis_lines(tmp_path, capsys):
     code, _out, err = _run(capsys, "doctor", *FAST, "--out", str(out_dir))
     assert code == 0, err
     assert "white-space:pre-wrap" in (out_dir / "report.html").read_text()
+
+
+def test_the_data_curve_compares_half_the_rows_with_seed_noise():
+    from regplug.doctor.cli import DataCurve
+
+    c = DataCurve(30, 60, 0.64, [0.79, 0.80, 0.78])
+    assert c.climbing and abs(c.gain - 0.15) < 1e-9
+    assert "still climbing: more rows" in c.verdict() and "on 30 training rows" in c.verdict()
+    flat = DataCurve(30, 60, 0.78, [0.79, 0.80, 0.78])
+    assert not flat.climbing and "flat within seed noise" in flat.verdict()
