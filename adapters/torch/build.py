@@ -21,7 +21,13 @@ from regplug.run import ParamHandle, Run, TrialTraining
 from . import _compat
 from .discovery import discover_dropout, discover_parameters, unwrap
 from .ops import TorchOps
-from .sharding import ShardedTorchOps, fsdp2_params, has_dtensors, unsupported_dtensor
+from .sharding import (
+    ShardedModelState,
+    ShardedTorchOps,
+    fsdp2_params,
+    has_dtensors,
+    unsupported_dtensor,
+)
 from .state import TorchModelState
 from .world import default_world
 
@@ -80,7 +86,8 @@ def build_run(model: nn.Module, optimizer: torch.optim.Optimizer, *, world: Any 
               learning_rate_groups=LearningRates(optimizer).groups,
               device=str(device), framework="torch",
               dropout_layers_provider=lambda: discover_dropout(model),
-              model_state_provider=TorchModelState(model),
+              model_state_provider=(ShardedModelState if has_dtensors(params)
+                                    else TorchModelState)(model),
               trial_training_provider=trial)
     world = world if world is not None else default_world(device)
     if world is not None:

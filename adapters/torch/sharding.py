@@ -24,9 +24,10 @@ from regplug.run import ParamHandle
 
 from . import _compat
 from .ops import TorchOps, _foreach_add_scaled_, _frozen, _grad_pairs, without_grad
+from .state import TorchModelState
 
 __all__ = ["is_dtensor", "has_dtensors", "fsdp2_params", "unsupported_dtensor",
-           "ShardedTorchOps", "local"]
+           "ShardedTorchOps", "ShardedModelState", "local"]
 
 # A plain TorchOps for local shards: after the filtering below, every tensor it gets acts.
 _PLAIN = TorchOps()
@@ -332,6 +333,53 @@ class ShardedTorchOps(TorchOps):
         for p in params:
             t = p.tensor.full_tensor() if is_dtensor(p.tensor) else p.tensor
             out.append(t.detach().float().cpu().numpy().copy())
+        return out
+
+
+class ShardedModelState(TorchModelState):
+    """:class:`~regplug.adapters.torch.TorchModelState` of a model with FSDP2 parameters.
+
+    Snapshots (early stopping's best weights) hold each rank's shards, on the parameters'
+    device (``host`` is ignored for them: a shard is what the rank keeps anyway). The NumPy
+    form, for checkpoints (``reg.state_dict()``), holds the full tensors: :meth:`to_numpy`
+    gathers them (a collective call: every rank calls ``reg.state_dict()``), and
+    :meth:`from_numpy` cuts each rank's shard from the full arrays every rank loaded.
+    """
+
+    @torch.no_grad()
+    def snapshot(self, into: dict[str, torch.Tensor] | None = None, *,
+                 host: bool = False) -> dict[str, torch.Tensor]:
+        if into is None:
+            plain = {k: t for k, t in self.tensors.items() if not is_dtensor(t)}
+            into = {k: torch.empty_like(t) for k, t in self.tensors.items() if is_dtensor(t)}
+            if plain:
+                saved, self.tensors = self.tensors, plain
+                try:
+                    into.update(super().snapshot(host=host))
+                finally:
+                    self.tensors = saved
+            into = {k: into[k] for k in self.tensors}
+        for name, t in self.tensors.items():
+            local(into[name]).copy_(local(t.detach()))
+        return into
+
+    @torch.no_grad()
+    def restore(self, snapshot: dict[str, torch.Tensor]) -> None:
+        for name, t in self.tensors.items():
+            local(t).copy_(local(snapshot[name]))
+
+    def to_numpy(self, snapshot: dict[str, torch.Tensor]) -> dict[str, Any]:
+        full = {k: (v.full_tensor() if is_dtensor(v) else v) for k, v in snapshot.items()}
+        return super().to_numpy(full)
+
+    def from_numpy(self, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from torch.distributed.tensor import distribute_tensor
+
+        out = super().from_numpy(arrays)
+        for name, t in self.tensors.items():
+            if is_dtensor(t):  # every rank holds the full array: cut, no message
+                out[name] = distribute_tensor(out[name], t.device_mesh, t.placements,
+                                              src_data_rank=None)
         return out
 
 

@@ -21,7 +21,7 @@ from _torch_models import batches, make_model
 from torch import nn
 
 from regplug.adapters.torch import attach
-from regplug.plugins import L2, DecoupledWeightDecay, MaxNorm, ProximalL1
+from regplug.plugins import EMA, L2, DecoupledWeightDecay, EarlyStopping, MaxNorm, ProximalL1
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,15 +61,22 @@ def full(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_fsdp2(model: nn.Module, plugins: list[object], *, fused: bool = True,
-                rows: slice = slice(None), drop_grad: Callable[[int], str | None] = lambda s: None
+                rows: slice = slice(None), drop_grad: Callable[[int], str | None] = lambda s: None,
+                val_losses: list[float] | None = None,
+                resume: Callable[[], tuple[nn.Module, list[object]]] | None = None
                 ) -> dict[str, Any]:
     """Adam, EPOCHS epochs of BATCHES; ``reg.epoch_end`` logs the penalties each epoch.
-    ``drop_grad(step)`` names a parameter whose gradient is set to None before that step."""
+    ``drop_grad(step)`` names a parameter whose gradient is set to None before that step;
+    ``val_losses`` are the epochs' val_loss (1.0 each by default). With ``resume`` (a fresh
+    model and plugins), the run's ``state_dict()`` is loaded into an attachment to them,
+    whose own ``state_dict()`` is returned too."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     params = dict(model.named_parameters())
     step = 0
+    losses = val_losses or [1.0] * EPOCHS
+    extra: dict[str, Any] = {}
     with attach(model, optimizer, plugins, fused=fused) as reg:
-        for _ in range(EPOCHS):
+        for epoch in range(EPOCHS):
             for x, y in BATCHES:
                 optimizer.zero_grad()
                 loss = reg.loss(F.cross_entropy(model(x[rows]), y[rows]))
@@ -79,10 +86,27 @@ def train_fsdp2(model: nn.Module, plugins: list[object], *, fused: bool = True,
                     params[dropped].grad = None
                 optimizer.step()
                 step += 1
-            reg.epoch_end({"val_loss": 1.0})
+            if reg.epoch_end({"val_loss": losses[epoch]}):
+                break
         history = {k: list(v) for k, v in reg.history.items() if k != "val_loss"}
         ops = type(reg.run.ops).__name__
-    return {"weights": full(model), "history": history, "ops": ops}
+        if resume is not None:
+            extra["state"] = reg.state_dict()
+    if resume is not None:
+        fresh, fresh_plugins = resume()
+        fresh_opt = torch.optim.Adam(fresh.parameters(), lr=0.01)
+        with attach(fresh, fresh_opt, fresh_plugins, fused=fused) as again:
+            again.load_state_dict(extra["state"])
+            extra["reloaded"] = again.state_dict()
+    return {"weights": full(model), "history": history, "ops": ops, **extra}
+
+
+def stopping_plugins() -> list[object]:
+    return [L2(0.05), EarlyStopping("val_loss", patience=1), EMA(0.9)]
+
+
+#: Best at epoch 1, patience 1: stops after epoch 2 and restores epoch 1's weights.
+STOPPING_LOSSES = [1.0, 0.5, 0.9, 0.8, 0.7]
 
 
 def _half(rank: int, size: int) -> slice:
@@ -100,6 +124,11 @@ def job_fsdp2(rank: int, size: int) -> dict[str, Any]:
     # norms need the other rank's part.
     out["max_norm", True, 1] = train_fsdp2(shard(make_model(0), dim=1),
                                            CONFIGS["max_norm"](1.0), rows=_half(rank, size))
+    # Early stopping's restore and EMA's averages on shards; the checkpoint holds the full
+    # tensors and loads back into shards.
+    out["stopping"] = train_fsdp2(
+        shard(make_model(0)), stopping_plugins(), rows=_half(rank, size),
+        val_losses=STOPPING_LOSSES, resume=lambda: (shard(make_model(1)), stopping_plugins()))
     # A gradient missing on rank 1 only (as ZeRO-2 may leave it): no crash, no hang.
     out["grad_none"] = train_fsdp2(
         shard(make_model(0), dim=1), [MaxNorm(0.5), L2(0.05)], rows=_half(rank, size),
