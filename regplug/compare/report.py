@@ -22,6 +22,7 @@ from .results import (
     StrategyResult,
     StrategySummary,
     baseline_statement,
+    diverged_note,
     summary_cells,
 )
 
@@ -70,7 +71,10 @@ def _runs_table(results: Sequence[StrategyResult], *, seeds: bool) -> str:
         cells = [f"<td>{html.escape(_cell(row[k], f))}</td>" for k, _, _, f in COLUMNS]
         if seeds:
             cells.insert(2, f"<td>{html.escape(str(result.seed))}</td>")
-        rows.append(f"<tr>{''.join(cells)}<td class='desc'>{html.escape(result.description)}"
+        rows.append(f"<tr>{''.join(cells)}<td class='desc'>"
+                    + (f"<b>DIVERGED</b>: {html.escape(result.diverged)} — "
+                       if result.diverged else "")
+                    + html.escape(result.description)
                     + (f" — stopped: {html.escape(result.stop_reason)}"
                        if result.stop_reason else "") + "</td></tr>")
     return (f"<table><thead><tr>{head}<th>description</th></tr></thead><tbody>\n"
@@ -125,7 +129,9 @@ point at a cell; every digit in summary.csv); <code>epochs</code>, <code>zeros</
 differences, 95% intervals, raw and adjusted p-values), <a href="results.csv">results.csv</a>
 (per run) and, with every epoch's history, in <a href="results.json">results.json</a>.</p>"""
     else:
-        tables = f"""{_runs_table(results, seeds=False)}"""
+        note = diverged_note(results)
+        tables = _runs_table(results, seeds=False) + (
+            f"\n<p class='test'>{html.escape(note)}</p>" if note else "")
     footer = "" if summaries else """
 <p>The numbers are also in <a href="results.csv">results.csv</a> and, with every epoch's
 history, in <a href="results.json">results.json</a>.</p>"""

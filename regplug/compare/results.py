@@ -33,7 +33,8 @@ __all__ = ["StrategyResult", "COLUMNS", "format_table",
            "Spread", "BaselineTest", "StrategySummary", "summarize", "baseline_statement",
            "format_summary_table", "summary_cells", "write_summary_csv", "BASELINE",
            "TESTED_METRICS", "ALPHA", "MIN_TEST_SEEDS", "SUMMARY_COLUMNS",
-           "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result"]
+           "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result",
+           "divergence", "diverged_note"]
 
 
 @dataclass(eq=False)
@@ -57,18 +58,23 @@ class StrategyResult:
     restored_epoch: int | None = None
     #: The seed of this run (data split, initial weights, batch order, dropout masks).
     seed: int | None = None
+    #: Why this run's training diverged (:func:`divergence`), else ``None``: its accuracies
+    #: mean nothing, and it is kept out of the tests against the baseline.
+    diverged: str | None = None
 
     def row(self) -> dict[str, Any]:
-        """The table's columns, plus time, stop reason, description and seed (CSV and JSON).
+        """The table's columns, plus time, stop reason, description, seed and divergence
+        (CSV and JSON).
 
-        ``seed`` comes last, so the columns of a one-seed ``results.csv`` keep the places
-        they had before there was a ``--seeds``."""
+        ``seed`` and ``diverged`` come last, so the columns of a one-seed ``results.csv``
+        keep the places they had before."""
         return {"framework": self.framework, "strategy": self.strategy,
                 "acc_train": self.acc_train, "acc_test": self.acc_test,
                 "pct_diff": self.pct_diff, "epochs": self.epochs,
                 "zero_fraction": self.zero_fraction, "penalty": self.penalty,
                 "seconds": round(self.seconds, 3), "stop_reason": self.stop_reason or "",
-                "description": self.description, "seed": self.seed}
+                "description": self.description, "seed": self.seed,
+                "diverged": self.diverged or ""}
 
     def weight_values(self) -> np.ndarray:
         """Every value of the weight matrices (kind ``weight``), flattened: the histograms."""
@@ -97,7 +103,7 @@ def format_table(results: Sequence[StrategyResult]) -> str:
     framework strategy                 acc_train  acc_test  pct_diff epochs   zeros   penalty
     torch     none                        1.0000    0.9500    0.0500     30    0.0%    0.0000
     """
-    width = max([24, *(len(r.strategy) + 1 for r in results)])
+    width = max([24, *(len(r.strategy) + 3 for r in results)])
     cols = [(k, h, width if k == "strategy" else w, f) for k, h, w, f in COLUMNS]
     lines = ["".join(h.ljust(w) if f == "s" else h.rjust(w) for _, h, w, f in cols).rstrip()]
     for result in results:
@@ -105,6 +111,8 @@ def format_table(results: Sequence[StrategyResult]) -> str:
         cells = []
         for key, _, w, f in cols:
             value = row[key]
+            if key == "strategy" and result.diverged:
+                value = f"{value} !"  # marked: see the note under the table
             if f == "s":
                 cells.append(str(value).ljust(w))
             elif isinstance(value, float) and math.isnan(value):
@@ -112,7 +120,42 @@ def format_table(results: Sequence[StrategyResult]) -> str:
             else:
                 cells.append(format(value, f).rjust(w))
         lines.append("".join(cells).rstrip())
-    return "\n".join(lines)
+    note = diverged_note(results)
+    return "\n".join(lines + (["", note] if note else []))
+
+
+def divergence(history: Mapping[str, Sequence[float]],
+               weights: Sequence[WeightArray] = ()) -> str | None:
+    """Why a run's training diverged — a non-finite training or validation loss in some
+    epoch, or non-finite final weights — else ``None`` (``regplug tune`` judges its trials
+    the same way). Such a run's accuracies are those of a broken model.
+
+    >>> divergence({"loss": [0.7, float("nan"), float("nan")]})
+    'loss is nan at epoch 2 (the training diverged)'
+    >>> divergence({"loss": [0.7, 0.5]}) is None
+    True
+    """
+    for key in ("loss", "val_loss"):
+        for epoch, value in enumerate(history.get(key, ())):
+            if value is None or not math.isfinite(float(value)):
+                return f"{key} is {float('nan') if value is None else value} at epoch " \
+                       f"{epoch + 1} (the training diverged)"
+    for weight in weights:
+        if not np.all(np.isfinite(weight.array)):
+            return (f"the final weights of {weight.name!r} are not finite (the training "
+                    "diverged)")
+    return None
+
+
+def diverged_note(results: Sequence[StrategyResult]) -> str:
+    """The line under a table whose rows include diverged runs, else ``""``."""
+    runs = [r for r in results if r.diverged]
+    if not runs:
+        return ""
+    names = ", ".join(dict.fromkeys(f"{r.framework} {r.strategy}" for r in runs))
+    return (f"! diverged: {names} — {runs[0].diverged}; their accuracies are those of a "
+            f"broken model, and {'it is' if len(runs) == 1 else 'they are'} kept out of the "
+            f"tests against {BASELINE!r}.")
 
 
 def zero_fraction(weights: Sequence[WeightArray]) -> float:
@@ -165,7 +208,8 @@ def make_result(framework: str, strategy_name: str, description: str, outcome: T
         penalty=final_penalty(fresh_plugins, outcome.weights, steps=outcome.steps,
                               epochs=outcome.epochs),
         seconds=outcome.seconds, stop_reason=outcome.stop_reason, history=outcome.history,
-        weights=outcome.weights, seed=seed)
+        weights=outcome.weights, seed=seed,
+        diverged=divergence(outcome.history, outcome.weights))
 
 
 def write_csv(path: Path, results: Sequence[StrategyResult]) -> None:
@@ -283,6 +327,8 @@ class StrategySummary:
     #: The tests against the baseline by metric; empty for the baseline itself, and when
     #: there is no baseline or too few seeds.
     tests: dict[str, BaselineTest] = field(default_factory=dict)
+    #: The seeds whose training diverged (kept out of the tests).
+    diverged: tuple[int, ...] = ()
 
     def row(self) -> dict[str, Any]:
         """``summary.csv``'s and ``results.json``'s row: the means and standard deviations,
@@ -306,6 +352,7 @@ class StrategySummary:
                 f"{metric}_p": None if test is None else test.p,
                 f"{metric}_p_holm": None if test is None else test.p_holm,
                 f"{metric}_differs": "" if differs is None else ("yes" if differs else "no")})
+        out["diverged_seeds"] = " ".join(str(s) for s in self.diverged)
         out["description"] = self.description
         return out
 
@@ -337,13 +384,15 @@ def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
             epochs=float(np.mean([r.epochs for r in runs])),
             zero_fraction=float(np.mean([r.zero_fraction for r in runs])),
             penalty=float(np.mean([r.penalty for r in runs])),
-            seconds=float(sum(r.seconds for r in runs))))
+            seconds=float(sum(r.seconds for r in runs)),
+            diverged=tuple(_seed_of(r) for r in runs if r.diverged)))
     for framework in dict.fromkeys(s.framework for s in summaries):
         rows = [s for s in summaries if s.framework == framework]
         base = next((s for s in rows if s.strategy == BASELINE), None)
         if base is None or len(base.seeds) < MIN_TEST_SEEDS:
             continue
-        others = [s for s in rows if s is not base]
+        # A diverged run means nothing: a strategy (or a baseline) with one is not tested.
+        others = [s for s in rows if s is not base and not s.diverged and not base.diverged]
         for metric in TESTED_METRICS:
             tests = []
             for summary in others:
@@ -379,6 +428,10 @@ def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
     >>> print(baseline_statement([s]))
     no baseline: strategy 'none' was not run, so no strategy is tested against it (add none to --strategies).
     """  # noqa: E501
+    return _test_statement(summaries) + _diverged_statement(summaries)
+
+
+def _test_statement(summaries: Sequence[StrategySummary]) -> str:
     seeds = max((len(s.seeds) for s in summaries), default=0)
     if not any(s.strategy == BASELINE for s in summaries):
         return (f"no baseline: strategy {BASELINE!r} was not run, so no strategy is tested "
@@ -398,6 +451,16 @@ def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
             f"{'y' if compared == 1 else 'ies'} compared in each framework, alpha {ALPHA:g}. "
             f"'higher'/'lower': differs from {BASELINE} beyond seed noise (adjusted p ≤ "
             f"{ALPHA:g}); 'no': not beyond seed noise; p: the adjusted p-value.")
+
+
+def _diverged_statement(summaries: Sequence[StrategySummary]) -> str:
+    diverged = [s for s in summaries if s.diverged]
+    if not diverged:
+        return ""
+    names = ", ".join(f"{s.framework} {s.strategy} (seed{'' if len(s.diverged) == 1 else 's'} "
+                      f"{', '.join(str(x) for x in s.diverged)})" for s in diverged)
+    return (f" Diverged training (a non-finite loss): {names}; kept out of the tests "
+            f"('diverged').")
 
 
 #: The seeds table's columns: (key, header, width).
@@ -433,6 +496,8 @@ def summary_cells(summary: StrategySummary) -> dict[str, str]:
             p = test.p_holm
             shown = "nan" if math.isnan(p) else ("<0.001" if p < 0.001 else f"={p:.3f}")
             cells[f"{metric}_vs"] = f"{test.verdict():<6} p{shown}"
+        elif summary.diverged:
+            cells[f"{metric}_vs"] = "diverged"
         elif summary.strategy == BASELINE:
             cells[f"{metric}_vs"] = "baseline"
         else:
