@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from regplug.conventions import MAX_NORM_EPS
 from regplug.run import ParamHandle
 
 from . import _compat
@@ -256,7 +257,7 @@ class ShardedTorchOps(TorchOps):
                 continue
             shard = local(p.tensor)
             norms = sq.sqrt()
-            scale = torch.where(norms > max_norm, torch.div(max_norm, norms + _eps()), 1.0)
+            scale = torch.where(norms > max_norm, torch.div(max_norm, norms + MAX_NORM_EPS), 1.0)
             if p.unit_axis is not None:
                 shape = [1] * shard.dim()
                 shape[p.unit_axis] = -1
@@ -331,7 +332,7 @@ class ShardedTorchOps(TorchOps):
     def to_numpy(self, params: Sequence[ParamHandle]) -> list[Any]:
         out = []
         for p in params:
-            t = p.tensor.full_tensor() if is_dtensor(p.tensor) else p.tensor
+            t = _full(p.tensor) if is_dtensor(p.tensor) else p.tensor
             out.append(t.detach().float().cpu().numpy().copy())
         return out
 
@@ -369,21 +370,21 @@ class ShardedModelState(TorchModelState):
             local(t).copy_(local(snapshot[name]))
 
     def to_numpy(self, snapshot: dict[str, torch.Tensor]) -> dict[str, Any]:
-        full = {k: (v.full_tensor() if is_dtensor(v) else v) for k, v in snapshot.items()}
+        full = {k: (_full(v) if is_dtensor(v) else v) for k, v in snapshot.items()}
         return super().to_numpy(full)
 
     def from_numpy(self, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
         from torch.distributed.tensor import distribute_tensor
 
         out = super().from_numpy(arrays)
-        for name, t in self.tensors.items():
+        tensors: dict[str, Any] = self.tensors
+        for name, t in tensors.items():
             if is_dtensor(t):  # every rank holds the full array: cut, no message
                 out[name] = distribute_tensor(out[name], t.device_mesh, t.placements,
                                               src_data_rank=None)
         return out
 
 
-def _eps() -> float:
-    from regplug.conventions import MAX_NORM_EPS
-
-    return MAX_NORM_EPS
+def _full(tensor: Any) -> torch.Tensor:
+    """The full tensor of a DTensor, gathered from the ranks (a collective call)."""
+    return tensor.full_tensor()  # type: ignore[no-any-return]
