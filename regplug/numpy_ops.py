@@ -141,3 +141,15 @@ class NumpyOps:
         return [np.float32(np.linalg.norm(self.grads[p.name])) if p.name in self.grads
                 else np.float32(0.0) for p in params]
 
+    def zero_grad_units(self, params: Sequence[ParamHandle]) -> list[np.float32]:
+        out = []
+        for p in params:
+            grad = self.grads.get(p.name)
+            if grad is None or p.unit_axis is None or np.ndim(grad) < 2:
+                out.append(np.float32(1.0 if grad is None else np.nan))
+                continue
+            axis = p.unit_axis % np.ndim(grad)
+            rows = np.moveaxis(np.asarray(grad), axis, 0).reshape(np.shape(grad)[axis], -1)
+            out.append(np.float32(np.mean(~np.any(rows != 0, axis=1))))
+        return out
+

@@ -163,6 +163,12 @@ class Ops(Protocol):
         """The L2 norm of each parameter's gradient in this step (0 where it has none), as
         float32 scalars left on the device: read them later with :meth:`to_float`."""
 
+    def zero_grad_units(self, params: Sequence[ParamHandle]) -> list[Scalar]:
+        """Per parameter (each with a ``unit_axis``), the share of its units whose gradient
+        in this step is exactly 0 everywhere (1 where it has no gradient; NaN where it
+        cannot be told): a ReLU unit that is 0 on every row of the batch. float32 scalars
+        left on the device, read with :meth:`to_float` (:class:`LayerMonitor`)."""
+
 
 def check_copies(op: str, copies: Sequence[Any], params: Sequence[ParamHandle]) -> None:
     """Refuse copies that do not pair one to one with ``params`` (for the copy ops)."""

@@ -320,3 +320,8 @@ class KerasOps:
             g = ops.convert_to_tensor(self._grads[next(iter(slots))])  # type: ignore[index]
             out.append(ops.sqrt(ops.sum(ops.square(_as(g, "float32")))))
         return out
+
+    def zero_grad_units(self, params: Sequence[ParamHandle]) -> list[Any]:
+        """NaN for each: a symbolic gradient cannot be read per unit (:attr:`eager_gradients`);
+        :class:`LayerMonitor` reads Keras' dead units from the weights."""
+        return [ops.full((), float("nan"), dtype="float32") for _ in params]

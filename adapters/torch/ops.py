@@ -9,6 +9,7 @@ Docs: docs/loops/torch.md
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -332,4 +333,20 @@ class TorchOps:
             else:
                 dense = grad.to_dense() if grad.is_sparse else grad
                 out.append(torch.linalg.vector_norm(dense.float()))
+        return out
+
+    @without_grad
+    def zero_grad_units(self, params: Sequence[ParamHandle]) -> list[torch.Tensor]:
+        out = []
+        for p in params:
+            grad = p.tensor.grad
+            device = p.tensor.device
+            if grad is None:
+                out.append(torch.ones((), dtype=torch.float32, device=device))
+            elif (p.unit_axis is None or grad.dim() < 2 or grad.is_sparse
+                  or hasattr(grad, "full_tensor")):  # a shard cannot tell a whole unit
+                out.append(torch.full((), math.nan, dtype=torch.float32, device=device))
+            else:
+                rows = grad.movedim(p.unit_axis, 0).reshape(grad.shape[p.unit_axis], -1)
+                out.append((rows != 0).any(dim=1).logical_not().float().mean())
         return out
