@@ -69,11 +69,15 @@ class LayerMonitor(Plugin):
     * ``weight_norm``: ‖θ‖ at the epoch's end; ``zeros``: the share of entries exactly 0.
     * ``update_ratio``: ‖θ_end − θ_start‖ / ‖θ_start‖ over the epoch, from a host copy of
       the selected parameters taken at each epoch's end (one copy per epoch).
-    * ``dead_units``: the share of units whose incoming weights did not move during the
-      epoch (no gradient reached them on any step: a ReLU unit that outputs 0 on every
-      training row). Read from the weights, so it works in every loop without activation
-      hooks; a penalty or decay that moves every weight hides it (it measures the plain
-      gradient's reach), and a frozen layer counts as dead.
+    * ``dead_units``: the share of units (rows of a ``Linear``, filters of a convolution)
+      that no gradient reached — a ReLU unit that outputs 0 on every row. Where the loop
+      runs ``on_before_step`` eagerly (PyTorch, Lightning, Hugging Face), from the gradient
+      of the epoch's first step (units whose gradient is exactly 0 on that whole batch);
+      in Keras, from the weights: units whose incoming weights did not move during the
+      epoch. The weights alone lag: momentum and Adam keep moving a dead unit for several
+      epochs (6 to 7 on an MLP that lost half its units), and decoupled weight decay
+      (AdamW) moves it forever. A penalty in the loss (L2) gives every weight a gradient
+      and hides dead units either way; a frozen layer counts as dead.
     * ``grad_norm``: ‖∂L/∂θ‖ at the first optimizer step of the epoch, where the loop runs
       ``on_before_step`` eagerly (PyTorch, Lightning, Hugging Face). Keras runs that hook
       inside its compiled step, where no value can be kept: its logs have no ``grad_norm``.
@@ -101,6 +105,8 @@ class LayerMonitor(Plugin):
         self._params: list[ParamHandle] = []
         self._start: list[np.ndarray] = []
         self._grads: list[Any] | None = None
+        self._dead: list[Any] | None = None
+        self._units: list[int] = []
         self._want_grads = False
 
     @hookimpl
@@ -109,7 +115,9 @@ class LayerMonitor(Plugin):
             self.records = []
         self._params = run.parameters(self.selection)
         self._start = list(run.ops.to_numpy(self._params))
-        self._grads = None
+        self._grads = self._dead = None
+        self._units = [i for i, p in enumerate(self._params)
+                       if p.unit_axis is not None and len(p.shape) >= 2]
 
     @hookimpl
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
@@ -120,6 +128,9 @@ class LayerMonitor(Plugin):
         if self._want_grads:  # once per epoch: the first update's gradients, left on device
             self._want_grads = False
             self._grads = list(run.ops.grad_norms(self._params))
+            count = getattr(run.ops, "zero_grad_units", None)  # an Ops without it: weights
+            if count is not None and self._units:
+                self._dead = list(count([self._params[i] for i in self._units]))
 
     @hookimpl
     def on_epoch_end(self, run: Run, epoch: int, logs: dict[str, float]) -> None:
@@ -127,14 +138,18 @@ class LayerMonitor(Plugin):
             return
         now = list(run.ops.to_numpy(self._params))
         values: dict[str, float] = {}
+        dead = {} if self._dead is None else {
+            i: run.ops.to_float(v) for i, v in zip(self._units, self._dead)}
         for i, (p, before, after) in enumerate(zip(self._params, self._start, now)):
             stats = layer_stats(before, after, p.unit_axis)
             if self._grads is not None:
                 stats["grad_norm"] = run.ops.to_float(self._grads[i])
+            if math.isfinite(dead.get(i, math.nan)):
+                stats["dead_units"] = dead[i]  # the gradient's count, where it could be read
             for quantity in QUANTITIES:
                 if quantity in stats:
                     values[f"{quantity}/{p.name}"] = stats[quantity]
-        self._start, self._grads = now, None
+        self._start, self._grads, self._dead = now, None, None
         self.records.append({"epoch": float(epoch), **values})
         for key, value in values.items():
             logs.setdefault(key, value)

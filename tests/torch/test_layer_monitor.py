@@ -68,3 +68,24 @@ def test_no_host_sync_on_the_per_step_path(monkeypatch):
         monkeypatch.undo()
         reg.epoch_end({"loss": 1.0})
     assert len(reg.history["grad_norm/0.weight"]) == 1
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1)], ids=["momentum", "adamw"])
+def test_units_that_die_mid_training_are_counted_the_epoch_they_die(make_opt):
+    # momentum (and Adam's moments) keep moving a dead unit's weights for epochs, and
+    # decoupled weight decay moves them forever: the weights alone saw none of these
+    model = make_model()
+    opt = make_opt(model.parameters())
+    with attach(model, opt, [LayerMonitor()]) as reg:
+        for epoch in range(3):
+            if epoch == 1:
+                with torch.no_grad():
+                    model[0].bias[:8] = -100.0  # half of the first layer dies now
+            for x, y in batches(3):
+                opt.zero_grad()
+                reg.loss(nn.functional.cross_entropy(model(x), y)).backward()
+                opt.step()
+            reg.epoch_end({"loss": 1.0})
+    assert reg.history["dead_units/0.weight"] == [0.0, 0.5, 0.5]
