@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -312,10 +312,15 @@ class EMA(_WeightAverage):
         assert self._momentum is not None
         self._momentum.update(step, run.epoch)
 
-    @hookimpl
-    def on_step(self, run: Run) -> None:
+    # Around every other plugin's on_step: the average takes the weights as the step leaves
+    # them, after every projection, scaling and Freeze's put-back in Keras (trylast: a later
+    # listed plugin's trylast would still run after it).
+    @hookimpl(wrapper=True)
+    def on_step(self, run: Run) -> Generator[None, list[Any], list[Any]]:
+        results = yield
         assert self._momentum is not None
         run.ops.moving_average_(self._averages, self._params, self._momentum.value)
+        return results
 
     @hookimpl
     def on_epoch_end(self, run: Run) -> None:

@@ -10,7 +10,7 @@ import pytest
 from _keras_models import BACKEND, data, fit
 
 from regplug.adapters.keras import Regularize
-from regplug.plugins import DecoupledWeightDecay, Freeze
+from regplug.plugins import EMA, DecoupledWeightDecay, Freeze
 
 X, Y = data()
 
@@ -121,3 +121,21 @@ def test_a_later_fit_starts_with_the_frozen_set_of_its_initial_epoch():
     # epoch 1 of the gradual schedule: mid trains, body is still frozen
     np.testing.assert_array_equal(_values(model, "body")[0], body[0])
     assert not np.array_equal(_values(model, "mid")[0], mid[0])
+
+
+@pytest.mark.parametrize("order", ["freeze_first", "ema_first"])
+def test_the_ema_of_a_frozen_variable_is_its_value_under_adamws_decay(order):
+    # AdamW decays the held variables inside the step; Freeze puts them back after every
+    # other plugin acted. EMA must average what the step leaves (the value put back), not
+    # the decayed value in between, wherever it is listed.
+    model = _model()
+    model.compile(optimizer=OPTIMIZERS["adamw"](), loss="mse")
+    start = _values(model, "body")
+    ema = EMA(0.5, keep_raw=True)
+    plugins = [Freeze(None, include="body.*"), ema]
+    fit(model, X, Y, epochs=2, callbacks=[
+        Regularize(plugins if order == "freeze_first" else plugins[::-1])])
+    averages = ema.averages()
+    np.testing.assert_array_equal(averages["body.kernel"], start[0])
+    np.testing.assert_array_equal(averages["body.bias"], start[1])
+    assert not np.array_equal(averages["head.kernel"], _values(model, "head")[0])
