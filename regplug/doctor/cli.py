@@ -248,6 +248,9 @@ class DoctorRun:
     search: FixSearch | None = None
     seeds: SeedTest | None = None
     curve: DataCurve | None = None
+    #: ``regplug compare`` arguments that train what the doctor trained (the same data,
+    #: rows, labels, model and settings): its preset's own defaults differ.
+    compare_args: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -410,6 +413,11 @@ def run_doctor(*, framework: str = "torch", data: str | None = DEFAULT_DATA,
     result = DoctorRun(diagnosis, history, base, splits, settings, framework,
                        acc_train=outcome.acc_train if outcome else None,
                        acc_test=outcome.acc_test if outcome else None, error=error)
+    result.compare_args = [
+        "--framework", framework, "--data", data if data is not None else "digits",
+        "--train-rows", str(len(splits.x_train)), "--label-noise", f"{label_noise:g}",
+        "--model", choice.name, "--epochs", str(epochs), "--batch-size", str(batch_size),
+        "--lr", f"{lr:g}", "--seed", str(seed), "--seeds", str(seeds)]
     if search and diagnosis.verdict == "overfitting" and outcome is not None:
         _fix(result, runner, outcome, choice, budget, seeds, progress, out, quiet, start)
     result.seconds = time.perf_counter() - start

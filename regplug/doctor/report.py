@@ -10,6 +10,7 @@ import dataclasses
 import html
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,14 +40,14 @@ def best_toml_text(result: DoctorRun, *, command: str) -> str:
                    + ("beats none beyond seed noise" if beats else
                       "not shown to beat none beyond seed noise"))
         head.append(f"read back with: regplug compare --config best.toml --strategies "
-                    f"none,{tuned.name}")
+                    f"none,{tuned.name} {shlex.join(result.compare_args)}".rstrip())
         block = strategy_toml(tuned, comment=comment)
     else:
         setup = dataclasses.replace(result.baseline, name="doctor_setup",
                                     description=f"the setup diagnosed ({result.baseline.name})")
         head.append(f"no regularizer recommended ({verdict}): this is the setup diagnosed")
         head.append("read back with: regplug compare --config best.toml --strategies "
-                    "doctor_setup")
+                    f"doctor_setup {shlex.join(result.compare_args)}".rstrip())
         block = strategy_toml(setup)
     return "\n".join(f"# {line}".rstrip() for line in head) + "\n\n" + block
 

@@ -157,3 +157,17 @@ def test_the_data_curve_compares_half_the_rows_with_seed_noise():
     assert "still climbing: more rows" in c.verdict() and "on 30 training rows" in c.verdict()
     flat = DataCurve(30, 60, 0.78, [0.79, 0.80, 0.78])
     assert not flat.climbing and "flat within seed noise" in flat.verdict()
+
+
+def test_best_toml_says_how_to_train_what_the_doctor_trained(tmp_path, capsys):
+    # compare's own defaults (its preset: MNIST, 1,000 rows, 30 % noisy labels) are not the
+    # doctor's: the read-back line names the data, rows, labels, model and settings
+    out_dir = tmp_path / "doc"
+    code, _out, err = _run(capsys, "doctor", *FAST, "--train-rows", "300", "--out",
+                           str(out_dir))
+    assert code == 0, err
+    line = next(x for x in (out_dir / "best.toml").read_text().splitlines()
+                if x.startswith("# read back with: "))
+    assert line.endswith("--strategies doctor_setup --framework torch --data digits "
+                         "--train-rows 300 --label-noise 0 --model mlp --epochs 8 "
+                         "--batch-size 128 --lr 0.05 --seed 0 --seeds 3"), line
