@@ -11,15 +11,18 @@ import regplug
 class SmoothNorm(regplug.Plugin):
     """``s·sqrt(1 + Σθ²)`` over the weights (regplug's default selection), built from
     ``run.ops`` only: no ``add_grad``, so every adapter must differentiate it (autograd, or
-    Keras' traced loss)."""
+    Keras' traced loss). ``calls`` records ``run.step`` at each ``on_loss`` (once per optimizer
+    update in the adapters that call it per step; once per trace in Keras)."""
 
     name = "smooth_norm"
 
     def __init__(self, strength: float) -> None:
         self.strength = strength
+        self.calls: list[int] = []
 
     @regplug.hookimpl
     def on_loss(self, run: regplug.Run) -> regplug.Penalty:
+        self.calls.append(run.step)
         weights = run.parameters()
         ops = run.ops
         return regplug.Penalty(

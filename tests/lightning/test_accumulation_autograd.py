@@ -52,13 +52,14 @@ class OncePerWindow(Tiny):
 def test_autograd_penalties_enter_once_per_accumulation_window():
     """Tolerance 1e-6 on the weights (float32; the penalty is summed in another order)."""
     ours = Tiny()
-    reg = Regularize([L2(L2_STRENGTH), L1(L1_STRENGTH), SmoothNorm(SMOOTH_STRENGTH)],
-                     fused=False)
+    smooth = SmoothNorm(SMOOTH_STRENGTH)
+    reg = Regularize([L2(L2_STRENGTH), L1(L1_STRENGTH), smooth], fused=False)
     fit(ours, callbacks=[reg], accumulate_grad_batches=K)
     written = OncePerWindow()
     fit(written, accumulate_grad_batches=K)
     assert max_diff(ours, written) < 1e-6
     assert reg.run.step == 4  # 4 batches an epoch, K per step, 2 epochs
+    assert smooth.calls == [0, 1, 2, 3]  # on_loss once per window, not per micro-batch
     # The test can fail: the penalties on every micro-batch (K times per update) end elsewhere.
     every_micro_batch = OncePerWindow(times=K)
     fit(every_micro_batch, accumulate_grad_batches=K)

@@ -55,7 +55,7 @@ def test_autograd_penalties_enter_once_per_accumulation_window(trainer_class, cl
     """Tolerance 1e-5 on the weights (float32; the batch of 8 and the two micro-batches of 4
     sum the data loss in another order)."""
     names = names_of_kinds(bert(), "weight")
-    plugins = [L2(L2_STRENGTH), L1(L1_STRENGTH), SmoothNorm(SMOOTH_STRENGTH)]
+    plugins = [L2(L2_STRENGTH), L1(L1_STRENGTH), smooth := SmoothNorm(SMOOTH_STRENGTH)]
     accumulated = train(trainer_class=trainer_class,
                         callbacks=[reg := Regularize(plugins, fused=False)],
                         per_device_train_batch_size=4, gradient_accumulation_steps=K,
@@ -64,6 +64,7 @@ def test_autograd_penalties_enter_once_per_accumulation_window(trainer_class, cl
                     max_grad_norm=clip, **SGD, trainer_kwargs={"penalty": penalty_of(names)})
     assert max_diff(accumulated.model, written.model) < 1e-5
     assert reg.run.step == accumulated.state.global_step == 8
+    assert smooth.calls == list(range(8))  # on_loss once per update, not per micro-batch
     # The test can fail: the penalties once per micro-batch (K times per update) end elsewhere.
     every_micro_batch = train(trainer_class=PenaltyTrainer, per_device_train_batch_size=8,
                               max_grad_norm=clip, **SGD,
