@@ -207,7 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                               out=args.out,
                               progress=Progress(enabled=False if args.quiet else None),
                               command=plan.command, seeds=plan.seeds,
-                              splits_for=plan.splits_for)
+                              splits_for=plan.splits_for, baseline=plan.baseline)
     print_results(args, plan, results, seconds=time.perf_counter() - start)
     return 0
 
@@ -250,6 +250,8 @@ class ComparePlan:
     runners: dict[str, FrameworkRunner]
     settings: TrainSettings
     command: str
+    #: The strategy every other is tested against (``finetune`` with ``--task finetune``).
+    baseline: str = "none"
 
 
 def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> ComparePlan:
@@ -257,6 +259,7 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     seconds), then load the data and the frameworks' runners."""
     from ..experiment.datasets import check_data_name, splits_per_seed
     from ..experiment.finetune import (
+        FINETUNE_BASELINE,
         check_finetune_model,
         check_task_name,
         finetune_splits_per_seed,
@@ -315,7 +318,8 @@ def plan_compare(args: argparse.Namespace, custom: dict[str, Strategy]) -> Compa
     command = "regplug compare " + shlex.join(forwarded_argv(getattr(args, "argv", [])))
     return ComparePlan(strategies=strategies, model=model, frameworks=frameworks,
                        seeds=seeds, splits=splits, splits_for=splits_for, runners=runners,
-                       settings=settings, command=command)
+                       settings=settings, command=command,
+                       baseline=FINETUNE_BASELINE if finetune else "none")
 
 
 def print_plan(args: argparse.Namespace, plan: ComparePlan) -> None:
@@ -356,7 +360,7 @@ def print_results(args: argparse.Namespace, plan: ComparePlan,
     seeds = plan.seeds
     print()
     if seeds > 1:
-        summaries = summarize(results)
+        summaries = summarize(results, baseline=plan.baseline)
         print(format_summary_table(summaries))
         print(f"\nmean ± std over {seeds} seeds ({args.seed} to {args.seed + seeds - 1}; sample "
               "std, ddof=1); epochs, zeros and penalty are means.")

@@ -28,6 +28,7 @@ from ..experiment.training import restored_epoch, train_strategy
 from .cli import noise_note
 from .progress import Progress
 from .results import (
+    BASELINE,
     StrategyResult,
     baseline_statement,
     format_summary_table,
@@ -50,8 +51,8 @@ class CompareError(RegplugError, ValueError):
 def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], splits: Splits,
                 model: ModelChoice, settings: TrainSettings, out: str | Path | None = None,
                 progress: Progress | None = None, command: str = "regplug compare",
-                seeds: int = 1, splits_for: Callable[[int], Splits] | None = None
-                ) -> list[StrategyResult]:
+                seeds: int = 1, splits_for: Callable[[int], Splits] | None = None,
+                baseline: str = BASELINE) -> list[StrategyResult]:
     """Train ``model`` under every strategy with every framework, ``seeds`` times; write
     ``out`` if given.
 
@@ -62,7 +63,8 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
     by framework, strategy, then seed.
 
     Frameworks are imported, and ``out`` is checked for writing, before any training, so
-    a mistake costs no time. Files appear in ``out`` all at once, at the end.
+    a mistake costs no time. Files appear in ``out`` all at once, at the end. With several
+    seeds every strategy is tested against ``baseline`` (:func:`~.results.summarize`).
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"run_compare: 'seeds' must be an integer >= 1, got {seeds!r}")
@@ -89,7 +91,7 @@ def run_compare(*, frameworks: Sequence[str], strategies: Sequence[Strategy], sp
             info = run_settings(runners, strategies, splits, model, settings, command,
                                 seeds=seed_list)
             write_outputs(staged.path, results, info, runners, settings, command=command,
-                          strategies=strategies)
+                          strategies=strategies, baseline=baseline)
             staged.commit()
         return results
     finally:
@@ -145,7 +147,8 @@ def run_settings(runners: Mapping[str, FrameworkRunner], strategies: Sequence[St
 
 def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping[str, Any],
                   runners: Mapping[str, FrameworkRunner], settings: TrainSettings, *,
-                  command: str, strategies: Sequence[Strategy] = ()) -> None:
+                  command: str, strategies: Sequence[Strategy] = (),
+                  baseline: str = BASELINE) -> None:
     """Figures, CSV, report and (last) results.json into ``folder``.
 
     Always: the gap per strategy (bars), loss and accuracy curves per framework. With
@@ -163,7 +166,7 @@ def write_outputs(folder: Path, results: Sequence[StrategyResult], info: Mapping
 
     seeds = sorted({r.seed for r in results if r.seed is not None})
     several = len(seeds) > 1
-    summaries = summarize(results) if several else []
+    summaries = summarize(results, baseline=baseline) if several else []
     by_framework: dict[str, list[StrategyResult]] = {}
     for result in results:
         by_framework.setdefault(result.framework, []).append(result)

@@ -314,15 +314,16 @@ def _draw_table_marks(ax: Any, runs: Sequence[StrategyResult]) -> None:
 
 def seed_spread_caption(summaries: Sequence[StrategySummary]) -> str:
     """The caption of :func:`draw_seed_spread` for these summaries."""
-    from .results import BASELINE, baseline_statement
+    from .results import baseline_of, baseline_statement
 
     seeds = max((len(s.seeds) for s in summaries), default=0)
-    base = any(s.strategy == BASELINE for s in summaries)
+    baseline = baseline_of(summaries)
+    base = any(s.strategy == baseline for s in summaries)
     return (f"Test accuracy (top) and generalization gap pct_diff (bottom) of every strategy, "
             f"one column per framework: a dot per seed ({seeds} seeds; the runs of one seed "
             f"are joined by a thin line), the mean ± std as a black bar on the strategy's "
             f"tick; thin grey lines separate the strategies"
-            + (f"; the mean of {BASELINE!r} is the dashed line" if base else "")
+            + (f"; the mean of {baseline!r} is the dashed line" if base else "")
             + ". " + baseline_statement(summaries))
 
 
@@ -360,8 +361,9 @@ def draw_seed_spread(summaries: Sequence[StrategySummary],
     beyond seed noise get their verdict above the bar. The legend sits under the panels.
     Returns the matplotlib figure.
     """
-    from .results import BASELINE, TESTED_METRICS
+    from .results import TESTED_METRICS, baseline_of
 
+    baseline = baseline_of(summaries)
     frameworks = list(dict.fromkeys(s.framework for s in summaries))
     names = list(dict.fromkeys(s.strategy for s in summaries))
     seeds = sorted({r.seed for r in results if r.seed is not None})
@@ -399,11 +401,11 @@ def draw_seed_spread(summaries: Sequence[StrategySummary],
                     ax.annotate(test.verdict(), (x[i], spread.mean + spread.std),
                                 textcoords="offset points", xytext=(0, 4), ha="center",
                                 fontsize=7, color="#d62728")
-            base = rows.get(BASELINE)
+            base = rows.get(baseline)
             if base is not None:
                 mean = getattr(base, metric).mean
                 ax.axhline(mean, color="grey", linestyle="--", linewidth=1,
-                           label=f"{BASELINE} mean")
+                           label=f"{baseline} mean")
             ax.set_title(f"{framework}: {metric}", fontsize=10)
             ax.grid(alpha=0.3, axis="y")
             if column == 0:
@@ -422,20 +424,21 @@ GAP_FIGURE = "pct_diff.png"
 def gap_caption(results: Sequence[StrategyResult],
                 summaries: Sequence[StrategySummary] = ()) -> str:
     """The caption of :func:`draw_gap_bars` for these results (and seeds' summaries)."""
-    from .results import BASELINE
+    from .results import baseline_of
 
+    baseline = baseline_of(summaries)
     seeds = len({r.seed for r in results})
     text = ("The generalization gap pct_diff = 1 − acc_test / acc_train per strategy (acc_train "
             "of the final weights in eval mode), one panel per framework; ")
     if seeds > 1 and summaries:
         text += (f"the bar is the mean over the {seeds} seeds, a dot each seed's run, the "
                  "whiskers ± 1 std (ddof=1); a verdict above a bar where the paired test "
-                 f"against {BASELINE!r} finds a difference beyond seed noise")
+                 f"against {baseline!r} finds a difference beyond seed noise")
     else:
         text += ("one run per strategy, so no seed spread: a difference between two bars may "
                  "be seed noise (--seeds 3 or more measures it)")
-    if any(r.strategy == BASELINE for r in results):
-        text += f"; the dashed line is {BASELINE!r}'s"
+    if any(r.strategy == baseline for r in results):
+        text += f"; the dashed line is {baseline!r}'s"
     return text + ". Lower: less overfitting (a negative gap: better on the test rows)."
 
 
@@ -452,8 +455,9 @@ def draw_gap_bars(results: Sequence[StrategyResult], *,
     bars alone. The baseline's bar is grey and its value a dashed line across the panel;
     the paired test's verdict (from ``summaries``) above a bar that differs beyond noise.
     Returns the matplotlib figure."""
-    from .results import BASELINE
+    from .results import baseline_of
 
+    baseline = baseline_of(summaries)
     frameworks = list(dict.fromkeys(r.framework for r in results))
     names = list(dict.fromkeys(r.strategy for r in results))
     tests = {(s.framework, s.strategy): s.tests.get("pct_diff") for s in summaries}
@@ -464,7 +468,7 @@ def draw_gap_bars(results: Sequence[StrategyResult], *,
         values = {name: [r.pct_diff for r in results
                          if r.framework == framework and r.strategy == name] for name in names}
         means = np.array([np.mean(v) if v else np.nan for v in values.values()])
-        colours = ["#aaaaaa" if name == BASELINE else "#4c72b0" for name in names]
+        colours = ["#aaaaaa" if name == baseline else "#4c72b0" for name in names]
         ax.bar(x, means, width=0.62, color=colours, alpha=0.75, zorder=2,
                label="mean over the seeds" if any(len(v) > 1 for v in values.values())
                else "pct_diff")
@@ -490,9 +494,9 @@ def draw_gap_bars(results: Sequence[StrategyResult], *,
                     ax.annotate(f"{mean:.3f}", (x[i], max(mean, 0.0)),
                                 textcoords="offset points", xytext=(0, 2), ha="center",
                                 fontsize=7)
-        if values.get(BASELINE):
-            ax.axhline(float(np.mean(values[BASELINE])), color="grey", linestyle="--",
-                       linewidth=1, zorder=1, label=f"{BASELINE}")
+        if values.get(baseline):
+            ax.axhline(float(np.mean(values[baseline])), color="grey", linestyle="--",
+                       linewidth=1, zorder=1, label=f"{baseline}")
         ax.axhline(0.0, color="black", linewidth=0.8, zorder=1)
         _separate(ax, len(names))
         ax.set_xticks(x, names, rotation=35, ha="right", fontsize=8)

@@ -21,6 +21,7 @@ from .results import (
     Spread,
     StrategyResult,
     StrategySummary,
+    baseline_of,
     baseline_statement,
     diverged_note,
     summary_cells,
@@ -82,9 +83,12 @@ def _runs_table(results: Sequence[StrategyResult], *, seeds: bool) -> str:
 
 
 def _summary_table(summaries: Sequence[StrategySummary]) -> str:
-    """Mean ± std per framework × strategy and the verdicts against ``none``, one line a
-    row; the strategies' descriptions follow the table (and are each row's tooltip)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in SUMMARY_COLUMNS)
+    """Mean ± std per framework × strategy and the verdicts against the baseline (``none``;
+    ``finetune`` for ``--task finetune``), one line a row; the strategies' descriptions follow
+    the table (and are each row's tooltip)."""
+    baseline = baseline_of(summaries)
+    head = "".join(f"<th>{html.escape(f'{k}_{baseline}' if k.endswith('_vs') else h)}</th>"
+                   for k, h, _ in SUMMARY_COLUMNS)
     rows = []
     for summary in summaries:
         cells = summary_cells(summary)

@@ -32,6 +32,7 @@ from ..run import ParamHandle, Run
 __all__ = ["StrategyResult", "COLUMNS", "format_table",
            "Spread", "BaselineTest", "StrategySummary", "summarize", "baseline_statement",
            "format_summary_table", "summary_cells", "write_summary_csv", "BASELINE",
+           "baseline_of",
            "TESTED_METRICS", "ALPHA", "MIN_TEST_SEEDS", "SUMMARY_COLUMNS",
            "final_penalty", "zero_fraction", "write_csv", "write_json", "make_result",
            "divergence", "diverged_note"]
@@ -147,15 +148,16 @@ def divergence(history: Mapping[str, Sequence[float]],
     return None
 
 
-def diverged_note(results: Sequence[StrategyResult]) -> str:
-    """The line under a table whose rows include diverged runs, else ``""``."""
+def diverged_note(results: Sequence[StrategyResult], *, baseline: str | None = None) -> str:
+    """The line under a table whose rows include diverged runs, else ``""``; ``baseline``:
+    the strategy tested against (default :data:`BASELINE`)."""
     runs = [r for r in results if r.diverged]
     if not runs:
         return ""
     names = ", ".join(dict.fromkeys(f"{r.framework} {r.strategy}" for r in runs))
     return (f"! diverged: {names} — {runs[0].diverged}; their accuracies are those of a "
             f"broken model, and {'it is' if len(runs) == 1 else 'they are'} kept out of the "
-            f"tests against {BASELINE!r}.")
+            f"tests against {baseline or BASELINE!r}.")
 
 
 def zero_fraction(weights: Sequence[WeightArray]) -> float:
@@ -327,6 +329,8 @@ class StrategySummary:
     #: The tests against the baseline by metric; empty for the baseline itself, and when
     #: there is no baseline or too few seeds.
     tests: dict[str, BaselineTest] = field(default_factory=dict)
+    #: The strategy the tests are against (:func:`summarize`'s ``baseline``).
+    baseline: str = BASELINE
     #: The seeds whose training diverged (kept out of the tests).
     diverged: tuple[int, ...] = ()
 
@@ -345,7 +349,7 @@ class StrategySummary:
             test = self.tests.get(metric)
             differs = None if test is None else test.differs
             out.update({
-                f"{metric}_diff_vs_{BASELINE}": None if test is None else test.mean_diff,
+                f"{metric}_diff_vs_{self.baseline}": None if test is None else test.mean_diff,
                 f"{metric}_ci95_low": None if test is None else test.ci95[0],
                 f"{metric}_ci95_high": None if test is None else test.ci95[1],
                 f"{metric}_t": None if test is None else test.t,
@@ -357,10 +361,12 @@ class StrategySummary:
         return out
 
 
-def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
+def summarize(results: Sequence[StrategyResult], *,
+              baseline: str = BASELINE) -> list[StrategySummary]:
     """Mean ± std per framework × strategy (in the order first run), and, with the baseline
     among the strategies and at least :data:`MIN_TEST_SEEDS` seeds, every other strategy's
-    paired test against it.
+    paired test against it. ``baseline``: the strategy tested against (default
+    :data:`BASELINE`; ``regplug compare --task finetune``: ``finetune``).
 
     Pairs are made by seed: the run of seed s of a strategy against the baseline's run of
     seed s (same data split, initial weights, batch order, dropout masks), so what the seed
@@ -385,10 +391,10 @@ def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
             zero_fraction=float(np.mean([r.zero_fraction for r in runs])),
             penalty=float(np.mean([r.penalty for r in runs])),
             seconds=float(sum(r.seconds for r in runs)),
-            diverged=tuple(_seed_of(r) for r in runs if r.diverged)))
+            diverged=tuple(_seed_of(r) for r in runs if r.diverged), baseline=baseline))
     for framework in dict.fromkeys(s.framework for s in summaries):
         rows = [s for s in summaries if s.framework == framework]
-        base = next((s for s in rows if s.strategy == BASELINE), None)
+        base = next((s for s in rows if s.strategy == baseline), None)
         if base is None or len(base.seeds) < MIN_TEST_SEEDS:
             continue
         # A diverged run means nothing: a strategy (or a baseline) with one is not tested.
@@ -399,11 +405,11 @@ def summarize(results: Sequence[StrategyResult]) -> list[StrategySummary]:
                 if summary.seeds != base.seeds:
                     raise ValueError(
                         f"{framework}, strategy {summary.strategy!r}: seeds "
-                        f"{list(summary.seeds)} do not pair with the seeds of {BASELINE}, "
+                        f"{list(summary.seeds)} do not pair with the seeds of {baseline}, "
                         f"{list(base.seeds)}")
                 tests.append(paired_t_test(
                     _values(groups[framework, summary.strategy], metric),
-                    _values(groups[framework, BASELINE], metric)))
+                    _values(groups[framework, baseline], metric)))
             for summary, test, adjusted in zip(others, tests, holm([t.p for t in tests])):
                 summary.tests[metric] = BaselineTest(metric, test.mean_diff, test.ci95,
                                                      test.t, test.p, adjusted)
@@ -420,6 +426,11 @@ def _values(runs: Sequence[StrategyResult], metric: str) -> list[float]:
     return [float(getattr(r, metric)) for r in sorted(runs, key=_seed_of)]
 
 
+def baseline_of(summaries: Sequence[StrategySummary]) -> str:
+    """The strategy ``summaries`` were tested against (:data:`BASELINE` for none)."""
+    return summaries[0].baseline if summaries else BASELINE
+
+
 def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
     """What the ``vs none`` columns mean for these summaries — or why there are none: no
     baseline was run, or too few seeds for a test. The table's footer, and the report's.
@@ -433,23 +444,25 @@ def baseline_statement(summaries: Sequence[StrategySummary]) -> str:
 
 def _test_statement(summaries: Sequence[StrategySummary]) -> str:
     seeds = max((len(s.seeds) for s in summaries), default=0)
-    if not any(s.strategy == BASELINE for s in summaries):
-        return (f"no baseline: strategy {BASELINE!r} was not run, so no strategy is tested "
-                f"against it (add {BASELINE} to --strategies).")
+    baseline = baseline_of(summaries)
+    if not any(s.strategy == baseline for s in summaries):
+        return (f"no baseline: strategy {baseline!r} was not run, so no strategy is tested "
+                f"against it (add {baseline} to --strategies).")
     if seeds < MIN_TEST_SEEDS:
-        return (f"no test against {BASELINE!r}: a paired t-test needs at least "
+        return (f"no test against {baseline!r}: a paired t-test needs at least "
                 f"{MIN_TEST_SEEDS} seeds, this ran {seeds} (use --seeds {MIN_TEST_SEEDS} or "
                 "more).")
-    compared = max(sum(1 for s in summaries if s.framework == fw and s.strategy != BASELINE)
+    compared = max(sum(1 for s in summaries if s.framework == fw and s.strategy != baseline)
                    for fw in {s.framework for s in summaries})
     if compared == 0:
-        return (f"no test: only {BASELINE!r} was run, so there is nothing to test against it "
+        return (f"no test: only {baseline!r} was run, so there is nothing to test against it "
                 "(add strategies to --strategies).")
-    return (f"vs none: a paired two-sided t-test of the per-seed differences from {BASELINE!r} "
+    return (f"vs {baseline}: a paired two-sided t-test of the per-seed differences from "
+            f"{baseline!r} "
             f"(run i of every strategy used seed i), separately for acc_test and pct_diff, "
             f"Holm–Bonferroni adjusted across the {compared} strateg"
             f"{'y' if compared == 1 else 'ies'} compared in each framework, alpha {ALPHA:g}. "
-            f"'higher'/'lower': differs from {BASELINE} beyond seed noise (adjusted p ≤ "
+            f"'higher'/'lower': differs from {baseline} beyond seed noise (adjusted p ≤ "
             f"{ALPHA:g}); 'no': not beyond seed noise; p: the adjusted p-value.")
 
 
@@ -498,7 +511,7 @@ def summary_cells(summary: StrategySummary) -> dict[str, str]:
             cells[f"{metric}_vs"] = f"{test.verdict():<6} p{shown}"
         elif summary.diverged:
             cells[f"{metric}_vs"] = "diverged"
-        elif summary.strategy == BASELINE:
+        elif summary.strategy == summary.baseline:
             cells[f"{metric}_vs"] = "baseline"
         else:
             cells[f"{metric}_vs"] = "-"
@@ -516,7 +529,9 @@ def format_summary_table(summaries: Sequence[StrategySummary]) -> str:
     torch     none                      1.0000 ± 0.0000  0.9612 ± 0.0041  0.0388 ± 0.0041     30    0.0%    0.0000  baseline          baseline
     """  # noqa: E501
     width = max([24, *(len(s.strategy) + 1 for s in summaries)])
-    cols = [(k, h, width if k == "strategy" else w) for k, h, w in SUMMARY_COLUMNS]
+    baseline = baseline_of(summaries)
+    cols = [(k, f"{k}_{baseline}" if k.endswith("_vs") else h,
+             width if k == "strategy" else w) for k, h, w in SUMMARY_COLUMNS]
 
     def line(texts: Mapping[str, str]) -> str:
         parts = []

@@ -318,7 +318,7 @@ def test_seeds_beyond_the_seed_range_are_refused_before_training(capsys):
                           f"use --seed {SEED_MAX - 1} or lower")
     with pytest.raises(SystemExit):
         run_cli(capsys, "--preset", "notebook", "--seeds", "0")
-    assert "--seeds: must be at least 1, got 0" in capsys.readouterr().err
+    assert "--seeds: must be from 1 to 1,000, got 0" in capsys.readouterr().err
 
 
 def test_help_states_the_test_and_mentions_mnist(capsys):
