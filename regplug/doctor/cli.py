@@ -643,9 +643,10 @@ def seed_test_notes(s: SeedTest, train_rows: int) -> list[str]:
         return []
     if train_fix >= 0.99:
         return [f"the best setting did not narrow the gap beyond seed noise, and training "
-                f"accuracy stays at {train_fix:.3f} with it: the model still fits all "
-                f"{train_rows} training rows, so the gap is not memorized noise that a stronger "
-                "regularizer would remove (the data curve (e) says whether more rows would)"]
+                f"accuracy stays at {train_fix:.3f} with it: the model still fits "
+                f"{train_fix:.1%} of its {train_rows} training rows, so the gap is not "
+                "memorized noise that a stronger regularizer would remove (the data curve (e) "
+                "says whether more rows would)"]
     return [f"the best setting did not narrow the gap beyond seed noise (it lowered training "
             f"accuracy to {train_fix:.3f}): keep the setup, or get more rows"]
 

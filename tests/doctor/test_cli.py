@@ -136,10 +136,13 @@ def test_the_notes_follow_from_the_seed_test_numbers():
     # no gain, training accuracy not at 1: the "fits every row" reading is NOT claimed
     s = _seed_test([1.0] * 3, [0.80, 0.78, 0.82], [0.9, 0.92, 0.91], [0.72, 0.75, 0.7])
     (note,) = seed_test_notes(s, 60)
-    assert not s.beats_noise and "fits all" not in note and "0.910" in note
+    assert not s.beats_noise and "still fits" not in note and "0.910" in note
     s = _seed_test([1.0] * 3, [0.80, 0.78, 0.82], [1.0] * 3, [0.79, 0.79, 0.81])
     (note,) = seed_test_notes(s, 60)
-    assert "fits all 60 training rows" in note
+    assert "fits 100.0% of its 60 training rows" in note
+    s = _seed_test([1.0] * 3, [0.80, 0.78, 0.82], [0.993] * 3, [0.79, 0.79, 0.81])
+    (note,) = seed_test_notes(s, 3400)
+    assert "fits 99.3% of its 3400 training rows" in note  # not "all" of them
 
 
 def test_the_report_wraps_the_diagnosis_lines(tmp_path, capsys):

@@ -73,6 +73,7 @@ def test_keras_label_noise_fix_beats_seed_noise():
     assert s is not None and s.mean_diff < 0 and s.beats_noise, result.text()
 
 
+@pytest.mark.slow
 def test_torch_tiny_data_shows_more_rows_are_the_cure():
     """Clean tiny data: no regularizer raises test accuracy beyond seed noise, so the doctor
     trains none on half the rows (step (e)) and shows the cure with numbers: the test
@@ -85,6 +86,7 @@ def test_torch_tiny_data_shows_more_rows_are_the_cure():
     assert c.climbing and "more rows (or augmentation) is the cure" in result.text()
 
 
+@pytest.mark.slow
 def test_torch_label_noise_fix_raises_test_accuracy_too():
     """Label noise: the fix's narrower gap is a real gain on the test rows, not only a lower
     training accuracy (the paired test on test accuracy)."""
