@@ -20,6 +20,8 @@ from regplug.validation import check_int
 
 #: The quantities, in the order of the small-multiples figure; a key is ``quantity/param``.
 QUANTITIES = ("weight_norm", "grad_norm", "update_ratio", "zeros", "dead_units")
+#: Steps at each epoch's start whose gradients count dead units (the least share is kept).
+DEAD_STEPS = 4
 
 
 def layer_stats(before: np.ndarray, after: np.ndarray, unit_axis: int | None
@@ -72,7 +74,8 @@ class LayerMonitor(Plugin):
     * ``dead_units``: the share of units (rows of a ``Linear``, filters of a convolution)
       that no gradient reached — a ReLU unit that outputs 0 on every row. Where the loop
       runs ``on_before_step`` eagerly (PyTorch, Lightning, Hugging Face), from the gradient
-      of the epoch's first step (units whose gradient is exactly 0 on that whole batch);
+      of the epoch's first 4 steps (units whose gradient is exactly 0 on a whole batch: the
+      least share of the 4, an upper bound of the units dead on all 4 batches);
       in Keras, from the weights: units whose incoming weights did not move during the
       epoch. The weights alone lag: momentum and Adam keep moving a dead unit for several
       epochs (6 to 7 on an MLP that lost half its units), and decoupled weight decay
@@ -105,7 +108,8 @@ class LayerMonitor(Plugin):
         self._params: list[ParamHandle] = []
         self._start: list[np.ndarray] = []
         self._grads: list[Any] | None = None
-        self._dead: list[Any] | None = None
+        self._dead: list[list[Any]] = []  # per measured step, per unit-indexed parameter
+        self._dead_steps = 0
         self._units: list[int] = []
         self._want_grads = False
 
@@ -115,22 +119,25 @@ class LayerMonitor(Plugin):
             self.records = []
         self._params = run.parameters(self.selection)
         self._start = list(run.ops.to_numpy(self._params))
-        self._grads = self._dead = None
+        self._grads, self._dead = None, []
         self._units = [i for i, p in enumerate(self._params)
                        if p.unit_axis is not None and len(p.shape) >= 2]
 
     @hookimpl
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
         self._want_grads = getattr(run.ops, "eager_gradients", True) and epoch % self.every == 0
+        self._dead_steps = DEAD_STEPS if self._want_grads else 0
 
     @hookimpl
     def on_before_step(self, run: Run, step: int) -> None:
         if self._want_grads:  # once per epoch: the first update's gradients, left on device
             self._want_grads = False
             self._grads = list(run.ops.grad_norms(self._params))
+        if self._dead_steps:  # the epoch's first DEAD_STEPS steps, left on device
+            self._dead_steps -= 1
             count = getattr(run.ops, "zero_grad_units", None)  # an Ops without it: weights
             if count is not None and self._units:
-                self._dead = list(count([self._params[i] for i in self._units]))
+                self._dead.append(list(count([self._params[i] for i in self._units])))
 
     @hookimpl
     def on_epoch_end(self, run: Run, epoch: int, logs: dict[str, float]) -> None:
@@ -138,8 +145,10 @@ class LayerMonitor(Plugin):
             return
         now = list(run.ops.to_numpy(self._params))
         values: dict[str, float] = {}
-        dead = {} if self._dead is None else {
-            i: run.ops.to_float(v) for i, v in zip(self._units, self._dead)}
+        # a unit dead on every row is dead on each batch: the least share over the batches
+        # measured bounds the share of units dead on all of them from above
+        dead = {i: min(run.ops.to_float(step[k]) for step in self._dead)
+                for k, i in enumerate(self._units)} if self._dead else {}
         for i, (p, before, after) in enumerate(zip(self._params, self._start, now)):
             stats = layer_stats(before, after, p.unit_axis)
             if self._grads is not None:
@@ -149,7 +158,7 @@ class LayerMonitor(Plugin):
             for quantity in QUANTITIES:
                 if quantity in stats:
                     values[f"{quantity}/{p.name}"] = stats[quantity]
-        self._start, self._grads, self._dead = now, None, None
+        self._start, self._grads, self._dead = now, None, []
         self.records.append({"epoch": float(epoch), **values})
         for key, value in values.items():
             logs.setdefault(key, value)
