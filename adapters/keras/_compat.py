@@ -18,7 +18,8 @@ __all__ = ["stateless_scope", "map_traced_values", "flatten_layers", "child_laye
            "optimizer_variables",
            "add_metric", "remove_metric", "add_state_slot", "remove_state_slots",
            "layer_seed_generators", "spatial_noise_shape", "running_fit_frame",
-           "restore_purged_jax_state", "runs_functional_graph", "uses_weight_decay"]
+           "restore_purged_jax_state", "runs_functional_graph", "uses_weight_decay",
+           "custom_gradient_names", "release_custom_gradients"]
 
 
 def stateless_scope() -> Any:
@@ -200,3 +201,56 @@ def uses_weight_decay(optimizer: Any, variable: Any) -> bool:
     # variable counts as decayed.
     use = getattr(optimizer, "_use_weight_decay", None)
     return bool(use(variable)) if callable(use) else True
+
+
+def _gradient_registry() -> dict[str, Any] | None:
+    # tensorflow.python.framework.ops._gradient_registry: the Registry (name -> {"type": fn,
+    # "location": ...}) where tf.custom_gradient, traced in graph mode, registers each traced
+    # gradient function as "CustomGradient-<uid>" and never removes it (TF 2.x). Every
+    # retrace of Keras' train step adds one, which keeps that step's whole FuncGraph alive.
+    module = sys.modules.get("tensorflow.python.framework.ops")
+    registry = getattr(getattr(module, "_gradient_registry", None), "_registry", None)
+    return registry if isinstance(registry, dict) else None
+
+
+def custom_gradient_names() -> frozenset[str]:
+    """The names of the custom gradients TensorFlow has registered so far (empty elsewhere)."""
+    registry = _gradient_registry()
+    return frozenset(k for k in registry if k.startswith("CustomGradient-")) if registry else \
+        frozenset()
+
+
+def _graph_names(fn: Any, depth: int = 4) -> set[str]:
+    """The names of the graphs whose tensors ``fn``'s closures hold (a few levels deep)."""
+    names: set[str] = set()
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            graph = getattr(item, "graph", None)
+            if graph is not None and hasattr(item, "op"):
+                names.add(str(getattr(graph, "name", "")))
+            elif callable(item) and depth > 0:
+                names |= _graph_names(item, depth - 1)
+    return names
+
+
+def release_custom_gradients(before: frozenset[str], graph_names: frozenset[str]) -> int:
+    """Remove the custom gradients registered since ``before`` by the traced functions named
+    ``graph_names`` (Keras' train and test steps an attachment traced and has dropped);
+    returns how many. Their graphs can then be freed."""
+    registry = _gradient_registry()
+    if not registry:
+        return 0
+    released = 0
+    for name in [k for k in registry if k.startswith("CustomGradient-") and k not in before]:
+        entry = registry.get(name)
+        fn = entry.get("type") if isinstance(entry, dict) else None
+        found = _graph_names(fn) if fn is not None else set()
+        if found and found <= graph_names:
+            del registry[name]
+            released += 1
+    return released

@@ -22,6 +22,7 @@ from regplug.errors import UsageError
 from regplug.manager import PluginManager
 from regplug.run import Run
 
+from .. import _compat
 from ..discovery import discover_parameters
 from ..ops import KerasOps
 from ..state import KerasModelState
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 #: The model attribute holding the live attachment (removed with it).
 ATTACHED = "_regplug_attachment"
 STEP_HOOKS = ("on_loss", "on_before_step", "on_step")
+#: The graphs of the train and test steps Keras traces (TensorFlow names them after the
+#: Python functions Keras' trainer defines).
+_STEP_GRAPHS = frozenset({"one_step_on_data", "one_step_on_iterator", "multi_step_on_iterator",
+                          "one_step_on_data_distributed"})
 
 
 def step_is_eager(model: Any) -> bool:
@@ -75,6 +80,8 @@ class Attachment:
         self.wants = {h: self.manager.implements(h) for h in STEP_HOOKS}
         self.eager = step_is_eager(model)
         self.dirty = False   # the traced step predates a patch
+        # TensorFlow's custom gradients registered before this fit traced its steps.
+        self._gradients_before = _compat.custom_gradient_names()
         self.run: Run | None = None
         self.on_release: Callable[[Attachment], None] | None = None  # told of a release
         # The parts, one job each. `live` (whether the patches act) is the guards' own, so
@@ -224,6 +231,9 @@ class Attachment:
         # The traced functions contain the patches: make later fit/evaluate retrace.
         model.train_function = None
         model.test_function = None
+        # ... and release what TensorFlow kept of them: a re-fit would otherwise keep every
+        # earlier fit's traced step alive (~2 MB each).
+        _compat.release_custom_gradients(self._gradients_before, _STEP_GRAPHS)
         self.fit.detach()
         if getattr(model, ATTACHED, None) is self:
             delattr(model, ATTACHED)
