@@ -21,7 +21,7 @@ from regplug.validation import check_int
 #: The quantities, in the order of the small-multiples figure; a key is ``quantity/param``.
 QUANTITIES = ("weight_norm", "grad_norm", "update_ratio", "zeros", "dead_units")
 #: Steps at each epoch's start whose gradients count dead units (the least share is kept).
-DEAD_STEPS = 4
+DEAD_STEPS = 2
 
 
 def layer_stats(before: np.ndarray, after: np.ndarray, unit_axis: int | None
@@ -74,8 +74,8 @@ class LayerMonitor(Plugin):
     * ``dead_units``: the share of units (rows of a ``Linear``, filters of a convolution)
       that no gradient reached — a ReLU unit that outputs 0 on every row. Where the loop
       runs ``on_before_step`` eagerly (PyTorch, Lightning, Hugging Face), from the gradient
-      of the epoch's first 4 steps (units whose gradient is exactly 0 on a whole batch: the
-      least share of the 4, an upper bound of the units dead on all 4 batches);
+      of the epoch's first 2 steps (units whose gradient is exactly 0 on a whole batch: the
+      least share of the 2, an upper bound of the units dead on both batches);
       in Keras, from the weights: units whose incoming weights did not move during the
       epoch. The weights alone lag: momentum and Adam keep moving a dead unit for several
       epochs (6 to 7 on an MLP that lost half its units), and decoupled weight decay
