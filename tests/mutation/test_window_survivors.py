@@ -1,8 +1,8 @@
 """Mutants of regplug/window.py that the adapter tests let live (issue 16, item 19).
 
 Each test kills one: the window is reset after every optimizer update (also when the user
-zeroes the gradients through the model rather than the optimizer), and the window's first
-loss opens the epoch when no batch did.
+zeroes the gradients through the model rather than the optimizer), the window's first loss
+opens the epoch when no batch did, and the step hooks get the documented ``step``.
 """
 
 from __future__ import annotations
@@ -74,3 +74,28 @@ def test_the_first_loss_of_a_window_opens_the_epoch_when_no_batch_did():
         loop.epoch_end()
     loop.close()
     assert events.events == ["epoch_begin 0", "loss", "epoch_begin 1", "loss"]
+
+
+class Steps(regplug.Plugin):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int]] = []
+
+    @regplug.hookimpl
+    def on_before_step(self, run, step):
+        self.seen.append(("before_step", step, run.step))
+
+    @regplug.hookimpl
+    def on_step(self, run, step):
+        self.seen.append(("step", step, run.step))
+
+
+def test_step_hooks_get_the_index_of_the_update_and_run_step_moves_on_after_it():
+    """on_before_step: the update about to happen (== run.step); on_step: the update that just
+    happened (run.step is already one more), as regplug/hookspecs.py documents."""
+    steps = Steps()
+    loop = NumpyLoop({"w": np.ones((2, 2))}, [steps])
+    for _ in range(3):
+        loop.step({"w": np.zeros((2, 2))})
+    loop.close()
+    assert steps.seen == [("before_step", 0, 0), ("step", 0, 1), ("before_step", 1, 1),
+                          ("step", 1, 2), ("before_step", 2, 2), ("step", 2, 3)]
