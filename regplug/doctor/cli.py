@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from .diagnosis import Diagnosis
 
 __all__ = ["add_doctor_parser", "cmd_doctor", "DoctorError", "Budget", "parse_budget",
-           "DoctorRun", "FixSearch", "SeedTest", "DataCurve", "seed_test_notes", "run_doctor",
+           "DoctorRun", "FixSearch", "SeedTest", "DataCurve", "seed_test_notes",
+           "weakest_notes", "run_doctor",
            "DEFAULT_DATA", "DEFAULT_EPOCHS", "DEFAULT_BUDGET", "DEFAULT_SEEDS", "BATCH_STEPS"]
 
 #: The defaults of a plain ``regplug doctor``: the notebook's MLP on the 5,000 MNIST rows.
@@ -564,6 +565,10 @@ def _fix(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcome,
     if fix.best is None:
         result.notes.append("no trial of the search completed: no fix to test")
         return
+    lows = {prm.name: getattr(prm.space, "low", None) for sp in spaces
+            if sp.strategy.name == fix.best.strategy for prm in sp.parameters
+            if prm.key.rsplit(".", 1)[-1] in STRENGTH_KEYS}
+    result.notes += weakest_notes(fix.best.params, lows)
     result.seeds = _seed_test(result, runner, baseline, choice, fix.best.tuned, seeds,
                               progress)
     if curve and not result.seeds.raises_test_accuracy:
@@ -629,6 +634,28 @@ def _seed_test(result: DoctorRun, runner: FrameworkRunner, baseline: TrainOutcom
     acc = paired_t_test([r["acc_test"] for r in fix_rows], [r["acc_test"] for r in base_rows])
     return SeedTest(seed_list, base_rows, fix_rows, test.t, test.p, test.mean_diff, test.ci95,
                     acc_p=acc.p, acc_mean_diff=acc.mean_diff)
+
+
+#: Parameters whose low end is the weakest regularization (a patience's is the strongest).
+STRENGTH_KEYS = frozenset({"l2", "l1", "dropout", "weight_decay", "strength"})
+
+
+def weakest_notes(params: dict[str, Any], lows: dict[str, float | None]) -> list[str]:
+    """A note where the search's best is the weakest setting of every range searched: then
+    no regularizer helped, and the seed test compares near-equal setups.
+
+    >>> weakest_notes({"l2.l2": 1e-06}, {"l2.l2": 1e-06})[0][:52]
+    'the best setting is the weakest of its range (l2.l2='
+    >>> weakest_notes({"l2.l2": 0.002}, {"l2.l2": 1e-06})
+    []
+    """
+    if not lows or any(params.get(k) is None or low is None or params[k] > low * (1 + 1e-9)
+                       for k, low in lows.items()):
+        return []
+    shown = ", ".join(f"{k}={params[k]:g}" for k in lows)
+    return [f"the best setting is the weakest of its range ({shown}): no regularizer searched "
+            "lowered the validation loss below (almost) none's, so the seed test compares "
+            "near-equal setups; a larger --budget searches the ranges more finely"]
 
 
 def seed_test_notes(s: SeedTest, train_rows: int) -> list[str]:

@@ -174,3 +174,15 @@ def test_best_toml_says_how_to_train_what_the_doctor_trained(tmp_path, capsys):
     assert line.endswith("--strategies doctor_setup --framework torch --data digits "
                          "--train-rows 300 --label-noise 0 --model mlp --epochs 8 "
                          "--batch-size 128 --lr 0.05 --seed 0 --seeds 3"), line
+
+
+def test_a_best_setting_at_the_weak_end_of_its_range_is_called_that():
+    # a 2-point grid tries each range's ends: l2 1e-6 "wins" when no strength helps, and a
+    # seed test of it against none compares near-equal setups
+    from regplug.doctor.cli import weakest_notes
+
+    (note,) = weakest_notes({"l2.l2": 1e-06}, {"l2.l2": 1e-06})
+    assert "weakest of its range (l2.l2=1e-06)" in note
+    assert weakest_notes({"model.dropout": 0.0}, {"model.dropout": 0.0})
+    assert weakest_notes({"model.dropout": 0.35}, {"model.dropout": 0.0}) == []
+    assert weakest_notes({"l2.l2": 1e-06}, {}) == []  # nothing known about its range
