@@ -17,6 +17,7 @@ from importlib import import_module
 from typing import Any
 
 from .depth import DepthError, depth_groups, resolve_depths
+from .doctor.diagnosis import diagnose
 from .errors import (
     PluginLoadError,
     PluginValidationError,
@@ -26,7 +27,6 @@ from .errors import (
     UnsupportedPluginError,
     UsageError,
 )
-from .doctor.diagnosis import diagnose
 from .hookspecs import HOOK_NAMES, hookimpl, hookspec
 from .manager import PluginManager
 from .ops import Ops
