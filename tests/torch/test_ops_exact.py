@@ -178,3 +178,11 @@ def test_count_zeros_and_to_float():
     assert ops.count_zeros([h, h]) == (6, 12)
     assert ops.to_float(torch.tensor(2.5, requires_grad=True)) == 2.5
     assert ops.to_float(1) == 1.0
+
+
+@pytest.mark.parametrize("op", ["sum_squares_diff", "add_diff_to_grad_"])
+def test_references_that_do_not_fit_are_refused_naming_the_op(op):
+    h = handle("a", [1.0] * 6, grad=[0.0] * 6)
+    args = ([h], []) if op == "sum_squares_diff" else ([h], [], 0.1)
+    with pytest.raises(ValueError, match=rf"^regplug: ops\.{op} got 0 copies for 1 "):
+        getattr(TorchOps(), op)(*args)
