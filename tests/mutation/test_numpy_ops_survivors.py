@@ -19,3 +19,8 @@ def test_scale_update_leaves_frozen_parameters_and_those_without_a_gradient():
     np.testing.assert_array_equal(arrays["a.weight"], [[2.0, 2.0]])  # 3 + 0.5·(1 − 3)
     np.testing.assert_array_equal(arrays["b.weight"], [[1.0, 1.0]])
     np.testing.assert_array_equal(arrays["c.weight"], [[1.0, 1.0]])
+
+
+def test_count_zeros_counts_the_exact_zeros_and_the_elements():
+    run = numpy_run({"a.weight": np.array([[0.0, 1.0, -0.0]]), "b.weight": np.zeros((2, 2))})
+    assert run.ops.count_zeros(run.params) == (6, 7)
