@@ -22,6 +22,8 @@ from typing import Any
 
 import keras
 
+from regplug.clock import frame_running
+
 from .. import _compat
 
 __all__ = ["FitGuards", "GUARDED_ENTRY_POINTS"]
@@ -33,22 +35,6 @@ log = logging.getLogger(__name__)
 GUARDED_ENTRY_POINTS = ("fit", "evaluate", "predict", "train_on_batch", "test_on_batch",
                         "predict_on_batch", "save", "save_weights", "export")
 _MISSING = object()
-
-
-def _frame_running(frame: FrameType) -> bool:
-    """Whether ``frame`` is still executing: on this thread's call stack or another's."""
-    current: FrameType | None = sys._getframe(1)
-    while current is not None:  # the common case (a call from inside that fit): cheap
-        if current is frame:
-            return True
-        current = current.f_back
-    for top in sys._current_frames().values():
-        current = top
-        while current is not None:
-            if current is frame:
-                return True
-            current = current.f_back
-    return False
 
 
 def _on_this_thread(frame: FrameType) -> bool:
@@ -92,7 +78,7 @@ class FitGuards:
     def fit_running(self) -> bool:
         """Whether the fit is known and still running (any thread)."""
         frame = self.frame
-        return self.active and frame is not None and _frame_running(frame)
+        return self.active and frame is not None and frame_running(frame)
 
     def in_own_fit(self) -> bool:
         """Whether the caller runs inside the fit (same thread)."""
@@ -105,7 +91,7 @@ class FitGuards:
             return False
         if self._compiling is not None and self._compiling():
             return True  # only a running fit compiles the patched step
-        return self.frame is None or _frame_running(self.frame)
+        return self.frame is None or frame_running(self.frame)
 
     def stale(self) -> bool:
         """Active, but the fit ended without ``on_train_end``."""
