@@ -95,6 +95,7 @@ class _WeightAverage(Plugin):
         self._averages: list[ParamHandle] = []  # handles over the copies, names as params
         self._raw: list[Any] = []  # the raw weights while the averages are swapped in
         self._swapped = False
+        self._late_warned = False
         self._pending: dict[str, Any] | None = None  # a checkpoint loaded before training
 
     # -- binding --------------------------------------------------------------------------
@@ -106,6 +107,24 @@ class _WeightAverage(Plugin):
                                       p.native_name) for p, c in zip(self._params, copies)]
         self._raw = run.ops.clone(self._params) if self.evaluate_on_average else []
         self._swapped = False
+        self._late_warned = False
+
+    def _check_late(self, run: Run) -> None:
+        """Parameters that joined the optimizer after the averages were taken (a parameter
+        group added during training) are not averaged: say so once, with the fix."""
+        live = run.parameters(self.selection)
+        if len(live) == len(self._params) or self._late_warned:
+            return
+        known = {id(p) for p in self._params}
+        late = [p.name for p in live if id(p) not in known]
+        self._late_warned = True
+        if late:
+            warnings.warn(
+                f"{type(self).__name__}: {len(late)} parameter(s) joined the optimizer after "
+                f"training began (a parameter group added after the start, e.g. {late[0]!r}); "
+                "the averages were taken at the start, so these keep their trained values. "
+                "Give every parameter to the optimizer up front (Freeze keeps them still "
+                "until they should train).", RegplugWarning, stacklevel=3)
 
     def _check_unchanged(self, where: str) -> None:
         """Refuse to mix the averages with parameters whose shapes changed since they
@@ -325,6 +344,7 @@ class EMA(_WeightAverage):
     @hookimpl
     def on_epoch_end(self, run: Run) -> None:
         self._check_unchanged(f"epoch {run.epoch}")
+        self._check_late(run)
 
     def _has_average(self) -> bool:
         # Before the first update the copy equals the weights: swapping it in changes nothing.
@@ -411,6 +431,7 @@ class SWA(_WeightAverage):
     @hookimpl
     def on_epoch_end(self, run: Run) -> None:
         self._fold(run)
+        self._check_late(run)
 
     def _has_average(self) -> bool:
         return self.averaged > 0

@@ -97,6 +97,7 @@ class L2SP(ParameterPlugin):
         self._pretrained: list[ParamHandle] = []
         self._new: list[ParamHandle] = []
         self._anchors: list[ParamHandle] = []  # θ₀: handles over the copies
+        self._known = 0  # how many parameters the selection held when θ₀ was taken
         self._last: dict[str, np.ndarray] = {}  # θ₀ of the last run, after it ended
 
     # -- the run ---------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class L2SP(ParameterPlugin):
         if arrays is not None and anchors:
             run.ops.load_copies_(anchors, [arrays[_key(p, arrays)] for p in pretrained])
         self._pretrained, self._new, self._anchors = pretrained, new, anchors
+        self._known = len(bound.params)
         self._pending = None
         if new and not pretrained:
             warnings.warn("L2SP: every selected parameter is new (matched by 'new' or absent "
@@ -138,6 +140,8 @@ class L2SP(ParameterPlugin):
         if self.decoupled:
             return None
         bound = self._bind(run)
+        if len(bound.params) != self._known:
+            self._late(bound.params)
         if bound.penalty is None:
             bound.penalty = self._penalty(bound)
         return bound.penalty
@@ -147,6 +151,8 @@ class L2SP(ParameterPlugin):
         if not self.decoupled:
             return
         bound = self._bind(run)
+        if len(bound.params) != self._known:
+            self._late(bound.params)
         alpha, beta = bound.values["alpha"].value, bound.values["beta"].value
         where = {id(p): a for p, a in zip(self._pretrained, self._anchors)}
         for lr, group in run.group_by_learning_rate(self._pretrained):
@@ -157,6 +163,20 @@ class L2SP(ParameterPlugin):
         if self._new:
             for lr, group in run.group_by_learning_rate(self._new):
                 run.ops.scale_(group, decoupled_decay_factor(lr, beta))
+
+    def _late(self, params: list[ParamHandle]) -> None:
+        """Parameters that joined the optimizer after θ₀ was taken (a parameter group added
+        during training) have no θ₀: say so once, naming them and the fix."""
+        known = {id(p) for p in (*self._pretrained, *self._new)}
+        late = [p.name for p in params if id(p) not in known]
+        self._known = len(params)
+        if late:
+            warnings.warn(
+                f"L2SP: {len(late)} parameter(s) joined the optimizer after training began "
+                f"(a parameter group added after the start, e.g. {late[0]!r}); θ₀ was taken "
+                "at the start, so they are left out of the penalty. Give every parameter to "
+                "the optimizer up front (Freeze keeps them still until they should train).",
+                RegplugWarning, stacklevel=3)
 
     def _penalty(self, bound: Binding) -> Penalty:
         ops, alpha, beta = bound.run.ops, bound.values["alpha"], bound.values["beta"]
