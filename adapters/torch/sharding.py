@@ -161,12 +161,7 @@ class ShardedTorchOps(TorchOps):
     """
 
     # -- values --------------------------------------------------------------------------
-    def sum_squares(self, params: Sequence[ParamHandle]) -> torch.Tensor:
-        return self._sum(params, lambda t: t.float().square().sum())
-
-    def sum_abs(self, params: Sequence[ParamHandle]) -> torch.Tensor:
-        return self._sum(params, lambda t: t.float().abs().sum())
-
+    # sum_squares and sum_abs are TorchOps' own: they call self._sum, this class's.
     @staticmethod
     def _sum(params: Sequence[ParamHandle], term) -> torch.Tensor:  # type: ignore[no-untyped-def]
         tensors = [p.tensor for p in params if not _frozen(p.tensor)]
