@@ -232,13 +232,21 @@ def open_storage(url: str | None, notes: list[str] | None = None) -> Any:
         except Exception as err:  # SQLAlchemy's and the journal's errors have no common base
             # Processes started together race to create a new database's tables (one of
             # them meets the other's rows): a moment later the tables are there.
-            if attempt + 1 < _OPEN_ATTEMPTS and type(err).__name__ in _RACES:
+            if attempt + 1 < _OPEN_ATTEMPTS and _is_race(err):
                 time.sleep(0.2 * (attempt + 1))
                 continue
             first = (str(err).strip().splitlines() or [""])[0]
             raise SearchError(f"--storage {url!r} cannot be opened: {type(err).__name__}: "
                               f"{first}") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_race(err: Exception) -> bool:
+    """Whether opening failed because another process was creating the same tables: one of
+    ``_RACES``, or PostgreSQL's "already exists" for a type or table the other process made
+    between our check and our ``CREATE`` (SQLAlchemy's ``ProgrammingError``)."""
+    name = type(err).__name__
+    return name in _RACES or (name == "ProgrammingError" and "already exists" in str(err))
 
 
 def _with_driver(url: str) -> str:
