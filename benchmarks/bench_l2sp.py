@@ -18,21 +18,17 @@ Run alone: ``python -m benchmarks.bench_l2sp [--quick]``.
 
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 
-from regplug.adapters.torch import attach
 from regplug.plugins import L2SP
 
-from . import Result, load_now, result
+from . import Result, load_now
 from .bench_torch import (
     _NoUpdate,
-    _same_gradient_update,
     environment,
-    interleaved,
-    paired_ratio,
+    fused_penalty_rows,
     resnet50_parameters,
     set_threads,
 )
@@ -68,34 +64,10 @@ def bench_l2sp(quick: bool) -> list[Result]:
 
     plugin = L2SP(ALPHA, kinds="all",
                   reference={n: s for (n, _), s in zip(model.named_parameters(), start)})
-    with attach(model, optimizer, [plugin]) as reg:
-        def regplug() -> None:
-            reg.loss(loss)
-            optimizer.step()
-
-        max_diff = _same_gradient_update(grads, regplug, hand_written)
-        samples = interleaved({"regplug": regplug, "hand-written": hand_written, "floor": floor},
-                              rounds=3 if quick else 21, repeat=1, warmup=1 if quick else 3)
-
-    ours, hand, bare = (statistics.median(samples[k])
-                        for k in ("regplug", "hand-written", "floor"))
-    n_elements = sum(p.numel() for p in params)
-    notes = [
-        f"{len(params)} tensors, {n_elements / 1e6:.1f}M float32 elements (ResNet-50 backbone"
-        f"{', channels / 4' if quick else ''}); L2SP(kinds='all'), optimizer update a no-op",
-        "regplug = reg.loss(loss) + optimizer.step() (fused grad += alpha*(theta - theta0))",
-        f"same gradients as the hand-written penalty: max |diff| {max_diff:.1e}",
-        f"medians of {len(samples['regplug'])} interleaved rounds, {load_now()}",
-    ]
-    name = "L2SP step, ResNet-50-sized params"
-    return [
-        result(name, regplug_s=ours, baselines_s={"hand-written": hand},
-               ratio=paired_ratio(samples["hand-written"], samples["regplug"]),
-               ratio_of="hand-written / regplug", at_least=2, notes=notes),
-        result(name, regplug_s=ours, baselines_s={"floor": bare},
-               ratio=paired_ratio(samples["regplug"], samples["floor"]),
-               ratio_of="regplug / floor", at_most=1.3, notes=[]),
-    ]
+    return fused_penalty_rows(
+        "L2SP step, ResNet-50-sized params", model, optimizer, plugin, loss, grads,
+        hand_written, floor, quick=quick, at_least=2, plugin_note="L2SP(kinds='all')",
+        hooks_note="fused grad += alpha*(theta - theta0)", load=load_now())
 
 
 def run(quick: bool) -> list[Result]:

@@ -165,7 +165,24 @@ def bench_l2(quick: bool) -> list[Result]:
     def floor() -> None:
         torch._foreach_add_(grads, thetas, alpha=2 * l2)
 
-    with attach(model, optimizer, [L2(l2, kinds="all")]) as reg:
+    return fused_penalty_rows(
+        "L2 step, ResNet-50-sized params", model, optimizer, L2(l2, kinds="all"), loss,
+        grads, hand_written, floor, quick=quick, at_least=4,
+        plugin_note="L2(kinds='all')",
+        hooks_note="hooks: on_loss, fused grad += 2*l2*theta")
+
+
+def fused_penalty_rows(name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                       plugin: object, loss: torch.Tensor, grads: list[torch.Tensor],
+                       hand_written: Callable[[], None], floor: Callable[[], None], *,
+                       quick: bool, at_least: float, plugin_note: str, hooks_note: str,
+                       load: str = "") -> list[Result]:
+    """A fused penalty's step (``reg.loss`` + a no-op update) against the same penalty
+    written by hand through autograd and against the bare foreach kernels (the floor),
+    after checking it gives the hand-written gradients: two rows (``bench_l2``,
+    ``bench_l2sp``)."""
+    params = list(model.parameters())
+    with attach(model, optimizer, [plugin]) as reg:
         def regplug() -> None:
             reg.loss(loss)
             optimizer.step()
@@ -177,18 +194,18 @@ def bench_l2(quick: bool) -> list[Result]:
     ours, hand, bare = (statistics.median(samples[k])
                         for k in ("regplug", "hand-written", "floor"))
     n_elements = sum(p.numel() for p in params)
+    rounds = f"medians of {len(samples['regplug'])} interleaved rounds"
     notes = [
         f"{len(params)} tensors, {n_elements / 1e6:.1f}M float32 elements (ResNet-50 backbone"
-        f"{', channels / 4' if quick else ''}); L2(kinds='all'), optimizer update a no-op",
-        "regplug = reg.loss(loss) + optimizer.step() (hooks: on_loss, fused grad += 2*l2*theta)",
+        f"{', channels / 4' if quick else ''}); {plugin_note}, optimizer update a no-op",
+        f"regplug = reg.loss(loss) + optimizer.step() ({hooks_note})",
         f"same gradients as the hand-written penalty: max |diff| {max_diff:.1e}",
-        f"medians of {len(samples['regplug'])} interleaved rounds",
+        f"{rounds}, {load}" if load else rounds,
     ]
-    name = "L2 step, ResNet-50-sized params"
     return [
         result(name, regplug_s=ours, baselines_s={"hand-written": hand},
                ratio=paired_ratio(samples["hand-written"], samples["regplug"]),
-               ratio_of="hand-written / regplug", at_least=4, notes=notes),
+               ratio_of="hand-written / regplug", at_least=at_least, notes=notes),
         result(name, regplug_s=ours, baselines_s={"floor": bare},
                ratio=paired_ratio(samples["regplug"], samples["floor"]),
                ratio_of="regplug / floor", at_most=1.3, notes=[]),
