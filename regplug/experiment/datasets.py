@@ -12,16 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from .loaders import NPZ_KEYS, Dataset, from_arrays, load_digits, load_mnist, load_npz
 from .references import is_reference, load_reference
 
+T = TypeVar("T")
+
 __all__ = ["Splits", "resolve_data", "split_validation", "load_splits", "splits_per_seed",
            "BundledData", "BUNDLED_DATA", "bundled_data_help", "VALIDATION_FRACTION",
-           "check_data_name", "restrict_training", "check_train_rows", "LABEL_NOISE_STREAM"]
+           "check_data_name", "restrict_training", "check_train_rows", "LABEL_NOISE_STREAM",
+           "load_dataset", "per_seed"]
 
 #: Share of the training rows held out for validation (loss curves, early stopping). The
 #: test rows are used only once, for the final test accuracy.
@@ -249,16 +252,38 @@ def load_splits(spec: str | None, *, seed: int, train_rows: int | None = None,
     :func:`resolve_data`, then :func:`split_validation`, then :func:`restrict_training`
     (``--train-rows``, ``--label-noise``). A bundled data set whose package is
     missing is a one-line ``ImportError`` naming the package and the extra to install."""
+    return restrict_training(split_validation(load_dataset(spec, seed=seed), seed=seed),
+                             train_rows=train_rows, label_noise=label_noise, seed=seed)
+
+
+def load_dataset(spec: str | None, *, seed: int) -> Dataset:
+    """:func:`resolve_data`, where a bundled data set whose package is missing is a
+    one-line ``ImportError`` naming the package and the extra to install."""
     try:
-        data = resolve_data(spec, seed=seed)
+        return resolve_data(spec, seed=seed)
     except ImportError as err:  # the bundled data sets come with an extra
         if spec not in BUNDLED_DATA:
             raise
         package, name, _ = BUNDLED_DATA[spec]
         raise ImportError(f"the {name} data set needs {package} ({err.name or package} is not "
                           "installed): pip install 'regplug[data]'") from None
-    return restrict_training(split_validation(data, seed=seed), train_rows=train_rows,
-                             label_noise=label_noise, seed=seed)
+
+
+def per_seed(spec: str | None, bundled: Callable[[int], T],
+             given: Callable[[Dataset, int], T]) -> Callable[[int], T]:
+    """What a command builds from ``--data spec`` for each seed: ``bundled(seed)`` for a
+    bundled data set (its rows are drawn from the seed), else ``given(data, seed)`` over the
+    file's or the function's data, read once, at the first call."""
+    if spec in BUNDLED_DATA:
+        return bundled
+    fixed: list[Dataset] = []
+
+    def build(seed: int) -> T:
+        if not fixed:
+            fixed.append(load_dataset(spec, seed=seed))
+        return given(fixed[0], seed)
+
+    return build
 
 
 def splits_per_seed(spec: str | None, *, train_rows: int | None = None,
@@ -269,18 +294,13 @@ def splits_per_seed(spec: str | None, *, train_rows: int | None = None,
     validation split depends on the seed (their test rows are theirs). Call it once before
     any training, so a mistake in ``spec`` shows first. ``train_rows`` and ``label_noise``
     apply to every seed's split (:func:`restrict_training`)."""
-    if spec in BUNDLED_DATA:
-        return lambda seed: load_splits(spec, seed=seed, train_rows=train_rows,
-                                        label_noise=label_noise)
-    fixed: list[Dataset] = []
-
-    def given(seed: int) -> Splits:
-        if not fixed:
-            fixed.append(resolve_data(spec, seed=seed))
-        return restrict_training(split_validation(fixed[0], seed=seed), train_rows=train_rows,
-                                 label_noise=label_noise, seed=seed)
-
-    return given
+    return per_seed(
+        spec,
+        lambda seed: load_splits(spec, seed=seed, train_rows=train_rows,
+                                 label_noise=label_noise),
+        lambda data, seed: restrict_training(split_validation(data, seed=seed),
+                                             train_rows=train_rows, label_noise=label_noise,
+                                             seed=seed))
 
 
 def _coerce(value: Any, *, source: str, name: str) -> Dataset:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets import BUNDLED_DATA, Splits, resolve_data
+from .datasets import Splits, load_dataset, per_seed
 from .frameworks import TrainSettings
 from .loaders import Dataset
 from .models import ModelChoice, ModelError
@@ -177,21 +177,10 @@ def _most_shots(data: Dataset) -> int:
     return min(int((data.y_train == label).sum()) for label in TARGET_CLASSES) - 1
 
 
-def _load(spec: str | None, *, seed: int) -> Dataset:
-    try:
-        return resolve_data(spec, seed=seed)
-    except ImportError as err:  # the bundled data sets come with an extra
-        if spec not in BUNDLED_DATA:
-            raise
-        package, name, _ = BUNDLED_DATA[spec]
-        raise ImportError(f"the {name} data set needs {package} ({err.name or package} is not "
-                          "installed): pip install 'regplug[data]'") from None
-
-
 def load_finetune_splits(spec: str | None, *, seed: int, shots: int = DEFAULT_SHOTS,
                          pretrain: TrainSettings | None = None) -> FinetuneSplits:
     """The fine-tuning splits of ``--data spec`` for ``seed`` (:func:`finetune_splits`)."""
-    return finetune_splits(_load(spec, seed=seed), shots=shots, seed=seed, pretrain=pretrain)
+    return finetune_splits(load_dataset(spec, seed=seed), shots=shots, seed=seed, pretrain=pretrain)
 
 
 def finetune_splits_per_seed(spec: str | None, *, shots: int = DEFAULT_SHOTS,
@@ -202,17 +191,10 @@ def finetune_splits_per_seed(spec: str | None, *, shots: int = DEFAULT_SHOTS,
     read once; the few-shot rows are drawn afresh for every seed. Each call builds new
     splits, so a seed's pretrained weights are cached in the splits the comparison keeps
     for that seed."""
-    if spec in BUNDLED_DATA:
-        return lambda seed: load_finetune_splits(spec, seed=seed, shots=shots,
-                                                 pretrain=pretrain)
-    fixed: list[Dataset] = []
-
-    def given(seed: int) -> FinetuneSplits:
-        if not fixed:
-            fixed.append(_load(spec, seed=seed))
-        return finetune_splits(fixed[0], shots=shots, seed=seed, pretrain=pretrain)
-
-    return given
+    return per_seed(
+        spec,
+        lambda seed: load_finetune_splits(spec, seed=seed, shots=shots, pretrain=pretrain),
+        lambda data, seed: finetune_splits(data, shots=shots, seed=seed, pretrain=pretrain))
 
 
 @dataclass(frozen=True)
