@@ -9,6 +9,7 @@ Docs: docs/compare.md
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,7 +252,10 @@ def curve_band(curves: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarra
     table = np.full((len(curves), length), np.nan)
     for row, curve in zip(table, curves):
         row[:len(curve)] = curve
-    with np.errstate(all="ignore"):
+    # An epoch where every run's value is NaN (training diverged) stays NaN, unplotted,
+    # without NumPy's "Mean of empty slice"/"All-NaN slice" warnings on the user's terminal.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(table, axis=0), np.nanmin(table, axis=0), np.nanmax(table, axis=0)
 
 
@@ -579,16 +583,21 @@ def draw_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]],
     fig = new_figure(2.6 * cols + 0.4, 2.5 * len(panels) + 0.4)
     grid = fig.subplots(len(panels), cols, sharex=True, sharey=True, squeeze=False)
     colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(shown)}
-    values = [r.weight_values() for rs in panels.values() for r in rs]
+    # Only finite weights have a place on the axis: a run that diverged has NaN or inf
+    # weights, which its panel counts in its legend instead of drawing.
+    values = [_finite(r.weight_values()) for rs in panels.values() for r in rs]
     span = max((float(np.abs(v).max()) for v in values if v.size), default=0.0) or 1.0
     bins = np.linspace(-span, span, 82)
     width = bins[1] - bins[0]
     for row, (framework, results) in zip(grid, panels.items()):
-        reference = results[0].weight_values()
+        reference = _finite(results[0].weight_values())
         for ax, result in zip(row, results):
-            w = result.weight_values()
+            every = result.weight_values()
+            w = _finite(every)
             nonzero = w[w != 0]
             zeros = int(w.size - nonzero.size)
+            if w.size < every.size:
+                ax.plot([], [], " ", label=f"not finite (diverged): {every.size - w.size}")
             if result is not results[0]:
                 ax.hist(reference[reference != 0], bins=bins, histtype="step",
                         color="grey", linewidth=1.0, linestyle="--",
@@ -615,6 +624,12 @@ def draw_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]],
         ax.set_xlabel("weight value")
     fig.suptitle("Weights after training")
     return fig
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """The finite entries of ``values`` (all of them, without a copy, when all are)."""
+    finite = np.isfinite(values)
+    return values if finite.all() else values[finite]
 
 
 def uncertainty_by_region(toy: RegressionToy, prediction: MCPrediction) -> dict[str, float]:
