@@ -44,6 +44,13 @@ def _panels(n: int, width: float, height: float) -> tuple[Any, list[Any], int]:
     return fig, axes, cols
 
 
+def _legend_below(ax: Any) -> None:
+    """The panel's legend under its axes, where it can hide no trial (inside, matplotlib's
+    "best" place still put it over a pruned trial at the panel's edge)."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False,
+              borderaxespad=0.0)
+
+
 def _y_scale(ax: Any, objective: Objective, values: Sequence[float]) -> None:
     # a too-strong penalty can put a cross-entropy decades above the best: a log axis then
     if values and min(values) > 0 and max(values) > 10 * min(values):
@@ -84,7 +91,7 @@ def draw_parameters(spaces: Sequence[StrategySpace],
     """One panel per strategy and parameter: the objective of each trial against the
     parameter's value (a log axis for a log range, the options in order for a choice)."""
     pairs = [(space, p) for space in spaces for p in space.parameters]
-    fig, axes, _ = _panels(len(pairs), 3.4, 2.8)
+    fig, axes, _ = _panels(len(pairs), 3.4, 3.4)
     for ax, (space, parameter) in zip(axes, pairs):
         rows = records.get(space.strategy.name, [])
         labels: list[Any] = list(parameter.space.options) \
@@ -121,7 +128,7 @@ def draw_parameters(spaces: Sequence[StrategySpace],
                                         else ""))
         _y_scale(ax, objective, [float(r.value) for r in drawn])  # type: ignore[arg-type]
         ax.set_title(space.strategy.name, fontsize=9)
-        ax.legend(fontsize=7)
+        _legend_below(ax)
     fig.suptitle(f"{objective.describe()} against each searched parameter")
     return fig
 
@@ -130,7 +137,7 @@ def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
                  objective: Objective) -> Any:
     """One panel per strategy: each trial's objective by trial number, and the best so far
     (a step line over the complete trials)."""
-    fig, axes, _ = _panels(len(spaces), 3.6, 2.8)
+    fig, axes, _ = _panels(len(spaces), 3.6, 3.4)
     from matplotlib.ticker import MaxNLocator  # after _panels: it says what to install
 
     for ax, space in zip(axes, spaces):
@@ -152,7 +159,7 @@ def draw_history(spaces: Sequence[StrategySpace], records: Mapping[str, Sequence
         _y_scale(ax, objective, [float(r.value) for r in [*complete, *pruned]]  # type: ignore[arg-type]
                  )
         ax.set_title(space.strategy.name, fontsize=9)
-        ax.legend(fontsize=7)
+        _legend_below(ax)
     fig.suptitle(f"Optimization history: {objective.describe()} per trial")
     return fig
 

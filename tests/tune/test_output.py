@@ -253,6 +253,12 @@ def test_pruned_trials_are_hollow_grey_behind_the_complete_ones_with_the_epochs_
         assert tuple(hollow.get_edgecolors()[0][:3]) == pytest.approx((0x88 / 255,) * 3)
         dots = next(c for label, c in by_label.items() if label.startswith("complete"))
         assert hollow.get_zorder() < dots.get_zorder()
+        # no legend hides a trial: a pruned one at the panel's lower edge stays in sight
+        fig.canvas.draw()
+        box = ax.get_legend().get_window_extent()
+        for collection in ax.collections:
+            for x, y in ax.transData.transform(collection.get_offsets()):
+                assert not box.contains(x, y), (collection.get_label(), x, y)
     assert "counted from 1" in plots.parameters_caption(objective)
     # the console's line and trials.csv count the same epoch
     assert pruned[0].describe_outcome(objective).startswith("pruned at epoch 4 ")
