@@ -27,6 +27,7 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -91,6 +92,9 @@ class _Candidate:
             dataloader_num_workers=0)
         self.trainer = Trainer(model=_model(), args=args, train_dataset=data,
                                callbacks=[*callbacks, self.timer])
+        # disable_tqdm puts a PrinterCallback in its place, which prints each train()'s
+        # metrics dict: 60 lines of it in the benchmark run's output
+        self.trainer.remove_callback(PrinterCallback)
 
     def epoch(self) -> float:
         self.trainer.train()
