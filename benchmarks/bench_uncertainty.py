@@ -20,9 +20,10 @@ own placement, late (784→50→250→Dropout→10: the prefix is most of the ne
 is naive loop / mc_predict, target >= 3. Torch rows, then Keras rows on the backend Keras
 was imported with (TensorFlow unless ``KERAS_BACKEND`` says otherwise).
 
-Run::
+The torch rows run at 1 intra-op thread (``python -m benchmarks.run --threads N`` sets
+another count). Run::
 
-    OMP_NUM_THREADS=1 python -c "from benchmarks import bench_uncertainty as b; b.main()"
+    python -c "from benchmarks import bench_uncertainty as b; b.main()"
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ CASES: dict[str, tuple[int, int, bool]] = {
 Summary = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+#: torch's intra-op threads for the torch rows: 1 unless ``--threads`` says otherwise. The
+#: rows measure the work mc_predict saves; at 2 threads torch's CPU random generator (the
+#: masks, a fifth of mc_predict's time) stays serial while the matrix products of the naive
+#: loop run in parallel, which mixes how well each path parallelizes into the ratio.
+_THREADS: int | None = None
+
+
 def set_threads(threads: int) -> None:
     """Use ``threads`` intra-op threads in torch (Keras/TensorFlow keep their defaults)."""
-    import torch
-
-    torch.set_num_threads(threads)
+    global _THREADS
+    _THREADS = threads
 
 
 def _summary(stack: np.ndarray) -> Summary:
@@ -127,6 +134,11 @@ def _rows(framework: str, quick: bool) -> list[Result]:
         import keras
 
         label = f"keras ({keras.backend.backend()})"
+    threads = []
+    if framework == "torch":
+        import torch
+
+        threads = [f"torch with {torch.get_num_threads()} intra-op thread(s)"]
     out = []
     for name, (h1, h2, first) in CASES.items():
         model, x = make(h1, h2, first), _data(rows)
@@ -153,13 +165,21 @@ def _rows(framework: str, quick: bool) -> list[Result]:
                    f"{', '.join(p.reused) or 'nothing'}; whole model / mc_predict "
                    f"{paired_ratio(samples['whole model'], samples['mc_predict']):.2f}",
                    f"means agree with the naive loop's: max |diff| = {worst:.1f} standard "
-                   f"errors; medians of {rounds} interleaved rounds ({name})"]))
+                   f"errors; medians of {rounds} interleaved rounds ({name})", *threads]))
     return out
 
 
 def run(quick: bool) -> list[Result]:
-    """Torch rows, then Keras rows (skipped with an ImportError when Keras is missing)."""
-    rows = _rows("torch", quick)
+    """Torch rows (at :data:`_THREADS` intra-op threads, 1 by default), then Keras rows
+    (skipped with an ImportError when Keras is missing)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1 if _THREADS is None else _THREADS)
+    try:
+        rows = _rows("torch", quick)
+    finally:
+        torch.set_num_threads(before)
     try:
         import keras  # noqa: F401
     except ImportError:
