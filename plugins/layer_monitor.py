@@ -24,14 +24,15 @@ QUANTITIES = ("weight_norm", "grad_norm", "update_ratio", "zeros", "dead_units")
 DEAD_STEPS = 2
 
 
-def layer_stats(before: np.ndarray, after: np.ndarray, unit_axis: int | None
-                ) -> dict[str, float]:
+def layer_stats(before: np.ndarray, after: np.ndarray, unit_axis: int | None, *,
+                units: bool = True) -> dict[str, float]:
     """The epoch's numbers of one parameter from its values at the epoch's start and end.
 
     ``update_ratio`` is ``‖after − before‖ / ‖before‖`` (the whole epoch's update, relative);
     ``dead_units`` the share of units (indices along ``unit_axis``) whose incoming weights did
     not move at all: no gradient reached them in any step of the epoch — a ReLU unit that is 0
-    on every training row (or a frozen one). Without a unit axis it is left out.
+    on every training row (or a frozen one). Without a unit axis, or with ``units=False`` (the
+    caller counts dead units from the gradient instead), it is left out.
 
     >>> w0 = np.array([[1.0, 2.0], [3.0, 4.0]])
     >>> w1 = np.array([[1.0, 2.0], [3.0, 0.0]])
@@ -40,17 +41,18 @@ def layer_stats(before: np.ndarray, after: np.ndarray, unit_axis: int | None
     (3.7417, 0.7303, 0.25, 0.5)
     """
     a = np.asarray(after, dtype=np.float32)
-    diff = a - np.asarray(before, dtype=np.float32)
-    flat, moved_flat = a.ravel(), diff.ravel()
+    b = np.asarray(before, dtype=np.float32)
+    diff = a - b
+    flat, start, moved_flat = a.ravel(), b.ravel(), diff.ravel()
     # float32 dot products (BLAS): a few microseconds per layer, where float64 copies and
     # np.linalg.norm took a millisecond per epoch for the notebook MLP
-    norm_before = math.sqrt(max(float(np.dot(flat - moved_flat, flat - moved_flat)), 0.0))
+    norm_before = math.sqrt(max(float(np.dot(start, start)), 0.0))
     update = math.sqrt(max(float(np.dot(moved_flat, moved_flat)), 0.0))
     out = {"weight_norm": math.sqrt(max(float(np.dot(flat, flat)), 0.0)),
            "update_ratio": update / norm_before if norm_before > 0
            else (0.0 if update == 0 else math.inf),
            "zeros": float(flat.size - np.count_nonzero(flat)) / max(flat.size, 1)}
-    if unit_axis is not None and a.ndim >= 2:
+    if units and unit_axis is not None and a.ndim >= 2:
         axes = tuple(i for i in range(a.ndim) if i != unit_axis % a.ndim)
         moved = np.any(diff != 0, axis=axes)
         out["dead_units"] = float(moved.size - np.count_nonzero(moved)) / max(moved.size, 1)
@@ -150,10 +152,11 @@ class LayerMonitor(Plugin):
         dead = {i: min(run.ops.to_float(step[k]) for step in self._dead)
                 for k, i in enumerate(self._units)} if self._dead else {}
         for i, (p, before, after) in enumerate(zip(self._params, self._start, now)):
-            stats = layer_stats(before, after, p.unit_axis)
+            counted = math.isfinite(dead.get(i, math.nan))
+            stats = layer_stats(before, after, p.unit_axis, units=not counted)
             if self._grads is not None:
                 stats["grad_norm"] = run.ops.to_float(self._grads[i])
-            if math.isfinite(dead.get(i, math.nan)):
+            if counted:
                 stats["dead_units"] = dead[i]  # the gradient's count, where it could be read
             for quantity in QUANTITIES:
                 if quantity in stats:
