@@ -124,9 +124,12 @@ class LayerMonitor(Plugin):
         self._grads, self._dead = None, []
         self._units = [i for i, p in enumerate(self._params)
                        if p.unit_axis is not None and len(p.shape) >= 2]
+        self._arm(run, run.epoch)
 
-    @hookimpl
-    def on_epoch_begin(self, run: Run, epoch: int) -> None:
+    def _arm(self, run: Run, epoch: int) -> None:
+        """Take the gradients at ``epoch``'s first steps if it is measured. Called at the
+        start and at each epoch's end for the next, not from ``on_epoch_begin``: a plugin
+        acting there makes the PyTorch adapter hook every forward pass of the model."""
         self._want_grads = getattr(run.ops, "eager_gradients", True) and epoch % self.every == 0
         self._dead_steps = DEAD_STEPS if self._want_grads else 0
 
@@ -143,6 +146,7 @@ class LayerMonitor(Plugin):
 
     @hookimpl
     def on_epoch_end(self, run: Run, epoch: int, logs: dict[str, float]) -> None:
+        self._arm(run, epoch + 1)
         if epoch % self.every:
             return
         now = list(run.ops.to_numpy(self._params))

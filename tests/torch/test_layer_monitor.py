@@ -89,3 +89,22 @@ def test_units_that_die_mid_training_are_counted_the_epoch_they_die(make_opt):
                 opt.step()
             reg.epoch_end({"loss": 1.0})
     assert reg.history["dead_units/0.weight"] == [0.0, 0.5, 0.5]
+
+
+def test_the_monitor_leaves_the_models_forward_passes_unhooked_and_measures_every_nth_epoch():
+    """It arms itself at each epoch's end for the next one, not in on_epoch_begin: a plugin
+    acting there makes the adapter hook every forward pass (a slower module call, in
+    evaluation too)."""
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = LayerMonitor(every=2)
+    with attach(model, opt, [monitor]) as reg:
+        assert not model._forward_pre_hooks and not model._forward_hooks
+        for _ in range(4):
+            for x, y in batches(2):
+                opt.zero_grad()
+                reg.loss(nn.functional.cross_entropy(model(x), y)).backward()
+                opt.step()
+            reg.epoch_end({"loss": 1.0})
+    assert [r["epoch"] for r in monitor.records] == [0.0, 2.0]
+    assert all(any(k.startswith("grad_norm/") for k in r) for r in monitor.records)
