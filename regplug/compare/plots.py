@@ -585,15 +585,17 @@ def draw_weight_histograms(by_framework: Mapping[str, Sequence[StrategyResult]],
     colours = {name: _COLOURS[i % len(_COLOURS)] for i, name in enumerate(shown)}
     # Only finite weights have a place on the axis: a run that diverged has NaN or inf
     # weights, which its panel counts in its legend instead of drawing.
-    values = [_finite(r.weight_values()) for rs in panels.values() for r in rs]
+    # Each result's weights gathered and filtered once: (all of them, the finite ones).
+    weights = {id(r): (every := r.weight_values(), _finite(every))
+               for rs in panels.values() for r in rs}
+    values = [finite for _, finite in weights.values()]
     span = max((float(np.abs(v).max()) for v in values if v.size), default=0.0) or 1.0
     bins = np.linspace(-span, span, 82)
     width = bins[1] - bins[0]
     for row, (framework, results) in zip(grid, panels.items()):
-        reference = _finite(results[0].weight_values())
+        reference = weights[id(results[0])][1]
         for ax, result in zip(row, results):
-            every = result.weight_values()
-            w = _finite(every)
+            every, w = weights[id(result)]
             nonzero = w[w != 0]
             zeros = int(w.size - nonzero.size)
             if w.size < every.size:
