@@ -227,6 +227,8 @@ def test_a_resumed_run_does_not_report_an_epoch_twice_but_still_asks_the_pruner(
     frozen = study.trials[0]
     assert frozen.intermediate_values == {0: 0.9, 1: 0.8, 2: 0.7, 3: 0.6}  # 1: the first value
     assert resumed.reported == frozen.intermediate_values
+    with pytest.raises(optuna.TrialPruned):  # as an objective ends (else a warning at exit)
+        resumed.raise_if_pruned()
 
 
 def test_optuna_itself_warns_and_keeps_the_first_value_of_a_step_reported_twice():

@@ -157,3 +157,5 @@ def test_a_run_resumed_from_a_torch_checkpoint_reports_no_epoch_twice():
     # The first value of epoch 1 stands; the repeated epoch's 0.45 was not reported.
     assert study.trials[0].intermediate_values == {0: 1.0, 1: 0.5, 2: 0.4, 3: 0.35}
     assert resumed.reported == study.trials[0].intermediate_values
+    with pytest.raises(optuna.TrialPruned):  # as an objective ends (else a warning at exit)
+        resumed.raise_if_pruned()
