@@ -78,7 +78,9 @@ class EpochClock:
         self._train_end = manager.caller("on_train_end")
         self._batch_begin = (manager.caller("on_batch_begin")
                              if manager.implements("on_batch_begin") else None)
-        self._epoch_open = False
+        #: Whether an epoch is open (its ``on_epoch_begin`` fired, its end not yet): read it,
+        #: the clock sets it. A plain attribute, as the step window reads it at every step.
+        self.epoch_open = False
         self._monitors_checked = False
         #: Whether a run is between :meth:`train_begin` and :meth:`train_end`.
         self.active = False
@@ -109,7 +111,7 @@ class EpochClock:
     def abandon(self) -> None:
         """End the run without ``on_train_end`` (the adapter could not finish starting it)."""
         self.active = False
-        self._epoch_open = False
+        self.epoch_open = False
         _unbind(self)
 
     def train_end(self) -> None:
@@ -117,7 +119,7 @@ class EpochClock:
         if not self.active:
             return
         self.active = False
-        self._epoch_open = False
+        self.epoch_open = False
         try:
             self._train_end(run=self.run)
         finally:
@@ -126,8 +128,8 @@ class EpochClock:
     # -- epochs and batches -------------------------------------------------------------
     def epoch_begin(self) -> None:
         """Open the epoch (``on_epoch_begin``) if it is not open yet; bring values to the clock."""
-        if not self._epoch_open:
-            self._epoch_open = True
+        if not self.epoch_open:
+            self.epoch_open = True
             self._epoch_begin(run=self.run, epoch=self.run.epoch)
         self.run.update_scalars()
 
@@ -136,10 +138,6 @@ class EpochClock:
         self.epoch_begin()
         if self._batch_begin is not None:
             self._batch_begin(run=self.run, step=self.run.step)
-
-    @property
-    def epoch_open(self) -> bool:
-        return self._epoch_open
 
     def epoch_end(self, logs: dict[str, float]) -> bool:
         """Record the epoch, fire ``on_epoch_end``; return whether training should stop.
@@ -152,7 +150,7 @@ class EpochClock:
         run = self.run
         where = self.wording.logs_call or f"{self.wording.adapter}'s epoch logs"
         logs.update(check_logs(logs, where=where))  # before any hook: a bad log changes nothing
-        if not self._epoch_open:
+        if not self.epoch_open:
             self._epoch_begin(run=run, epoch=run.epoch)
         if run.world.size > 1 and logs and hasattr(run.world, "mean"):
             # Every process decides on the same numbers, so stops, best epochs and restored
@@ -170,7 +168,7 @@ class EpochClock:
         if stop and not run.stop_requests:
             run.stop("another process voted to stop", source=f"rank {run.world.rank}")
         run.epoch += 1
-        self._epoch_open = False
+        self.epoch_open = False
         return stop
 
 

@@ -65,14 +65,18 @@ class StepWindow:
         self._loss_seen = True
         if not self._wants_loss:
             return []
-        self.penalties = check_penalties(self._on_loss(run=self.run, loss=loss))
-        to_loss = []
-        self._grad_penalties = []
-        for penalty in self.penalties:
-            if self.fused and penalty.add_grad is not None:
-                self._grad_penalties.append(penalty)
+        # check_penalties' check, in the loop that sorts them (this runs at every step)
+        self.penalties = penalties = self._on_loss(run=self.run, loss=loss)
+        to_loss, kept = [], []
+        fused = self.fused
+        for penalty in penalties:
+            if type(penalty) is not Penalty:
+                check_penalties(penalties)  # raises, naming what a plugin returned instead
+            if fused and penalty.add_grad is not None:
+                kept.append(penalty)
             else:
                 to_loss.append(penalty)
+        self._grad_penalties = kept
         return to_loss
 
     def check_loss(self) -> None:
@@ -93,7 +97,8 @@ class StepWindow:
         the backward pass and the update reads the gradients (gradient clipping), so that it
         sees them with the penalty's gradient, as with the penalty written in the loss.
         """
-        self.check_loss()
+        if self._wants_loss and not self._loss_seen:
+            self.check_loss()  # raises
         if self._grads_added:
             return
         self._grads_added = True

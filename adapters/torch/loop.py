@@ -31,6 +31,7 @@ from regplug.plugin import check_requirements
 from regplug.run import StopRequest
 from regplug.window import StepWindow
 
+from . import _compat
 from .build import GroupWatch, build_run, refuse_nothing_to_train, warn_double_decay
 from .ops import TorchOps, without_grad
 from .state import load_run_state, run_state_dict
@@ -68,6 +69,8 @@ def hookable_optimizer(optimizer: object) -> torch.optim.Optimizer:
 #: How the PyTorch adapter's messages name the user's calls.
 TORCH_WORDING = Wording.for_torch()
 
+_grad_enabled = torch.is_grad_enabled
+
 
 class TorchRegularizer:
     """regplug plugins attached to one model and optimizer. Create it with :func:`attach`."""
@@ -104,9 +107,8 @@ class TorchRegularizer:
         self._groups = GroupWatch(model, optimizer, self.run)
         self.clock = EpochClock(self.run, self.manager, TORCH_WORDING)
         self.window = StepWindow(self.clock, fused=fused)
-        # What the optimizer hooks run, with autograd off (cheaper than a no_grad() block).
+        # What the closure path runs, with autograd off (cheaper than a no_grad() block).
         self._before_step = without_grad(self.window.before_step)
-        self._after_step = without_grad(self.window.after_step)
         self._add_penalty_grads = without_grad(self.window.add_penalty_grads)
         self._penalty_values = without_grad(self.window.penalty_values)
         self._loss_terms: list[Penalty] = []
@@ -172,7 +174,7 @@ class TorchRegularizer:
             self._install()
 
     def _new_window(self) -> None:
-        self._set_in_update(False)  # in case the previous step ended in an exception
+        self._ops.in_update = False  # in case the previous step ended in an exception
         self.window.reset()
         self._loss_terms = []
         self._backpropagated = True
@@ -211,10 +213,21 @@ class TorchRegularizer:
             if len(args) > 1:
                 return (args[0], wrapped, *args[2:]), kwargs
             return args, {**kwargs, "closure": wrapped}
-        self._check_backpropagated()
-        self._groups.check()
+        if not self._backpropagated:
+            self._check_backpropagated()  # raises
+        if len(self.optimizer.param_groups) != self._groups.count:
+            self._groups.check()  # a group was added: its parameters join
         self._ops.in_update = True
-        self._before_step()  # autograd off once for every plugin's in-place op
+        # Autograd off once for every plugin's in-place op (without_grad's switch, inline:
+        # this and _on_after_step run at every step).
+        grad_was_on = _grad_enabled()
+        if grad_was_on:
+            _compat.set_grad_enabled(False)
+        try:
+            self.window.before_step()
+        finally:
+            if grad_was_on:
+                _compat.set_grad_enabled(True)
         return None
 
     def _wrap_closure(self, closure: Callable[[], Any]) -> Callable[[], Any]:
@@ -269,10 +282,15 @@ class TorchRegularizer:
                 f"regplug: {type(optimizer).__name__}.step(closure) returned without calling "
                 "the closure, so on_before_step and the penalties' gradients never ran; call "
                 "step() without a closure after backward()")
+        grad_was_on = _grad_enabled()
+        if grad_was_on:
+            _compat.set_grad_enabled(False)
         try:
-            self._after_step()
+            self.window.after_step()
         finally:
             self._ops.in_update = False
+            if grad_was_on:
+                _compat.set_grad_enabled(True)
         self._loss_terms = []
         self._batch_open = False
 
@@ -287,11 +305,14 @@ class TorchRegularizer:
         A loss that does not require grad (a validation loss under ``torch.no_grad()``) is
         returned unchanged and does not count as the step's loss.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
-        self._open_batch()
-        self._groups.check()
+        if not self._batch_open:
+            self._open_batch()
+        if len(self.optimizer.param_groups) != self._groups.count:
+            self._groups.check()  # a group was added: its parameters join
         if self._evaluation == _EVALUATING:
             # A closure evaluation: a fresh window for the objective at these parameters.
             self._evaluation = _LOSS_GIVEN

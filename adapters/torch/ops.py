@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -44,21 +45,38 @@ def without_grad(method: _F) -> _F:
     return without_grad  # type: ignore[return-value]
 
 
+def _call_without_grad(method: Callable[..., Any], *args: Any) -> Any:
+    """``method(*args)`` with autograd off: the slow path of the per-step ops below, which
+    run with autograd already off when the adapters call them (inside the optimizer's hooks)
+    and so check for it inline rather than through :func:`without_grad`'s extra call."""
+    _compat.set_grad_enabled(False)
+    try:
+        return method(*args)
+    finally:
+        _compat.set_grad_enabled(True)
+
+
+_grad_enabled = torch.is_grad_enabled
+_Parameter = torch.nn.Parameter
+_grad_of = operator.attrgetter("grad")
+
+
 # The in-place ops below run with autograd off, so they change the parameters themselves,
 # as torch.optim does, rather than detached aliases: the same storage and version counter,
-# without one extra tensor object per parameter and step.
+# without one extra tensor object per parameter and step. The filters run at every step: their
+# conditions are written inline (no call per tensor).
 def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    thetas, grads = [], []
-    for p in params:
-        grad = p.tensor.grad
-        if grad is None or _frozen(p.tensor):
-            continue  # like torch's own weight_decay: no gradient this step, no update
+    """The parameters with a gradient in this step that are not frozen, and their gradients
+    (like torch's own weight_decay: no gradient this step, no update)."""
+    thetas = [t for p in params if (t := p.tensor).grad is not None
+              and (t.requires_grad or not isinstance(t, _Parameter))]
+    grads = list(map(_grad_of, thetas))
+    for grad, theta in zip(grads, thetas):
         if grad.is_sparse:
-            raise TypeError(f"regplug: parameter {p.name!r} has a sparse gradient; closed-form "
+            name = next(p.name for p in params if p.tensor is theta)
+            raise TypeError(f"regplug: parameter {name!r} has a sparse gradient; closed-form "
                             "penalties need dense gradients (exclude it from the selection, "
                             "or use fused=False)")
-        thetas.append(p.tensor)
-        grads.append(grad)
     return thetas, grads
 
 
@@ -76,21 +94,13 @@ def _foreach_add_scaled_(targets: list[torch.Tensor],
 def _frozen(t: torch.Tensor) -> bool:
     """A parameter switched off with ``requires_grad_(False)`` (a plain tensor handed to the
     ops, e.g. a copy, is never frozen)."""
-    return not t.requires_grad and isinstance(t, torch.nn.Parameter)
+    return not t.requires_grad and isinstance(t, _Parameter)
 
 
-# The two filters below run at every step: inlined conditions, no call per tensor.
 def _trainable(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
     """The tensors of ``params`` that are not frozen."""
     return [t for p in params
-            if (t := p.tensor).requires_grad or not isinstance(t, torch.nn.Parameter)]
-
-
-def _updated(params: Sequence[ParamHandle]) -> list[torch.Tensor]:
-    """The tensors of ``params`` the optimizer updates in this step: torch.optim's rule, a
-    parameter that is frozen or got no gradient since the last ``zero_grad`` is left alone."""
-    return [t for p in params if (t := p.tensor).grad is not None
-            and (t.requires_grad or not isinstance(t, torch.nn.Parameter))]
+            if (t := p.tensor).requires_grad or not isinstance(t, _Parameter)]
 
 
 class TorchOps:
@@ -111,7 +121,14 @@ class TorchOps:
         self.in_update = False
 
     def _targets(self, params: Sequence[ParamHandle]) -> list[torch.Tensor]:
-        return _updated(params) if self.in_update else _trainable(params)
+        """The tensors of ``params`` an in-place op changes now: not frozen, and inside an
+        update only those the optimizer updates in this step (torch.optim's rule: one that got
+        no gradient since the last ``zero_grad`` is left alone). Inline: it runs every step."""
+        if self.in_update:
+            return [t for p in params if (t := p.tensor).grad is not None
+                    and (t.requires_grad or not isinstance(t, _Parameter))]
+        return [t for p in params if (t := p.tensor).requires_grad
+                or not isinstance(t, _Parameter)]
 
     # Values are differentiable (used when a penalty goes through autograd) and computed in
     # float32 with autocast off, whatever precision the forward pass runs in.
@@ -131,42 +148,55 @@ class TorchOps:
         with torch.autocast(device_type=device.type, enabled=False):
             return torch.stack([term(t).to(device) for t in tensors]).sum()
 
-    @without_grad
+    # The five ops below run at every step; they check for autograd inline (see
+    # _call_without_grad) and filter their tensors in one comprehension each.
     def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float | torch.Tensor) -> None:
+        if _grad_enabled():
+            return _call_without_grad(self.add_to_grad_, params, alpha)  # type: ignore[no-any-return]
         thetas, grads = _grad_pairs(params)
         if grads:
             _foreach_add_scaled_(grads, thetas, alpha)
+        return None
 
-    @without_grad
     def add_sign_to_grad_(self, params: Sequence[ParamHandle],
                           alpha: float | torch.Tensor) -> None:
+        if _grad_enabled():
+            return _call_without_grad(self.add_sign_to_grad_, params, alpha)  # type: ignore[no-any-return]
         thetas, grads = _grad_pairs(params)
         if grads:
             _foreach_add_scaled_(grads, _compat.foreach_sign(thetas), alpha)
+        return None
 
-    @without_grad
     def scale_(self, params: Sequence[ParamHandle], factor: float) -> None:
+        if _grad_enabled():
+            return _call_without_grad(self.scale_, params, factor)  # type: ignore[no-any-return]
         tensors = self._targets(params)
         if tensors:
             _compat.foreach_mul_(tensors, factor)
+        return None
 
-    @without_grad
     def soft_threshold_(self, params: Sequence[ParamHandle], threshold: float) -> None:
+        if _grad_enabled():
+            return _call_without_grad(self.soft_threshold_, params, threshold)  # type: ignore[no-any-return]
         # θ − clamp(θ, −t, t) is exactly sign(θ)·max(|θ|−t, 0), and exactly 0 (not a tiny
         # residue) wherever |θ| <= t, because x − x == 0 in floating point.
         thetas = self._targets(params)
         if not thetas:
-            return
+            return None
         inside = _compat.foreach_clamp_max(thetas, threshold)
         _compat.foreach_clamp_min_(inside, -threshold)
         _compat.foreach_sub_(thetas, inside)
+        return None
 
-    @without_grad
     def clip_unit_norms_(self, params: Sequence[ParamHandle], max_norm: float) -> None:
+        if _grad_enabled():
+            return _call_without_grad(self.clip_unit_norms_, params, max_norm)  # type: ignore[no-any-return]
         fused = not isinstance(max_norm, torch.Tensor)
+        in_update = self.in_update
         for p in params:
             t = p.tensor
-            if _frozen(t) or (self.in_update and t.grad is None):
+            if (not t.requires_grad and isinstance(t, _Parameter)) or (
+                    in_update and t.grad is None):
                 continue  # left alone, as by torch.optim (see the class docstring)
             is_float32 = t.dtype == torch.float32
             if fused and is_float32 and p.unit_axis is not None:
@@ -185,6 +215,7 @@ class TorchOps:
                 norms = torch.linalg.vector_norm(t32, dim=dims, keepdim=True)
             scale = torch.where(norms > max_norm, torch.div(max_norm, norms + MAX_NORM_EPS), 1.0)
             t.mul_(scale if is_float32 else scale.to(t.dtype))
+        return None
 
     # -- copies ------------------------------------------------------------------------
     @without_grad
