@@ -81,7 +81,11 @@ class ParameterPlugin(ConfiguredPlugin):
         return schedule
 
     def _bind(self, run: Run) -> Binding:
-        """The selected parameters and the strengths' live values for ``run``."""
+        """The selected parameters and the strengths' live values for ``run``.
+
+        The hooks that run at every step make its first test themselves (``self._bound`` is
+        for ``run``) and call it only when that fails: a call costs more than the test.
+        """
         bound = self._bound
         if bound is None or bound.run is not run:
             params = run.parameters(self.selection)

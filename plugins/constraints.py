@@ -48,5 +48,7 @@ class MaxNorm(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        bound = self._bind(run)
+        bound = self._bound
+        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
+            bound = self._bind(run)
         run.ops.clip_unit_norms_(bound.params, bound.values["max_value"].value)

@@ -53,7 +53,9 @@ class DecoupledWeightDecay(ParameterPlugin):
 
     @hookimpl
     def on_before_step(self, run: Run) -> None:
-        bound = self._bind(run)
+        bound = self._bound
+        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
+            bound = self._bind(run)
         wd = bound.values["weight_decay"].value
-        for lr, group in run.group_by_learning_rate(bound.params):
+        for lr, group in run.learning_rate_groups(bound.params):
             run.ops.scale_(group, decoupled_decay_factor(lr, wd))

@@ -36,7 +36,9 @@ class _PenaltyPlugin(ParameterPlugin):
 
     @hookimpl
     def on_loss(self, run: Run) -> Penalty:
-        bound = self._bind(run)
+        bound = self._bound
+        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
+            bound = self._bind(run)
         if bound.penalty is None:
             bound.penalty = self._penalty(bound)
         return bound.penalty

@@ -47,7 +47,9 @@ class ProximalL1(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        bound = self._bind(run)
+        bound = self._bound
+        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
+            bound = self._bind(run)
         l1 = bound.values["l1"].value
-        for lr, group in run.group_by_learning_rate(bound.params):
+        for lr, group in run.learning_rate_groups(bound.params):
             run.ops.soft_threshold_(group, lr * l1)

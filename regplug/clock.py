@@ -135,7 +135,10 @@ class EpochClock:
 
     def batch_begin(self) -> None:
         """A training batch is starting (before its forward pass)."""
-        self.epoch_begin()
+        if self.epoch_open:  # epoch_begin() without its call: this runs at every batch
+            self.run.update_scalars()
+        else:
+            self.epoch_begin()
         if self._batch_begin is not None:
             self._batch_begin(run=self.run, step=self.run.step)
 

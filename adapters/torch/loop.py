@@ -309,8 +309,9 @@ class TorchRegularizer:
             self._check_open()  # raises
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
-        if not self._batch_open:
-            self._open_batch()
+        if not self._batch_open:  # _open_batch(), inline
+            self._batch_open = True
+            self.clock.batch_begin()
         if len(self.optimizer.param_groups) != self._groups.count:
             self._groups.check()  # a group was added: its parameters join
         if self._evaluation == _EVALUATING:

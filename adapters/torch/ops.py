@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -58,7 +57,6 @@ def _call_without_grad(method: Callable[..., Any], *args: Any) -> Any:
 
 _grad_enabled = torch.is_grad_enabled
 _Parameter = torch.nn.Parameter
-_grad_of = operator.attrgetter("grad")
 
 
 # The in-place ops below run with autograd off, so they change the parameters themselves,
@@ -68,15 +66,19 @@ _grad_of = operator.attrgetter("grad")
 def _grad_pairs(params: Sequence[ParamHandle]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The parameters with a gradient in this step that are not frozen, and their gradients
     (like torch's own weight_decay: no gradient this step, no update)."""
-    thetas = [t for p in params if (t := p.tensor).grad is not None
-              and (t.requires_grad or not isinstance(t, _Parameter))]
-    grads = list(map(_grad_of, thetas))
-    for grad, theta in zip(grads, thetas):
+    thetas: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    for p in params:
+        t = p.tensor
+        grad = t.grad
+        if grad is None or (not t.requires_grad and isinstance(t, _Parameter)):
+            continue
         if grad.is_sparse:
-            name = next(p.name for p in params if p.tensor is theta)
-            raise TypeError(f"regplug: parameter {name!r} has a sparse gradient; closed-form "
+            raise TypeError(f"regplug: parameter {p.name!r} has a sparse gradient; closed-form "
                             "penalties need dense gradients (exclude it from the selection, "
                             "or use fused=False)")
+        thetas.append(t)
+        grads.append(grad)
     return thetas, grads
 
 
@@ -124,11 +126,14 @@ class TorchOps:
         """The tensors of ``params`` an in-place op changes now: not frozen, and inside an
         update only those the optimizer updates in this step (torch.optim's rule: one that got
         no gradient since the last ``zero_grad`` is left alone). Inline: it runs every step."""
-        if self.in_update:
-            return [t for p in params if (t := p.tensor).grad is not None
-                    and (t.requires_grad or not isinstance(t, _Parameter))]
-        return [t for p in params if (t := p.tensor).requires_grad
-                or not isinstance(t, _Parameter)]
+        in_update = self.in_update
+        targets = []
+        for p in params:
+            t = p.tensor
+            if (t.requires_grad or not isinstance(t, _Parameter)) and (
+                    not in_update or t.grad is not None):
+                targets.append(t)
+        return targets
 
     # Values are differentiable (used when a penalty goes through autograd) and computed in
     # float32 with autocast off, whatever precision the forward pass runs in.
