@@ -321,15 +321,11 @@ class EMA(_WeightAverage):
     def on_train_begin(self, run: Run) -> None:
         self._schedule.first_step = run.step  # the first update copies θ
         self._start(run)
-        # Read inside the compiled step (Keras), brought to each update's step before it.
+        # Read inside the compiled step (Keras); every adapter brings scheduled values to each
+        # update's step before it (the PyTorch loop at reg.loss, or at optimizer.step() in a
+        # loop that never calls it), so no on_batch_begin is needed: in the PyTorch loop that
+        # hook would cost a module pre-hook on every forward pass.
         self._momentum = run.scalar(self._schedule)
-
-    @hookimpl
-    def on_batch_begin(self, run: Run, step: int) -> None:
-        # Python, before each update: the momentum for this step (also makes the PyTorch
-        # loop bring scheduled values to the clock when no penalty calls reg.loss).
-        assert self._momentum is not None
-        self._momentum.update(step, run.epoch)
 
     # Around every other plugin's on_step: the average takes the weights as the step leaves
     # them, after every projection, scaling and Freeze's put-back in Keras (trylast: a later

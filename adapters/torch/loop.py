@@ -217,6 +217,10 @@ class TorchRegularizer:
             self._check_backpropagated()  # raises
         if len(self.optimizer.param_groups) != self._groups.count:
             self._groups.check()  # a group was added: its parameters join
+        if not self._batch_open:
+            # A loop that never calls reg.loss (no plugin needs the loss): the batch opens
+            # here, so scheduled values are brought to this step before it (EMA's momentum).
+            self._open_batch()
         self._ops.in_update = True
         # Autograd off once for every plugin's in-place op (without_grad's switch, inline:
         # this and _on_after_step run at every step).
@@ -260,6 +264,7 @@ class TorchRegularizer:
         self._set_in_update(True)
         if first:
             self._groups.check()
+            self._open_batch()  # a closure that never calls reg.loss (see _on_before_step)
             self._before_step()
         else:
             self._add_penalty_grads()

@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from regplug.adapters.torch import attach
+from regplug.adapters.torch._compat import has_forward_hooks
 from regplug.errors import UsageError
 from regplug.plugins import EMA, SWA, EarlyStopping
 
@@ -74,16 +75,34 @@ def test_the_model_holds_the_average_at_the_end():
 
 
 def test_ema_without_reg_loss_still_copies_at_the_first_update():
-    # No penalty: a loop that never calls reg.loss; on_batch_begin keeps the momentum current.
+    # No penalty: a loop that never calls reg.loss; optimizer.step() brings the momentum to
+    # each update's step, and no hook sits on the model's forward pass.
+    data = batches(20)
+    expected, _ = ema_by_hand(make_model(), data, 0.9)
+    model = make_model()
+    opt = sgd(model)
+    with attach(model, opt, [EMA(0.9)]):
+        assert not has_forward_hooks(model)
+        for x, y in data:
+            opt.zero_grad()
+            criterion(model(x), y).backward()
+            opt.step()
+    assert_close_params(model, expected)
+
+
+def test_ema_in_a_closure_that_never_calls_reg_loss():
     data = batches(20)
     expected, _ = ema_by_hand(make_model(), data, 0.9)
     model = make_model()
     opt = sgd(model)
     with attach(model, opt, [EMA(0.9)]):
         for x, y in data:
-            opt.zero_grad()
-            criterion(model(x), y).backward()
-            opt.step()
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = criterion(model(x), y)
+                loss.backward()
+                return loss
+            opt.step(closure)
     assert_close_params(model, expected)
 
 
