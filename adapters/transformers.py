@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from regplug.clock import EpochClock, Wording, frame_running
-from regplug.errors import UsageError
+from regplug.errors import RegplugWarning, UsageError
 from regplug.manager import PluginManager
 from regplug.plugin import check_requirements
 from regplug.run import Run
@@ -37,6 +39,7 @@ from .torch.grads import add_autograd_grads
 from .torch.loop import hookable_optimizer
 from .torch.ops import TorchOps, without_grad
 from .torch.results import RunResults
+from .torch.state import load_run_state, run_state_dict
 
 try:
     import transformers
@@ -67,6 +70,12 @@ TRANSFORMERS_WORDING = Wording(
     close_hint="one Regularize serves one train() at a time",
     logs_call="Regularize (the Trainer's evaluation metrics)",
 )
+
+
+#: The file regplug writes into each checkpoint folder the Trainer saves (``checkpoint-N``): the
+#: run's clock and history and every plugin's state, read back by
+#: ``trainer.train(resume_from_checkpoint=...)``.
+STATE_FILE = "regplug_state.pt"
 
 
 class Regularize(RunResults, TrainerCallback):
@@ -138,7 +147,16 @@ class Regularize(RunResults, TrainerCallback):
         self._frame = frame
         if frame is not None:  # a train() an exception ended frees its plugins at once
             self.clock.alive = self._training
+        resumed = _resumed_from(frame)
+        saved = None if resumed is None else Path(resumed) / STATE_FILE
+        if saved is not None and not saved.is_file() and state.global_step:
+            _warn_resumed_without_state(run, saved.parent, state)
         self.clock.train_begin()
+        if saved is not None and saved.is_file():
+            load_run_state(run, self.manager.plugins, torch.load(saved, weights_only=True),
+                           where=f"Regularize, resuming train(resume_from_checkpoint="
+                                 f"{str(saved.parent)!r})", writer="Regularize")
+            self._steps_at_epoch_end = run.step
 
     def _training(self) -> bool:
         """Whether the train() this run serves is still running (False once an exception
@@ -260,6 +278,29 @@ class Regularize(RunResults, TrainerCallback):
         if clock.epoch_end(logs):
             control.should_training_stop = True
 
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> None:
+        """The Trainer saved ``checkpoint-<step>``: regplug's state goes beside it
+        (:data:`STATE_FILE`), written by the main process only, as the Trainer's own files."""
+        if self.run is None or self.clock is None or not self.clock.active \
+                or not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir or ".") / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():  # a hyperparameter search saves under output_dir/run-<id>
+            warnings.warn(f"Regularize: no checkpoint folder {str(folder)!r} to save regplug's "
+                          f"state into (the Trainer saved elsewhere); a resumed train() starts "
+                          f"the plugins afresh", RegplugWarning, stacklevel=2)
+            return
+        torch.save(self.state_dict(), folder / STATE_FILE)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's clock and history and every plugin's state (what :meth:`on_save` writes
+        into each checkpoint; ``torch.load`` reads it with ``weights_only=True``)."""
+        if self.run is None:
+            raise UsageError("Regularize.state_dict: no training has begun")
+        return run_state_dict(self.run, self.manager.plugins)
+
     def on_train_end(self, args: TrainingArguments, state: TrainerState,
                      control: TrainerControl, **kwargs: Any) -> None:
         try:
@@ -281,6 +322,26 @@ def _training_loop_frame() -> FrameType | None:
                 return frame
             frame = frame.f_back
     return None
+
+
+def _resumed_from(frame: FrameType | None) -> str | Path | None:
+    """The checkpoint folder the Trainer's training loop resumes from, if any (``train()``
+    turned ``resume_from_checkpoint=True`` into the last one's path before the loop)."""
+    if frame is None:
+        return None
+    path = frame.f_locals.get("resume_from_checkpoint")
+    return path if isinstance(path, (str, Path)) else None
+
+
+def _warn_resumed_without_state(run: Run, path: str | Path, state: TrainerState) -> None:
+    """A checkpoint without regplug's state (written without Regularize): the clock starts
+    at the Trainer's step, the plugins afresh (said once, as a warning)."""
+    run.step = int(state.global_step)
+    warnings.warn(
+        f"Regularize: train() resumes at step {run.step} from {str(path)!r}, but the checkpoint "
+        f"holds no {STATE_FILE} (it was written without Regularize): the plugins start fresh "
+        "there (schedules at that step, early stopping's patience and best value from scratch)",
+        RegplugWarning, stacklevel=3)
 
 
 def _is_number(value: object) -> bool:
