@@ -3,7 +3,6 @@ Trainer saved ends where the uninterrupted one ended, plugins and weights alike.
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -46,8 +45,8 @@ def checkpoints(out: str) -> list[Path]:
     return sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def test_a_resumed_train_ends_as_the_uninterrupted_one():
-    out = tempfile.mkdtemp(prefix="regplug-hf-ckpt-")
+def test_a_resumed_train_ends_as_the_uninterrupted_one(tmp_path):
+    out = str(tmp_path)
     whole = Regularize(plugins())
     first = trainer(out, [ScriptedEval(LOSSES), whole])
     first.train()
@@ -73,8 +72,8 @@ def test_a_resumed_train_ends_as_the_uninterrupted_one():
                                    rtol=0, atol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_resume_true_picks_the_last_checkpoint_and_its_state():
-    out = tempfile.mkdtemp(prefix="regplug-hf-ckpt-")
+def test_resume_true_picks_the_last_checkpoint_and_its_state(tmp_path):
+    out = str(tmp_path)
     whole = Regularize(plugins())
     trainer(out, [ScriptedEval(LOSSES), whole]).train()
     resumed = Regularize(plugins())
@@ -84,8 +83,8 @@ def test_resume_true_picks_the_last_checkpoint_and_its_state():
     assert resumed.run.step == whole.run.step
 
 
-def test_a_checkpoint_written_without_regularize_resumes_with_a_warning_at_its_step():
-    out = tempfile.mkdtemp(prefix="regplug-hf-ckpt-")
+def test_a_checkpoint_written_without_regularize_resumes_with_a_warning_at_its_step(tmp_path):
+    out = str(tmp_path)
     trainer(out, [ScriptedEval(LOSSES)]).train()
     start = checkpoints(out)[1]
     reg = Regularize([L2(1e-3), EarlyStopping(monitor="val_loss", patience=10)])
@@ -95,8 +94,8 @@ def test_a_checkpoint_written_without_regularize_resumes_with_a_warning_at_its_s
     assert reg.history["val_loss"] == LOSSES[2:]  # the plugins started fresh there
 
 
-def test_no_state_file_without_a_checkpoint_and_no_warning_on_a_fresh_train():
-    out = tempfile.mkdtemp(prefix="regplug-hf-ckpt-")
+def test_no_state_file_without_a_checkpoint_and_no_warning_on_a_fresh_train(tmp_path):
+    out = str(tmp_path)
     reg = Regularize([L2(1e-3)])
     with warnings.catch_warnings():
         warnings.simplefilter("error", RegplugWarning)
@@ -104,8 +103,8 @@ def test_no_state_file_without_a_checkpoint_and_no_warning_on_a_fresh_train():
     assert not list(Path(out).rglob(STATE_FILE))
 
 
-def test_a_checkpoint_of_other_plugins_is_refused_before_training_goes_on():
-    out = tempfile.mkdtemp(prefix="regplug-hf-ckpt-")
+def test_a_checkpoint_of_other_plugins_is_refused_before_training_goes_on(tmp_path):
+    out = str(tmp_path)
     trainer(out, [ScriptedEval(LOSSES), Regularize(plugins())]).train()
     start = checkpoints(out)[1]
     other = Regularize([L2(1e-3)])
