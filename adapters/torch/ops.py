@@ -154,7 +154,7 @@ class TorchOps:
             return torch.stack([term(t).to(device) for t in tensors]).sum()
 
     # The five ops below run at every step; they check for autograd inline (see
-    # _call_without_grad) and filter their tensors in one comprehension each.
+    # _call_without_grad) and filter their tensors in one loop each.
     def add_to_grad_(self, params: Sequence[ParamHandle], alpha: float | torch.Tensor) -> None:
         if _grad_enabled():
             return _call_without_grad(self.add_to_grad_, params, alpha)  # type: ignore[no-any-return]
