@@ -69,8 +69,6 @@ def hookable_optimizer(optimizer: object) -> torch.optim.Optimizer:
 #: How the PyTorch adapter's messages name the user's calls.
 TORCH_WORDING = Wording.for_torch()
 
-_grad_enabled = torch.is_grad_enabled
-
 
 class TorchRegularizer:
     """regplug plugins attached to one model and optimizer. Create it with :func:`attach`."""
@@ -217,14 +215,13 @@ class TorchRegularizer:
             self._check_backpropagated()  # raises
         if len(self.optimizer.param_groups) != self._groups.count:
             self._groups.check()  # a group was added: its parameters join
-        if not self._batch_open:
-            # A loop that never calls reg.loss (no plugin needs the loss): the batch opens
-            # here, so scheduled values are brought to this step before it (EMA's momentum).
-            self._open_batch()
+        # A loop that never calls reg.loss (no plugin needs the loss): the batch opens here,
+        # so scheduled values are brought to this step before it (EMA's momentum).
+        self._open_batch()
         self._ops.in_update = True
         # Autograd off once for every plugin's in-place op (without_grad's switch, inline:
         # this and _on_after_step run at every step).
-        grad_was_on = _grad_enabled()
+        grad_was_on = torch.is_grad_enabled()
         if grad_was_on:
             _compat.set_grad_enabled(False)
         try:
@@ -287,7 +284,7 @@ class TorchRegularizer:
                 f"regplug: {type(optimizer).__name__}.step(closure) returned without calling "
                 "the closure, so on_before_step and the penalties' gradients never ran; call "
                 "step() without a closure after backward()")
-        grad_was_on = _grad_enabled()
+        grad_was_on = torch.is_grad_enabled()
         if grad_was_on:
             _compat.set_grad_enabled(False)
         try:
@@ -314,9 +311,7 @@ class TorchRegularizer:
             self._check_open()  # raises
         if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
             return loss
-        if not self._batch_open:  # _open_batch(), inline
-            self._batch_open = True
-            self.clock.batch_begin()
+        self._open_batch()
         if len(self.optimizer.param_groups) != self._groups.count:
             self._groups.check()  # a group was added: its parameters join
         if self._evaluation == _EVALUATING:
