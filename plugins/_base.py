@@ -6,7 +6,7 @@ Docs: docs/plugin-guide.md
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -30,6 +30,8 @@ class Binding:
     params: list[ParamHandle]
     values: dict[str, ScheduledValue]
     penalty: Penalty | None = None
+    #: The plugin's per-update hooks prepared for this run (:meth:`ParameterPlugin.prepare_hooks`).
+    prepared: dict[str, Callable[[], object]] | None = None
 
 
 class ConfiguredPlugin(Plugin):
@@ -92,6 +94,18 @@ class ParameterPlugin(ConfiguredPlugin):
             values = {arg: run.scalar(s) for arg, s in self._schedules.items()}
             bound = self._bound = Binding(run, params, values)
         return bound
+
+    def prepare_hooks(self, run: Run) -> dict[str, Callable[[], object]]:
+        """This plugin's per-update hooks for ``run``, as functions of no argument built once
+        (see :class:`regplug.Plugin`); the hooks themselves call them, so the two agree."""
+        bound = self._bind(run)
+        if bound.prepared is None:
+            bound.prepared = self._prepare(bound)
+        return bound.prepared
+
+    def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
+        """The functions :meth:`prepare_hooks` returns, by hook name: none by default."""
+        return {}
 
     def on_train_begin(self, run: Run) -> None:
         self._bound = None

@@ -5,14 +5,14 @@ Docs: docs/plugins/update-rules.md
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar
 
 from regplug.hookspecs import hookimpl
 from regplug.ranges import FloatRange, SearchRange
 from regplug.run import Run
 
-from ._base import ParameterPlugin, Strength
+from ._base import Binding, ParameterPlugin, Strength
 
 
 class MaxNorm(ParameterPlugin):
@@ -48,7 +48,12 @@ class MaxNorm(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        bound = self._bound
-        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
-            bound = self._bind(run)
-        run.ops.clip_unit_norms_(bound.params, bound.values["max_value"].value)
+        self.prepare_hooks(run)["on_step"]()
+
+    def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
+        params, ops, max_value = bound.params, bound.run.ops, bound.values["max_value"]
+
+        def clip() -> None:
+            ops.clip_unit_norms_(params, max_value.value)
+
+        return {"on_step": clip}

@@ -5,7 +5,7 @@ Docs: docs/plugins/update-rules.md
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar
 
 from regplug.functional import decoupled_decay_factor
@@ -13,7 +13,7 @@ from regplug.hookspecs import hookimpl
 from regplug.ranges import FloatRange, SearchRange
 from regplug.run import Run
 
-from ._base import ParameterPlugin, Strength
+from ._base import Binding, ParameterPlugin, Strength
 
 
 class DecoupledWeightDecay(ParameterPlugin):
@@ -53,9 +53,15 @@ class DecoupledWeightDecay(ParameterPlugin):
 
     @hookimpl
     def on_before_step(self, run: Run) -> None:
-        bound = self._bound
-        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
-            bound = self._bind(run)
-        wd = bound.values["weight_decay"].value
-        for lr, group in run.learning_rate_groups(bound.params):
-            run.ops.scale_(group, decoupled_decay_factor(lr, wd))
+        self.prepare_hooks(run)["on_before_step"]()
+
+    def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
+        params, ops, groups = bound.params, bound.run.ops, bound.run.learning_rate_groups
+        weight_decay = bound.values["weight_decay"]
+
+        def decay() -> None:
+            wd = weight_decay.value
+            for lr, group in groups(params):
+                ops.scale_(group, decoupled_decay_factor(lr, wd))
+
+        return {"on_before_step": decay}

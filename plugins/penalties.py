@@ -10,8 +10,8 @@ Docs: docs/plugins/penalties.md
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar, cast
 
 from regplug.hookspecs import hookimpl
 from regplug.penalty import Penalty
@@ -36,12 +36,11 @@ class _PenaltyPlugin(ParameterPlugin):
 
     @hookimpl
     def on_loss(self, run: Run) -> Penalty:
-        bound = self._bound
-        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
-            bound = self._bind(run)
-        if bound.penalty is None:
-            bound.penalty = self._penalty(bound)
-        return bound.penalty
+        return cast("Penalty", self.prepare_hooks(run)["on_loss"]())
+
+    def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
+        penalty = self._penalty(bound)
+        return {"on_loss": lambda: penalty}
 
     def _penalty(self, bound: Binding) -> Penalty:
         raise NotImplementedError

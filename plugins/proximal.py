@@ -5,14 +5,14 @@ Docs: docs/plugins/update-rules.md
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar
 
 from regplug.hookspecs import hookimpl
 from regplug.ranges import FloatRange, SearchRange
 from regplug.run import Run
 
-from ._base import ParameterPlugin, Strength
+from ._base import Binding, ParameterPlugin, Strength
 
 
 class ProximalL1(ParameterPlugin):
@@ -47,9 +47,15 @@ class ProximalL1(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        bound = self._bound
-        if bound is None or bound.run is not run:  # _bind's test, inline: runs every step
-            bound = self._bind(run)
-        l1 = bound.values["l1"].value
-        for lr, group in run.learning_rate_groups(bound.params):
-            run.ops.soft_threshold_(group, lr * l1)
+        self.prepare_hooks(run)["on_step"]()
+
+    def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
+        params, ops, groups = bound.params, bound.run.ops, bound.run.learning_rate_groups
+        strength = bound.values["l1"]
+
+        def shrink() -> None:
+            l1 = strength.value
+            for lr, group in groups(params):
+                ops.soft_threshold_(group, lr * l1)
+
+        return {"on_step": shrink}

@@ -57,6 +57,15 @@ class Plugin:
     ...         self.steps = state["steps"]
     >>> CountSteps().name, CountSteps().hooks()
     ('count_steps', ('on_step',))
+
+    A plugin whose per-update hooks (``on_loss``, ``on_before_step``, ``on_step``) are hot may
+    also define ``prepare_hooks(run)``: a mapping from those hook names to functions of no
+    argument that do what the hook does for ``run`` at the moment they are called, built once
+    per run (after ``on_train_begin``). The step window of the PyTorch, Lightning and Hugging
+    Face adapters calls them instead of dispatching the hook, in the same order among the
+    plugins, which spares the dispatch and the hook's own lookups at every update; Keras'
+    traced step and everything else call the hooks. Let the hook call the prepared function
+    (the built-in parameter plugins do), so the two cannot differ.
     """
 
     #: Used in logs and messages; defaults to the class name in snake case. A subclass may

@@ -16,6 +16,8 @@ Docs: docs/clock-and-window.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .clock import EpochClock
 from .errors import UsageError
 from .penalty import Penalty, check_penalties
@@ -36,9 +38,11 @@ class StepWindow:
         self.run = clock.run
         self.fused = fused
         manager = clock.manager
-        self._on_loss = manager.caller("on_loss")
-        self._on_before_step = manager.caller("on_before_step")
-        self._on_step = manager.caller("on_step")
+        # The per-update hooks, each built at its first call (plugins prepare their hooks for
+        # the run once it has begun: see PluginManager.run_caller).
+        self._on_loss: Callable[[object], list[Penalty]] | None = None
+        self._on_before_step: Callable[[int], list[object]] | None = None
+        self._on_step: Callable[[int], list[object]] | None = None
         self._wants_loss = manager.implements("on_loss")
         self._loss_seen = False  # on_loss fired in this window
         self._grads_added = False  # the kept penalties' gradients are in
@@ -66,7 +70,10 @@ class StepWindow:
         if not self._wants_loss:
             return []
         # check_penalties' check, in the loop that sorts them (this runs at every step)
-        self.penalties = penalties = self._on_loss(run=self.run, loss=loss)
+        on_loss = self._on_loss
+        if on_loss is None:
+            on_loss = self._on_loss = self.clock.manager.run_caller("on_loss", self.run, "loss")
+        self.penalties = penalties = on_loss(loss)
         to_loss, kept = [], []
         fused = self.fused
         for penalty in penalties:
@@ -113,13 +120,21 @@ class StepWindow:
     def before_step(self) -> None:
         """Gradients are final; the optimizer is about to update."""
         self.add_penalty_grads()
-        self._on_before_step(run=self.run, step=self.run.step)
+        on_before_step = self._on_before_step
+        if on_before_step is None:
+            on_before_step = self._on_before_step = self.clock.manager.run_caller(
+                "on_before_step", self.run, "step")
+        on_before_step(self.run.step)
 
     def after_step(self) -> None:
         """The optimizer has updated the parameters."""
         self.reset()
-        self.run.step += 1
-        self._on_step(run=self.run, step=self.run.step - 1)
+        run = self.run
+        run.step += 1
+        on_step = self._on_step
+        if on_step is None:
+            on_step = self._on_step = self.clock.manager.run_caller("on_step", run, "step")
+        on_step(run.step - 1)
 
     def reset(self) -> None:
         """Gradients were zeroed: the next loss opens a new window.

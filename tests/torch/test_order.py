@@ -45,3 +45,34 @@ def test_two_update_plugins_apply_in_list_order_so_the_result_depends_on_it():
     clip_then_prox = run([MaxNorm(1.5), ProximalL1(1.0)])
     assert prox_then_clip[0, 0] == pytest.approx(1.5)          # 3 → 2 (prox) → 1.5 (clip)
     assert clip_then_prox[0, 0] == pytest.approx(0.5, abs=1e-6)  # 3 → 1.5 (clip) → 0.5 (prox)
+
+
+def test_a_plain_hook_between_prepared_ones_sees_and_changes_what_they_act_on():
+    """The built-in plugins' prepared hooks run in list order around a user's plain hook, and
+    each filters the parameters when it runs: a gradient dropped by the user's on_before_step
+    keeps DecoupledWeightDecay listed after it (and the optimizer) off that parameter, while
+    the decay listed before it has already acted."""
+    from regplug.plugins import DecoupledWeightDecay
+
+    class DropBiasGradient(regplug.Plugin):
+        @regplug.hookimpl
+        def on_before_step(self, run):
+            for p in run.params:
+                if p.name == "bias":
+                    p.tensor.grad = None
+
+    def run(plugins):
+        model = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+            model.bias.fill_(1.0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        with attach(model, opt, plugins) as reg:
+            opt.zero_grad()
+            reg.loss((model(torch.zeros(1, 2)) * 0).sum()).backward()
+            opt.step()
+        return model.bias.item()
+
+    assert run([DecoupledWeightDecay(0.2, kinds="all"), DropBiasGradient()]) == \
+        pytest.approx(0.9)  # decayed (1 − 0.5·0.2), then left alone by SGD
+    assert run([DropBiasGradient(), DecoupledWeightDecay(0.2, kinds="all")]) == 1.0
