@@ -9,9 +9,10 @@ Two measurements, each run side by side in one process with interleaved repetiti
     ``torch._foreach_add_`` over the same tensors, with nothing around it).
 ``mlp``
     A small MLP trained on CPU with five plugins active, against a loop that does the same
-    math with the same kernels written inline, three copies of each (a copy's speed depends
-    on where its tensors landed in memory). The final weights of each pair of loops are
-    compared, so the two loops provably did the same work.
+    math with the same kernels written inline, both taking turns on one model and optimizer
+    (a loop's speed also depends on where its tensors landed in memory). Two models trained
+    alike, one by each loop, end with the same weights, so the loops provably do the same
+    work.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from regplug.adapters.torch import attach
+from regplug.adapters.torch import TorchRegularizer, attach
 from regplug.plugins import L1, L2, DecoupledWeightDecay, MaxNorm, ProximalL1
 
 from . import Result, interleave, result
@@ -253,13 +254,18 @@ def _sgd(model: nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=_LR, momentum=_MOMENTUM)
 
 
-def _regplug_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Tensor]]
-                  ) -> tuple[Step, Callable[[], None]]:
-    """The user's loop with regplug's three lines; returns (one step, close)."""
-    optimizer = _sgd(model)
+_Data = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _five_plugins() -> list[object]:
+    return [L1(_L1), L2(_L2), DecoupledWeightDecay(_WEIGHT_DECAY), ProximalL1(_PROXIMAL_L1),
+            MaxNorm(_MAX_NORM)]
+
+
+def _regplug_step(model: nn.Module, optimizer: torch.optim.Optimizer, reg: TorchRegularizer,
+                  data: _Data) -> Step:
+    """One step of the user's loop with regplug's lines (``reg`` is attached)."""
     criterion = nn.CrossEntropyLoss()
-    reg = attach(model, optimizer, [L1(_L1), L2(_L2), DecoupledWeightDecay(_WEIGHT_DECAY),
-                                    ProximalL1(_PROXIMAL_L1), MaxNorm(_MAX_NORM)])
 
     def step() -> None:
         x, y = next(data)
@@ -268,17 +274,15 @@ def _regplug_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Ten
         loss.backward()
         optimizer.step()
 
-    return step, reg.close
+    return step
 
 
-def _hand_written_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Tensor]]
-                       ) -> Step:
+def _hand_written_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: _Data) -> Step:
     """The same five regularizers written inline, with the kernels regplug uses.
 
     The order is regplug's: plugins run in list order, so L1 enters the gradient before L2,
     and the proximal step comes before max-norm clips.
     """
-    optimizer = _sgd(model)
     criterion = nn.CrossEntropyLoss()
     weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
 
@@ -305,9 +309,7 @@ def _hand_written_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torc
     return step
 
 
-def _unregularized_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, torch.Tensor]]
-                        ) -> Step:
-    optimizer = _sgd(model)
+def _unregularized_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: _Data) -> Step:
     criterion = nn.CrossEntropyLoss()
 
     def step() -> None:
@@ -319,58 +321,75 @@ def _unregularized_loop(model: nn.Module, data: Iterator[tuple[torch.Tensor, tor
     return step
 
 
-#: Copies of each loop, each with its own model and optimizer. One copy's step time depends on
-#: where its tensors landed in memory: two identical regplug loops in one process differed by
-#: 11-15 us a step (2026-12-07), as much as regplug's own work. Each round's sample is the
-#: sum over the copies, so a placement that happens to favour one kind of loop averages out.
-_COPIES = 3
+def _same_work(batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int) -> float:
+    """Train two copies of the MLP from the same start on the same batches, one through
+    regplug and one by hand; their largest weight difference. Raises unless they agree."""
+    ours, hand = _mlp(0), _mlp(0)
+    ours_optimizer, hand_optimizer = _sgd(ours), _sgd(hand)
+    with attach(ours, ours_optimizer, _five_plugins()) as reg:
+        regplug = _regplug_step(ours, ours_optimizer, reg, itertools.cycle(batches))
+        by_hand = _hand_written_step(hand, hand_optimizer, itertools.cycle(batches))
+        for _ in range(steps):
+            regplug()
+            by_hand()
+    max_diff = max(float((a.detach() - b.detach()).abs().max())
+                   for a, b in zip(ours.parameters(), hand.parameters(), strict=True))
+    if not all(torch.allclose(a.detach(), b.detach(), rtol=1e-5, atol=1e-7)
+               for a, b in zip(ours.parameters(), hand.parameters(), strict=True)):
+        raise AssertionError(f"benchmark invalid: after {steps} steps the regplug and "
+                             f"hand-written loops hold different weights (max |diff| "
+                             f"{max_diff:.3g})")
+    return max_diff
 
 
 def bench_mlp(quick: bool) -> list[Result]:
-    """Benchmark 2: a wrapped loop with five plugins vs the same loop written by hand."""
+    """Benchmark 2: a wrapped loop with five plugins vs the same loop written by hand.
+
+    All three loops (regplug, hand-written, unregularized) train one model with one
+    optimizer, taking turns round by round; regplug stays attached, its hooks taken off
+    while the other two loops run (as its sanity checks do). They differ in their code
+    alone. With a model and optimizer per loop, a loop's step time also depended on where
+    its tensors landed in memory: two identical regplug loops in one process differed by
+    11-15 us a step (2026-12-07), as much as regplug's whole cost. That the regplug and
+    hand-written loops do the same work is checked on two models trained alike.
+    """
     batches = _batches(4 if quick else 16)
-    copies = 1 if quick else _COPIES
-    steps: dict[str, Step] = {}
-    pairs: list[tuple[nn.Module, nn.Module]] = []
-    closes: list[Callable[[], None]] = []
-    for i in range(copies):
-        ours_model, hand_model = _mlp(0), _mlp(0)
-        ours, close = _regplug_loop(ours_model, itertools.cycle(batches))
-        closes.append(close)
-        pairs.append((ours_model, hand_model))
-        steps[f"regplug {i}"] = ours
-        steps[f"hand-written {i}"] = _hand_written_loop(hand_model, itertools.cycle(batches))
-        steps[f"no regularization {i}"] = _unregularized_loop(_mlp(0), itertools.cycle(batches))
-    rounds, repeat, warmup = (4, 3, 3) if quick else (40, 20, 40)
-    try:
-        per_copy = interleaved(steps, rounds=rounds, repeat=repeat, warmup=warmup)
-    finally:
-        for close in closes:
-            close()
-    n_steps = warmup + rounds * repeat
-    max_diff = 0.0
-    for ours_model, hand_model in pairs:
-        for a, b in zip(ours_model.parameters(), hand_model.parameters(), strict=True):
-            max_diff = max(max_diff, float((a.detach() - b.detach()).abs().max()))
-            if not torch.allclose(a.detach(), b.detach(), rtol=1e-5, atol=1e-7):
-                raise AssertionError(
-                    f"benchmark invalid: after {n_steps} steps the regplug and hand-written "
-                    f"loops hold different weights (max |diff| {max_diff:.3g})")
-    # seconds per step, each round's sample averaged over the copies
-    samples = {kind: [sum(r) / copies for r in zip(*(per_copy[f"{kind} {i}"]
-                                                     for i in range(copies)))]
-               for kind in ("regplug", "hand-written", "no regularization")}
+    rounds, repeat, warmup = (4, 3, 3) if quick else (120, 20, 40)
+    max_diff = _same_work(batches, warmup + 60)
+    model, data = _mlp(0), itertools.cycle(batches)
+    optimizer = _sgd(model)
+    with attach(model, optimizer, _five_plugins()) as reg:
+        ours = _regplug_step(model, optimizer, reg, data)
+        by_hand = _hand_written_step(model, optimizer, data)
+        bare = _unregularized_step(model, optimizer, data)
+        without_hooks = reg._paused  # regplug's hooks off, the attachment kept
+
+        def paused(timed: Callable[[], float]) -> Callable[[], float]:
+            def run() -> float:
+                with without_hooks():
+                    return timed()
+
+            return run
+
+        for _ in range(warmup):
+            ours()
+        with without_hooks():
+            for _ in range(warmup):
+                by_hand()
+                bare()
+        samples = interleave({"regplug": _timed(ours, repeat),
+                              "hand-written": paused(_timed(by_hand, repeat)),
+                              "no regularization": paused(_timed(bare, repeat))}, rounds)
     median = {k: statistics.median(v) for k, v in samples.items()}
-    spread = [statistics.median(per_copy[f"regplug {i}"])
-              / statistics.median(per_copy[f"hand-written {i}"]) for i in range(copies)]
     ratio = paired_ratio(samples["regplug"], samples["hand-written"])
     notes = [
         f"MLP 784-50-250-10, batch {_BATCH}, SGD(lr={_LR}, momentum={_MOMENTUM}); plugins "
         f"L1, L2, DecoupledWeightDecay, ProximalL1, MaxNorm",
-        f"same weights after {n_steps} steps of each loop: max |diff| {max_diff:.1e}",
-        f"{copies} copies of each loop (own model and optimizer), {rounds} interleaved rounds "
-        f"of {repeat} steps each; a round's sample is the mean over the copies (copy by "
-        f"copy: {', '.join(f'{r:.3f}' for r in spread)})",
+        f"same weights as the hand-written loop after {warmup + 60} steps of each on two "
+        f"models trained alike: max |diff| {max_diff:.1e}",
+        f"one model and optimizer for the three loops, regplug's hooks off while the others "
+        f"run; {rounds} interleaved rounds of {repeat} steps each (the ratio: median of the "
+        f"rounds' ratios)",
         f"the regularizers' own kernels cost "
         f"{_ms(median['hand-written'] - median['no regularization'])} per step",
         f"regplug's own work per step (the same kernels: hooks, plugins, filters in Python): "
