@@ -16,7 +16,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginValidationError
-from .hookspecs import HOOK_NAMES, PROJECT
+from .hookspecs import HOOK_NAMES, PROJECT, implemented_hooks
 
 
 def plugin_label(plugin: object) -> str:
@@ -71,19 +71,39 @@ def _direct_caller(caller: Any) -> Callable[..., list[Any]]:
     return call
 
 
+#: The hooks a plugin may prepare (``prepare_hooks``): those fired at every update.
+PREPARABLE_HOOKS = ("on_loss", "on_before_step", "on_step")
+
+
 def _prepared_hook(plugin: object, hook_name: str, run: Any) -> Callable[[], object] | None:
-    """``plugin``'s prepared ``hook_name`` for ``run`` (its ``prepare_hooks``), if it has one."""
+    """``plugin``'s prepared ``hook_name`` for ``run`` (its ``prepare_hooks``), if it has one.
+
+    A mapping that is not one from hook names to functions, names a hook that cannot be
+    prepared, or prepares a hook the plugin does not implement (nothing would ever call it)
+    is a :class:`PluginValidationError` naming the plugin."""
     prepare = getattr(plugin, "prepare_hooks", None)
     if prepare is None:
         return None
+    label = plugin_label(plugin)
     prepared = prepare(run) if callable(prepare) else None
     if not isinstance(prepared, Mapping) or not all(
             isinstance(k, str) and callable(f) for k, f in prepared.items()):
         raise PluginValidationError(
-            f"{plugin_label(plugin)}: prepare_hooks(run) must return a mapping from hook names "
-            f"to functions taking no argument, got {type(prepared).__name__}")
-    function = prepared.get(hook_name)
-    return cast("Callable[[], object] | None", function)
+            f"{label}: prepare_hooks(run) must return a mapping from hook names to functions "
+            f"taking no argument, got {type(prepared).__name__}")
+    for name in prepared:
+        if name not in PREPARABLE_HOOKS:
+            close = difflib.get_close_matches(name, PREPARABLE_HOOKS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise PluginValidationError(
+                f"{label}: prepare_hooks(run) prepared {name!r}, which is not a hook fired at "
+                f"every update; {hint}the hooks it can prepare are {', '.join(PREPARABLE_HOOKS)}")
+        if name not in implemented_hooks(plugin):
+            raise PluginValidationError(
+                f"{label}: prepare_hooks(run) prepared {name!r}, but the plugin does not "
+                f"implement {name}; add the hook (calling the prepared function), or only the "
+                f"adapters' step window would know it and nothing would call it")
+    return cast("Callable[[], object] | None", prepared.get(hook_name))
 
 
 def validate_plugin(plugin: object) -> None:

@@ -17,6 +17,7 @@ Docs: docs/clock-and-window.md.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .clock import EpochClock
 from .errors import UsageError
@@ -38,17 +39,30 @@ class StepWindow:
         self.run = clock.run
         self.fused = fused
         manager = clock.manager
-        # The per-update hooks, each built at its first call (plugins prepare their hooks for
-        # the run once it has begun: see PluginManager.run_caller).
-        self._on_loss: Callable[[object], list[Penalty]] | None = None
-        self._on_before_step: Callable[[int], list[object]] | None = None
-        self._on_step: Callable[[int], list[object]] | None = None
+        # The per-update hooks, built at the window's first call (plugins prepare their hooks
+        # for the run once it has begun: see PluginManager.run_caller).
+        self._on_loss: Callable[[Any], list[Any]] = self._first_call("on_loss")
+        self._on_before_step: Callable[[Any], list[Any]] = self._first_call("on_before_step")
+        self._on_step: Callable[[Any], list[Any]] = self._first_call("on_step")
         self._wants_loss = manager.implements("on_loss")
         self._loss_seen = False  # on_loss fired in this window
         self._grads_added = False  # the kept penalties' gradients are in
         self._grad_penalties: list[Penalty] = []
         #: Every penalty returned by the latest ``on_loss`` (for reporting their values).
         self.penalties: list[Penalty] = []
+
+    def _first_call(self, hook_name: str) -> Callable[[Any], list[Any]]:
+        """What a hook's caller is until the window's first call: it builds the three callers
+        (a plugin's faulty ``prepare_hooks`` is refused then, before anything changed) and
+        hands this call to the real one."""
+        def first(value: Any) -> list[Any]:
+            manager, run = self.clock.manager, self.run
+            self._on_loss = manager.run_caller("on_loss", run, "loss")
+            self._on_before_step = manager.run_caller("on_before_step", run, "step")
+            self._on_step = manager.run_caller("on_step", run, "step")
+            return getattr(self, f"_{hook_name}")(value)  # type: ignore[no-any-return]
+
+        return first
 
     @property
     def loss_seen(self) -> bool:
@@ -70,10 +84,7 @@ class StepWindow:
         if not self._wants_loss:
             return []
         # check_penalties' check, in the loop that sorts them (this runs at every step)
-        on_loss = self._on_loss
-        if on_loss is None:
-            on_loss = self._on_loss = self.clock.manager.run_caller("on_loss", self.run, "loss")
-        self.penalties = penalties = on_loss(loss)
+        self.penalties = penalties = self._on_loss(loss)
         to_loss, kept = [], []
         fused = self.fused
         for penalty in penalties:
@@ -120,21 +131,13 @@ class StepWindow:
     def before_step(self) -> None:
         """Gradients are final; the optimizer is about to update."""
         self.add_penalty_grads()
-        on_before_step = self._on_before_step
-        if on_before_step is None:
-            on_before_step = self._on_before_step = self.clock.manager.run_caller(
-                "on_before_step", self.run, "step")
-        on_before_step(self.run.step)
+        self._on_before_step(self.run.step)
 
     def after_step(self) -> None:
         """The optimizer has updated the parameters."""
         self.reset()
-        run = self.run
-        run.step += 1
-        on_step = self._on_step
-        if on_step is None:
-            on_step = self._on_step = self.clock.manager.run_caller("on_step", run, "step")
-        on_step(run.step - 1)
+        self.run.step += 1
+        self._on_step(self.run.step - 1)
 
     def reset(self) -> None:
         """Gradients were zeroed: the next loss opens a new window.

@@ -168,3 +168,32 @@ def test_a_shared_plugin_keeps_each_runs_own_parameters():
         b.step({"w": np.zeros((1, 1))})
     assert a.params["w"].item() == pytest.approx(0.95 ** 2)
     assert b.params["w"].item() == pytest.approx(2.0 * 0.9 ** 2)
+
+
+def test_a_misspelled_or_unimplemented_prepared_hook_is_refused_naming_it():
+    class Typo(regplug.Plugin):
+        def prepare_hooks(self, run):
+            return {"on_steps": lambda: None}
+
+        @regplug.hookimpl
+        def on_step(self, run):
+            pass
+
+    class Unimplemented(regplug.Plugin):
+        def prepare_hooks(self, run):
+            return {"on_before_step": lambda: None}
+
+        @regplug.hookimpl
+        def on_step(self, run):
+            pass
+
+    typo = NumpyLoop({"w": np.ones((2, 2))}, [Typo()])
+    with pytest.raises(PluginValidationError,
+                       match=r"typo: prepare_hooks\(run\) prepared 'on_steps', which is not a "
+                             r"hook fired at every update; did you mean 'on_step'\?"):
+        typo.step({"w": np.zeros((2, 2))})
+    unimplemented = NumpyLoop({"w": np.ones((2, 2))}, [Unimplemented()])
+    with pytest.raises(PluginValidationError,
+                       match=r"unimplemented: .*'on_before_step', but the plugin does not "
+                             r"implement on_before_step"):
+        unimplemented.step({"w": np.zeros((2, 2))})

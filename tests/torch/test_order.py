@@ -76,3 +76,27 @@ def test_a_plain_hook_between_prepared_ones_sees_and_changes_what_they_act_on():
     assert run([DecoupledWeightDecay(0.2, kinds="all"), DropBiasGradient()]) == \
         pytest.approx(0.9)  # decayed (1 − 0.5·0.2), then left alone by SGD
     assert run([DropBiasGradient(), DecoupledWeightDecay(0.2, kinds="all")]) == 1.0
+
+
+def test_a_faulty_prepare_hooks_is_refused_at_the_first_loss_before_anything_changed():
+    from regplug.errors import PluginValidationError
+    from regplug.plugins import L2
+
+    class Faulty(regplug.Plugin):
+        def prepare_hooks(self, run):
+            return {"on_step": "clip"}  # not a function
+
+        @regplug.hookimpl
+        def on_step(self, run):
+            pass
+
+    model = torch.nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with attach(model, opt, [L2(0.1), Faulty()]) as reg:
+        opt.zero_grad()
+        with pytest.raises(PluginValidationError, match=r"faulty: prepare_hooks\(run\) must "
+                                                        r"return a mapping"):
+            reg.loss(model(torch.ones(1, 2)).sum())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
