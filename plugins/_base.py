@@ -83,11 +83,8 @@ class ParameterPlugin(ConfiguredPlugin):
         return schedule
 
     def _bind(self, run: Run) -> Binding:
-        """The selected parameters and the strengths' live values for ``run``.
-
-        The hooks that run at every step make its first test themselves (``self._bound`` is
-        for ``run``) and call it only when that fails: a call costs more than the test.
-        """
+        """The selected parameters and the strengths' live values for ``run``: built at the
+        first call for ``run`` (``on_train_begin``), reused until another run calls."""
         bound = self._bound
         if bound is None or bound.run is not run:
             params = run.parameters(self.selection)
@@ -97,7 +94,16 @@ class ParameterPlugin(ConfiguredPlugin):
 
     def prepare_hooks(self, run: Run) -> dict[str, Callable[[], object]]:
         """This plugin's per-update hooks for ``run``, as functions of no argument built once
-        (see :class:`regplug.Plugin`); the hooks themselves call them, so the two agree."""
+        (see :class:`regplug.Plugin`); the hooks themselves call them, so the two agree. A
+        subclass that overrides one of these hooks gets that hook dispatched instead (its
+        override would be skipped otherwise)."""
+        owner = next(c for c in type(self).__mro__ if "_prepare" in c.__dict__)
+        return {name: function for name, function in self._prepared(run).items()
+                if getattr(type(self), name) is getattr(owner, name)}
+
+    def _prepared(self, run: Run) -> dict[str, Callable[[], object]]:
+        """:meth:`_prepare`'s functions for ``run``, built once per binding (what the hooks
+        call)."""
         bound = self._bind(run)
         if bound.prepared is None:
             bound.prepared = self._prepare(bound)

@@ -48,7 +48,7 @@ class MaxNorm(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        self.prepare_hooks(run)["on_step"]()
+        self._prepared(run)["on_step"]()
 
     def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
         params, ops, max_value = bound.params, bound.run.ops, bound.values["max_value"]

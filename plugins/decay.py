@@ -53,7 +53,7 @@ class DecoupledWeightDecay(ParameterPlugin):
 
     @hookimpl
     def on_before_step(self, run: Run) -> None:
-        self.prepare_hooks(run)["on_before_step"]()
+        self._prepared(run)["on_before_step"]()
 
     def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
         params, ops, groups = bound.params, bound.run.ops, bound.run.learning_rate_groups

@@ -36,7 +36,7 @@ class _PenaltyPlugin(ParameterPlugin):
 
     @hookimpl
     def on_loss(self, run: Run) -> Penalty:
-        return cast("Penalty", self.prepare_hooks(run)["on_loss"]())
+        return cast("Penalty", self._prepared(run)["on_loss"]())
 
     def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
         penalty = self._penalty(bound)

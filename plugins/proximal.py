@@ -47,7 +47,7 @@ class ProximalL1(ParameterPlugin):
 
     @hookimpl
     def on_step(self, run: Run) -> None:
-        self.prepare_hooks(run)["on_step"]()
+        self._prepared(run)["on_step"]()
 
     def _prepare(self, bound: Binding) -> dict[str, Callable[[], object]]:
         params, ops, groups = bound.params, bound.run.ops, bound.run.learning_rate_groups

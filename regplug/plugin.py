@@ -61,7 +61,8 @@ class Plugin:
     A plugin whose per-update hooks (``on_loss``, ``on_before_step``, ``on_step``) are hot may
     also define ``prepare_hooks(run)``: a mapping from those hook names to functions of no
     argument that do what the hook does for ``run`` at the moment they are called, built once
-    per run (after ``on_train_begin``). The step window of the PyTorch, Lightning and Hugging
+    per run (after ``on_train_begin``; it may be asked more than once: return the same
+    functions). The step window of the PyTorch, Lightning and Hugging
     Face adapters calls them instead of dispatching the hook, in the same order among the
     plugins, which spares the dispatch and the hook's own lookups at every update; Keras'
     traced step and everything else call the hooks. Let the hook call the prepared function

@@ -197,3 +197,24 @@ def test_a_misspelled_or_unimplemented_prepared_hook_is_refused_naming_it():
                        match=r"unimplemented: .*'on_before_step', but the plugin does not "
                              r"implement on_before_step"):
         unimplemented.step({"w": np.zeros((2, 2))})
+
+
+def test_a_subclass_that_overrides_a_hook_gets_its_override_called():
+    calls = []
+
+    class CountedMaxNorm(MaxNorm):
+        def on_step(self, run):
+            calls.append(run.step)
+            super().on_step(run)
+
+    class NoPenalty(L2):
+        def on_loss(self, run):
+            return None
+
+    loop = NumpyLoop({"w": np.full((1, 1), 3.0)}, [CountedMaxNorm(1.0), NoPenalty(0.5)], lr=0.1)
+    for _ in range(3):
+        loop.step({"w": np.zeros((1, 1))})
+    assert calls == [1, 2, 3]
+    assert loop.params["w"].round(6).tolist() == [[1.0]]  # clipped, never decayed by L2
+    assert MaxNorm(1.0).prepare_hooks(loop.run).keys() == {"on_step"}
+    assert CountedMaxNorm(1.0).prepare_hooks(loop.run) == {}
