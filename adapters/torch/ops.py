@@ -159,11 +159,7 @@ class TorchOps:
         if _grad_enabled():
             return _call_without_grad(self.add_to_grad_, params, alpha)  # type: ignore[no-any-return]
         thetas, grads = _grad_pairs(params)
-        if not grads:
-            return None
-        if type(alpha) is float:  # _foreach_add_scaled_'s common case, inline
-            _compat.foreach_add_(grads, thetas, alpha=alpha)
-        else:
+        if grads:
             _foreach_add_scaled_(grads, thetas, alpha)
         return None
 
@@ -172,11 +168,7 @@ class TorchOps:
         if _grad_enabled():
             return _call_without_grad(self.add_sign_to_grad_, params, alpha)  # type: ignore[no-any-return]
         thetas, grads = _grad_pairs(params)
-        if not grads:
-            return None
-        if type(alpha) is float:  # _foreach_add_scaled_'s common case, inline
-            _compat.foreach_add_(grads, _compat.foreach_sign(thetas), alpha=alpha)
-        else:
+        if grads:
             _foreach_add_scaled_(grads, _compat.foreach_sign(thetas), alpha)
         return None
 
