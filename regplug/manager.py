@@ -91,6 +91,7 @@ def _prepared_hook(plugin: object, hook_name: str, run: Any) -> Callable[[], obj
         raise PluginValidationError(
             f"{label}: prepare_hooks(run) must return a mapping from hook names to functions "
             f"taking no argument, got {type(prepared).__name__}")
+    implemented = implemented_hooks(plugin)
     for name in prepared:
         if name not in PREPARABLE_HOOKS:
             close = difflib.get_close_matches(name, PREPARABLE_HOOKS, n=1)
@@ -98,7 +99,7 @@ def _prepared_hook(plugin: object, hook_name: str, run: Any) -> Callable[[], obj
             raise PluginValidationError(
                 f"{label}: prepare_hooks(run) prepared {name!r}, which is not a hook fired at "
                 f"every update; {hint}the hooks it can prepare are {', '.join(PREPARABLE_HOOKS)}")
-        if name not in implemented_hooks(plugin):
+        if name not in implemented:
             raise PluginValidationError(
                 f"{label}: prepare_hooks(run) prepared {name!r}, but the plugin does not "
                 f"implement {name}; add the hook (calling the prepared function), or only the "
